@@ -1,0 +1,435 @@
+//! Configuration from `KSG_*` environment variables, parsed and validated once at start.
+//!
+//! [`Config::from_vars`] takes any list of `(name, value)` pairs so tests never touch the process
+//! environment. All problems are collected and reported together; each names the variable and
+//! the bad value. Unknown `KSG_*` names are errors too, so a typo never goes unnoticed.
+//! `KSG_KAFKA_<NAME>` (other than `KSG_KAFKA_BROKERS`) passes through to librdkafka as the
+//! property `<name>` lower-cased with `_` turned into `.`. The README holds the same table.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::cors::Cors;
+use crate::routes::{RouteError, Routes, TopicFilter};
+
+/// `KSG_LISTEN`: address of the SSE listener.
+pub const LISTEN: &str = "KSG_LISTEN";
+/// `KSG_ADMIN_LISTEN`: address of the admin listener (metrics, health).
+pub const ADMIN_LISTEN: &str = "KSG_ADMIN_LISTEN";
+/// `KSG_KAFKA_BROKERS`: bootstrap servers; unset starts the embedded demo cluster.
+pub const KAFKA_BROKERS: &str = "KSG_KAFKA_BROKERS";
+/// `KSG_TOPICS`: comma-separated topic names or glob patterns served at `/{topic}`.
+pub const TOPICS: &str = "KSG_TOPICS";
+/// `KSG_ROUTES`: comma-separated custom path templates.
+pub const ROUTES: &str = "KSG_ROUTES";
+/// `KSG_TLS`: `on` or `off`.
+pub const TLS: &str = "KSG_TLS";
+/// `KSG_TLS_CERT`: PEM certificate chain.
+pub const TLS_CERT: &str = "KSG_TLS_CERT";
+/// `KSG_TLS_KEY`: PEM private key.
+pub const TLS_KEY: &str = "KSG_TLS_KEY";
+/// `KSG_MAX_STREAMS_PER_CONNECTION`: HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+pub const MAX_STREAMS_PER_CONNECTION: &str = "KSG_MAX_STREAMS_PER_CONNECTION";
+/// `KSG_MAX_CONNECTIONS`: connections served at once; more are closed at accept.
+pub const MAX_CONNECTIONS: &str = "KSG_MAX_CONNECTIONS";
+/// `KSG_HEARTBEAT_SECS`: a comment is sent after this long without an event.
+pub const HEARTBEAT_SECS: &str = "KSG_HEARTBEAT_SECS";
+/// `KSG_RETRY_MS`: the `retry:` field, the client's reconnect delay.
+pub const RETRY_MS: &str = "KSG_RETRY_MS";
+/// `KSG_SHUTDOWN_GRACE_SECS`: how long shutdown waits for connections to finish.
+pub const SHUTDOWN_GRACE_SECS: &str = "KSG_SHUTDOWN_GRACE_SECS";
+/// `KSG_STREAM_QUEUE`: events queued per stream before the stream is cut off as slow.
+pub const STREAM_QUEUE: &str = "KSG_STREAM_QUEUE";
+/// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
+pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
+/// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
+pub const TOPIC_IDLE_SECS: &str = "KSG_TOPIC_IDLE_SECS";
+/// `KSG_DEMO_TICKS_PER_SEC`: price ticks per symbol per second in demo mode.
+pub const DEMO_TICKS_PER_SEC: &str = "KSG_DEMO_TICKS_PER_SEC";
+/// `KSG_CORS_ORIGINS`: origins allowed to open streams from a browser (`*` for any).
+pub const CORS_ORIGINS: &str = "KSG_CORS_ORIGINS";
+/// `KSG_LOG`: log filter, e.g. `info` or `info,kafka_sse_gateway=debug`.
+pub const LOG: &str = "KSG_LOG";
+
+const KAFKA_PREFIX: &str = "KSG_KAFKA_";
+
+/// Every variable with its default, for the README and for validation of names.
+pub const VARIABLES: &[(&str, &str)] = &[
+    (LISTEN, "0.0.0.0:8443"),
+    (ADMIN_LISTEN, "0.0.0.0:8081"),
+    (KAFKA_BROKERS, "(unset: embedded demo cluster)"),
+    (
+        TOPICS,
+        "(required with KSG_KAFKA_BROKERS unless KSG_ROUTES is set)",
+    ),
+    (ROUTES, "(none)"),
+    (TLS, "on"),
+    (TLS_CERT, "(unset: self-signed for localhost)"),
+    (TLS_KEY, "(unset: self-signed for localhost)"),
+    (MAX_STREAMS_PER_CONNECTION, "256"),
+    (MAX_CONNECTIONS, "10000"),
+    (HEARTBEAT_SECS, "15"),
+    (RETRY_MS, "3000"),
+    (SHUTDOWN_GRACE_SECS, "10"),
+    (STREAM_QUEUE, "1024"),
+    (HANDSHAKE_TIMEOUT_SECS, "10"),
+    (TOPIC_IDLE_SECS, "30"),
+    (DEMO_TICKS_PER_SEC, "2"),
+    (CORS_ORIGINS, "(none: no CORS headers)"),
+    (LOG, "info"),
+];
+
+/// The validated configuration of one gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// SSE listener address.
+    pub listen: SocketAddr,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Kafka bootstrap servers; `None` runs the embedded demo cluster.
+    pub kafka_brokers: Option<String>,
+    /// Extra librdkafka properties from `KSG_KAFKA_<NAME>`.
+    pub kafka_properties: BTreeMap<String, String>,
+    /// Path routing: default routes for allowed topics plus custom templates.
+    pub routes: Routes,
+    /// TLS settings; `None` serves cleartext HTTP/1.1 and h2c.
+    pub tls: Option<TlsFiles>,
+    /// HTTP/2 concurrent streams per connection.
+    pub max_streams_per_connection: u32,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Quiet time before a heartbeat comment.
+    pub heartbeat: Duration,
+    /// The `retry:` value sent first on every stream.
+    pub retry_ms: u64,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+    /// Events queued per stream before it is cut off as slow.
+    pub stream_queue: usize,
+    /// TLS and HTTP handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Delay before a topic without streams is released.
+    pub topic_idle: Duration,
+    /// Demo ticks per symbol per second.
+    pub demo_ticks_per_sec: u32,
+    /// Allowed browser origins.
+    pub cors: Cors,
+    /// Log filter directives.
+    pub log: String,
+}
+
+/// Certificate and key files; both `None` means a generated self-signed certificate.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// PEM certificate chain path.
+    pub cert: Option<PathBuf>,
+    /// PEM private key path.
+    pub key: Option<PathBuf>,
+}
+
+/// One configuration problem, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The variable at fault.
+    pub variable: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// Every problem found in one configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.variable, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Collects values and problems while a configuration is read.
+struct Reader {
+    vars: BTreeMap<String, String>,
+    problems: Vec<ConfigProblem>,
+}
+
+impl Reader {
+    fn problem(&mut self, variable: &str, message: impl Into<String>) {
+        self.problems.push(ConfigProblem {
+            variable: variable.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn raw(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    /// Parses `name` with `parse`, falling back to `default`; a bad value is a problem that
+    /// names the variable and quotes the value.
+    fn parse<T>(&mut self, name: &str, default: T, parse: impl Fn(&str) -> Result<T, String>) -> T {
+        let Some(value) = self.raw(name).map(str::to_string) else {
+            return default;
+        };
+        match parse(value.trim()) {
+            Ok(v) => v,
+            Err(why) => {
+                self.problem(name, format!("invalid value {value:?}: {why}"));
+                default
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr + PartialOrd + Copy + fmt::Display>(
+        &mut self,
+        name: &str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> T {
+        self.parse(name, default, |s| {
+            let v: T = s.parse().map_err(|_| "not a whole number".to_string())?;
+            if v < min || v > max {
+                return Err(format!("must be between {min} and {max}"));
+            }
+            Ok(v)
+        })
+    }
+}
+
+impl Config {
+    /// Reads the process environment (only `KSG_*` names are looked at).
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_vars(std::env::vars_os().filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            k.starts_with("KSG_")
+                .then(|| (k, v.to_string_lossy().into_owned()))
+        }))
+    }
+
+    /// Builds and validates a configuration from `(name, value)` pairs.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, _)| k.starts_with("KSG_"))
+            .collect();
+        let mut r = Reader {
+            vars,
+            problems: Vec::new(),
+        };
+
+        let mut kafka_properties = BTreeMap::new();
+        let names: Vec<String> = r.vars.keys().cloned().collect();
+        for name in names {
+            if VARIABLES.iter().any(|(known, _)| *known == name) {
+                continue;
+            }
+            match name.strip_prefix(KAFKA_PREFIX) {
+                Some(rest) if !rest.is_empty() => {
+                    let property = rest.to_ascii_lowercase().replace('_', ".");
+                    kafka_properties.insert(property, r.vars[&name].clone());
+                }
+                _ => r.problem(&name, "unknown variable (see the README's table)"),
+            }
+        }
+
+        let addr = |s: &str| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| "not a host:port address".to_string())
+        };
+        let listen = r.parse(LISTEN, ([0, 0, 0, 0], 8443).into(), addr);
+        let admin_listen = r.parse(ADMIN_LISTEN, ([0, 0, 0, 0], 8081).into(), addr);
+        let kafka_brokers = r
+            .raw(KAFKA_BROKERS)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty());
+
+        let tls_on = r.parse(TLS, true, |s| match s {
+            "on" => Ok(true),
+            "off" => Ok(false),
+            _ => Err("must be on or off".into()),
+        });
+        let cert = r.raw(TLS_CERT).map(PathBuf::from);
+        let key = r.raw(TLS_KEY).map(PathBuf::from);
+        if cert.is_some() != key.is_some() {
+            let missing = if cert.is_some() { TLS_KEY } else { TLS_CERT };
+            r.problem(
+                missing,
+                format!("must be set together with {TLS_CERT}/{TLS_KEY}"),
+            );
+        }
+        if !tls_on && (cert.is_some() || key.is_some()) {
+            r.problem(TLS, format!("is off but {TLS_CERT}/{TLS_KEY} are set"));
+        }
+        let tls = tls_on.then_some(TlsFiles { cert, key });
+
+        let max_streams_per_connection = r.number(MAX_STREAMS_PER_CONNECTION, 256u32, 1, 65_535);
+        let max_connections = r.number(MAX_CONNECTIONS, 10_000usize, 1, 1_000_000);
+        let heartbeat = Duration::from_secs(r.number(HEARTBEAT_SECS, 15u64, 1, 3600));
+        let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
+        let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
+        let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
+        let handshake_timeout =
+            Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
+        let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
+        let demo_ticks_per_sec = r.number(DEMO_TICKS_PER_SEC, 2u32, 1, 1000);
+        let log = r.raw(LOG).unwrap_or("info").trim().to_string();
+        if log.parse::<tracing_subscriber::filter::Targets>().is_err() {
+            r.problem(
+                LOG,
+                format!("invalid value {log:?}: not a level or target=level list"),
+            );
+        }
+
+        let cors = r.parse(CORS_ORIGINS, Cors::default(), Cors::parse);
+        let topics = match r.raw(TOPICS).map(str::to_string) {
+            Some(s) => TopicFilter::parse(&s).unwrap_or_else(|e| {
+                r.problem(TOPICS, format!("invalid value {s:?}: {e}"));
+                TopicFilter::none()
+            }),
+            None if kafka_brokers.is_none() => {
+                TopicFilter::parse(crate::demo::TOPIC).expect("the demo topic is a valid name")
+            }
+            None => {
+                if r.raw(ROUTES).is_none() {
+                    r.problem(
+                        TOPICS,
+                        "required with KSG_KAFKA_BROKERS (list topics or patterns; `*` exposes every topic)",
+                    );
+                }
+                TopicFilter::none()
+            }
+        };
+        let routes = match r.raw(ROUTES).map(str::to_string) {
+            Some(s) => Routes::parse(&s, topics).unwrap_or_else(|e: RouteError| {
+                r.problem(ROUTES, format!("invalid value {s:?}: {e}"));
+                Routes::new(TopicFilter::none())
+            }),
+            None => Routes::new(topics),
+        };
+
+        if r.problems.is_empty() {
+            Ok(Config {
+                listen,
+                admin_listen,
+                kafka_brokers,
+                kafka_properties,
+                routes,
+                tls,
+                max_streams_per_connection,
+                max_connections,
+                heartbeat,
+                retry_ms,
+                shutdown_grace,
+                stream_queue,
+                handshake_timeout,
+                topic_idle,
+                demo_ticks_per_sec,
+                cors,
+                log,
+            })
+        } else {
+            Err(ConfigError(r.problems))
+        }
+    }
+
+    /// True when no Kafka cluster is configured and the embedded demo runs.
+    pub fn is_demo(&self) -> bool {
+        self.kafka_brokers.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    fn problem_vars(e: ConfigError) -> Vec<String> {
+        e.0.into_iter().map(|p| p.variable).collect()
+    }
+
+    #[test]
+    fn defaults_are_the_demo() {
+        let c = cfg(&[]).unwrap();
+        assert!(c.is_demo());
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.max_streams_per_connection, 256);
+        assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert!(c.tls.is_some());
+        assert!(c.routes.resolve("/stock-prices/GOOG").is_ok());
+    }
+
+    #[test]
+    fn errors_name_variable_and_value() {
+        let e = cfg(&[(HEARTBEAT_SECS, "soon"), (LISTEN, "nowhere")]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("KSG_HEARTBEAT_SECS: invalid value \"soon\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("KSG_LISTEN: invalid value \"nowhere\""),
+            "{text}"
+        );
+        let e = cfg(&[(MAX_STREAMS_PER_CONNECTION, "0")]).unwrap_err();
+        assert!(e.to_string().contains("between 1 and 65535"));
+    }
+
+    #[test]
+    fn real_cluster_requires_topics() {
+        let e = cfg(&[(KAFKA_BROKERS, "k:9092")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![TOPICS]);
+        assert!(cfg(&[(KAFKA_BROKERS, "k:9092"), (TOPICS, "a,b*")]).is_ok());
+        assert!(cfg(&[(KAFKA_BROKERS, "k:9092"), (ROUTES, "/q/{key}=a")]).is_ok());
+    }
+
+    #[test]
+    fn kafka_passthrough_and_unknown_names() {
+        let c = cfg(&[
+            ("KSG_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KSG_KAFKA_CLIENT_ID", "x"),
+        ])
+        .unwrap();
+        assert_eq!(c.kafka_properties["security.protocol"], "SASL_SSL");
+        assert_eq!(c.kafka_properties["client.id"], "x");
+        let e = cfg(&[("KSG_HEARTBEAT", "5"), ("KSG_KAFKA_", "x")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec!["KSG_HEARTBEAT", "KSG_KAFKA_"]);
+    }
+
+    #[test]
+    fn tls_rules() {
+        assert!(cfg(&[(TLS, "off")]).unwrap().tls.is_none());
+        assert_eq!(problem_vars(cfg(&[(TLS, "maybe")]).unwrap_err()), vec![TLS]);
+        assert_eq!(
+            problem_vars(cfg(&[(TLS_CERT, "c.pem")]).unwrap_err()),
+            vec![TLS_KEY]
+        );
+        let e = cfg(&[(TLS, "off"), (TLS_CERT, "c"), (TLS_KEY, "k")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![TLS]);
+    }
+
+    #[test]
+    fn bad_topics_routes_and_log_are_reported_together() {
+        let e = cfg(&[(TOPICS, "bad topic"), (ROUTES, "/x/{key}"), (LOG, "loud!")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![LOG, TOPICS, ROUTES]);
+    }
+}

@@ -1,0 +1,173 @@
+//! The accept loop and per-connection serving: connection limit, TLS handshake under a
+//! deadline, HTTP/2 settings set explicitly, graceful shutdown (GOAWAY) on the shutdown signal.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::http::service::App;
+use crate::metrics::Metrics;
+
+/// HTTP/2 send buffer per stream: bounds memory held for a stream whose client reads slowly.
+const H2_SEND_BUFFER: usize = 64 * 1024;
+/// Largest request header block accepted.
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Streams a client may reset before their requests were handled, per connection.
+const MAX_PENDING_RESETS: usize = 50;
+/// Stream errors the server may reset per connection before it closes it (reset floods).
+const MAX_LOCAL_RESETS: usize = 1024;
+/// HTTP/2 keep-alive ping interval and the deadline for its acknowledgement.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The SSE listener's shared parts.
+pub struct Server {
+    builder: auto::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    metrics: Metrics,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    handshake_timeout: Duration,
+}
+
+impl Server {
+    /// A server for `app` with the limits and HTTP/2 settings of `config`.
+    pub fn new(
+        config: &Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        app: Arc<App>,
+        metrics: Metrics,
+    ) -> Server {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.handshake_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .max_send_buf_size(H2_SEND_BUFFER)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
+            .max_local_error_reset_streams(MAX_LOCAL_RESETS)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
+        Server {
+            builder,
+            tls: tls.map(TlsAcceptor::from),
+            app,
+            metrics,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            max_connections: config.max_connections,
+            handshake_timeout: config.handshake_timeout,
+        }
+    }
+
+    /// Accepts connections until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = crate::stopped(&mut shutdown) => break,
+            };
+            let tcp = match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; never panic.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                self.metrics
+                    .connections_rejected
+                    .with_label_values(&["limit"])
+                    .inc();
+                debug!("connection refused: KSG_MAX_CONNECTIONS reached");
+                continue;
+            };
+            self.metrics.connections_accepted.inc();
+            tokio::spawn(self.clone().connection(tcp, permit, shutdown.clone()));
+        }
+    }
+
+    /// Waits until every connection has ended, or `grace` has passed. Returns true if all ended.
+    pub async fn drained(&self, grace: Duration) -> bool {
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        tokio::time::timeout(grace, self.connections.acquire_many(all))
+            .await
+            .is_ok()
+    }
+
+    async fn connection(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        _permit: OwnedSemaphorePermit,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        self.metrics.connections_open.inc();
+        match &self.tls {
+            None => self.serve(tcp, shutdown).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => self.serve(tls, shutdown).await,
+                    Ok(Err(e)) => {
+                        self.metrics
+                            .connections_rejected
+                            .with_label_values(&["tls_error"])
+                            .inc();
+                        debug!("TLS handshake failed: {e}");
+                    }
+                    Err(_) => {
+                        self.metrics
+                            .connections_rejected
+                            .with_label_values(&["handshake_timeout"])
+                            .inc();
+                        debug!("TLS handshake timed out");
+                    }
+                }
+            }
+        }
+        self.metrics.connections_open.dec();
+    }
+
+    async fn serve<I>(&self, io: I, mut shutdown: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let app = self.app.clone();
+        let service = service_fn(move |request: hyper::Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(request).await) }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            _ = crate::stopped(&mut shutdown) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = result {
+            // A client hanging up is not an error worth more than debug.
+            debug!("connection ended: {e}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Request handling: method, route, subscription, and the response with its status and reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use tracing::debug;
+
+use crate::http::body::ResponseBody;
+use crate::http::cors::Cors;
+use crate::hub::{Hub, SubscribeError};
+use crate::metrics::Metrics;
+use crate::routes::{ResolveError, Routes};
+use crate::stream::{SseStream, StreamMetrics};
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    /// The registry and fan-out.
+    pub hub: Arc<Hub>,
+    /// Path routing.
+    pub routes: Routes,
+    /// The gateway's metrics.
+    pub metrics: Metrics,
+    /// Allowed browser origins.
+    pub cors: Cors,
+    /// The `retry:` value.
+    pub retry_ms: u64,
+    /// Quiet time before a heartbeat.
+    pub heartbeat: Duration,
+    /// The starter page served at `/` (demo mode).
+    pub starter_page: Option<Bytes>,
+}
+
+impl App {
+    /// Answers one request. Never fails: every problem is a response with a reason.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody> {
+        let mut response = self.route(&request).await;
+        self.cors.apply(request.headers(), response.headers_mut());
+        response
+    }
+
+    async fn route<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
+        match *request.method() {
+            Method::GET => {}
+            Method::OPTIONS => return self.preflight(request),
+            _ => {
+                let mut r = self.refuse(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "only GET is served",
+                );
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, OPTIONS"));
+                return r;
+            }
+        }
+        let path = request.uri().path();
+        if path == "/" {
+            if let Some(page) = &self.starter_page {
+                return text_response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
+            }
+        }
+        let target = match self.routes.resolve(path) {
+            Ok(target) => target,
+            Err(ResolveError::NotFound(why)) => {
+                return self.refuse(StatusCode::NOT_FOUND, "not_found", &why)
+            }
+            Err(ResolveError::BadRequest(why)) => {
+                return self.refuse(StatusCode::BAD_REQUEST, "bad_request", &why)
+            }
+        };
+        let subscription = match self.hub.subscribe(&target.topic, target.key).await {
+            Ok(s) => s,
+            Err(e @ SubscribeError::UnknownTopic(_)) => {
+                return self.refuse(StatusCode::NOT_FOUND, "not_found", &e.to_string())
+            }
+            Err(e @ SubscribeError::Unavailable(_)) => {
+                return self.refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "kafka_unavailable",
+                    &e.to_string(),
+                )
+            }
+            Err(e @ SubscribeError::ShuttingDown) => {
+                return self.refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    &e.to_string(),
+                )
+            }
+        };
+        let route = &*target.route;
+        self.metrics
+            .streams_opened
+            .with_label_values(&[route])
+            .inc();
+        let topic = subscription.topic.clone();
+        let metrics = StreamMetrics {
+            events: self.metrics.events_sent.with_label_values(&[&topic]),
+            bytes: self.metrics.event_bytes_sent.with_label_values(&[&topic]),
+            heartbeats: self.metrics.heartbeats_sent.clone(),
+            open: self.metrics.streams_open.with_label_values(&[route]),
+        };
+        let stream = SseStream::new(subscription, self.retry_ms, self.heartbeat, metrics);
+        let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+
+    /// A CORS preflight: allowed origins may send `Last-Event-ID` and `Cache-Control`.
+    fn preflight<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
+        let mut response = Response::new(ResponseBody::full(Bytes::new()));
+        *response.status_mut() = StatusCode::NO_CONTENT;
+        if self.cors.allow(request.headers()).is_some() {
+            let h = response.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("last-event-id, cache-control"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("600"),
+            );
+        }
+        response
+    }
+
+    fn refuse(&self, status: StatusCode, reason: &str, why: &str) -> Response<ResponseBody> {
+        self.metrics
+            .streams_refused
+            .with_label_values(&[reason])
+            .inc();
+        debug!(status = status.as_u16(), reason, "request refused: {why}");
+        text_response(
+            status,
+            "text/plain; charset=utf-8",
+            Bytes::from(format!("{why}\n")),
+        )
+    }
+}
+
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}

@@ -1,0 +1,264 @@
+//! kafka-sse-gateway: Apache Kafka topics served as Server-Sent Events over HTTP/2.
+//!
+//! `GET /{topic}` streams every record of a topic, `GET /{topic}/{key}` the records with one key;
+//! every event's id is a resume token. [`start`] runs a whole gateway in-process on the
+//! configured addresses (port 0 works) and returns a [`Handle`] with the real addresses.
+//!
+//! # Layout
+//! - [`config`]: `KSG_*` environment variables, parsed and validated once.
+//! - [`tls`]: rustls server configuration, PEM files or a self-signed certificate.
+//! - [`http`]: hyper server (h2 + http/1.1), request handling, CORS, limits.
+//! - [`routes`]: path templates to topic and key filter.
+//! - [`sse`]: the SSE wire format, pure.
+//! - [`position`]: the resume-token codec, pure.
+//! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
+//! - [`stream`]: one SSE response body with heartbeats.
+//! - [`source`]: the one Kafka consumer and its poll thread.
+//! - [`embedded`]: the in-process mock Kafka cluster.
+//! - [`demo`]: demo ticker and starter page.
+//! - [`metrics`]: the Prometheus registry.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod embedded;
+pub mod http;
+pub mod hub;
+pub mod metrics;
+pub mod position;
+pub mod routes;
+pub mod source;
+pub mod sse;
+pub mod stream;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::demo::Demo;
+use crate::http::server::Server;
+use crate::http::service::App;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::source::Source;
+
+/// Why the gateway could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// TLS configuration failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The Kafka client could not be created (bad `KSG_KAFKA_*` property, for example).
+    #[error("Kafka client: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// The embedded demo cluster failed.
+    #[error("demo cluster: {0}")]
+    Demo(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway. [`Handle::shutdown`] stops it gracefully; dropping it without calling
+/// `shutdown` stops the Kafka thread and the demo but leaves tasks to the runtime.
+pub struct Handle {
+    /// Address of the SSE listener.
+    pub addr: SocketAddr,
+    /// Address of the admin listener.
+    pub admin_addr: SocketAddr,
+    /// DER of the TLS certificate served, when TLS is on.
+    pub cert_der: Option<Vec<u8>>,
+    /// The gateway's metrics.
+    pub metrics: Metrics,
+    shutdown: watch::Sender<bool>,
+    server: Arc<Server>,
+    hub: Arc<Hub>,
+    grace: Duration,
+    stop_poll: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    demo: Option<Demo>,
+}
+
+/// Starts a gateway: binds both listeners, starts the Kafka consumer and serves.
+pub async fn start(config: Config) -> Result<Handle, StartError> {
+    let metrics = Metrics::new(&config.routes.labels());
+    let tls = config.tls.as_ref().map(tls::load).transpose()?;
+    if let Some(tls) = &tls {
+        if tls.self_signed {
+            warn!("TLS: no KSG_TLS_CERT/KSG_TLS_KEY given, serving a self-signed certificate for localhost");
+        }
+    }
+    let (demo, brokers) = match &config.kafka_brokers {
+        Some(brokers) => (None, brokers.clone()),
+        None => {
+            let ticks = config.demo_ticks_per_sec;
+            let demo = tokio::task::spawn_blocking(move || Demo::start(ticks))
+                .await
+                .map_err(|e| StartError::Demo(e.to_string()))?
+                .map_err(StartError::Demo)?;
+            let brokers = demo.bootstrap_servers().to_string();
+            (Some(demo), brokers)
+        }
+    };
+    let source = Arc::new(Source::new(
+        &brokers,
+        &config.kafka_properties,
+        metrics.clone(),
+    )?);
+    let hub = Arc::new(Hub::new(
+        source.clone(),
+        metrics.clone(),
+        config.stream_queue,
+    ));
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Bind(config.listen, e))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.listen, e))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
+
+    let stop_poll = Arc::new(AtomicBool::new(false));
+    let poller = source::spawn_poller(source.clone(), hub.clone(), stop_poll.clone())
+        .map_err(StartError::Thread)?;
+
+    let (shutdown, signal) = watch::channel(false);
+    let ready = Arc::new(AtomicBool::new(false));
+    let app = Arc::new(App {
+        hub: hub.clone(),
+        routes: config.routes.clone(),
+        metrics: metrics.clone(),
+        cors: config.cors.clone(),
+        retry_ms: config.retry_ms,
+        heartbeat: config.heartbeat,
+        starter_page: demo
+            .as_ref()
+            .map(|_| Bytes::from_static(demo::STARTER_PAGE.as_bytes())),
+    });
+    let server = Arc::new(Server::new(
+        &config,
+        tls.as_ref().map(|t| t.config.clone()),
+        app,
+        metrics.clone(),
+    ));
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    let tasks = vec![
+        tokio::spawn(server.clone().run(listener, signal.clone())),
+        tokio::spawn(admin.run(admin_listener, signal.clone())),
+        tokio::spawn(watch_readiness(source, ready)),
+        tokio::spawn(release_idle_topics(hub.clone(), config.topic_idle, signal)),
+    ];
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(%addr, %admin_addr, "serving SSE on {scheme}://{addr}, admin on http://{admin_addr}");
+    Ok(Handle {
+        addr,
+        admin_addr,
+        cert_der: tls.map(|t| t.cert_der),
+        metrics,
+        shutdown,
+        server,
+        hub,
+        grace: config.shutdown_grace,
+        stop_poll,
+        poller: Some(poller),
+        tasks,
+        demo,
+    })
+}
+
+/// Resolves once the shutdown signal is true (or its sender is gone).
+pub(crate) async fn stopped(signal: &mut watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
+
+/// Latches readiness once Kafka answers a metadata request.
+async fn watch_readiness(source: Arc<Source>, ready: Arc<AtomicBool>) {
+    loop {
+        let probe = source.clone();
+        if let Ok(true) =
+            tokio::task::spawn_blocking(move || probe.reachable(Duration::from_secs(2))).await
+        {
+            ready.store(true, Ordering::Release);
+            info!("Kafka reached: ready");
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Periodically releases topics that have had no stream for `idle`.
+async fn release_idle_topics(hub: Arc<Hub>, idle: Duration, mut shutdown: watch::Receiver<bool>) {
+    let period = idle.clamp(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => hub.release_idle(idle).await,
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+impl Handle {
+    /// Stops accepting, sends GOAWAY, ends every stream and waits for connections to close,
+    /// at most the grace period. Returns true when every connection ended in time.
+    pub async fn shutdown(mut self) -> bool {
+        info!("shutting down: no new connections, ending streams");
+        let _ = self.shutdown.send(true);
+        self.hub.close();
+        let drained = self.server.drained(self.grace).await;
+        if !drained {
+            warn!("grace period over with connections still open; closing them");
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.stop_poller().await;
+        drop(self.demo.take());
+        drained
+    }
+
+    async fn stop_poller(&mut self) {
+        self.stop_poll.store(true, Ordering::Relaxed);
+        if let Some(poller) = self.poller.take() {
+            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        self.hub.close();
+        self.stop_poll.store(true, Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

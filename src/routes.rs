@@ -1,0 +1,405 @@
+//! Path routing: which request path serves which topic and key filter.
+//!
+//! Default routes `/{topic}` and `/{topic}/{key}` serve the topics allowed by `KSG_TOPICS`
+//! (names or glob patterns with `*` and `?`). `KSG_ROUTES` adds templates, tried first, such as
+//! `/quotes/{key}=stock-prices` (a fixed topic, allowed through that route only) or
+//! `/feeds/{topic}` (topic from the path, still checked against `KSG_TOPICS`). Segments are
+//! percent-decoded, so a key may hold any bytes (`%2F` for a slash).
+
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use thiserror::Error;
+
+/// Longest topic name Kafka accepts.
+const MAX_TOPIC_LEN: usize = 249;
+
+/// A configuration error in `KSG_TOPICS` or `KSG_ROUTES`.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum RouteError {
+    /// A pattern or topic name with characters Kafka does not allow.
+    #[error("{0:?} is not a valid topic name or pattern")]
+    BadTopic(String),
+    /// A template that cannot work.
+    #[error("template {0:?}: {1}")]
+    BadTemplate(String, &'static str),
+}
+
+/// Why a request path does not resolve; the HTTP status follows from the variant.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ResolveError {
+    /// No route matches, or the topic is not served: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// The path is malformed: 400.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+/// The topics served by the default routes.
+#[derive(Debug, Clone, Default)]
+pub struct TopicFilter {
+    patterns: Vec<String>,
+}
+
+impl TopicFilter {
+    /// A filter that allows nothing.
+    pub fn none() -> Self {
+        TopicFilter::default()
+    }
+
+    /// Parses a comma-separated list of names and glob patterns.
+    pub fn parse(list: &str) -> Result<Self, RouteError> {
+        let mut patterns = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let legal = item.len() <= MAX_TOPIC_LEN
+                && item
+                    .bytes()
+                    .all(|b| is_topic_byte(b) || b == b'*' || b == b'?');
+            if !legal {
+                return Err(RouteError::BadTopic(item.to_string()));
+            }
+            patterns.push(item.to_string());
+        }
+        Ok(TopicFilter { patterns })
+    }
+
+    /// True when `topic` matches one of the patterns.
+    pub fn allows(&self, topic: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| glob_match(p.as_bytes(), topic.as_bytes()))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Topic,
+    Key,
+}
+
+#[derive(Debug, Clone)]
+struct Template {
+    label: Arc<str>,
+    segments: Vec<Segment>,
+    topic: Option<String>,
+}
+
+/// What a path resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The Kafka topic.
+    pub topic: String,
+    /// Only records with exactly this key, when set.
+    pub key: Option<Vec<u8>>,
+    /// The route's template, a bounded metric label.
+    pub route: Arc<str>,
+}
+
+/// All routes of a gateway.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    filter: TopicFilter,
+    custom: Vec<Template>,
+    all_label: Arc<str>,
+    key_label: Arc<str>,
+}
+
+impl Routes {
+    /// Only the default routes, for the topics `filter` allows.
+    pub fn new(filter: TopicFilter) -> Self {
+        Routes {
+            filter,
+            custom: Vec::new(),
+            all_label: "/{topic}".into(),
+            key_label: "/{topic}/{key}".into(),
+        }
+    }
+
+    /// Default routes plus the comma-separated templates of `KSG_ROUTES`.
+    pub fn parse(list: &str, filter: TopicFilter) -> Result<Self, RouteError> {
+        let mut routes = Routes::new(filter);
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            routes.custom.push(parse_template(item)?);
+        }
+        Ok(routes)
+    }
+
+    /// The route labels that metrics are pre-registered with.
+    pub fn labels(&self) -> Vec<Arc<str>> {
+        let mut labels = vec![self.all_label.clone(), self.key_label.clone()];
+        labels.extend(self.custom.iter().map(|t| t.label.clone()));
+        labels
+    }
+
+    /// Resolves a request path (without its query) to a topic and key filter.
+    pub fn resolve(&self, path: &str) -> Result<Target, ResolveError> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(ResolveError::BadRequest("path must start with /".into()));
+        };
+        let raw: Vec<&str> = rest.split('/').collect();
+        for template in &self.custom {
+            if let Some(target) = template.matches(&raw, &self.filter)? {
+                return Ok(target);
+            }
+        }
+        let (topic, key, route) = match raw.as_slice() {
+            [topic] if !topic.is_empty() => (*topic, None, &self.all_label),
+            [topic, key] if !topic.is_empty() => (*topic, Some(*key), &self.key_label),
+            _ => return Err(ResolveError::NotFound(format!("no route for {path}"))),
+        };
+        let topic = decode_topic(topic)?;
+        if !self.filter.allows(&topic) {
+            return Err(ResolveError::NotFound(format!(
+                "topic {topic:?} is not served here"
+            )));
+        }
+        let key = key.map(decode_key).transpose()?;
+        Ok(Target {
+            topic,
+            key,
+            route: route.clone(),
+        })
+    }
+}
+
+impl Template {
+    fn matches(&self, raw: &[&str], filter: &TopicFilter) -> Result<Option<Target>, ResolveError> {
+        if raw.len() != self.segments.len() {
+            return Ok(None);
+        }
+        let (mut topic, mut key) = (self.topic.clone(), None);
+        for (segment, raw) in self.segments.iter().zip(raw) {
+            match segment {
+                Segment::Literal(lit) => {
+                    if percent_decode_str(raw).decode_utf8().ok().as_deref() != Some(lit.as_str()) {
+                        return Ok(None);
+                    }
+                }
+                Segment::Topic => topic = Some(decode_topic(raw)?),
+                Segment::Key => key = Some(decode_key(raw)?),
+            }
+        }
+        let topic = topic.expect("a template names a topic or has {topic}");
+        if self.topic.is_none() && !filter.allows(&topic) {
+            return Err(ResolveError::NotFound(format!(
+                "topic {topic:?} is not served here"
+            )));
+        }
+        Ok(Some(Target {
+            topic,
+            key,
+            route: self.label.clone(),
+        }))
+    }
+}
+
+fn parse_template(item: &str) -> Result<Template, RouteError> {
+    let bad = |why| RouteError::BadTemplate(item.to_string(), why);
+    let (path, topic) = match item.rsplit_once('=') {
+        Some((path, topic)) => (path.trim(), Some(topic.trim().to_string())),
+        None => (item, None),
+    };
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| bad("must start with /"))?;
+    let segments: Vec<Segment> = rest
+        .split('/')
+        .map(|s| match s {
+            "{topic}" => Ok(Segment::Topic),
+            "{key}" => Ok(Segment::Key),
+            "" => Err(bad("empty segment")),
+            s if s.contains(['{', '}']) => Err(bad("only {topic} and {key} are placeholders")),
+            s => Ok(Segment::Literal(s.to_string())),
+        })
+        .collect::<Result<_, _>>()?;
+    let count = |want| segments.iter().filter(|s| **s == want).count();
+    if count(Segment::Key) > 1 || count(Segment::Topic) > 1 {
+        return Err(bad("a placeholder appears twice"));
+    }
+    match (&topic, count(Segment::Topic)) {
+        (Some(t), 0) if is_topic_name(t) => {}
+        (Some(_), 0) => return Err(bad("the topic after = is not a valid topic name")),
+        (Some(_), _) => return Err(bad("has both {topic} and =topic")),
+        (None, 0) => return Err(bad("needs {topic} or =topic")),
+        (None, _) => {}
+    }
+    Ok(Template {
+        label: path.into(),
+        segments,
+        topic,
+    })
+}
+
+fn decode_topic(raw: &str) -> Result<String, ResolveError> {
+    let topic = percent_decode_str(raw)
+        .decode_utf8()
+        .ok()
+        .filter(|t| is_topic_name(t));
+    topic
+        .map(|t| t.into_owned())
+        .ok_or_else(|| ResolveError::BadRequest(format!("{raw:?} is not a valid topic name")))
+}
+
+fn decode_key(raw: &str) -> Result<Vec<u8>, ResolveError> {
+    if raw.is_empty() {
+        return Err(ResolveError::BadRequest("empty key".into()));
+    }
+    Ok(percent_decode_str(raw).collect())
+}
+
+fn is_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-'
+}
+
+/// Kafka's rule: 1 to 249 of `[A-Za-z0-9._-]`, and not `.` or `..`.
+pub fn is_topic_name(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TOPIC_LEN
+        && t != "."
+        && t != ".."
+        && t.bytes().all(is_topic_byte)
+}
+
+/// Glob match with `*` (any run) and `?` (one byte), iterative with one backtrack point.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(topics: &str, custom: &str) -> Routes {
+        Routes::parse(custom, TopicFilter::parse(topics).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn default_routes() {
+        let r = routes("stock-prices,orders.*", "");
+        let t = r.resolve("/stock-prices/GOOG").unwrap();
+        assert_eq!(
+            (t.topic.as_str(), t.key.as_deref(), &*t.route),
+            ("stock-prices", Some(&b"GOOG"[..]), "/{topic}/{key}")
+        );
+        let t = r.resolve("/orders.eu").unwrap();
+        assert_eq!(
+            (t.topic.as_str(), t.key, &*t.route),
+            ("orders.eu", None, "/{topic}")
+        );
+        assert!(matches!(
+            r.resolve("/secret"),
+            Err(ResolveError::NotFound(_))
+        ));
+        assert!(matches!(r.resolve("/"), Err(ResolveError::NotFound(_))));
+        assert!(matches!(
+            r.resolve("/a/b/c"),
+            Err(ResolveError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn keys_are_percent_decoded_bytes() {
+        let r = routes("t", "");
+        assert_eq!(r.resolve("/t/a%2Fb%20c").unwrap().key.unwrap(), b"a/b c");
+        assert_eq!(r.resolve("/t/%FF%00").unwrap().key.unwrap(), vec![0xff, 0]);
+        assert!(matches!(r.resolve("/t/"), Err(ResolveError::BadRequest(_))));
+    }
+
+    #[test]
+    fn bad_topic_names_are_400() {
+        let r = routes("*", "");
+        assert!(matches!(
+            r.resolve("/bad%20topic"),
+            Err(ResolveError::BadRequest(_))
+        ));
+        assert!(matches!(r.resolve("/.."), Err(ResolveError::BadRequest(_))));
+        assert!(matches!(
+            r.resolve(&format!("/{}", "a".repeat(250))),
+            Err(ResolveError::BadRequest(_))
+        ));
+        assert!(r.resolve(&format!("/{}", "a".repeat(249))).is_ok());
+    }
+
+    #[test]
+    fn custom_templates() {
+        let r = routes("feeds-*", "/quotes/{key}=stock-prices,/v1/{topic}/k/{key}");
+        let t = r.resolve("/quotes/GOOG").unwrap();
+        assert_eq!(
+            (t.topic.as_str(), &*t.route),
+            ("stock-prices", "/quotes/{key}")
+        );
+        let t = r.resolve("/v1/feeds-a/k/x").unwrap();
+        assert_eq!(
+            (t.topic.as_str(), t.key.unwrap()),
+            ("feeds-a", b"x".to_vec())
+        );
+        assert!(matches!(
+            r.resolve("/v1/other/k/x"),
+            Err(ResolveError::NotFound(_))
+        ));
+        // The fixed topic is reachable only through its route.
+        assert!(matches!(
+            r.resolve("/stock-prices"),
+            Err(ResolveError::NotFound(_))
+        ));
+        assert_eq!(r.labels().len(), 4);
+    }
+
+    #[test]
+    fn bad_templates() {
+        let f = TopicFilter::none;
+        for bad in [
+            "quotes=t",
+            "/q/{key}",
+            "/{topic}=t",
+            "/q/{key}/{key}=t",
+            "/q/{x}=t",
+            "/q//a=t",
+            "/q=bad topic",
+        ] {
+            assert!(Routes::parse(bad, f()).is_err(), "{bad}");
+        }
+        assert!(TopicFilter::parse("a b").is_err());
+    }
+
+    #[test]
+    fn globs() {
+        for (p, t, want) in [
+            ("*", "anything", true),
+            ("a*", "abc", true),
+            ("a*c", "abbbc", true),
+            ("a*c", "abbbd", false),
+            ("a?c", "abc", true),
+            ("a?c", "ac", false),
+            ("*.*.x", "a.b.x", true),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+        ] {
+            assert_eq!(glob_match(p.as_bytes(), t.as_bytes()), want, "{p} {t}");
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The Kafka source: ONE rdkafka consumer per gateway, partitions assigned explicitly, no group
+//! commits. A dedicated thread polls it and hands every record to the hub; the blocking
+//! metadata, offset and assignment calls run on tokio's blocking pool.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use thiserror::Error;
+use tracing::{debug, error, info, warn};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// How long one blocking Kafka request may take before the caller gets `503`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the poll thread blocks waiting for a record (bounds shutdown latency).
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A Kafka problem, classified by who is at fault.
+#[derive(Debug, Error)]
+pub enum SourceError {
+    /// The topic does not exist: the client's fault (404).
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    /// Kafka did not answer or failed: upstream's fault (503).
+    #[error("Kafka is unavailable: {0}")]
+    Unavailable(#[from] KafkaError),
+}
+
+/// Routes librdkafka's errors and logs into metrics and tracing.
+pub struct Context {
+    metrics: Metrics,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                error!(facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Warning => warn!(facility = fac, "librdkafka: {log_message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                info!(facility = fac, "librdkafka: {log_message}")
+            }
+            RDKafkaLogLevel::Debug => debug!(facility = fac, "librdkafka: {log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let code = error
+            .rdkafka_error_code()
+            .map_or("other".to_string(), |c| format!("{c:?}"));
+        self.metrics.kafka_errors.with_label_values(&[&code]).inc();
+        warn!(code = %code, "Kafka client error: {reason}");
+    }
+}
+
+impl ConsumerContext for Context {}
+
+/// The gateway's one Kafka consumer.
+pub struct Source {
+    consumer: BaseConsumer<Context>,
+    metrics: Metrics,
+}
+
+impl Source {
+    /// Creates the consumer; it connects lazily, so this succeeds while Kafka is down.
+    pub fn new(
+        brokers: &str,
+        properties: &BTreeMap<String, String>,
+        metrics: Metrics,
+    ) -> Result<Source, KafkaError> {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("client.id", "kafka-sse-gateway")
+            // assign() needs a group id; nothing is ever committed to it.
+            .set("group.id", "kafka-sse-gateway")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("allow.auto.create.topics", "false")
+            // Low latency: answer fetches quickly, refill the queue quickly.
+            .set("fetch.wait.max.ms", "100")
+            .set("fetch.queue.backoff.ms", "10")
+            .set("queued.max.messages.kbytes", "16384")
+            .set_log_level(RDKafkaLogLevel::Warning);
+        for (name, value) in properties {
+            config.set(name, value);
+        }
+        let consumer = config.create_with_context(Context {
+            metrics: metrics.clone(),
+        })?;
+        Ok(Source { consumer, metrics })
+    }
+
+    /// True when the cluster answers a metadata request (blocking).
+    pub fn reachable(&self, timeout: Duration) -> bool {
+        self.consumer.fetch_metadata(None, timeout).is_ok()
+    }
+
+    /// The number of partitions of `topic` (blocking).
+    pub fn partition_count(&self, topic: &str) -> Result<usize, SourceError> {
+        let metadata = self.consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+            return Err(SourceError::UnknownTopic(topic.to_string()));
+        };
+        match t.error() {
+            None if !t.partitions().is_empty() => Ok(t.partitions().len()),
+            None => Err(SourceError::UnknownTopic(topic.to_string())),
+            Some(e) => match RDKafkaErrorCode::from(e) {
+                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic => {
+                    Err(SourceError::UnknownTopic(topic.to_string()))
+                }
+                code => Err(SourceError::Unavailable(KafkaError::MetadataFetch(code))),
+            },
+        }
+    }
+
+    /// The end offset (next offset to be written) of partitions `0..count`, in one request.
+    pub fn end_offsets(&self, topic: &str, count: usize) -> Result<Vec<i64>, SourceError> {
+        let mut request = TopicPartitionList::new();
+        for p in 0..count as i32 {
+            request.add_partition_offset(topic, p, Offset::End)?;
+        }
+        let answer = self.consumer.offsets_for_times(request, REQUEST_TIMEOUT)?;
+        let mut offsets = vec![0; count];
+        for element in answer.elements() {
+            element.error()?;
+            let slot = offsets
+                .get_mut(element.partition() as usize)
+                .ok_or(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition))?;
+            *slot = match element.offset() {
+                Offset::Offset(o) => o,
+                _ => return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::InvalidArgument).into()),
+            };
+        }
+        Ok(offsets)
+    }
+
+    /// Adds partitions `0..next.len()` of `topic` to the assignment at the given offsets.
+    pub fn assign(&self, topic: &str, next: &[i64]) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for (p, &offset) in next.iter().enumerate() {
+            list.add_partition_offset(topic, p as i32, Offset::Offset(offset))?;
+        }
+        self.consumer.incremental_assign(&list)?;
+        self.metrics.partitions_assigned.add(next.len() as i64);
+        Ok(())
+    }
+
+    /// Removes partitions `0..count` of `topic` from the assignment.
+    pub fn unassign(&self, topic: &str, count: usize) -> Result<(), SourceError> {
+        let mut list = TopicPartitionList::new();
+        for p in 0..count as i32 {
+            list.add_partition(topic, p);
+        }
+        self.consumer.incremental_unassign(&list)?;
+        self.metrics.partitions_assigned.sub(count as i64);
+        Ok(())
+    }
+
+    /// Polls until `stop` is set, handing every record to `hub`. Runs on its own thread.
+    pub fn poll_loop(&self, hub: &Hub, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            match self.consumer.poll(POLL_TIMEOUT) {
+                None => {}
+                Some(Ok(message)) => hub.dispatch(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    message.payload(),
+                ),
+                Some(Err(e)) => {
+                    let code = e
+                        .rdkafka_error_code()
+                        .map_or("other".to_string(), |c| format!("{c:?}"));
+                    self.metrics.kafka_errors.with_label_values(&[&code]).inc();
+                    warn!(code = %code, "Kafka consume error: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Starts the poll thread; it ends when `stop` is set.
+pub fn spawn_poller(
+    source: Arc<Source>,
+    hub: Arc<Hub>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ksg-kafka-poll".into())
+        .spawn(move || source.poll_loop(&hub, &stop))
+}

@@ -1,0 +1,192 @@
+//! The Server-Sent Events wire format: pure functions from records to exact bytes.
+//!
+//! Every event is encoded once, here, and the resulting [`Bytes`] are shared by every stream
+//! that receives it. Nothing in this module allocates per subscriber or touches I/O.
+//!
+//! Format decisions (also in the README):
+//! - A record whose value is valid UTF-8 becomes a default (`message`) event with one `data: `
+//!   line per line of the value; CR, LF and CRLF all end a line, exactly as the EventSource
+//!   parser splits them, so the browser sees the value with every line break turned into LF.
+//! - A record whose value is not valid UTF-8 is never written raw: it becomes an event of type
+//!   `binary` whose data is the value in standard base64 (lossless).
+//! - A tombstone (null value) becomes `event: delete` with the key as data; a key that is not
+//!   valid UTF-8 becomes `event: delete-binary` with the key in standard base64.
+//! - `data: ` always carries its space, so a value line that starts with a space keeps it.
+
+use base64::Engine;
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// Event type of a tombstone (record with a null value).
+pub const EVENT_DELETE: &str = "delete";
+/// Event type of a tombstone whose key is not valid UTF-8 (data is base64).
+pub const EVENT_DELETE_BINARY: &str = "delete-binary";
+/// Event type of a record whose value is not valid UTF-8 (data is base64).
+pub const EVENT_BINARY: &str = "binary";
+
+/// The comment sent when a stream has been quiet for a heartbeat interval.
+pub const HEARTBEAT: &[u8] = b":\n\n";
+
+/// The first bytes of every stream: the reconnect delay, and an id-only block that sets the
+/// client's `lastEventId` to the stream's start position without dispatching an event, so a
+/// client that reconnects before any event arrives still resumes without loss.
+pub fn preamble(retry_ms: u64, start_id: &str) -> Bytes {
+    debug_assert!(is_safe_field(start_id));
+    let mut buf = BytesMut::with_capacity(32 + start_id.len());
+    buf.put_slice(b"retry: ");
+    buf.put_slice(retry_ms.to_string().as_bytes());
+    buf.put_slice(b"\nid: ");
+    buf.put_slice(start_id.as_bytes());
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
+/// Encodes one Kafka record as an SSE event carrying `id` (a resume token).
+///
+/// `value == None` is a tombstone. `id` must be a field-safe token (no CR, LF or NUL), which
+/// every resume token is by construction (base64url).
+pub fn record_event(id: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Bytes {
+    debug_assert!(is_safe_field(id));
+    match value {
+        Some(value) => match std::str::from_utf8(value) {
+            Ok(text) => event(None, id, text),
+            Err(_) => event(Some(EVENT_BINARY), id, &base64_std(value)),
+        },
+        None => {
+            let key = key.unwrap_or_default();
+            match std::str::from_utf8(key) {
+                Ok(text) => event(Some(EVENT_DELETE), id, text),
+                Err(_) => event(Some(EVENT_DELETE_BINARY), id, &base64_std(key)),
+            }
+        }
+    }
+}
+
+/// Encodes an event with an optional type, an id and text data (split into `data:` lines).
+pub fn event(event_type: Option<&str>, id: &str, data: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(data.len() + id.len() + 32);
+    if let Some(event_type) = event_type {
+        debug_assert!(is_safe_field(event_type));
+        buf.put_slice(b"event: ");
+        buf.put_slice(event_type.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    if !id.is_empty() {
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    for line in split_lines(data) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// Splits text the way the EventSource parser ends lines: at CRLF, at a lone CR and at LF.
+/// An empty text is one empty line (so the event still dispatches, with empty data).
+fn split_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let current = rest?;
+        match current.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(current)
+            }
+            Some(at) => {
+                let skip = if current[at..].starts_with("\r\n") {
+                    2
+                } else {
+                    1
+                };
+                rest = Some(&current[at + skip..]);
+                Some(&current[..at])
+            }
+        }
+    })
+}
+
+/// True when `s` may stand in an `id:` or `event:` field: no CR, LF or NUL.
+pub fn is_safe_field(s: &str) -> bool {
+    !s.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)
+}
+
+fn base64_std(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Bytes) -> String {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn value_becomes_message_event() {
+        let b = record_event("AQI", Some(b"GOOG"), Some(b"{\"p\":1}"));
+        assert_eq!(text(b), "id: AQI\ndata: {\"p\":1}\n\n");
+    }
+
+    #[test]
+    fn every_line_ending_splits() {
+        let b = record_event("x", None, Some(b"a\nb\r\nc\rd"));
+        assert_eq!(text(b), "id: x\ndata: a\ndata: b\ndata: c\ndata: d\n\n");
+        let b = record_event("x", None, Some(b"a\r\r\nb\n"));
+        assert_eq!(text(b), "id: x\ndata: a\ndata: \ndata: b\ndata: \n\n");
+    }
+
+    #[test]
+    fn empty_value_is_one_empty_data_line() {
+        assert_eq!(
+            text(record_event("x", None, Some(b""))),
+            "id: x\ndata: \n\n"
+        );
+    }
+
+    #[test]
+    fn leading_space_of_a_line_survives() {
+        assert_eq!(
+            text(record_event("x", None, Some(b" indented"))),
+            "id: x\ndata:  indented\n\n"
+        );
+    }
+
+    #[test]
+    fn tombstone_is_delete_with_key() {
+        let b = record_event("x", Some(b"GOOG"), None);
+        assert_eq!(text(b), "event: delete\nid: x\ndata: GOOG\n\n");
+        let b = record_event("x", None, None);
+        assert_eq!(text(b), "event: delete\nid: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn non_utf8_is_base64_in_its_own_event_type() {
+        let b = record_event("x", None, Some(&[0xff, 0x00, b'\n']));
+        assert_eq!(text(b), "event: binary\nid: x\ndata: /wAK\n\n");
+        let b = record_event("x", Some(&[0xc3, 0x28]), None);
+        assert_eq!(text(b), "event: delete-binary\nid: x\ndata: wyg=\n\n");
+    }
+
+    #[test]
+    fn nul_in_utf8_value_stays_in_data_only() {
+        let b = record_event("x", None, Some(b"a\0b"));
+        assert_eq!(b.as_ref(), b"id: x\ndata: a\0b\n\n");
+    }
+
+    #[test]
+    fn preamble_sets_retry_and_start_id() {
+        assert_eq!(text(preamble(3000, "AQ")), "retry: 3000\nid: AQ\n\n");
+    }
+
+    #[test]
+    fn unsafe_fields_are_detected() {
+        assert!(is_safe_field("abc-_09"));
+        assert!(!is_safe_field("a\nb"));
+        assert!(!is_safe_field("a\rb"));
+        assert!(!is_safe_field("a\0b"));
+    }
+}

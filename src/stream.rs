@@ -1,0 +1,106 @@
+//! One SSE response body: the preamble, then events from the stream's bounded queue, with a
+//! heartbeat comment whenever the stream has been quiet for the heartbeat interval.
+//!
+//! The body ends when its queue closes: the hub cut the stream off as slow, or the gateway is
+//! shutting down. Queued events are written first, so the client's last id is exact.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use prometheus::{IntCounter, IntGauge};
+use tokio::time::{Instant, Sleep};
+
+use crate::hub::Subscription;
+use crate::sse;
+
+/// Per-stream handles on the shared metrics, resolved once when the stream opens.
+pub struct StreamMetrics {
+    /// Events written on the stream's topic.
+    pub events: IntCounter,
+    /// Event bytes written on the stream's topic.
+    pub bytes: IntCounter,
+    /// Heartbeats written.
+    pub heartbeats: IntCounter,
+    /// Open streams on the stream's route; decremented when the body is dropped.
+    pub open: IntGauge,
+}
+
+/// The body of one SSE response.
+pub struct SseStream {
+    preamble: Option<Bytes>,
+    subscription: Subscription,
+    heartbeat_every: Duration,
+    heartbeat: Pin<Box<Sleep>>,
+    metrics: StreamMetrics,
+}
+
+impl SseStream {
+    /// A stream over `subscription` that starts with `retry:` and the start id.
+    pub fn new(
+        subscription: Subscription,
+        retry_ms: u64,
+        heartbeat_every: Duration,
+        metrics: StreamMetrics,
+    ) -> Self {
+        metrics.open.inc();
+        SseStream {
+            preamble: Some(sse::preamble(retry_ms, &subscription.start_id)),
+            subscription,
+            heartbeat_every,
+            heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
+            metrics,
+        }
+    }
+}
+
+impl Drop for SseStream {
+    fn drop(&mut self) {
+        self.metrics.open.dec();
+    }
+}
+
+impl Body for SseStream {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        if let Some(preamble) = this.preamble.take() {
+            return Poll::Ready(Some(Ok(Frame::data(preamble))));
+        }
+        match this.subscription.events.poll_recv(cx) {
+            Poll::Ready(Some(event)) => {
+                this.metrics.events.inc();
+                this.metrics.bytes.inc_by(event.len() as u64);
+                let next = Instant::now() + this.heartbeat_every;
+                this.heartbeat.as_mut().reset(next);
+                return Poll::Ready(Some(Ok(Frame::data(event))));
+            }
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if this.heartbeat.as_mut().poll(cx).is_ready() {
+            this.metrics.heartbeats.inc();
+            let next = Instant::now() + this.heartbeat_every;
+            this.heartbeat.as_mut().reset(next);
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
