@@ -13,25 +13,25 @@
 #            scripts/kafka-local.sh topics --create --topic x --partitions 3
 #
 # Environment:
-#   KSG_KAFKA_VERSION          Kafka version from Maven Central (default 4.4.0)
-#   KSG_KAFKA_PORT             PLAINTEXT listener port (default 9092)
-#   KSG_KAFKA_CONTROLLER_PORT  KRaft controller port (default KSG_KAFKA_PORT+1)
-#   KSG_KAFKA_HOME             jar cache (default ~/.cache/ksg-kafka); jars in <home>/<version>/libs
-#   KSG_KAFKA_DATA             data dir: logs, config, pid, broker log (default /tmp/ksg-kafka-data)
-#   KSG_KAFKA_START_TIMEOUT    seconds to wait for the broker (default 90)
+#   KAFKA_LOCAL_VERSION          Kafka version from Maven Central (default 4.4.0)
+#   KAFKA_LOCAL_PORT             PLAINTEXT listener port (default 9092)
+#   KAFKA_LOCAL_CONTROLLER_PORT  KRaft controller port (default KAFKA_LOCAL_PORT+1)
+#   KAFKA_LOCAL_HOME             jar cache (default ~/.cache/ksg-kafka); jars in <home>/<version>/libs
+#   KAFKA_LOCAL_DATA             data dir: logs, config, pid, broker log (default /tmp/ksg-kafka-data)
+#   KAFKA_LOCAL_START_TIMEOUT    seconds to wait for the broker (default 90)
 set -euo pipefail
 
-VERSION="${KSG_KAFKA_VERSION:-4.4.0}"
+VERSION="${KAFKA_LOCAL_VERSION:-4.4.0}"
 LOG4J_VERSION="2.25.5"   # pinned for log4j-api/core/slf4j-impl so they always match
-PORT="${KSG_KAFKA_PORT:-9092}"
-CPORT="${KSG_KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+PORT="${KAFKA_LOCAL_PORT:-9092}"
+CPORT="${KAFKA_LOCAL_CONTROLLER_PORT:-$((PORT + 1))}"
 HOST=127.0.0.1
-CACHE="${KSG_KAFKA_HOME:-$HOME/.cache/ksg-kafka}/$VERSION"
+CACHE="${KAFKA_LOCAL_HOME:-$HOME/.cache/ksg-kafka}/$VERSION"
 LIBS="$CACHE/libs"
-DATA="${KSG_KAFKA_DATA:-/tmp/ksg-kafka-data}"
+DATA="${KAFKA_LOCAL_DATA:-/tmp/ksg-kafka-data}"
 PIDFILE="$DATA/kafka.pid"
 LOGFILE="$DATA/kafka.log"
-TIMEOUT="${KSG_KAFKA_START_TIMEOUT:-90}"
+TIMEOUT="${KAFKA_LOCAL_START_TIMEOUT:-90}"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
 say() { echo "kafka-local: $*"; }
@@ -96,7 +96,7 @@ EOF
 
 write_log4j() {
   cat >"$CACHE/log4j2.properties" <<'EOF'
-# Console only; the broker's stdout/stderr go to $KSG_KAFKA_DATA/kafka.log.
+# Console only; the broker's stdout/stderr go to $KAFKA_LOCAL_DATA/kafka.log.
 status = warn
 appender.console.type = Console
 appender.console.name = STDERR

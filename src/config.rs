@@ -290,7 +290,7 @@ impl Config {
         let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
         let demo_ticks_per_sec = r.number(DEMO_TICKS_PER_SEC, 2u32, 1, 1000);
         let log = r.raw(LOG).unwrap_or("info").trim().to_string();
-        if log.parse::<tracing_subscriber::filter::Targets>().is_err() {
+        if !is_log_filter(&log) {
             r.problem(
                 LOG,
                 format!("invalid value {log:?}: not a level or target=level list"),
@@ -353,6 +353,22 @@ impl Config {
     pub fn is_demo(&self) -> bool {
         self.kafka_brokers.is_none()
     }
+}
+
+/// A `KSG_LOG` value: comma-separated `level` or `target=level` items.
+fn is_log_filter(filter: &str) -> bool {
+    let level = |s: &str| {
+        matches!(
+            s.trim(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        )
+    };
+    filter.split(',').all(|item| match item.split_once('=') {
+        Some((target, lvl)) => !target.trim().is_empty() && level(lvl),
+        None => level(item),
+    }) && filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .is_ok()
 }
 
 #[cfg(test)]

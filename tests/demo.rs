@@ -1,0 +1,61 @@
+//! The embedded default: no KSG_KAFKA_BROKERS runs the mock cluster, the ticker and the page.
+
+mod support;
+
+use kafka_sse_gateway::config::Config;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_starter_page_and_live_ticks() {
+    let config = Config::from_vars([
+        ("KSG_LISTEN", "127.0.0.1:0"),
+        ("KSG_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("KSG_DEMO_TICKS_PER_SEC", "20"),
+    ])
+    .unwrap();
+    let gw = kafka_sse_gateway::start(config).await.unwrap();
+    let h2 = h2_connect(&gw).await;
+
+    let (head, mut page) = get(&h2, "/", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-type"], "text/html; charset=utf-8");
+    let html = {
+        let body = page.body_mut().as_mut().unwrap();
+        let mut out = Vec::new();
+        while let Some(chunk) = body.data().await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        String::from_utf8(out).unwrap()
+    };
+    assert!(html.contains("new EventSource('/stock-prices/'"));
+
+    let (head, mut sse) = get(&h2, "/stock-prices/GOOG", &[]).await;
+    assert_eq!(head.status, 200);
+    // Ticks for GOOG only (or its delisting), in increasing sequence.
+    let mut last_seq = 0;
+    for event in sse.events(5).await {
+        match event.event.as_deref() {
+            Some("delete") => assert_eq!(event.text(), "GOOG"),
+            None => {
+                let text = event.text();
+                assert!(text.starts_with(r#"{"symbol":"GOOG","price":"#), "{text}");
+                let seq: u64 = text
+                    .split(r#""seq":"#)
+                    .nth(1)
+                    .unwrap()
+                    .split(',')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(seq > last_seq);
+                last_seq = seq;
+            }
+            other => panic!("unexpected event type {other:?}"),
+        }
+    }
+    // Only the demo topic is served.
+    let (head, _) = get(&h2, "/other-topic", &[]).await;
+    assert_eq!(head.status, 404);
+    gw.shutdown().await;
+}

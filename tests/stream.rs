@@ -1,0 +1,423 @@
+//! Black-box tests of the SSE streams: a gateway started in-process on port 0, real TLS,
+//! real HTTP/2 (the `h2` client) and HTTP/1.1, against the mock cluster or a real broker.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kafka_sse_gateway::position;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_records_arrive_in_partition_order_with_ids() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("order");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let (head, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.headers["content-type"], "text/event-stream");
+    assert_eq!(head.headers["cache-control"], "no-cache");
+
+    // The preamble: retry first, then the start position (every partition at 0).
+    let preamble = sse.next_block().await.unwrap();
+    assert_eq!(preamble.retry.as_deref(), Some("3000"));
+    let start = position::decode(preamble.id.as_deref().unwrap(), &topic).unwrap();
+    assert_eq!(start.entries, vec![(0, 0), (1, 0), (2, 0)]);
+
+    let producer = cluster.producer();
+    let keys = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7"];
+    for seq in 0..20 {
+        for key in keys {
+            producer.send(
+                &topic,
+                None,
+                Some(key.as_bytes()),
+                Some(format!("{key}:{seq}").as_bytes()),
+            );
+        }
+    }
+    producer.flush().await;
+
+    let events = sse.events(20 * keys.len()).await;
+    let mut next_seq: HashMap<String, u32> = HashMap::new();
+    let mut previous: Option<position::Position> = None;
+    for event in &events {
+        assert_eq!(event.event, None, "default event type");
+        let (key, seq) = event
+            .text()
+            .split_once(':')
+            .map(|(k, s)| (k.to_string(), s.parse::<u32>().unwrap()))
+            .unwrap();
+        let expected = next_seq.entry(key.clone()).or_insert(0);
+        assert_eq!(seq, *expected, "key {key} in order, no loss, no duplicate");
+        *expected += 1;
+        // Each id is the position after its record: exactly one partition advanced by one.
+        let id = position::decode(event.id.as_deref().unwrap(), &topic).unwrap();
+        let before = previous.as_ref().unwrap_or(&start);
+        let advanced: Vec<i64> = id
+            .entries
+            .iter()
+            .zip(&before.entries)
+            .map(|(now, then)| now.1 - then.1)
+            .collect();
+        assert_eq!(advanced.iter().sum::<i64>(), 1, "{advanced:?}");
+        assert!(advanced.iter().all(|d| *d == 0 || *d == 1));
+        previous = Some(id);
+    }
+    assert!(next_seq.values().all(|n| *n == 20));
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("ksg_events_sent_total{{topic=\"{topic}\"}}")
+        ),
+        160.0
+    );
+    assert_eq!(
+        metric(&text, "ksg_streams_opened_total{route=\"/{topic}\"}"),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_filter_excludes_other_keys_and_tombstones_are_deletes() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("keys");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let (head, mut sse) = get(&h2, &format!("/{topic}/GO%20OG"), &[]).await;
+    assert_eq!(head.status, 200);
+    sse.next_block().await.unwrap();
+
+    let p = cluster.producer();
+    for (key, value) in [
+        ("AAPL", Some("a1")),
+        ("GO OG", Some("g1")),
+        ("MSFT", Some("m1")),
+        ("GO OG", Some("line one\nline two\r\nthree\rfour")),
+        ("AAPL", None),
+        ("GO OG", None),
+        ("GO OG", Some("")),
+        ("GO OG", Some("end")),
+    ] {
+        p.send(&topic, None, Some(key.as_bytes()), value.map(str::as_bytes));
+    }
+    p.send(&topic, None, Some(b"GO OG"), Some(&[0xff, 0xfe, b'x']));
+    p.flush().await;
+
+    let got = sse.events(6).await;
+    let summary: Vec<(Option<&str>, Vec<&str>)> = got
+        .iter()
+        .map(|b| {
+            (
+                b.event.as_deref(),
+                b.data.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (None, vec!["g1"]),
+            (None, vec!["line one", "line two", "three", "four"]),
+            (Some("delete"), vec!["GO OG"]),
+            (None, vec![""]),
+            (None, vec!["end"]),
+            (Some("binary"), vec!["//54"]),
+        ]
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_over_tls_streams_too() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("h1");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[]).await;
+    let mut tls = tls_connect(&gw, b"http/1.1").await;
+    let request =
+        format!("GET /{topic}/k HTTP/1.1\r\nHost: localhost\r\nAccept: text/event-stream\r\n\r\n");
+    let head = http1_exchange(&mut tls, &request, b"\n\n").await;
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: text/event-stream\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
+    assert!(head.contains("retry: 3000\n"), "{head}");
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("hello h1"))
+        .await;
+    let rest = http1_exchange(&mut tls, "", b"data: hello h1\n\n").await;
+    assert!(String::from_utf8_lossy(&rest).contains("data: hello h1\n\n"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleartext_h2c_and_http1_when_tls_is_off() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("h2c");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_TLS", "off")]).await;
+    assert!(gw.cert_der.is_none());
+    let h2 = h2_handshake(tokio::net::TcpStream::connect(gw.addr).await.unwrap()).await;
+    let (head, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+    sse.next_block().await.unwrap();
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("over h2c"))
+        .await;
+    assert_eq!(sse.next_event().await.unwrap().text(), "over h2c");
+
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("GET /{topic} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let head = http1_exchange(&mut tcp, &request, b"\n\n").await;
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200 OK\r\n"));
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_have_status_and_reason() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("errors");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_TOPICS", "errors-*,missing-*")]).await;
+    let h2 = h2_connect(&gw).await;
+    for (path, status, reason) in [
+        ("/missing-topic", 404, "does not exist"),
+        ("/not-allowed", 404, "not served"),
+        ("/a/b/c", 404, "no route"),
+        ("/bad%20name", 400, "not a valid topic name"),
+        (&format!("/{topic}/"), 400, "empty key"),
+    ] {
+        let (head, mut body) = get(&h2, path, &[]).await;
+        assert_eq!(head.status, status, "{path}");
+        assert_eq!(head.headers["content-type"], "text/plain; charset=utf-8");
+        let text = body_text(&mut body).await;
+        assert!(text.contains(reason), "{path}: {text}");
+    }
+    let mut h2m = h2.clone().ready().await.unwrap();
+    let request = http::Request::post(format!("https://localhost/{topic}"))
+        .body(())
+        .unwrap();
+    let (response, _) = h2m.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET, OPTIONS");
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"not_found\"}"),
+        3.0
+    );
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"bad_request\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "ksg_streams_refused_total{reason=\"method_not_allowed\"}"
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+async fn body_text(reader: &mut SseReader) -> String {
+    let body = reader.body_mut().as_mut().unwrap();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_comment_when_quiet() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("heartbeat");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(
+        &cluster,
+        &[("KSG_HEARTBEAT_SECS", "1"), ("KSG_RETRY_MS", "1500")],
+    )
+    .await;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
+    assert_eq!(
+        sse.next_block().await.unwrap().retry.as_deref(),
+        Some("1500")
+    );
+    for _ in 0..2 {
+        let block = sse
+            .next_block_within(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            block,
+            Block {
+                comments: vec![String::new()],
+                ..Block::default()
+            }
+        );
+    }
+    assert!(metric(&metrics(&gw).await, "ksg_heartbeats_sent_total") >= 2.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_stream_is_cut_off_while_others_keep_receiving() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("slow");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_STREAM_QUEUE", "200")]).await;
+    // Separate connections: a stalled stream must not hold the other's connection window.
+    let (stalled_conn, live_conn) = (h2_connect(&gw).await, h2_connect(&gw).await);
+    let (_, mut stalled) = get(&stalled_conn, &format!("/{topic}"), &[]).await;
+    let (_, mut live) = get(&live_conn, &format!("/{topic}"), &[]).await;
+    stalled.next_block().await.unwrap();
+    live.next_block().await.unwrap();
+
+    // 3000 records of 1 KiB in batches of 100 that the live client reads before the next one:
+    // far beyond what the stalled stream's window, send buffer and queue of 200 can hold.
+    let p = cluster.producer();
+    let filler = "x".repeat(1024);
+    let seqs = |events: &[Block]| -> Vec<usize> {
+        events
+            .iter()
+            .map(|e| e.text().split(' ').next().unwrap().parse().unwrap())
+            .collect()
+    };
+    let mut received = Vec::new();
+    for batch in 0..30 {
+        for seq in batch * 100..(batch + 1) * 100 {
+            p.send(
+                &topic,
+                None,
+                Some(b"k"),
+                Some(format!("{seq} {filler}").as_bytes()),
+            );
+        }
+        p.flush().await;
+        received.extend(live.events(100).await);
+    }
+    assert_eq!(
+        seqs(&received),
+        (0..3000).collect::<Vec<_>>(),
+        "the live stream got everything"
+    );
+
+    // The stalled stream ended: what it got is a gap-free prefix, then the end.
+    let mut got = Vec::new();
+    while let Some(event) = stalled.next_event().await {
+        got.push(event);
+    }
+    assert!(
+        !got.is_empty() && got.len() < 3000,
+        "{} events before the cut",
+        got.len()
+    );
+    assert_eq!(seqs(&got), (0..got.len()).collect::<Vec<_>>());
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("ksg_slow_stream_cutoffs_total{{topic=\"{topic}\"}}")
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_streams_and_returns() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("shutdown");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_SHUTDOWN_GRACE_SECS", "5")]).await;
+    let addr = gw.addr;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut a) = get(&h2, &format!("/{topic}"), &[]).await;
+    let (_, mut b) = get(&h2, &format!("/{topic}/k"), &[]).await;
+    a.next_block().await.unwrap();
+    b.next_block().await.unwrap();
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("before"))
+        .await;
+    assert_eq!(a.next_event().await.unwrap().text(), "before");
+    let started = std::time::Instant::now();
+    let drained = tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("shutdown returns");
+    assert!(drained, "every connection closed within the grace period");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(a.next_block().await, None, "stream A ended");
+    assert_eq!(b.next_event().await.unwrap().text(), "before");
+    assert_eq!(
+        b.next_block().await,
+        None,
+        "stream B ended after its queued event"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflight_allows_last_event_id() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("cors");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_CORS_ORIGINS", "https://app.example")]).await;
+    let h2 = h2_connect(&gw).await;
+    let mut send = h2.clone().ready().await.unwrap();
+    let preflight = http::Request::builder()
+        .method("OPTIONS")
+        .uri(format!("https://localhost/{topic}"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "last-event-id")
+        .body(())
+        .unwrap();
+    let response = send.send_request(preflight, true).unwrap().0.await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert!(response.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("last-event-id"));
+
+    let (head, _) = get(
+        &h2,
+        &format!("/{topic}"),
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(
+        head.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let (head, _) = get(
+        &h2,
+        &format!("/{topic}"),
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert!(head.headers.get("access-control-allow-origin").is_none());
+    gw.shutdown().await;
+}

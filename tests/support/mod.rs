@@ -1,0 +1,442 @@
+//! Shared test helpers: the Kafka cluster under test (the in-process mock, or a real broker
+//! named by `KSG_TEST_KAFKA`), an in-process gateway on port 0, HTTP/2 and HTTP/1.1 clients over
+//! real TLS, and an SSE reader that returns exact events.
+
+#![allow(dead_code)]
+
+pub mod h2raw;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use kafka_sse_gateway::config::Config;
+use kafka_sse_gateway::embedded::EmbeddedKafka;
+use kafka_sse_gateway::Handle;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Bounded wait for anything a test expects to happen.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// The Kafka cluster a test runs against.
+pub enum Cluster {
+    /// librdkafka's in-process mock cluster, one per test.
+    Mock(EmbeddedKafka),
+    /// A real broker shared by the suite (`KSG_TEST_KAFKA=host:port`).
+    Real(String),
+}
+
+impl Cluster {
+    /// The mock cluster, or the real broker when `KSG_TEST_KAFKA` is set.
+    pub fn new() -> Cluster {
+        match std::env::var("KSG_TEST_KAFKA") {
+            Ok(brokers) if !brokers.is_empty() => Cluster::Real(brokers),
+            _ => Cluster::Mock(EmbeddedKafka::start(1).expect("mock cluster starts")),
+        }
+    }
+
+    /// True for a real broker.
+    pub fn is_real(&self) -> bool {
+        matches!(self, Cluster::Real(_))
+    }
+
+    /// `bootstrap.servers`.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Cluster::Mock(m) => m.bootstrap_servers().to_string(),
+            Cluster::Real(b) => b.clone(),
+        }
+    }
+
+    /// Creates a topic and waits until its metadata is visible.
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        match self {
+            Cluster::Mock(m) => m
+                .create_topic(name, partitions)
+                .expect("mock topic created"),
+            Cluster::Real(brokers) => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .create()
+                    .expect("admin client");
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let results = admin
+                    .create_topics([&topic], &AdminOptions::new())
+                    .await
+                    .expect("create_topics");
+                for r in results {
+                    r.expect("topic created");
+                }
+            }
+        }
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .create()
+            .expect("metadata client");
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..100 {
+                if let Ok(md) = consumer.fetch_metadata(Some(&name), Duration::from_secs(2)) {
+                    let ready = md.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && t.partitions().len() == partitions as usize
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    });
+                    if ready {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("topic {name} never became visible");
+        })
+        .await
+        .unwrap();
+    }
+
+    /// A producer that partitions keys like the Java client (murmur2).
+    pub fn producer(&self) -> Producer_ {
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("partitioner", "murmur2_random")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .create()
+            .expect("producer");
+        Producer_(Arc::new(producer))
+    }
+}
+
+/// A producer with helpers that wait for delivery.
+#[derive(Clone)]
+pub struct Producer_(pub Arc<BaseProducer>);
+
+impl Producer_ {
+    /// Queues one record (`partition` None: by key); call [`Producer_::flush`] to deliver.
+    pub fn send(
+        &self,
+        topic: &str,
+        partition: Option<i32>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(v) = value {
+            record = record.payload(v);
+        }
+        let mut record = record;
+        loop {
+            match self.0.send(record) {
+                Ok(()) => return,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    self.0.poll(Duration::from_millis(10));
+                    record = r;
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+    }
+
+    /// Waits until every queued record is delivered.
+    pub async fn flush(&self) {
+        let p = self.0.clone();
+        tokio::task::spawn_blocking(move || {
+            p.flush(Duration::from_secs(30)).expect("records delivered")
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Sends one record and waits for its delivery.
+    pub async fn produce(&self, topic: &str, key: Option<&str>, value: Option<&str>) {
+        self.send(
+            topic,
+            None,
+            key.map(str::as_bytes),
+            value.map(str::as_bytes),
+        );
+        self.flush().await;
+    }
+}
+
+/// A topic name no other test uses.
+pub fn unique_topic(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{prefix}-{}-{}",
+        nanos % 1_000_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Starts a gateway on 127.0.0.1 port 0 for `cluster`, serving every topic, with extra vars.
+pub async fn gateway(cluster: &Cluster, extra: &[(&str, &str)]) -> Handle {
+    let mut vars = vec![
+        ("KSG_KAFKA_BROKERS".to_string(), cluster.bootstrap()),
+        ("KSG_TOPICS".to_string(), "*".to_string()),
+        ("KSG_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("KSG_ADMIN_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+    ];
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let config = Config::from_vars(vars).expect("test config is valid");
+    kafka_sse_gateway::start(config)
+        .await
+        .expect("gateway starts")
+}
+
+/// Connects TCP + TLS (trusting only the gateway's certificate) with the given ALPN protocol.
+pub async fn tls_connect(
+    handle: &Handle,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    let cert = handle.cert_der.clone().expect("TLS is on");
+    roots
+        .add(CertificateDer::from(cert))
+        .expect("certificate is valid");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = TcpStream::connect(handle.addr).await.expect("connect");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(alpn),
+        "ALPN negotiated"
+    );
+    tls
+}
+
+/// An HTTP/2 connection to the gateway.
+pub type H2 = h2::client::SendRequest<Bytes>;
+
+/// Opens an HTTP/2 connection over TLS.
+pub async fn h2_connect(handle: &Handle) -> H2 {
+    let tls = tls_connect(handle, b"h2").await;
+    h2_handshake(tls).await
+}
+
+/// Runs the HTTP/2 handshake on any stream (TLS or cleartext prior knowledge).
+pub async fn h2_handshake<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: T) -> H2 {
+    let (send, connection) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
+/// Sends `GET path` with extra headers; returns the response head and an SSE reader.
+pub async fn get(
+    h2: &H2,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::response::Parts, SseReader) {
+    let mut request = http::Request::get(format!("https://localhost{path}"));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut h2 = h2.clone().ready().await.expect("connection ready");
+    let (response, _) = h2
+        .send_request(request.body(()).unwrap(), true)
+        .expect("request sent");
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, body) = response.into_parts();
+    (
+        parts,
+        SseReader {
+            body: Some(body),
+            buf: BytesMut::new(),
+        },
+    )
+}
+
+/// One block of an SSE stream (an event, a comment or a field-only block).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Block {
+    /// `event:` field.
+    pub event: Option<String>,
+    /// `id:` field.
+    pub id: Option<String>,
+    /// `data:` lines.
+    pub data: Vec<String>,
+    /// `retry:` field.
+    pub retry: Option<String>,
+    /// Comment lines (without the colon).
+    pub comments: Vec<String>,
+}
+
+impl Block {
+    /// The data as the browser joins it.
+    pub fn text(&self) -> String {
+        self.data.join("\n")
+    }
+}
+
+/// Reads an SSE body block by block, with bounded waits.
+pub struct SseReader {
+    body: Option<h2::RecvStream>,
+    buf: BytesMut,
+}
+
+impl SseReader {
+    /// The next block, `None` when the stream ended. Panics after [`WAIT`].
+    pub async fn next_block(&mut self) -> Option<Block> {
+        self.next_block_within(WAIT)
+            .await
+            .expect("an SSE block in time")
+    }
+
+    /// The next block within `limit`: `Err` on timeout, `Ok(None)` when the stream ended.
+    pub async fn next_block_within(&mut self, limit: Duration) -> Result<Option<Block>, ()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                let raw = self.buf.split_to(end + 2);
+                return Ok(Some(parse_block(&raw[..end])));
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Ok(None);
+            };
+            match tokio::time::timeout_at(deadline, body.data()).await {
+                Err(_) => return Err(()),
+                Ok(None) | Ok(Some(Err(_))) => {
+                    self.body = None;
+                    return Ok(None);
+                }
+                Ok(Some(Ok(bytes))) => {
+                    let _ = body.flow_control().release_capacity(bytes.len());
+                    self.buf.extend_from_slice(&bytes);
+                }
+            }
+        }
+    }
+
+    /// The next block that carries data (skips the preamble and heartbeats).
+    pub async fn next_event(&mut self) -> Option<Block> {
+        loop {
+            let block = self.next_block().await?;
+            if !block.data.is_empty() {
+                return Some(block);
+            }
+        }
+    }
+
+    /// `n` data events, panicking if the stream ends early.
+    pub async fn events(&mut self, n: usize) -> Vec<Block> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next_event().await {
+                Some(e) => out.push(e),
+                None => panic!("stream ended after {} of {n} events", out.len()),
+            }
+        }
+        out
+    }
+
+    /// Stops reading (flow control is no longer released): the stream stalls at the client.
+    pub fn body_mut(&mut self) -> &mut Option<h2::RecvStream> {
+        &mut self.body
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses one block's lines (the gateway ends lines with LF only).
+pub fn parse_block(raw: &[u8]) -> Block {
+    let text = std::str::from_utf8(raw).expect("SSE is UTF-8");
+    let mut block = Block::default();
+    for line in text.split('\n') {
+        if let Some(comment) = line.strip_prefix(':') {
+            block.comments.push(comment.to_string());
+            continue;
+        }
+        let (field, value) = line.split_once(':').unwrap_or((line, ""));
+        let value = value.strip_prefix(' ').unwrap_or(value).to_string();
+        match field {
+            "event" => block.event = Some(value),
+            "id" => block.id = Some(value),
+            "data" => block.data.push(value),
+            "retry" => block.retry = Some(value),
+            other => panic!("unexpected field {other:?} in {text:?}"),
+        }
+    }
+    block
+}
+
+/// Reads the admin `/metrics` text.
+pub async fn metrics(handle: &Handle) -> String {
+    handle.metrics.render()
+}
+
+/// The value of one metric series in Prometheus text (0 when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+}
+
+/// Sends a raw HTTP/1.1 request on any stream and reads until `until` appears in the response
+/// (or the peer closes); returns everything read.
+pub async fn http1_exchange<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    request: &str,
+    until: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    io.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while find(&out, until).is_none() {
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!(
+                "no {:?} in time; got {:?}",
+                String::from_utf8_lossy(until),
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    out
+}
