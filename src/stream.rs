@@ -10,13 +10,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::{IntCounter, IntGauge};
 use tokio::time::{Instant, Sleep};
 
 use crate::hub::Subscription;
 use crate::sse;
+
+/// Events already queued are written together, up to this many bytes per frame: one HTTP/2 DATA
+/// frame (16 KiB is the default maximum frame size) instead of a flood of tiny ones, which some
+/// clients treat as abuse and answer with GOAWAY.
+const MAX_BATCH_BYTES: usize = 16 * 1024;
 
 /// Per-stream handles on the shared metrics, resolved once when the stream opens.
 pub struct StreamMetrics {
@@ -58,6 +63,33 @@ impl SseStream {
     }
 }
 
+impl SseStream {
+    /// Appends events already waiting in the queue to `first`, up to [`MAX_BATCH_BYTES`].
+    /// A lone event is passed on as the shared bytes, without a copy.
+    fn batch(&mut self, first: Bytes) -> (Bytes, u64) {
+        if first.len() >= MAX_BATCH_BYTES {
+            return (first, 1);
+        }
+        let Ok(second) = self.subscription.events.try_recv() else {
+            return (first, 1);
+        };
+        let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES.max(first.len() + second.len()));
+        buf.extend_from_slice(&first);
+        buf.extend_from_slice(&second);
+        let mut count = 2;
+        while buf.len() < MAX_BATCH_BYTES {
+            match self.subscription.events.try_recv() {
+                Ok(event) => {
+                    buf.extend_from_slice(&event);
+                    count += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        (buf.freeze(), count)
+    }
+}
+
 impl Drop for SseStream {
     fn drop(&mut self) {
         self.metrics.open.dec();
@@ -78,11 +110,12 @@ impl Body for SseStream {
         }
         match this.subscription.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
-                this.metrics.events.inc();
-                this.metrics.bytes.inc_by(event.len() as u64);
+                let (frame, count) = this.batch(event);
+                this.metrics.events.inc_by(count);
+                this.metrics.bytes.inc_by(frame.len() as u64);
                 let next = Instant::now() + this.heartbeat_every;
                 this.heartbeat.as_mut().reset(next);
-                return Poll::Ready(Some(Ok(Frame::data(event))));
+                return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => {}

@@ -334,10 +334,11 @@ impl SseReader {
             };
             match tokio::time::timeout_at(deadline, body.data()).await {
                 Err(_) => return Err(()),
-                Ok(None) | Ok(Some(Err(_))) => {
+                Ok(None) => {
                     self.body = None;
                     return Ok(None);
                 }
+                Ok(Some(Err(e))) => panic!("stream failed: {e}"),
                 Ok(Some(Ok(bytes))) => {
                     let _ = body.flow_control().release_capacity(bytes.len());
                     self.buf.extend_from_slice(&bytes);
