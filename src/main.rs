@@ -23,8 +23,9 @@ fn main() -> ExitCode {
         config.log.parse().expect("validated by Config");
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer())
+        .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
         .with(filter)
         .init();
 
