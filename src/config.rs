@@ -384,6 +384,20 @@ mod tests {
     }
 
     #[test]
+    fn readme_table_lists_every_variable_with_its_default() {
+        let readme = include_str!("../README.md");
+        for (name, default) in VARIABLES {
+            let shown = if default.starts_with('(') {
+                default.to_string()
+            } else {
+                format!("`{default}`")
+            };
+            let row = format!("| `{name}` | {shown} |");
+            assert!(readme.contains(&row), "README lacks the row {row}");
+        }
+    }
+
+    #[test]
     fn defaults_are_the_demo() {
         let c = cfg(&[]).unwrap();
         assert!(c.is_demo());
