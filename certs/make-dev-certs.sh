@@ -28,7 +28,6 @@ set -euo pipefail
 CA_DAYS=3650
 SERVER_DAYS=825 # the most Apple platforms accept for a TLS server certificate
 
-say() { echo "make-dev-certs: $*"; }
 warn() { echo "make-dev-certs: warning: $*" >&2; }
 die() {
   echo "make-dev-certs: error: $*" >&2
@@ -62,11 +61,6 @@ done
 
 command -v openssl >/dev/null 2>&1 || die "openssl not found in PATH"
 
-script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-dir="${dir:-$script_dir/dev}"
-mkdir -p "$dir"
-dir="$(cd "$dir" && pwd)"
-
 # How to show a path to the user: relative to the current directory when inside it.
 show() {
   local p="$1"
@@ -75,16 +69,6 @@ show() {
     *) echo "$p" ;;
   esac
 }
-
-CA_KEY="$dir/ca.key"
-CA_PEM="$dir/ca.pem"
-SRV_KEY="$dir/server.key"
-SRV_PEM="$dir/server.pem"
-
-# Scratch space inside the target directory, so files are moved (not copied) into place
-# and a failure half-way never leaves a half-written key or certificate behind.
-work="$(mktemp -d "$dir/.make-dev-certs.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
 
 # A random positive 128-bit serial: a re-issued certificate never repeats a serial
 # (Firefox refuses two certificates with the same issuer and serial).
@@ -126,12 +110,13 @@ extra_names=()
 raw=()
 [[ -z "${KSG_DEV_CERT_NAMES:-}" ]] || IFS=, read -r -a raw <<<"$KSG_DEV_CERT_NAMES"
 for name in "${raw[@]+"${raw[@]}"}"; do
-  name="$(printf '%s' "$name" | tr -d '[:space:]')"
+  name="${name#"${name%%[![:space:]]*}"}" # trim
+  name="${name%"${name##*[![:space:]]}"}"
   [[ -n "$name" ]] || continue
   if [[ "$name" == \[*\] ]]; then name="${name:1:${#name}-2}"; fi # [::1] -> ::1
   if is_ipv4 "$name" || is_ipv6 "$name"; then
     add_unique ip_names "$name"
-  elif is_dns "$name"; then
+  elif is_dns "$name" && ! [[ "$name" =~ ^[0-9.]+$ ]]; then
     name="$(printf '%s' "${name%.}" | tr '[:upper:]' '[:lower:]')"
     add_unique dns_names "$name"
   else
@@ -139,6 +124,23 @@ for name in "${raw[@]+"${raw[@]}"}"; do
   fi
   extra_names+=("$name")
 done
+
+# ---- files ------------------------------------------------------------------------
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+dir="${dir:-$script_dir/dev}"
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+
+CA_KEY="$dir/ca.key"
+CA_PEM="$dir/ca.pem"
+SRV_KEY="$dir/server.key"
+SRV_PEM="$dir/server.pem"
+
+# Scratch space inside the target directory, so files are moved (not copied) into place
+# and a failure half-way never leaves a half-written key or certificate behind.
+work="$(mktemp -d "$dir/.make-dev-certs.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
 
 # ---- CA --------------------------------------------------------------------------------
 
@@ -150,7 +152,7 @@ if [[ -e "$CA_KEY" || -e "$CA_PEM" ]]; then
     die "$(show "$CA_KEY") does not match $(show "$CA_PEM"); delete both to start over"
   openssl x509 -noout -checkend 0 -in "$CA_PEM" >/dev/null ||
     warn "the CA certificate has expired; delete $(show "$CA_KEY") and $(show "$CA_PEM") to make a new one (and trust it again)"
-  chmod 600 "$CA_KEY"
+  chmod 600 "$CA_KEY" 2>/dev/null || warn "cannot chmod 600 $(show "$CA_KEY")"
   ca_state="kept"
 else
   # A unique subject per CA (like mkcert): a new CA never looks like an old, trusted one.
@@ -176,22 +178,22 @@ EOF
   chmod 644 "$work/ca.pem"
   mv "$work/ca.key" "$CA_KEY"
   mv "$work/ca.pem" "$CA_PEM"
-  ca_state="created"
-  force=1 # any existing server certificate was signed by another CA
+  ca_state="created" # so any existing server certificate was signed by another CA
 fi
 
 # ---- server certificate ----------------------------------------------------------------
 
 reason=""
-if ((force)); then
+if [[ "$ca_state" == created ]]; then
+  reason="new CA"
+elif ((force)); then
   reason="forced"
-  [[ "$ca_state" == created ]] && reason="new CA"
 elif [[ ! -f "$SRV_PEM" || ! -f "$SRV_KEY" ]]; then
   reason="missing"
 elif ! openssl verify -CAfile "$CA_PEM" "$SRV_PEM" >/dev/null 2>&1; then
-  reason="existing certificate does not verify against ca.pem (expired or another CA)"
+  reason="the old one expired or was signed by another CA"
 elif [[ "$(cert_pub "$SRV_PEM")" != "$(key_pub "$SRV_KEY")" ]]; then
-  reason="server.key does not match server.pem"
+  reason="server.key did not match server.pem"
 fi
 
 if [[ -n "$reason" ]]; then
@@ -231,7 +233,7 @@ EOF
   mv "$work/server.pem" "$SRV_PEM"
   srv_state="issued ($reason)"
 else
-  chmod 600 "$SRV_KEY"
+  chmod 600 "$SRV_KEY" 2>/dev/null || warn "cannot chmod 600 $(show "$SRV_KEY")"
   srv_state="kept (use --force to re-issue)"
   # Names asked for now but missing from the kept certificate.
   for n in "${extra_names[@]+"${extra_names[@]}"}"; do

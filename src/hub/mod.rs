@@ -1,0 +1,509 @@
+//! The hub: a registry from topic to its live channel, key filters, replay and fan-out.
+//!
+//! The poll thread calls [`Hub::dispatch`] for every record. Under the topic's lock it advances
+//! the topic's position vector, encodes the event once (its id is the vector after the record),
+//! keeps it in the topic's replay ring and offers the same [`Bytes`] to every matching stream's
+//! bounded queue. A full queue ends that stream (counted); the consumer and the other streams
+//! never wait. Locks are never held across an `.await`.
+//!
+//! A resumed stream carries a *floor*: the position its client already has. Records below the
+//! floor are skipped; an event whose shared id does not yet cover the floor (the client came
+//! from a replica that saw another interleaving of partitions) gets its id raised to cover both,
+//! until the shared ids pass the floor and the stream shares bytes again.
+
+mod catchup;
+pub mod replay;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use dashmap::DashMap;
+use prometheus::IntCounter;
+use thiserror::Error;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::position::{self, Position};
+use crate::source::{Source, SourceError};
+use crate::sse;
+use replay::{Entry, Ring};
+
+/// Placeholder in a start vector: the partition starts at its earliest available offset.
+pub const EARLIEST: i64 = -1;
+
+/// Where a new stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Records produced from now on.
+    Live,
+    /// Every record still in Kafka.
+    Earliest,
+    /// Records with a timestamp at or after this many milliseconds since the epoch.
+    Timestamp(i64),
+    /// Right after a resume token's position.
+    Token(Position),
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, Error)]
+pub enum SubscribeError {
+    /// Kafka says the topic does not exist (404).
+    #[error("topic {0:?} does not exist")]
+    UnknownTopic(String),
+    /// Kafka did not answer (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The gateway is shutting down (503).
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+impl From<SourceError> for SubscribeError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::UnknownTopic(t) => SubscribeError::UnknownTopic(t),
+            SourceError::Unavailable(e) => SubscribeError::Unavailable(format!("Kafka is unavailable: {e}")),
+        }
+    }
+}
+
+/// Hub settings.
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    /// Events queued per stream.
+    pub queue: usize,
+    /// Replay ring budget per topic, bytes.
+    pub replay_bytes: usize,
+    /// Catch-up readers (Kafka consumers) at most.
+    pub catchup_readers: usize,
+}
+
+/// The hub of one gateway.
+pub struct Hub {
+    topics: DashMap<String, Arc<TopicHub>>,
+    source: Arc<Source>,
+    metrics: Metrics,
+    config: HubConfig,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    /// Serializes assignment changes so a release and a re-attach of one topic never cross.
+    assignment: tokio::sync::Mutex<()>,
+    readers: catchup::Readers,
+}
+
+/// One topic's live channel.
+struct TopicHub {
+    name: String,
+    fingerprint: u32,
+    attached: tokio::sync::OnceCell<()>,
+    state: Mutex<TopicState>,
+    records: IntCounter,
+    cutoffs: IntCounter,
+}
+
+/// A registered stream: its queue and, while resuming, its floor.
+struct Sub {
+    tx: mpsc::Sender<Bytes>,
+    floor: Option<Vec<i64>>,
+}
+
+#[derive(Default)]
+struct TopicState {
+    released: bool,
+    /// Next offset per partition: the position after the last record dispatched.
+    positions: Vec<i64>,
+    ring: Option<Ring>,
+    all: HashMap<u64, Sub>,
+    by_key: HashMap<Vec<u8>, HashMap<u64, Sub>>,
+    /// Streams catching up from Kafka, not yet receiving live records.
+    pending: HashSet<u64>,
+    streams: usize,
+    idle_since: Option<Instant>,
+}
+
+/// An open subscription: the stream's queue and its start position. Dropping it unregisters.
+pub struct Subscription {
+    /// Encoded events, in order.
+    pub events: mpsc::Receiver<Bytes>,
+    /// The id the preamble carries: the start position, or `None` for a stream catching up
+    /// from Kafka (its first event brings an id; until then the client's own id stands).
+    pub start_id: Option<String>,
+    /// The topic, for metric labels.
+    pub topic: String,
+    _registration: Registration,
+}
+
+struct Registration {
+    topic: Arc<TopicHub>,
+    id: u64,
+    key: Option<Vec<u8>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.topic.lock();
+        let removed = state.pending.remove(&self.id)
+            || match &self.key {
+                None => state.all.remove(&self.id).is_some(),
+                Some(key) => match state.by_key.get_mut(key) {
+                    Some(set) => {
+                        let removed = set.remove(&self.id).is_some();
+                        if set.is_empty() {
+                            state.by_key.remove(key);
+                        }
+                        removed
+                    }
+                    None => false,
+                },
+            };
+        if removed {
+            state.stream_gone();
+        }
+    }
+}
+
+impl TopicState {
+    fn stream_gone(&mut self) {
+        self.streams -= 1;
+        if self.streams == 0 {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    fn register(&mut self, id: u64, key: Option<&[u8]>, sub: Sub) {
+        match key {
+            None => self.all.insert(id, sub),
+            Some(k) => self.by_key.entry(k.to_vec()).or_default().insert(id, sub),
+        };
+    }
+}
+
+impl TopicHub {
+    fn lock(&self) -> MutexGuard<'_, TopicState> {
+        // A panic while holding this lock cannot leave the state half-updated in a way that
+        // matters more than losing the gateway, so recover the guard rather than propagate.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// True when `a` is at or after `b` on every partition.
+fn covers(a: &[i64], b: &[i64]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x >= y)
+}
+
+/// Decides what a stream with an optional floor receives for one event; `None`: nothing.
+fn for_stream(floor: &mut Option<Vec<i64>>, partition: usize, offset: i64, after: &[i64], event: &Bytes, fingerprint: u32) -> Option<Bytes> {
+    let Some(f) = floor else { return Some(event.clone()) };
+    if offset < f[partition] {
+        return None;
+    }
+    if covers(after, f) {
+        *floor = None;
+        return Some(event.clone());
+    }
+    for (mine, theirs) in f.iter_mut().zip(after) {
+        *mine = (*mine).max(*theirs);
+    }
+    Some(sse::with_id(event, &position::encode_dense(fingerprint, f)))
+}
+
+impl Hub {
+    /// A hub reading from `source`.
+    pub fn new(source: Arc<Source>, metrics: Metrics, config: HubConfig) -> Hub {
+        Hub {
+            topics: DashMap::new(),
+            readers: catchup::Readers::new(config.catchup_readers),
+            source,
+            metrics,
+            config,
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            assignment: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Opens a stream of `topic` from `start`, optionally only records with key `key`.
+    pub async fn subscribe(self: &Arc<Self>, topic: &str, key: Option<Vec<u8>>, start: Start) -> Result<Subscription, SubscribeError> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(SubscribeError::ShuttingDown);
+            }
+            let hub = self
+                .topics
+                .entry(topic.to_string())
+                .or_insert_with(|| Arc::new(self.new_topic(topic)))
+                .clone();
+            if let Err(e) = hub.attached.get_or_try_init(|| self.attach(&hub)).await {
+                self.topics.remove_if(topic, |_, v| Arc::ptr_eq(v, &hub));
+                return Err(e);
+            }
+            let partitions = hub.lock().positions.len();
+            let from = match &start {
+                Start::Live => None,
+                Start::Earliest => Some(vec![EARLIEST; partitions]),
+                Start::Token(position) => Some(
+                    (0..partitions as i32).map(|p| position.offset(p).unwrap_or(EARLIEST)).collect(),
+                ),
+                Start::Timestamp(ms) => {
+                    let (source, name, ms) = (self.source.clone(), hub.name.clone(), *ms);
+                    let offsets = tokio::task::spawn_blocking(move || source.offsets_at(&name, ms, partitions))
+                        .await
+                        .map_err(|e| SubscribeError::Unavailable(format!("offset lookup failed: {e}")))??;
+                    Some(offsets)
+                }
+            };
+            let (tx, rx) = mpsc::channel(self.config.queue);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let opened = {
+                let mut state = hub.lock();
+                // A released entry raced with an idle release: the registry gets a new one.
+                (!state.released).then(|| self.open(&hub, &mut state, id, key.as_deref(), from, tx))
+            };
+            let Some(opened) = opened else {
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let registration = Registration { topic: hub.clone(), id, key };
+            let start_id = match opened {
+                Opened::Ready(start_id) => Some(start_id),
+                Opened::CatchUp { from, tx } => {
+                    let key = registration.key.clone();
+                    tokio::spawn(self.clone().catch_up(hub.clone(), id, key, from, tx));
+                    None
+                }
+            };
+            return Ok(Subscription { events: rx, start_id, topic: hub.name.clone(), _registration: registration });
+        }
+    }
+
+    /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
+    /// catch-up from Kafka.
+    fn open(&self, hub: &TopicHub, state: &mut TopicState, id: u64, key: Option<&[u8]>, from: Option<Vec<i64>>, tx: mpsc::Sender<Bytes>) -> Opened {
+        state.streams += 1;
+        state.idle_since = None;
+        let Some(from) = from else {
+            state.register(id, key, Sub { tx, floor: None });
+            return Opened::Ready(position::encode_dense(hub.fingerprint, &state.positions));
+        };
+        let covered = state.ring.as_ref().is_some_and(|ring| ring.covers(&from));
+        if !covered {
+            state.pending.insert(id);
+            self.metrics.resumes.with_label_values(&["kafka"]).inc();
+            return Opened::CatchUp { from, tx };
+        }
+        self.metrics.resumes.with_label_values(&["memory"]).inc();
+        let start_id = position::encode_dense(hub.fingerprint, &from);
+        let mut floor = Some(from);
+        let mut batch = BytesMut::new();
+        if let Some(ring) = &state.ring {
+            for (entry, after) in ring.iter_with_positions() {
+                if key.is_some() && entry.key.as_deref() != key {
+                    continue;
+                }
+                if let Some(bytes) = for_stream(&mut floor, entry.partition, entry.offset, &after, &entry.event, hub.fingerprint) {
+                    batch.extend_from_slice(&bytes);
+                }
+            }
+        }
+        if !batch.is_empty() {
+            // The queue is new and empty: one slot takes the whole replay.
+            let _ = tx.try_send(batch.freeze());
+        }
+        state.register(id, key, Sub { tx, floor });
+        Opened::Ready(start_id)
+    }
+
+    /// Moves a pending stream to live if `position` is at or after the live position.
+    fn hand_over(&self, hub: &TopicHub, id: u64, key: Option<&[u8]>, tx: &mpsc::Sender<Bytes>, position: &[i64]) -> HandOver {
+        let mut state = hub.lock();
+        if !state.pending.contains(&id) {
+            return HandOver::Gone;
+        }
+        if !covers(position, &state.positions) {
+            return HandOver::NotYet;
+        }
+        state.pending.remove(&id);
+        state.register(id, key, Sub { tx: tx.clone(), floor: Some(position.to_vec()) });
+        HandOver::Done
+    }
+
+    fn new_topic(&self, topic: &str) -> TopicHub {
+        TopicHub {
+            name: topic.to_string(),
+            fingerprint: position::fingerprint(topic),
+            attached: tokio::sync::OnceCell::new(),
+            state: Mutex::new(TopicState::default()),
+            records: self.metrics.records_consumed.with_label_values(&[topic]),
+            cutoffs: self.metrics.slow_stream_cutoffs.with_label_values(&[topic]),
+        }
+    }
+
+    /// Reads the topic's partitions and end offsets and adds them to the consumer.
+    async fn attach(&self, hub: &Arc<TopicHub>) -> Result<(), SubscribeError> {
+        let _assignment = self.assignment.lock().await;
+        let source = self.source.clone();
+        let topic = hub.clone();
+        let replay_bytes = self.config.replay_bytes;
+        tokio::task::spawn_blocking(move || -> Result<(), SourceError> {
+            let count = source.partition_count(&topic.name)?;
+            let offsets = source.end_offsets(&topic.name, count)?;
+            // Positions are in place before any record of the topic can be dispatched.
+            {
+                let mut state = topic.lock();
+                state.positions = offsets.clone();
+                state.ring = (replay_bytes > 0).then(|| Ring::new(replay_bytes, offsets.clone()));
+            }
+            source.assign(&topic.name, &offsets)
+        })
+        .await
+        .map_err(|e| SubscribeError::Unavailable(format!("attach task failed: {e}")))??;
+        self.metrics.topics_attached.inc();
+        info!(topic = %hub.name, "topic attached");
+        Ok(())
+    }
+
+    /// Releases topics that have had no stream for `idle`. Called periodically.
+    pub async fn release_idle(&self, idle: Duration) {
+        let candidates: Vec<Arc<TopicHub>> = self.topics.iter().map(|e| e.value().clone()).collect();
+        for hub in candidates {
+            if hub.attached.get().is_none() {
+                continue;
+            }
+            let _assignment = self.assignment.lock().await;
+            let (partitions, ring_bytes) = {
+                let mut state = hub.lock();
+                match state.idle_since {
+                    Some(since) if state.streams == 0 && !state.released && since.elapsed() >= idle => {
+                        state.released = true;
+                        (state.positions.len(), state.ring.take().map_or(0, |r| r.bytes()))
+                    }
+                    _ => continue,
+                }
+            };
+            self.metrics.replay_bytes.sub(ring_bytes as i64);
+            self.topics.remove_if(&hub.name, |_, v| Arc::ptr_eq(v, &hub));
+            let source = self.source.clone();
+            let name = hub.name.clone();
+            match tokio::task::spawn_blocking(move || source.unassign(&name, partitions)).await {
+                Ok(Ok(())) => info!(topic = %hub.name, "idle topic released"),
+                Ok(Err(e)) => warn!(topic = %hub.name, "releasing topic failed: {e}"),
+                Err(e) => warn!(topic = %hub.name, "releasing topic failed: {e}"),
+            }
+            self.metrics.topics_attached.dec();
+        }
+    }
+
+    /// Fans one record out to the matching streams. Called by the poll thread only.
+    pub fn dispatch(&self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+        let Some(hub) = self.topics.get(topic).map(|e| e.value().clone()) else {
+            return;
+        };
+        hub.records.inc();
+        let mut guard = hub.lock();
+        let state = &mut *guard;
+        let Some(p) = usize::try_from(partition).ok().filter(|p| *p < state.positions.len()) else {
+            return;
+        };
+        if offset < state.positions[p] {
+            debug!(topic, partition, offset, "record before the position, skipped");
+            return;
+        }
+        state.positions[p] = offset + 1;
+        let keyed = key.is_some_and(|k| state.by_key.contains_key(k));
+        if state.all.is_empty() && !keyed && state.ring.is_none() {
+            return;
+        }
+        let id = position::encode_dense(hub.fingerprint, &state.positions);
+        let event = sse::record_event(&id, key, value);
+        let after = &state.positions;
+        let mut gone = 0;
+        let mut offer = |streams: &mut HashMap<u64, Sub>| {
+            streams.retain(|_, sub| {
+                let Some(bytes) = for_stream(&mut sub.floor, p, offset, after, &event, hub.fingerprint) else {
+                    return true;
+                };
+                match sub.tx.try_send(bytes) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        hub.cutoffs.inc();
+                        warn!(topic, "stream cut off: its client fell behind (queue full)");
+                        gone += 1;
+                        false
+                    }
+                    Err(TrySendError::Closed(_)) => {
+                        gone += 1;
+                        false
+                    }
+                }
+            });
+        };
+        offer(&mut state.all);
+        if let Some(k) = key {
+            if let Some(set) = state.by_key.get_mut(k) {
+                offer(set);
+                if set.is_empty() {
+                    state.by_key.remove(k);
+                }
+            }
+        }
+        for _ in 0..gone {
+            state.stream_gone();
+        }
+        if let Some(ring) = &mut state.ring {
+            let entry = Entry { partition: p, offset, key: key.map(Bytes::copy_from_slice), event };
+            self.metrics.replay_bytes.add(ring.push(entry) as i64);
+        }
+    }
+
+    /// Ends every stream (their queues drain first) and refuses new ones.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        for entry in self.topics.iter() {
+            let mut state = entry.value().lock();
+            let count = state.all.len() + state.by_key.values().map(HashMap::len).sum::<usize>() + state.pending.len();
+            state.all.clear();
+            state.by_key.clear();
+            state.pending.clear();
+            for _ in 0..count {
+                state.stream_gone();
+            }
+        }
+    }
+}
+
+enum Opened {
+    Ready(String),
+    CatchUp { from: Vec<i64>, tx: mpsc::Sender<Bytes> },
+}
+
+enum HandOver {
+    Done,
+    NotYet,
+    Gone,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_skips_below_and_raises_ids_until_covered() {
+        let fp = position::fingerprint("t");
+        let event = sse::record_event(&position::encode_dense(fp, &[5, 3]), None, Some(b"v"));
+        // The client has p0 up to 6 and p1 up to 2 (another replica's interleaving).
+        let mut floor = Some(vec![6, 2]);
+        assert_eq!(for_stream(&mut floor, 0, 4, &[5, 3], &event, fp), None, "p0@4 already delivered");
+        let raised = for_stream(&mut floor, 1, 2, &[5, 3], &event, fp).unwrap();
+        let id = position::encode_dense(fp, &[6, 3]);
+        assert_eq!(raised, sse::with_id(&event, &id));
+        assert_eq!(floor, Some(vec![6, 3]));
+        // Once the shared id covers the floor, the shared bytes go out and the floor is gone.
+        let event2 = sse::record_event(&position::encode_dense(fp, &[7, 3]), None, Some(b"w"));
+        assert_eq!(for_stream(&mut floor, 0, 6, &[7, 3], &event2, fp), Some(event2.clone()));
+        assert_eq!(floor, None);
+    }
+}
