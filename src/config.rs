@@ -43,6 +43,10 @@ pub const RETRY_MS: &str = "KSG_RETRY_MS";
 pub const SHUTDOWN_GRACE_SECS: &str = "KSG_SHUTDOWN_GRACE_SECS";
 /// `KSG_STREAM_QUEUE`: events queued per stream before the stream is cut off as slow.
 pub const STREAM_QUEUE: &str = "KSG_STREAM_QUEUE";
+/// `KSG_REPLAY_BYTES`: replay ring budget per topic (0 turns replay from memory off).
+pub const REPLAY_BYTES: &str = "KSG_REPLAY_BYTES";
+/// `KSG_CATCHUP_READERS`: Kafka consumers reading for resumes at most (more resumes wait).
+pub const CATCHUP_READERS: &str = "KSG_CATCHUP_READERS";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
@@ -75,6 +79,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (RETRY_MS, "3000"),
     (SHUTDOWN_GRACE_SECS, "10"),
     (STREAM_QUEUE, "1024"),
+    (REPLAY_BYTES, "4194304"),
+    (CATCHUP_READERS, "4"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -109,6 +115,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Events queued per stream before it is cut off as slow.
     pub stream_queue: usize,
+    /// Replay ring budget per topic, bytes.
+    pub replay_bytes: usize,
+    /// Catch-up readers at most.
+    pub catchup_readers: usize,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -285,6 +295,8 @@ impl Config {
         let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
         let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
         let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
+        let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
+        let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
         let handshake_timeout =
             Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
         let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
@@ -338,6 +350,8 @@ impl Config {
                 retry_ms,
                 shutdown_grace,
                 stream_queue,
+                replay_bytes,
+                catchup_readers,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

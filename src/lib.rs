@@ -11,6 +11,7 @@
 //! - [`routes`]: path templates to topic and key filter.
 //! - [`sse`]: the SSE wire format, pure.
 //! - [`position`]: the resume-token codec, pure.
+//! - [`start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
 //! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
 //! - [`stream`]: one SSE response body with heartbeats.
 //! - [`source`]: the one Kafka consumer and its poll thread.
@@ -33,6 +34,7 @@ pub mod position;
 pub mod routes;
 pub mod source;
 pub mod sse;
+pub mod start;
 pub mod stream;
 pub mod tls;
 
@@ -53,7 +55,7 @@ use crate::config::Config;
 use crate::demo::Demo;
 use crate::http::server::Server;
 use crate::http::service::App;
-use crate::hub::Hub;
+use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::source::Source;
 
@@ -124,11 +126,12 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         &config.kafka_properties,
         metrics.clone(),
     )?);
-    let hub = Arc::new(Hub::new(
-        source.clone(),
-        metrics.clone(),
-        config.stream_queue,
-    ));
+    let hub_config = HubConfig {
+        queue: config.stream_queue,
+        replay_bytes: config.replay_bytes,
+        catchup_readers: config.catchup_readers,
+    };
+    let hub = Arc::new(Hub::new(source.clone(), metrics.clone(), hub_config));
 
     let listener = TcpListener::bind(config.listen)
         .await

@@ -10,6 +10,7 @@ pub const REFUSED_REASONS: &[&str] = &[
     "not_found",
     "bad_request",
     "method_not_allowed",
+    "bad_resume_id",
     "kafka_unavailable",
     "shutting_down",
 ];
@@ -49,6 +50,16 @@ pub struct Metrics {
     pub topics_attached: IntGauge,
     /// Partitions currently assigned to the consumer.
     pub partitions_assigned: IntGauge,
+    /// Resumed or positioned streams, by where their first records come from (memory, kafka).
+    pub resumes: IntCounterVec,
+    /// Gap events sent (requested records no longer in Kafka), by topic.
+    pub gaps: IntCounterVec,
+    /// Offsets skipped by gap events, by topic.
+    pub gap_offsets_skipped: IntCounterVec,
+    /// Catch-up readers reading now.
+    pub catchup_readers_active: IntGauge,
+    /// Bytes held by the replay rings of all topics.
+    pub replay_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -131,8 +142,27 @@ impl Metrics {
                 "ksg_partitions_assigned",
                 "Partitions assigned to the consumer",
             ),
+            resumes: counter_vec(
+                "ksg_resumes_total",
+                "Streams started at a position, by where their first records come from",
+                "source",
+            ),
+            gaps: counter_vec("ksg_gaps_total", "Gap events sent", "topic"),
+            gap_offsets_skipped: counter_vec(
+                "ksg_gap_offsets_skipped_total",
+                "Offsets skipped by gap events (gone from Kafka)",
+                "topic",
+            ),
+            catchup_readers_active: gauge(
+                "ksg_catchup_readers_active",
+                "Catch-up readers reading now",
+            ),
+            replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
             registry,
         };
+        for source in ["memory", "kafka"] {
+            m.resumes.with_label_values(&[source]);
+        }
         for reason in REFUSED_REASONS {
             m.streams_refused.with_label_values(&[reason]);
         }

@@ -67,9 +67,10 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {}
 
-/// The gateway's one Kafka consumer.
+/// The gateway's one live Kafka consumer, and the factory of its catch-up readers.
 pub struct Source {
     consumer: BaseConsumer<Context>,
+    config: ClientConfig,
     metrics: Metrics,
 }
 
@@ -100,7 +101,24 @@ impl Source {
         let consumer = config.create_with_context(Context {
             metrics: metrics.clone(),
         })?;
-        Ok(Source { consumer, metrics })
+        Ok(Source {
+            consumer,
+            config,
+            metrics,
+        })
+    }
+
+    /// A new catch-up reader: the same settings, end-of-partition events on, a smaller
+    /// prefetch queue, and out-of-range positions reset to the earliest offset.
+    pub fn reader(&self) -> Result<BaseConsumer<Context>, KafkaError> {
+        let mut config = self.config.clone();
+        config
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("queued.max.messages.kbytes", "4096");
+        config.create_with_context(Context {
+            metrics: self.metrics.clone(),
+        })
     }
 
     /// True when the cluster answers a metadata request (blocking).
@@ -128,21 +146,51 @@ impl Source {
 
     /// The end offset (next offset to be written) of partitions `0..count`, in one request.
     pub fn end_offsets(&self, topic: &str, count: usize) -> Result<Vec<i64>, SourceError> {
+        all_known(self.list_offsets(topic, count, Offset::End)?)
+    }
+
+    /// The earliest offset still in the log of partitions `0..count`, in one request.
+    pub fn start_offsets(&self, topic: &str, count: usize) -> Result<Vec<i64>, SourceError> {
+        all_known(self.list_offsets(topic, count, Offset::Beginning)?)
+    }
+
+    /// The first offset whose timestamp is at or after `ms` in each partition; the end offset
+    /// where no record is that recent.
+    pub fn offsets_at(&self, topic: &str, ms: i64, count: usize) -> Result<Vec<i64>, SourceError> {
+        let found = self.list_offsets(topic, count, Offset::Offset(ms))?;
+        if found.iter().all(|o| *o >= 0) {
+            return Ok(found);
+        }
+        let end = self.end_offsets(topic, count)?;
+        Ok(found
+            .iter()
+            .zip(end)
+            .map(|(&f, e)| if f >= 0 { f } else { e })
+            .collect())
+    }
+
+    /// One ListOffsets request for partitions `0..count`: `Offset::End`, `Offset::Beginning`,
+    /// or `Offset::Offset(timestamp)`. A partition with no answer is -1.
+    fn list_offsets(
+        &self,
+        topic: &str,
+        count: usize,
+        query: Offset,
+    ) -> Result<Vec<i64>, SourceError> {
         let mut request = TopicPartitionList::new();
         for p in 0..count as i32 {
-            request.add_partition_offset(topic, p, Offset::End)?;
+            request.add_partition_offset(topic, p, query)?;
         }
         let answer = self.consumer.offsets_for_times(request, REQUEST_TIMEOUT)?;
-        let mut offsets = vec![0; count];
+        let mut offsets = vec![-1; count];
         for element in answer.elements() {
             element.error()?;
             let slot = offsets
                 .get_mut(element.partition() as usize)
                 .ok_or(KafkaError::OffsetFetch(RDKafkaErrorCode::UnknownPartition))?;
-            *slot = match element.offset() {
-                Offset::Offset(o) => o,
-                _ => return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::InvalidArgument).into()),
-            };
+            if let Offset::Offset(o) = element.offset() {
+                *slot = o;
+            }
         }
         Ok(offsets)
     }
@@ -191,6 +239,14 @@ impl Source {
             }
         }
     }
+}
+
+/// Fails when Kafka left a partition without an offset.
+fn all_known(offsets: Vec<i64>) -> Result<Vec<i64>, SourceError> {
+    if offsets.iter().any(|o| *o < 0) {
+        return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::InvalidArgument).into());
+    }
+    Ok(offsets)
 }
 
 /// Starts the poll thread; it ends when `stop` is set.

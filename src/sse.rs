@@ -23,19 +23,25 @@ pub const EVENT_DELETE_BINARY: &str = "delete-binary";
 /// Event type of a record whose value is not valid UTF-8 (data is base64).
 pub const EVENT_BINARY: &str = "binary";
 
+/// Event type telling a resumed stream that records were skipped (no longer in Kafka).
+pub const EVENT_GAP: &str = "gap";
+
 /// The comment sent when a stream has been quiet for a heartbeat interval.
 pub const HEARTBEAT: &[u8] = b":\n\n";
 
 /// The first bytes of every stream: the reconnect delay, and an id-only block that sets the
 /// client's `lastEventId` to the stream's start position without dispatching an event, so a
 /// client that reconnects before any event arrives still resumes without loss.
-pub fn preamble(retry_ms: u64, start_id: &str) -> Bytes {
-    debug_assert!(is_safe_field(start_id));
-    let mut buf = BytesMut::with_capacity(32 + start_id.len());
+/// A resumed stream's preamble has no id until its first event: the client's own id stands.
+pub fn preamble(retry_ms: u64, start_id: Option<&str>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(32 + start_id.map_or(0, str::len));
     buf.put_slice(b"retry: ");
     buf.put_slice(retry_ms.to_string().as_bytes());
-    buf.put_slice(b"\nid: ");
-    buf.put_slice(start_id.as_bytes());
+    if let Some(id) = start_id {
+        debug_assert!(is_safe_field(id));
+        buf.put_slice(b"\nid: ");
+        buf.put_slice(id.as_bytes());
+    }
     buf.put_slice(b"\n\n");
     buf.freeze()
 }
@@ -82,6 +88,65 @@ pub fn event(event_type: Option<&str>, id: &str, data: &str) -> Bytes {
     }
     buf.put_u8(b'\n');
     buf.freeze()
+}
+
+/// The same event with another id: the `id:` line of an event encoded by this module is
+/// replaced, everything else is kept byte for byte. Used when a resumed stream needs an id that
+/// also covers what the client received elsewhere.
+pub fn with_id(event: &[u8], id: &str) -> Bytes {
+    debug_assert!(is_safe_field(id));
+    let mut out = BytesMut::with_capacity(event.len() + id.len());
+    let mut rest = event;
+    let mut replaced = false;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let (line, tail) = rest.split_at(end + 1);
+        if !replaced && line.starts_with(b"id: ") {
+            out.put_slice(b"id: ");
+            out.put_slice(id.as_bytes());
+            out.put_u8(b'\n');
+            replaced = true;
+        } else {
+            out.put_slice(line);
+        }
+        rest = tail;
+        if line == b"\n" {
+            break;
+        }
+    }
+    out.put_slice(rest);
+    out.freeze()
+}
+
+/// A gap: records between `from` and `to` of a partition are gone (retention or compaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The partition.
+    pub partition: i32,
+    /// The offset the client asked for.
+    pub from: i64,
+    /// The earliest offset still available, where the stream continues.
+    pub to: i64,
+}
+
+/// Encodes `event: gap` with a JSON body listing each partition's skipped range.
+pub fn gap_event(id: &str, gaps: &[Gap]) -> Bytes {
+    let items: Vec<String> = gaps
+        .iter()
+        .map(|g| {
+            format!(
+                r#"{{"partition":{},"from":{},"to":{},"skipped":{}}}"#,
+                g.partition,
+                g.from,
+                g.to,
+                g.to - g.from
+            )
+        })
+        .collect();
+    event(
+        Some(EVENT_GAP),
+        id,
+        &format!(r#"{{"partitions":[{}]}}"#, items.join(",")),
+    )
 }
 
 /// Splits text the way the EventSource parser ends lines: at CRLF, at a lone CR and at LF.
@@ -179,7 +244,42 @@ mod tests {
 
     #[test]
     fn preamble_sets_retry_and_start_id() {
-        assert_eq!(text(preamble(3000, "AQ")), "retry: 3000\nid: AQ\n\n");
+        assert_eq!(text(preamble(3000, Some("AQ"))), "retry: 3000\nid: AQ\n\n");
+        assert_eq!(text(preamble(10, None)), "retry: 10\n\n");
+    }
+
+    #[test]
+    fn with_id_replaces_only_the_id_line() {
+        let e = record_event("old", Some(b"k"), Some(b"id: not this\nx"));
+        assert_eq!(
+            text(with_id(&e, "new")),
+            "id: new\ndata: id: not this\ndata: x\n\n"
+        );
+        let e = record_event("old", Some(b"k"), None);
+        assert_eq!(
+            text(with_id(&e, "n2")),
+            "event: delete\nid: n2\ndata: k\n\n"
+        );
+    }
+
+    #[test]
+    fn gap_event_lists_partitions() {
+        let g = [
+            Gap {
+                partition: 0,
+                from: 3,
+                to: 10,
+            },
+            Gap {
+                partition: 2,
+                from: 0,
+                to: 1,
+            },
+        ];
+        assert_eq!(
+            text(gap_event("x", &g)),
+            "event: gap\nid: x\ndata: {\"partitions\":[{\"partition\":0,\"from\":3,\"to\":10,\"skipped\":7},{\"partition\":2,\"from\":0,\"to\":1,\"skipped\":1}]}\n\n"
+        );
     }
 
     #[test]

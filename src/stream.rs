@@ -54,7 +54,7 @@ impl SseStream {
     ) -> Self {
         metrics.open.inc();
         SseStream {
-            preamble: Some(sse::preamble(retry_ms, &subscription.start_id)),
+            preamble: Some(sse::preamble(retry_ms, subscription.start_id.as_deref())),
             subscription,
             heartbeat_every,
             heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),

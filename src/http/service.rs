@@ -71,7 +71,15 @@ impl App {
                 return self.refuse(StatusCode::BAD_REQUEST, "bad_request", &why)
             }
         };
-        let subscription = match self.hub.subscribe(&target.topic, target.key).await {
+        let start = match crate::start::from_request(
+            request.headers(),
+            request.uri().query(),
+            &target.topic,
+        ) {
+            Ok(start) => start,
+            Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string()),
+        };
+        let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
             Ok(s) => s,
             Err(e @ SubscribeError::UnknownTopic(_)) => {
                 return self.refuse(StatusCode::NOT_FOUND, "not_found", &e.to_string())

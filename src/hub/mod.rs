@@ -66,7 +66,9 @@ impl From<SourceError> for SubscribeError {
     fn from(e: SourceError) -> Self {
         match e {
             SourceError::UnknownTopic(t) => SubscribeError::UnknownTopic(t),
-            SourceError::Unavailable(e) => SubscribeError::Unavailable(format!("Kafka is unavailable: {e}")),
+            SourceError::Unavailable(e) => {
+                SubscribeError::Unavailable(format!("Kafka is unavailable: {e}"))
+            }
         }
     }
 }
@@ -186,7 +188,9 @@ impl TopicHub {
     fn lock(&self) -> MutexGuard<'_, TopicState> {
         // A panic while holding this lock cannot leave the state half-updated in a way that
         // matters more than losing the gateway, so recover the guard rather than propagate.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -196,8 +200,17 @@ fn covers(a: &[i64], b: &[i64]) -> bool {
 }
 
 /// Decides what a stream with an optional floor receives for one event; `None`: nothing.
-fn for_stream(floor: &mut Option<Vec<i64>>, partition: usize, offset: i64, after: &[i64], event: &Bytes, fingerprint: u32) -> Option<Bytes> {
-    let Some(f) = floor else { return Some(event.clone()) };
+fn for_stream(
+    floor: &mut Option<Vec<i64>>,
+    partition: usize,
+    offset: i64,
+    after: &[i64],
+    event: &Bytes,
+    fingerprint: u32,
+) -> Option<Bytes> {
+    let Some(f) = floor else {
+        return Some(event.clone());
+    };
     if offset < f[partition] {
         return None;
     }
@@ -227,7 +240,12 @@ impl Hub {
     }
 
     /// Opens a stream of `topic` from `start`, optionally only records with key `key`.
-    pub async fn subscribe(self: &Arc<Self>, topic: &str, key: Option<Vec<u8>>, start: Start) -> Result<Subscription, SubscribeError> {
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        key: Option<Vec<u8>>,
+        start: Start,
+    ) -> Result<Subscription, SubscribeError> {
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(SubscribeError::ShuttingDown);
@@ -246,13 +264,19 @@ impl Hub {
                 Start::Live => None,
                 Start::Earliest => Some(vec![EARLIEST; partitions]),
                 Start::Token(position) => Some(
-                    (0..partitions as i32).map(|p| position.offset(p).unwrap_or(EARLIEST)).collect(),
+                    (0..partitions as i32)
+                        .map(|p| position.offset(p).unwrap_or(EARLIEST))
+                        .collect(),
                 ),
                 Start::Timestamp(ms) => {
                     let (source, name, ms) = (self.source.clone(), hub.name.clone(), *ms);
-                    let offsets = tokio::task::spawn_blocking(move || source.offsets_at(&name, ms, partitions))
-                        .await
-                        .map_err(|e| SubscribeError::Unavailable(format!("offset lookup failed: {e}")))??;
+                    let offsets = tokio::task::spawn_blocking(move || {
+                        source.offsets_at(&name, ms, partitions)
+                    })
+                    .await
+                    .map_err(|e| {
+                        SubscribeError::Unavailable(format!("offset lookup failed: {e}"))
+                    })??;
                     Some(offsets)
                 }
             };
@@ -267,7 +291,11 @@ impl Hub {
                 tokio::task::yield_now().await;
                 continue;
             };
-            let registration = Registration { topic: hub.clone(), id, key };
+            let registration = Registration {
+                topic: hub.clone(),
+                id,
+                key,
+            };
             let start_id = match opened {
                 Opened::Ready(start_id) => Some(start_id),
                 Opened::CatchUp { from, tx } => {
@@ -276,13 +304,26 @@ impl Hub {
                     None
                 }
             };
-            return Ok(Subscription { events: rx, start_id, topic: hub.name.clone(), _registration: registration });
+            return Ok(Subscription {
+                events: rx,
+                start_id,
+                topic: hub.name.clone(),
+                _registration: registration,
+            });
         }
     }
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
     /// catch-up from Kafka.
-    fn open(&self, hub: &TopicHub, state: &mut TopicState, id: u64, key: Option<&[u8]>, from: Option<Vec<i64>>, tx: mpsc::Sender<Bytes>) -> Opened {
+    fn open(
+        &self,
+        hub: &TopicHub,
+        state: &mut TopicState,
+        id: u64,
+        key: Option<&[u8]>,
+        from: Option<Vec<i64>>,
+        tx: mpsc::Sender<Bytes>,
+    ) -> Opened {
         state.streams += 1;
         state.idle_since = None;
         let Some(from) = from else {
@@ -304,7 +345,14 @@ impl Hub {
                 if key.is_some() && entry.key.as_deref() != key {
                     continue;
                 }
-                if let Some(bytes) = for_stream(&mut floor, entry.partition, entry.offset, &after, &entry.event, hub.fingerprint) {
+                if let Some(bytes) = for_stream(
+                    &mut floor,
+                    entry.partition,
+                    entry.offset,
+                    &after,
+                    &entry.event,
+                    hub.fingerprint,
+                ) {
                     batch.extend_from_slice(&bytes);
                 }
             }
@@ -318,7 +366,14 @@ impl Hub {
     }
 
     /// Moves a pending stream to live if `position` is at or after the live position.
-    fn hand_over(&self, hub: &TopicHub, id: u64, key: Option<&[u8]>, tx: &mpsc::Sender<Bytes>, position: &[i64]) -> HandOver {
+    fn hand_over(
+        &self,
+        hub: &TopicHub,
+        id: u64,
+        key: Option<&[u8]>,
+        tx: &mpsc::Sender<Bytes>,
+        position: &[i64],
+    ) -> HandOver {
         let mut state = hub.lock();
         if !state.pending.contains(&id) {
             return HandOver::Gone;
@@ -327,7 +382,14 @@ impl Hub {
             return HandOver::NotYet;
         }
         state.pending.remove(&id);
-        state.register(id, key, Sub { tx: tx.clone(), floor: Some(position.to_vec()) });
+        state.register(
+            id,
+            key,
+            Sub {
+                tx: tx.clone(),
+                floor: Some(position.to_vec()),
+            },
+        );
         HandOver::Done
     }
 
@@ -368,7 +430,8 @@ impl Hub {
 
     /// Releases topics that have had no stream for `idle`. Called periodically.
     pub async fn release_idle(&self, idle: Duration) {
-        let candidates: Vec<Arc<TopicHub>> = self.topics.iter().map(|e| e.value().clone()).collect();
+        let candidates: Vec<Arc<TopicHub>> =
+            self.topics.iter().map(|e| e.value().clone()).collect();
         for hub in candidates {
             if hub.attached.get().is_none() {
                 continue;
@@ -377,15 +440,21 @@ impl Hub {
             let (partitions, ring_bytes) = {
                 let mut state = hub.lock();
                 match state.idle_since {
-                    Some(since) if state.streams == 0 && !state.released && since.elapsed() >= idle => {
+                    Some(since)
+                        if state.streams == 0 && !state.released && since.elapsed() >= idle =>
+                    {
                         state.released = true;
-                        (state.positions.len(), state.ring.take().map_or(0, |r| r.bytes()))
+                        (
+                            state.positions.len(),
+                            state.ring.take().map_or(0, |r| r.bytes()),
+                        )
                     }
                     _ => continue,
                 }
             };
             self.metrics.replay_bytes.sub(ring_bytes as i64);
-            self.topics.remove_if(&hub.name, |_, v| Arc::ptr_eq(v, &hub));
+            self.topics
+                .remove_if(&hub.name, |_, v| Arc::ptr_eq(v, &hub));
             let source = self.source.clone();
             let name = hub.name.clone();
             match tokio::task::spawn_blocking(move || source.unassign(&name, partitions)).await {
@@ -398,18 +467,31 @@ impl Hub {
     }
 
     /// Fans one record out to the matching streams. Called by the poll thread only.
-    pub fn dispatch(&self, topic: &str, partition: i32, offset: i64, key: Option<&[u8]>, value: Option<&[u8]>) {
+    pub fn dispatch(
+        &self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) {
         let Some(hub) = self.topics.get(topic).map(|e| e.value().clone()) else {
             return;
         };
         hub.records.inc();
         let mut guard = hub.lock();
         let state = &mut *guard;
-        let Some(p) = usize::try_from(partition).ok().filter(|p| *p < state.positions.len()) else {
+        let Some(p) = usize::try_from(partition)
+            .ok()
+            .filter(|p| *p < state.positions.len())
+        else {
             return;
         };
         if offset < state.positions[p] {
-            debug!(topic, partition, offset, "record before the position, skipped");
+            debug!(
+                topic,
+                partition, offset, "record before the position, skipped"
+            );
             return;
         }
         state.positions[p] = offset + 1;
@@ -423,7 +505,9 @@ impl Hub {
         let mut gone = 0;
         let mut offer = |streams: &mut HashMap<u64, Sub>| {
             streams.retain(|_, sub| {
-                let Some(bytes) = for_stream(&mut sub.floor, p, offset, after, &event, hub.fingerprint) else {
+                let Some(bytes) =
+                    for_stream(&mut sub.floor, p, offset, after, &event, hub.fingerprint)
+                else {
                     return true;
                 };
                 match sub.tx.try_send(bytes) {
@@ -454,7 +538,12 @@ impl Hub {
             state.stream_gone();
         }
         if let Some(ring) = &mut state.ring {
-            let entry = Entry { partition: p, offset, key: key.map(Bytes::copy_from_slice), event };
+            let entry = Entry {
+                partition: p,
+                offset,
+                key: key.map(Bytes::copy_from_slice),
+                event,
+            };
             self.metrics.replay_bytes.add(ring.push(entry) as i64);
         }
     }
@@ -462,9 +551,12 @@ impl Hub {
     /// Ends every stream (their queues drain first) and refuses new ones.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
+        self.readers.close();
         for entry in self.topics.iter() {
             let mut state = entry.value().lock();
-            let count = state.all.len() + state.by_key.values().map(HashMap::len).sum::<usize>() + state.pending.len();
+            let count = state.all.len()
+                + state.by_key.values().map(HashMap::len).sum::<usize>()
+                + state.pending.len();
             state.all.clear();
             state.by_key.clear();
             state.pending.clear();
@@ -477,7 +569,10 @@ impl Hub {
 
 enum Opened {
     Ready(String),
-    CatchUp { from: Vec<i64>, tx: mpsc::Sender<Bytes> },
+    CatchUp {
+        from: Vec<i64>,
+        tx: mpsc::Sender<Bytes>,
+    },
 }
 
 enum HandOver {
@@ -496,14 +591,21 @@ mod tests {
         let event = sse::record_event(&position::encode_dense(fp, &[5, 3]), None, Some(b"v"));
         // The client has p0 up to 6 and p1 up to 2 (another replica's interleaving).
         let mut floor = Some(vec![6, 2]);
-        assert_eq!(for_stream(&mut floor, 0, 4, &[5, 3], &event, fp), None, "p0@4 already delivered");
+        assert_eq!(
+            for_stream(&mut floor, 0, 4, &[5, 3], &event, fp),
+            None,
+            "p0@4 already delivered"
+        );
         let raised = for_stream(&mut floor, 1, 2, &[5, 3], &event, fp).unwrap();
         let id = position::encode_dense(fp, &[6, 3]);
         assert_eq!(raised, sse::with_id(&event, &id));
         assert_eq!(floor, Some(vec![6, 3]));
         // Once the shared id covers the floor, the shared bytes go out and the floor is gone.
         let event2 = sse::record_event(&position::encode_dense(fp, &[7, 3]), None, Some(b"w"));
-        assert_eq!(for_stream(&mut floor, 0, 6, &[7, 3], &event2, fp), Some(event2.clone()));
+        assert_eq!(
+            for_stream(&mut floor, 0, 6, &[7, 3], &event2, fp),
+            Some(event2.clone())
+        );
         assert_eq!(floor, None);
     }
 }

@@ -1,0 +1,240 @@
+//! Where a stream starts, from the request: the `Last-Event-ID` header, else a `lastEventId`
+//! query parameter (polyfills, first connections), else `from=` (`latest`, the default;
+//! `earliest`; an RFC 3339 time; or epoch milliseconds). Everything is checked here, before any
+//! Kafka work, so a bad request costs nothing but its `400`.
+
+use http::HeaderMap;
+use percent_encoding::percent_decode_str;
+use thiserror::Error;
+
+use crate::hub::Start;
+use crate::position::{self, TokenError};
+
+/// Why the start of a stream cannot be understood (HTTP 400).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StartError {
+    /// The resume id is not one of ours, or not for this topic.
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    /// `from=` has a value we do not understand.
+    #[error("from={0:?} is not latest, earliest, an RFC 3339 time or epoch milliseconds")]
+    From(String),
+    /// A start this gateway does not offer yet.
+    #[error("from={0} is not supported yet")]
+    Unsupported(String),
+    /// The `Last-Event-ID` header is not text.
+    #[error("Last-Event-ID is not valid text")]
+    HeaderNotText,
+}
+
+/// Reads the start of a stream of `topic` from the request's headers and query.
+pub fn from_request(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    topic: &str,
+) -> Result<Start, StartError> {
+    if let Some(value) = headers.get("last-event-id") {
+        let id = value
+            .to_str()
+            .map_err(|_| StartError::HeaderNotText)?
+            .trim();
+        if !id.is_empty() {
+            return Ok(Start::Token(position::decode(id, topic)?));
+        }
+    }
+    let param = |name: &str| {
+        query?.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+        })
+    };
+    if let Some(id) = param("lastEventId").filter(|id| !id.is_empty()) {
+        return Ok(Start::Token(position::decode(&id, topic)?));
+    }
+    match param("from").as_deref() {
+        None | Some("") | Some("latest") => Ok(Start::Live),
+        Some("earliest") => Ok(Start::Earliest),
+        Some("snapshot") => Err(StartError::Unsupported("snapshot".into())),
+        Some(value) if value.bytes().all(|b| b.is_ascii_digit()) => value
+            .parse()
+            .map(Start::Timestamp)
+            .map_err(|_| StartError::From(value.into())),
+        Some(value) => rfc3339_ms(value)
+            .map(Start::Timestamp)
+            .ok_or_else(|| StartError::From(value.into())),
+    }
+}
+
+/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into milliseconds since the epoch.
+pub fn rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(range)?;
+        part.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        1..=12 => 31,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse::<i64>().ok()?;
+        rest = &fraction[digits..];
+    }
+    let offset_minutes = match rest.as_bytes() {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let digits = [*h1, *h2, *m1, *m2];
+            if !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let (h, m) = (
+                i64::from(h1 - b'0') * 10 + i64::from(h2 - b'0'),
+                i64::from(m1 - b'0') * 10 + i64::from(m2 - b'0'),
+            );
+            if h > 23 || m > 59 {
+                return None;
+            }
+            if *sign == b'+' {
+                h * 60 + m
+            } else {
+                -(h * 60 + m)
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
+    Some(seconds * 1000 + millis)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(id: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("last-event-id", id.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn header_wins_over_query() {
+        let a = position::encode_dense(position::fingerprint("t"), &[5]);
+        let b = position::encode_dense(position::fingerprint("t"), &[9]);
+        let start = from_request(
+            &headers(&a),
+            Some(&format!("lastEventId={b}&from=earliest")),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(start, Start::Token(position::decode(&a, "t").unwrap()));
+        let start = from_request(
+            &HeaderMap::new(),
+            Some(&format!("from=earliest&lastEventId={b}")),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(start, Start::Token(position::decode(&b, "t").unwrap()));
+        assert_eq!(from_request(&headers(" "), None, "t").unwrap(), Start::Live);
+    }
+
+    #[test]
+    fn bad_tokens_and_from_values_are_refused() {
+        assert!(matches!(
+            from_request(&headers("garbage!"), None, "t"),
+            Err(StartError::Token(_))
+        ));
+        let other = position::encode_dense(position::fingerprint("other"), &[1]);
+        assert_eq!(
+            from_request(&headers(&other), None, "t"),
+            Err(StartError::Token(TokenError::WrongTopic))
+        );
+        assert!(matches!(
+            from_request(&HeaderMap::new(), Some("from=yesterday"), "t"),
+            Err(StartError::From(_))
+        ));
+        assert!(matches!(
+            from_request(&HeaderMap::new(), Some("from=snapshot"), "t"),
+            Err(StartError::Unsupported(_))
+        ));
+        assert!(matches!(
+            from_request(&HeaderMap::new(), Some("from=99999999999999999999"), "t"),
+            Err(StartError::From(_))
+        ));
+    }
+
+    #[test]
+    fn from_values() {
+        let q = |s: &str| from_request(&HeaderMap::new(), Some(s), "t").unwrap();
+        assert_eq!(q("from=latest"), Start::Live);
+        assert_eq!(q("x=1"), Start::Live);
+        assert_eq!(q("from=earliest"), Start::Earliest);
+        assert_eq!(q("from=1700000000000"), Start::Timestamp(1_700_000_000_000));
+        assert_eq!(
+            q("from=2023-11-14T22:13:20Z"),
+            Start::Timestamp(1_700_000_000_000)
+        );
+        assert_eq!(
+            q("from=2023-11-14T23%3A13%3A20.5%2B01%3A00"),
+            Start::Timestamp(1_700_000_000_500)
+        );
+    }
+
+    #[test]
+    fn rfc3339_edges() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            rfc3339_ms("2000-02-29T12:00:00.123456z"),
+            Some(951_825_600_123)
+        );
+        assert_eq!(rfc3339_ms("1969-12-31T23:59:59-00:00"), Some(-1000));
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-01-01T24:00:00Z",
+            "2023-01-01T00:00:00",
+            "2023-01-01T00:00:00+1:00",
+            "2023-01-01T00:00:00.Z",
+            "20230101T000000Z",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+}
