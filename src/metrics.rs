@@ -58,6 +58,8 @@ pub struct Metrics {
     pub gap_offsets_skipped: IntCounterVec,
     /// Catch-up readers reading now.
     pub catchup_readers_active: IntGauge,
+    /// Catch-up reader consumers in existence (reading or idle in the pool).
+    pub catchup_readers: IntGauge,
     /// Bytes held by the replay rings of all topics.
     pub replay_bytes: IntGauge,
 }
@@ -156,6 +158,10 @@ impl Metrics {
             catchup_readers_active: gauge(
                 "ksg_catchup_readers_active",
                 "Catch-up readers reading now",
+            ),
+            catchup_readers: gauge(
+                "ksg_catchup_readers",
+                "Catch-up reader consumers in existence (reading or idle)",
             ),
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
             registry,

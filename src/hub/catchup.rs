@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -28,6 +28,8 @@ const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Records read between two hand-over checks (each check takes the topic lock).
 const CHECK_EVERY: usize = 256;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Catch-up events are queued in chunks of about this many bytes.
+const BATCH_BYTES: usize = 16 * 1024;
 
 /// The reader pool.
 pub(super) struct Readers {
@@ -107,12 +109,18 @@ impl Hub {
     ) -> Result<(), KafkaError> {
         let consumer = match self.readers.take() {
             Some(c) => c,
-            None => self.source.reader()?,
+            None => {
+                let reader = self.source.reader()?;
+                self.metrics.catchup_readers.inc();
+                reader
+            }
         };
         let result = self.read_with(&consumer, topic, id, key, from, tx);
         // Unassigning drops prefetched records; the reader goes back clean, or not at all.
         if consumer.unassign().is_ok() {
             self.readers.give_back(consumer);
+        } else {
+            self.metrics.catchup_readers.dec();
         }
         result
     }
@@ -164,8 +172,17 @@ impl Hub {
         consumer.assign(&assignment)?;
         let mut at_end = vec![false; at.len()];
         let mut since_check = 0;
+        // Events read back to back are queued together, like the live path's frames: fewer,
+        // larger writes instead of one tiny frame per record.
+        let mut batch = BytesMut::new();
         loop {
             let check = since_check >= CHECK_EVERY || at_end.iter().all(|e| *e);
+            if check || batch.len() >= BATCH_BYTES {
+                if !batch.is_empty() && !send(tx, batch.split().freeze()) {
+                    topic.cutoffs.inc();
+                    return Ok(());
+                }
+            }
             if check {
                 since_check = 0;
                 match self.hand_over(topic, id, key, tx, &at) {
@@ -174,8 +191,18 @@ impl Hub {
                     HandOver::NotYet => {}
                 }
             }
-            match consumer.poll(POLL_TIMEOUT) {
-                None => {}
+            let wait = if batch.is_empty() {
+                POLL_TIMEOUT
+            } else {
+                Duration::ZERO
+            };
+            match consumer.poll(wait) {
+                None => {
+                    if !batch.is_empty() && !send(tx, batch.split().freeze()) {
+                        topic.cutoffs.inc();
+                        return Ok(());
+                    }
+                }
                 Some(Ok(message)) => {
                     let Some(p) = usize::try_from(message.partition())
                         .ok()

@@ -179,6 +179,71 @@ impl Producer_ {
     }
 }
 
+/// Deletes the records of `partition` before `offset` (advances the log start).
+pub async fn delete_records(cluster: &Cluster, topic: &str, partition: i32, offset: i64) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client");
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))
+        .unwrap();
+    let result = admin
+        .delete_records(&list, &AdminOptions::new())
+        .await
+        .expect("delete_records");
+    for element in result.elements() {
+        element.error().expect("records deleted");
+    }
+}
+
+/// The (low, high) watermarks of a partition.
+pub async fn watermarks(cluster: &Cluster, topic: &str, partition: i32) -> (i64, i64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("consumer");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(5))
+            .expect("watermarks")
+    })
+    .await
+    .unwrap()
+}
+
+/// Checks a stream of `key:seq` payloads: per key, sequence numbers continue exactly.
+#[derive(Default)]
+pub struct Continuity {
+    next: std::collections::HashMap<String, u64>,
+    /// Events checked.
+    pub count: usize,
+}
+
+impl Continuity {
+    /// Checks one event; panics on a gap or a duplicate.
+    pub fn check(&mut self, event: &Block) {
+        let text = event.text();
+        let (key, seq) = text
+            .split_once(':')
+            .unwrap_or_else(|| panic!("not key:seq: {text:?}"));
+        let seq: u64 = seq.parse().unwrap();
+        let expected = self.next.entry(key.to_string()).or_insert(0);
+        assert_eq!(
+            seq, *expected,
+            "key {key}: expected seq {expected}, got {seq} (gap or duplicate)"
+        );
+        *expected += 1;
+        self.count += 1;
+    }
+
+    /// The next expected sequence number of every key.
+    pub fn next_of(&self, key: &str) -> u64 {
+        self.next.get(key).copied().unwrap_or(0)
+    }
+}
+
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -281,6 +346,7 @@ pub async fn get(
         SseReader {
             body: Some(body),
             buf: BytesMut::new(),
+            last_id: None,
         },
     )
 }
@@ -311,6 +377,8 @@ impl Block {
 pub struct SseReader {
     body: Option<h2::RecvStream>,
     buf: BytesMut,
+    /// The last `id:` seen, as the browser's `lastEventId` would be.
+    pub last_id: Option<String>,
 }
 
 impl SseReader {
@@ -327,7 +395,11 @@ impl SseReader {
         loop {
             if let Some(end) = find(&self.buf, b"\n\n") {
                 let raw = self.buf.split_to(end + 2);
-                return Ok(Some(parse_block(&raw[..end])));
+                let block = parse_block(&raw[..end]);
+                if let Some(id) = &block.id {
+                    self.last_id = Some(id.clone());
+                }
+                return Ok(Some(block));
             }
             let Some(body) = self.body.as_mut() else {
                 return Ok(None);

@@ -1,0 +1,375 @@
+//! Resume with no loss: Last-Event-ID after a dropped connection, on another replica, after a
+//! restart, from far back (Kafka catch-up), across the hand-over to live; gaps; start positions.
+
+mod support;
+
+use std::time::Duration;
+
+use kafka_sse_gateway::position;
+use support::*;
+
+const KEYS: usize = 12;
+
+/// Queues `per_key` records for each of `KEYS` keys, numbering from `first`.
+fn produce_round(p: &Producer_, topic: &str, first: u64, per_key: u64) {
+    for seq in first..first + per_key {
+        for k in 0..KEYS {
+            let key = format!("key{k}");
+            p.send(
+                topic,
+                None,
+                Some(key.as_bytes()),
+                Some(format!("{key}:{seq}").as_bytes()),
+            );
+        }
+    }
+}
+
+async fn read_checked(sse: &mut SseReader, n: usize, continuity: &mut Continuity) {
+    for event in sse.events(n).await {
+        continuity.check(&event);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_resumes_from_memory_then_on_a_second_replica() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("resume");
+    cluster.create_topic(&topic, 3).await;
+    let gw1 = gateway(&cluster, &[]).await;
+    let gw2 = gateway(&cluster, &[]).await;
+    // gw2 has the topic attached (its own interleaving of partitions) before anything is produced.
+    let (_, mut watcher) = get(&h2_connect(&gw2).await, &format!("/{topic}"), &[]).await;
+    watcher.next_block().await.unwrap();
+
+    let h2 = h2_connect(&gw1).await;
+    let (_, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
+    sse.next_block().await.unwrap();
+    let p = cluster.producer();
+    produce_round(&p, &topic, 0, 30);
+    p.flush().await;
+    let mut seen = Continuity::default();
+    read_checked(&mut sse, 100, &mut seen).await;
+    let id = sse.last_id.clone().unwrap();
+    drop((sse, h2)); // the TCP connection goes away mid-stream
+
+    // Same replica: from the replay ring.
+    let h2 = h2_connect(&gw1).await;
+    let (head, mut sse) = get(&h2, &format!("/{topic}"), &[("last-event-id", &id)]).await;
+    assert_eq!(head.status, 200);
+    read_checked(&mut sse, 150, &mut seen).await;
+    assert_eq!(
+        metric(&metrics(&gw1).await, "ksg_resumes_total{source=\"memory\"}"),
+        1.0
+    );
+    let id = sse.last_id.clone().unwrap();
+    drop((sse, h2));
+
+    // Another replica that saw its own interleaving: no loss, no duplicate.
+    let h2 = h2_connect(&gw2).await;
+    let (_, mut sse) = get(&h2, &format!("/{topic}"), &[("last-event-id", &id)]).await;
+    read_checked(&mut sse, 30 * KEYS - 250, &mut seen).await;
+    produce_round(&p, &topic, 30, 5);
+    p.flush().await;
+    read_checked(&mut sse, 5 * KEYS, &mut seen).await;
+    let id = sse.last_id.clone().unwrap();
+    drop((sse, h2));
+
+    // And back to the first replica with an id the second one issued.
+    produce_round(&p, &topic, 35, 5);
+    p.flush().await;
+    let (_, mut sse) = get(
+        &h2_connect(&gw1).await,
+        &format!("/{topic}"),
+        &[("last-event-id", &id)],
+    )
+    .await;
+    read_checked(&mut sse, 5 * KEYS, &mut seen).await;
+    assert!((0..KEYS).all(|k| seen.next_of(&format!("key{k}")) == 40));
+    // Nothing more: the next event is the sentinel.
+    p.produce(&topic, Some("key0"), Some("key0:40")).await;
+    seen.check(&sse.next_event().await.unwrap());
+    gw1.shutdown().await;
+    gw2.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_after_a_restart_of_the_gateway() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("restart");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &[]).await;
+    let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    sse.next_block().await.unwrap();
+    let p = cluster.producer();
+    produce_round(&p, &topic, 0, 10);
+    p.flush().await;
+    let mut seen = Continuity::default();
+    read_checked(&mut sse, 50, &mut seen).await;
+    let id = sse.last_id.clone().unwrap();
+    gw.shutdown().await;
+    produce_round(&p, &topic, 10, 10); // produced while no gateway runs
+    p.flush().await;
+
+    let gw = gateway(&cluster, &[]).await;
+    let (_, mut sse) = get(
+        &h2_connect(&gw).await,
+        &format!("/{topic}?lastEventId={id}"),
+        &[],
+    )
+    .await;
+    read_checked(&mut sse, 20 * KEYS - 50, &mut seen).await;
+    assert_eq!(
+        metric(&metrics(&gw).await, "ksg_resumes_total{source=\"kafka\"}"),
+        1.0
+    );
+    p.produce(&topic, Some("key1"), Some("key1:20")).await;
+    seen.check(&sse.next_event().await.unwrap());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_resumes_from_far_back_share_a_bounded_set_of_readers() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("catchup");
+    cluster.create_topic(&topic, 3).await;
+    // A tiny ring: the old id is far outside it, so every resume reads from Kafka.
+    let gw = gateway(
+        &cluster,
+        &[("KSG_REPLAY_BYTES", "2000"), ("KSG_CATCHUP_READERS", "3")],
+    )
+    .await;
+    let (_, mut first) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    let start_id = first.next_block().await.unwrap().id.unwrap();
+    let p = cluster.producer();
+    produce_round(&p, &topic, 0, 40);
+    p.flush().await;
+    let mut seen = Continuity::default();
+    read_checked(&mut first, 40 * KEYS, &mut seen).await;
+
+    let h2 = h2_connect(&gw).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        let (h2, path, id) = (h2.clone(), format!("/{topic}"), start_id.clone());
+        clients.push(tokio::spawn(async move {
+            let (head, mut sse) = get(&h2, &path, &[("last-event-id", &id)]).await;
+            assert_eq!(head.status, 200);
+            let mut seen = Continuity::default();
+            read_checked(&mut sse, 40 * KEYS, &mut seen).await;
+            seen.count
+        }));
+    }
+    for client in clients {
+        assert_eq!(client.await.unwrap(), 40 * KEYS);
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(metric(&text, "ksg_resumes_total{source=\"kafka\"}"), 50.0);
+    assert!(metric(&text, "ksg_catchup_readers") <= 3.0, "{text}");
+    assert!(metric(&text, "ksg_catchup_readers") >= 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_over_from_catch_up_to_live_while_records_keep_coming() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("handover");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", "0")]).await;
+    let (_, mut first) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    let start_id = first.next_block().await.unwrap().id.unwrap();
+    let p = cluster.producer();
+    produce_round(&p, &topic, 0, 50);
+    p.flush().await;
+
+    // Keep producing while the resumed stream catches up and switches to live.
+    let producing = {
+        let (p, topic) = (p.clone(), topic.clone());
+        tokio::spawn(async move {
+            for round in 50..150 {
+                produce_round(&p, &topic, round, 1);
+                p.flush().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (_, mut sse) = get(
+        &h2_connect(&gw).await,
+        &format!("/{topic}"),
+        &[("last-event-id", &start_id)],
+    )
+    .await;
+    let mut seen = Continuity::default();
+    read_checked(&mut sse, 150 * KEYS, &mut seen).await;
+    producing.await.unwrap();
+    p.produce(&topic, Some("key3"), Some("key3:150")).await;
+    seen.check(&sse.next_event().await.unwrap());
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_gone_from_kafka_are_announced_as_a_gap() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("gap");
+    cluster.create_topic(&topic, 2).await;
+    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", "0")]).await;
+    let (_, mut first) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    let start_id = first.next_block().await.unwrap().id.unwrap();
+    let p = cluster.producer();
+    // Age out the head of partition 0: DeleteRecords on a real broker; on the mock cluster,
+    // which has no DeleteRecords, enough data that it drops its oldest batches itself.
+    let (count, padding) = if cluster.is_real() {
+        (10, 0)
+    } else {
+        (100, 100 * 1024)
+    };
+    let pad = "p".repeat(padding);
+    for seq in 0..count {
+        p.send(
+            &topic,
+            Some(0),
+            Some(b"a"),
+            Some(format!("a:{seq}:{pad}").as_bytes()),
+        );
+        p.flush().await;
+    }
+    for seq in 0..10 {
+        p.send(
+            &topic,
+            Some(1),
+            Some(b"b"),
+            Some(format!("b:{seq}:").as_bytes()),
+        );
+    }
+    p.flush().await;
+    if cluster.is_real() {
+        delete_records(&cluster, &topic, 0, 4).await;
+    }
+    let log_start = watermarks(&cluster, &topic, 0).await.0;
+    assert!(log_start > 0 && log_start < count, "log start {log_start}");
+
+    let (_, mut sse) = get(
+        &h2_connect(&gw).await,
+        &format!("/{topic}"),
+        &[("last-event-id", &start_id)],
+    )
+    .await;
+    let gap = sse.next_event().await.unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    assert_eq!(
+        gap.text(),
+        format!(
+            r#"{{"partitions":[{{"partition":0,"from":0,"to":{log_start},"skipped":{log_start}}}]}}"#
+        )
+    );
+    assert_eq!(
+        position::decode(gap.id.as_deref().unwrap(), &topic)
+            .unwrap()
+            .entries,
+        vec![(0, log_start), (1, 0)]
+    );
+    let mut texts: Vec<String> = sse
+        .events((count - log_start) as usize + 10)
+        .await
+        .iter()
+        .map(|e| e.text().rsplit_once(':').unwrap().0.to_string())
+        .collect();
+    texts.sort();
+    let mut expected: Vec<String> = (log_start..count)
+        .map(|s| format!("a:{s}"))
+        .chain((0..10).map(|s| format!("b:{s}")))
+        .collect();
+    expected.sort();
+    assert_eq!(texts, expected);
+    let text = metrics(&gw).await;
+    let skipped = metric(
+        &text,
+        &format!("ksg_gap_offsets_skipped_total{{topic=\"{topic}\"}}"),
+    );
+    assert_eq!(skipped, log_start as f64);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_earliest_and_from_timestamp_with_key_filter() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("from");
+    cluster.create_topic(&topic, 3).await;
+    let p = cluster.producer();
+    let base = 1_700_000_000_000i64;
+    for seq in 0..10 {
+        for key in ["x", "y"] {
+            let mut record = rdkafka::producer::BaseRecord::<str, str>::to(&topic)
+                .key(key)
+                .timestamp(base + seq * 1000);
+            let value = format!("{key}:{seq}");
+            record = record.payload(&value);
+            p.0.send(record).map_err(|(e, _)| e).unwrap();
+        }
+    }
+    p.flush().await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+
+    let (_, mut sse) = get(&h2, &format!("/{topic}?from=earliest"), &[]).await;
+    let mut seen = Continuity::default();
+    read_checked(&mut sse, 20, &mut seen).await;
+
+    let (_, mut sse) = get(&h2, &format!("/{topic}/y?from=earliest"), &[]).await;
+    let texts: Vec<String> = sse.events(10).await.iter().map(|e| e.text()).collect();
+    assert_eq!(texts, (0..10).map(|s| format!("y:{s}")).collect::<Vec<_>>());
+
+    // Timestamps need a broker that keeps the producer's CreateTime.
+    if cluster.is_real() {
+        let (_, mut sse) = get(&h2, &format!("/{topic}/x?from={}", base + 6500), &[]).await;
+        let texts: Vec<String> = sse.events(3).await.iter().map(|e| e.text()).collect();
+        assert_eq!(texts, vec!["x:7", "x:8", "x:9"]);
+        let (_, mut sse) = get(&h2, &format!("/{topic}/x?from=2023-11-14T22:13:28Z"), &[]).await;
+        assert_eq!(sse.next_event().await.unwrap().text(), "x:8");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_resume_ids_are_400_without_kafka_work() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("badid");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let foreign = position::encode_dense(position::fingerprint("another-topic"), &[1]);
+    let long = "A".repeat(5000);
+    for (id, reason) in [
+        ("not a token!", "not base64url"),
+        ("AQ", "malformed"),
+        (foreign.as_str(), "another topic"),
+        (long.as_str(), "longer than"),
+    ] {
+        let (head, mut body) = get(&h2, &format!("/{topic}"), &[("last-event-id", id)]).await;
+        assert_eq!(head.status, 400, "{id}");
+        let body = body
+            .body_mut()
+            .as_mut()
+            .unwrap()
+            .data()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&body).contains(reason),
+            "{id}: {body:?}"
+        );
+    }
+    let (head, _) = get(&h2, &format!("/{topic}?from=tomorrow"), &[]).await;
+    assert_eq!(head.status, 400);
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"bad_resume_id\"}"),
+        5.0
+    );
+    assert_eq!(
+        metric(&text, "ksg_topics_attached"),
+        0.0,
+        "no Kafka work for a bad request"
+    );
+    gw.shutdown().await;
+}
