@@ -177,11 +177,8 @@ impl Hub {
         let mut batch = BytesMut::new();
         loop {
             let check = since_check >= CHECK_EVERY || at_end.iter().all(|e| *e);
-            if check || batch.len() >= BATCH_BYTES {
-                if !batch.is_empty() && !send(tx, batch.split().freeze()) {
-                    topic.cutoffs.inc();
-                    return Ok(());
-                }
+            if (check || batch.len() >= BATCH_BYTES) && !flush(tx, &mut batch, topic) {
+                return Ok(());
             }
             if check {
                 since_check = 0;
@@ -198,8 +195,7 @@ impl Hub {
             };
             match consumer.poll(wait) {
                 None => {
-                    if !batch.is_empty() && !send(tx, batch.split().freeze()) {
-                        topic.cutoffs.inc();
+                    if !flush(tx, &mut batch, topic) {
                         return Ok(());
                     }
                 }
@@ -252,6 +248,15 @@ impl Hub {
             }
         }
     }
+}
+
+/// Queues what `batch` holds; false (and counted as a cut-off) when the stream cannot take it.
+fn flush(tx: &mpsc::Sender<Bytes>, batch: &mut BytesMut, topic: &TopicHub) -> bool {
+    if batch.is_empty() || send(tx, batch.split().freeze()) {
+        return true;
+    }
+    topic.cutoffs.inc();
+    false
 }
 
 /// Queues `event` for the stream, waiting up to [`STALL_LIMIT`] for room. False: the stream is
