@@ -106,7 +106,10 @@ impl Body for SseStream {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if let Some(preamble) = this.preamble.take() {
-            return Poll::Ready(Some(Ok(Frame::data(preamble))));
+            // Whatever is already queued (a replay) goes out in the same frame.
+            let (frame, count) = this.batch(preamble);
+            this.metrics.events.inc_by(count - 1);
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         match this.subscription.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {

@@ -282,7 +282,7 @@ async fn stalled_stream_is_cut_off_while_others_keep_receiving() {
     cluster.create_topic(&topic, 1).await;
     let gw = gateway(&cluster, &[("KSG_STREAM_QUEUE", "200")]).await;
     // Separate connections: a stalled stream must not hold the other's connection window.
-    let (stalled_conn, live_conn) = (h2_connect(&gw).await, h2_connect(&gw).await);
+    let (stalled_conn, live_conn) = (h2_connect_small_windows(&gw).await, h2_connect(&gw).await);
     let (_, mut stalled) = get(&stalled_conn, &format!("/{topic}"), &[]).await;
     let (_, mut live) = get(&live_conn, &format!("/{topic}"), &[]).await;
     stalled.next_block().await.unwrap();

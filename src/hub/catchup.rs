@@ -28,6 +28,8 @@ const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Records read between two hand-over checks (each check takes the topic lock).
 const CHECK_EVERY: usize = 256;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a partial batch waits for more records before it is queued.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Catch-up events are queued in chunks of about this many bytes.
 const BATCH_BYTES: usize = 16 * 1024;
 

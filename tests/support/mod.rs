@@ -313,9 +313,28 @@ pub async fn h2_connect(handle: &Handle) -> H2 {
     h2_handshake(tls).await
 }
 
+/// Opens an HTTP/2 connection over TLS with HTTP/2's default 64 KiB windows, so a stream
+/// the test stops reading stalls quickly.
+pub async fn h2_connect_small_windows(handle: &Handle) -> H2 {
+    let tls = tls_connect(handle, b"h2").await;
+    let (send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send
+}
+
 /// Runs the HTTP/2 handshake on any stream (TLS or cleartext prior knowledge).
 pub async fn h2_handshake<T: AsyncRead + AsyncWrite + Unpin + Send + 'static>(io: T) -> H2 {
-    let (send, connection) = h2::client::handshake(io).await.expect("h2 handshake");
+    // Windows like a browser's (Chrome: 6 MiB per stream, 15 MiB per connection). With h2's
+    // 64 KiB defaults, many streams on one connection get data in fragments as small as the
+    // window updates, and h2 treats a flood of small frames as abuse.
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(6 << 20)
+        .initial_connection_window_size(15 << 20)
+        .handshake(io)
+        .await
+        .expect("h2 handshake");
     tokio::spawn(async move {
         let _ = connection.await;
     });
