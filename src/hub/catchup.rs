@@ -193,7 +193,7 @@ impl Hub {
             let wait = if batch.is_empty() {
                 POLL_TIMEOUT
             } else {
-                Duration::ZERO
+                BATCH_WAIT
             };
             match consumer.poll(wait) {
                 None => {
