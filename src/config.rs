@@ -47,6 +47,10 @@ pub const STREAM_QUEUE: &str = "KSG_STREAM_QUEUE";
 pub const REPLAY_BYTES: &str = "KSG_REPLAY_BYTES";
 /// `KSG_CATCHUP_READERS`: Kafka consumers reading for resumes at most (more resumes wait).
 pub const CATCHUP_READERS: &str = "KSG_CATCHUP_READERS";
+/// `KSG_SNAPSHOT_BYTES`: what one snapshot may hold before it is sent early.
+pub const SNAPSHOT_BYTES: &str = "KSG_SNAPSHOT_BYTES";
+/// `KSG_SNAPSHOT_TOPICS`: topics (names or globs) whose streams start with a snapshot by default.
+pub const SNAPSHOT_TOPICS: &str = "KSG_SNAPSHOT_TOPICS";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
@@ -81,6 +85,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (STREAM_QUEUE, "1024"),
     (REPLAY_BYTES, "4194304"),
     (CATCHUP_READERS, "4"),
+    (SNAPSHOT_BYTES, "67108864"),
+    (SNAPSHOT_TOPICS, "(none)"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -119,6 +125,10 @@ pub struct Config {
     pub replay_bytes: usize,
     /// Catch-up readers at most.
     pub catchup_readers: usize,
+    /// Bytes one snapshot may hold before it is sent early.
+    pub snapshot_bytes: usize,
+    /// Topics whose streams start with a snapshot when the request names no start.
+    pub snapshot_topics: TopicFilter,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -237,7 +247,8 @@ impl Config {
         let vars: BTreeMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, _)| k.starts_with("KSG_"))
+            // KSG_TEST_* belong to the test suite (a broker to test against, for example).
+            .filter(|(k, _)| k.starts_with("KSG_") && !k.starts_with("KSG_TEST_"))
             .collect();
         let mut r = Reader {
             vars,
@@ -297,6 +308,10 @@ impl Config {
         let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
         let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
+        let snapshot_bytes = r.number(SNAPSHOT_BYTES, 64usize << 20, 1024, 1 << 36);
+        let snapshot_topics = r.parse(SNAPSHOT_TOPICS, TopicFilter::none(), |s| {
+            TopicFilter::parse(s).map_err(|e| e.to_string())
+        });
         let handshake_timeout =
             Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
         let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
@@ -352,6 +367,8 @@ impl Config {
                 stream_queue,
                 replay_bytes,
                 catchup_readers,
+                snapshot_bytes,
+                snapshot_topics,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

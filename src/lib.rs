@@ -130,6 +130,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         queue: config.stream_queue,
         replay_bytes: config.replay_bytes,
         catchup_readers: config.catchup_readers,
+        snapshot_bytes: config.snapshot_bytes,
     };
     let hub = Arc::new(Hub::new(source.clone(), metrics.clone(), hub_config));
 
@@ -159,6 +160,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         cors: config.cors.clone(),
         retry_ms: config.retry_ms,
         heartbeat: config.heartbeat,
+        snapshot_topics: config.snapshot_topics.clone(),
         starter_page: demo
             .as_ref()
             .map(|_| Bytes::from_static(demo::STARTER_PAGE.as_bytes())),
@@ -239,11 +241,18 @@ impl Handle {
         if !drained {
             warn!("grace period over with connections still open; closing them");
         }
-        for task in &self.tasks {
+        for task in self.tasks.drain(..) {
             task.abort();
+            let _ = task.await;
         }
         self.stop_poller().await;
-        drop(self.demo.take());
+        // The Kafka clients (consumer, catch-up readers) close before the embedded cluster
+        // goes away, so they never log errors about a cluster that vanished under them.
+        let demo = self.demo.take();
+        drop(self);
+        if let Some(demo) = demo {
+            let _ = tokio::task::spawn_blocking(move || drop(demo)).await;
+        }
         drained
     }
 

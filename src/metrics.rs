@@ -166,7 +166,7 @@ impl Metrics {
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
             registry,
         };
-        for source in ["memory", "kafka"] {
+        for source in ["memory", "kafka", "snapshot"] {
             m.resumes.with_label_values(&[source]);
         }
         for reason in REFUSED_REASONS {

@@ -17,21 +17,23 @@ pub enum StartError {
     #[error("{0}")]
     Token(#[from] TokenError),
     /// `from=` has a value we do not understand.
-    #[error("from={0:?} is not latest, earliest, an RFC 3339 time or epoch milliseconds")]
+    #[error(
+        "from={0:?} is not latest, earliest, snapshot, an RFC 3339 time or epoch milliseconds"
+    )]
     From(String),
-    /// A start this gateway does not offer yet.
-    #[error("from={0} is not supported yet")]
-    Unsupported(String),
     /// The `Last-Event-ID` header is not text.
     #[error("Last-Event-ID is not valid text")]
     HeaderNotText,
 }
 
 /// Reads the start of a stream of `topic` from the request's headers and query.
+/// `default` is the start when the request names none (`Live`, or `Snapshot` for topics in
+/// `KSG_SNAPSHOT_TOPICS`).
 pub fn from_request(
     headers: &HeaderMap,
     query: Option<&str>,
     topic: &str,
+    default: Start,
 ) -> Result<Start, StartError> {
     if let Some(value) = headers.get("last-event-id") {
         let id = value
@@ -52,9 +54,10 @@ pub fn from_request(
         return Ok(Start::Token(position::decode(&id, topic)?));
     }
     match param("from").as_deref() {
-        None | Some("") | Some("latest") => Ok(Start::Live),
+        None | Some("") => Ok(default),
+        Some("latest") => Ok(Start::Live),
         Some("earliest") => Ok(Start::Earliest),
-        Some("snapshot") => Err(StartError::Unsupported("snapshot".into())),
+        Some("snapshot") => Ok(Start::Snapshot),
         Some(value) if value.bytes().all(|b| b.is_ascii_digit()) => value
             .parse()
             .map(Start::Timestamp)
@@ -154,66 +157,64 @@ mod tests {
         h
     }
 
+    fn start(h: &HeaderMap, query: Option<&str>) -> Result<Start, StartError> {
+        from_request(h, query, "t", Start::Live)
+    }
+
     #[test]
     fn header_wins_over_query() {
         let a = position::encode_dense(position::fingerprint("t"), &[5]);
         let b = position::encode_dense(position::fingerprint("t"), &[9]);
-        let start = from_request(
-            &headers(&a),
-            Some(&format!("lastEventId={b}&from=earliest")),
-            "t",
-        )
-        .unwrap();
-        assert_eq!(start, Start::Token(position::decode(&a, "t").unwrap()));
-        let start = from_request(
-            &HeaderMap::new(),
-            Some(&format!("from=earliest&lastEventId={b}")),
-            "t",
-        )
-        .unwrap();
-        assert_eq!(start, Start::Token(position::decode(&b, "t").unwrap()));
-        assert_eq!(from_request(&headers(" "), None, "t").unwrap(), Start::Live);
+        let query = format!("lastEventId={b}&from=earliest");
+        let expected = Start::Token(position::decode(&a, "t").unwrap());
+        assert_eq!(start(&headers(&a), Some(&query)).unwrap(), expected);
+        let query = format!("from=earliest&lastEventId={b}");
+        let expected = Start::Token(position::decode(&b, "t").unwrap());
+        assert_eq!(start(&HeaderMap::new(), Some(&query)).unwrap(), expected);
+        assert_eq!(start(&headers(" "), None).unwrap(), Start::Live);
     }
 
     #[test]
     fn bad_tokens_and_from_values_are_refused() {
         assert!(matches!(
-            from_request(&headers("garbage!"), None, "t"),
+            start(&headers("garbage!"), None),
             Err(StartError::Token(_))
         ));
         let other = position::encode_dense(position::fingerprint("other"), &[1]);
         assert_eq!(
-            from_request(&headers(&other), None, "t"),
+            start(&headers(&other), None),
             Err(StartError::Token(TokenError::WrongTopic))
         );
         assert!(matches!(
-            from_request(&HeaderMap::new(), Some("from=yesterday"), "t"),
+            start(&HeaderMap::new(), Some("from=yesterday")),
             Err(StartError::From(_))
         ));
+        let huge = Some("from=99999999999999999999");
         assert!(matches!(
-            from_request(&HeaderMap::new(), Some("from=snapshot"), "t"),
-            Err(StartError::Unsupported(_))
-        ));
-        assert!(matches!(
-            from_request(&HeaderMap::new(), Some("from=99999999999999999999"), "t"),
+            start(&HeaderMap::new(), huge),
             Err(StartError::From(_))
         ));
     }
 
     #[test]
     fn from_values() {
-        let q = |s: &str| from_request(&HeaderMap::new(), Some(s), "t").unwrap();
+        let q = |s: &str| start(&HeaderMap::new(), Some(s)).unwrap();
         assert_eq!(q("from=latest"), Start::Live);
         assert_eq!(q("x=1"), Start::Live);
         assert_eq!(q("from=earliest"), Start::Earliest);
+        assert_eq!(q("from=snapshot"), Start::Snapshot);
         assert_eq!(q("from=1700000000000"), Start::Timestamp(1_700_000_000_000));
         assert_eq!(
             q("from=2023-11-14T22:13:20Z"),
             Start::Timestamp(1_700_000_000_000)
         );
+        let with_offset = q("from=2023-11-14T23%3A13%3A20.5%2B01%3A00");
+        assert_eq!(with_offset, Start::Timestamp(1_700_000_000_500));
+        let snapshot_default = from_request(&HeaderMap::new(), None, "t", Start::Snapshot);
+        assert_eq!(snapshot_default.unwrap(), Start::Snapshot);
         assert_eq!(
-            q("from=2023-11-14T23%3A13%3A20.5%2B01%3A00"),
-            Start::Timestamp(1_700_000_000_500)
+            from_request(&HeaderMap::new(), Some("from=latest"), "t", Start::Snapshot).unwrap(),
+            Start::Live
         );
     }
 

@@ -373,3 +373,131 @@ async fn bad_resume_ids_are_400_without_kafka_work() {
     );
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("snapshot");
+    cluster.create_topic(&topic, 2).await;
+    let p = cluster.producer();
+    for (key, value) in [
+        ("k1", Some("k1=v1")),
+        ("k2", Some("k2=v1")),
+        ("k1", Some("k1=v2")),
+        ("k3", Some("k3=v1")),
+        ("k3", None),
+        ("k4", Some("k4=v1")),
+    ] {
+        p.send(
+            &topic,
+            Some(if key == "k2" { 1 } else { 0 }),
+            Some(key.as_bytes()),
+            value.map(str::as_bytes),
+        );
+    }
+    p.flush().await;
+    let gw = gateway(&cluster, &[("KSG_SNAPSHOT_TOPICS", "snapshot-*")]).await;
+    let h2 = h2_connect(&gw).await;
+
+    // The default for a topic in KSG_SNAPSHOT_TOPICS; partition 0 first, in offset order.
+    let (_, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
+    let preamble = sse.next_block().await.unwrap();
+    assert_eq!(
+        preamble.id, None,
+        "a snapshot stream names no position before its end"
+    );
+    let snapshot: Vec<(Option<String>, String)> = sse
+        .events(4)
+        .await
+        .into_iter()
+        .map(|e| (e.id.clone(), e.text()))
+        .collect();
+    let values: Vec<(Option<String>, String)> = vec![
+        (None, "k1=v2".into()),
+        (None, "k4=v1".into()),
+        (None, "k2=v1".into()),
+    ];
+    assert_eq!(
+        snapshot[..3],
+        values[..],
+        "latest values, no ids, k3 deleted"
+    );
+    let live = &snapshot[3];
+    assert_eq!(live.1, r#"{"snapshot_events":3}"#);
+    assert_eq!(
+        position::decode(live.0.as_deref().unwrap(), &topic)
+            .unwrap()
+            .entries,
+        vec![(0, 5), (1, 1)]
+    );
+
+    // A key-filtered snapshot on the same topic, asked for explicitly.
+    let (_, mut keyed) = get(&h2, &format!("/{topic}/k1?from=snapshot"), &[]).await;
+    let events = keyed.events(2).await;
+    assert_eq!(events[0].text(), "k1=v2");
+    assert_eq!(events[1].event.as_deref(), Some("live"));
+
+    p.produce(&topic, Some("k2"), Some("k2=v2")).await;
+    let update = sse.next_event().await.unwrap();
+    assert_eq!(
+        (update.event.as_deref(), update.text().as_str()),
+        (None, "k2=v2")
+    );
+    assert!(update.id.is_some());
+    // from=latest overrides the topic's snapshot default.
+    let (_, mut latest) = get(&h2, &format!("/{topic}?from=latest"), &[]).await;
+    assert!(latest.next_block().await.unwrap().id.is_some());
+    let text = metrics(&gw).await;
+    assert_eq!(metric(&text, "ksg_resumes_total{source=\"snapshot\"}"), 2.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_over_its_budget_is_sent_early_and_still_ends_right() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("bigsnap");
+    cluster.create_topic(&topic, 1).await;
+    let p = cluster.producer();
+    let pad = "x".repeat(200);
+    for round in 0..3 {
+        for k in 0..40 {
+            p.send(
+                &topic,
+                None,
+                Some(format!("key{k}").as_bytes()),
+                Some(format!("key{k}={round}{pad}").as_bytes()),
+            );
+        }
+    }
+    p.flush().await;
+    // 2 KiB of budget: about six entries, far fewer than the 40 keys.
+    let gw = gateway(&cluster, &[("KSG_SNAPSHOT_BYTES", "2048")]).await;
+    let (_, mut sse) = get(
+        &h2_connect(&gw).await,
+        &format!("/{topic}?from=snapshot"),
+        &[],
+    )
+    .await;
+    let mut latest = std::collections::HashMap::new();
+    let mut received = 0;
+    loop {
+        let event = sse.next_event().await.unwrap();
+        if event.event.as_deref() == Some("live") {
+            break;
+        }
+        let text = event.text();
+        let (key, value) = text.split_once('=').unwrap();
+        latest.insert(key.to_string(), value[..1].to_string());
+        received += 1;
+    }
+    assert!(
+        received > 40 && received <= 120,
+        "sent early, so some keys came more than once: {received}"
+    );
+    assert_eq!(latest.len(), 40);
+    assert!(
+        latest.values().all(|v| v == "2"),
+        "every key ends at its latest value"
+    );
+    gw.shutdown().await;
+}

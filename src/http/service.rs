@@ -10,7 +10,7 @@ use tracing::debug;
 
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
-use crate::hub::{Hub, SubscribeError};
+use crate::hub::{Hub, Start, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::stream::{SseStream, StreamMetrics};
@@ -29,6 +29,8 @@ pub struct App {
     pub retry_ms: u64,
     /// Quiet time before a heartbeat.
     pub heartbeat: Duration,
+    /// Topics whose streams start with a snapshot when the request names no start.
+    pub snapshot_topics: crate::routes::TopicFilter,
     /// The starter page served at `/` (demo mode).
     pub starter_page: Option<Bytes>,
 }
@@ -71,10 +73,16 @@ impl App {
                 return self.refuse(StatusCode::BAD_REQUEST, "bad_request", &why)
             }
         };
+        let default = if self.snapshot_topics.allows(&target.topic) {
+            Start::Snapshot
+        } else {
+            Start::Live
+        };
         let start = match crate::start::from_request(
             request.headers(),
             request.uri().query(),
             &target.topic,
+            default,
         ) {
             Ok(start) => start,
             Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string()),

@@ -1,19 +1,24 @@
-//! Catch-up from Kafka for resumes older than the replay ring.
+//! Catch-up from Kafka: resumes older than the replay ring, `from=earliest`/time, snapshots.
 //!
 //! A bounded pool of reader consumers (`KSG_CATCHUP_READERS`), reused across requests: many
 //! simultaneous resumes wait for a reader rather than each opening a consumer. A reader starts at
-//! the stream's position (after an `event: gap` if part of it is gone from Kafka), sends every
+//! the stream's position (after an `event: gap` if part of it is gone from Kafka), queues every
 //! matching record with an id computed from its own position, and hands the stream over to live
 //! under the topic lock as soon as its position is at or after the live position; from there the
 //! stream's floor removes any overlap, so the hand-over has no gap and no duplicate.
+//!
+//! In snapshot mode the reader keeps only the latest record of each key (a tombstone removes the
+//! key) and sends the lot, without ids, at the hand-over, followed by `event: live` whose id is
+//! the position; a map larger than its budget is sent early, so memory stays bounded.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
@@ -32,6 +37,8 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Catch-up events are queued in chunks of about this many bytes.
 const BATCH_BYTES: usize = 16 * 1024;
+/// Bookkeeping per snapshot entry counted against the snapshot budget.
+const SNAPSHOT_ENTRY_OVERHEAD: usize = 64;
 
 /// The reader pool.
 pub(super) struct Readers {
@@ -64,29 +71,69 @@ impl Readers {
     }
 }
 
+/// One stream's catch-up.
+pub(super) struct Job {
+    pub(super) topic: Arc<TopicHub>,
+    pub(super) id: u64,
+    pub(super) key: Option<Vec<u8>>,
+    /// Dense start position; [`EARLIEST`] where the partition starts at its log start.
+    pub(super) from: Vec<i64>,
+    pub(super) tx: mpsc::Sender<Bytes>,
+    /// Latest value per key, then `event: live`, instead of every record.
+    pub(super) snapshot: bool,
+}
+
+/// The latest record of each key, for a snapshot.
+#[derive(Default)]
+struct Latest {
+    entries: HashMap<Vec<u8>, (usize, i64, Bytes)>,
+    bytes: usize,
+    sent: usize,
+}
+
+impl Latest {
+    fn record(&mut self, partition: usize, offset: i64, key: &[u8], value: Option<&[u8]>) {
+        let removed = match value {
+            Some(v) => {
+                let event = sse::record_event("", Some(key), Some(v));
+                self.bytes += event.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
+                self.entries
+                    .insert(key.to_vec(), (partition, offset, event))
+            }
+            None => self.entries.remove(key),
+        };
+        if let Some((_, _, old)) = removed {
+            self.bytes -= old.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
+        }
+    }
+
+    /// Every held event, in partition then offset order, as one chunk; empties the map.
+    fn drain(&mut self) -> BytesMut {
+        let mut all: Vec<(usize, i64, Bytes)> = self.entries.drain().map(|(_, v)| v).collect();
+        all.sort_unstable_by_key(|(p, o, _)| (*p, *o));
+        let mut out = BytesMut::with_capacity(self.bytes);
+        for (_, _, event) in &all {
+            out.extend_from_slice(event);
+        }
+        self.sent += all.len();
+        self.bytes = 0;
+        out
+    }
+}
+
 impl Hub {
     /// Runs one stream's catch-up: waits for a reader, reads, hands over to live.
-    pub(super) async fn catch_up(
-        self: Arc<Self>,
-        topic: Arc<TopicHub>,
-        id: u64,
-        key: Option<Vec<u8>>,
-        from: Vec<i64>,
-        tx: mpsc::Sender<Bytes>,
-    ) {
+    pub(super) async fn catch_up(self: Arc<Self>, job: Job) {
         let Ok(_permit) = self.readers.permits.acquire().await else {
             return;
         };
-        if tx.is_closed() {
+        if job.tx.is_closed() {
             return;
         }
         self.metrics.catchup_readers_active.inc();
         let hub = self.clone();
-        let name = topic.name.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            hub.read_until_live(&topic, id, key.as_deref(), from, &tx)
-        })
-        .await;
+        let name = job.topic.name.clone();
+        let result = tokio::task::spawn_blocking(move || hub.read_until_live(job)).await;
         self.metrics.catchup_readers_active.dec();
         match result {
             Ok(Ok(())) => {}
@@ -101,14 +148,7 @@ impl Hub {
         }
     }
 
-    fn read_until_live(
-        &self,
-        topic: &TopicHub,
-        id: u64,
-        key: Option<&[u8]>,
-        from: Vec<i64>,
-        tx: &mpsc::Sender<Bytes>,
-    ) -> Result<(), KafkaError> {
+    fn read_until_live(&self, job: Job) -> Result<(), KafkaError> {
         let consumer = match self.readers.take() {
             Some(c) => c,
             None => {
@@ -117,7 +157,7 @@ impl Hub {
                 reader
             }
         };
-        let result = self.read_with(&consumer, topic, id, key, from, tx);
+        let result = self.read_with(&consumer, job);
         // Unassigning drops prefetched records; the reader goes back clean, or not at all.
         if consumer.unassign().is_ok() {
             self.readers.give_back(consumer);
@@ -127,21 +167,14 @@ impl Hub {
         result
     }
 
-    fn read_with(
-        &self,
-        consumer: &BaseConsumer<Context>,
-        topic: &TopicHub,
-        id: u64,
-        key: Option<&[u8]>,
-        from: Vec<i64>,
-        tx: &mpsc::Sender<Bytes>,
-    ) -> Result<(), KafkaError> {
-        let fp = topic.fingerprint;
+    /// Resolves the start position against the log start, announcing any gap.
+    fn start_position(&self, job: &Job) -> Result<Option<Vec<i64>>, KafkaError> {
+        let topic = &job.topic;
         let earliest = self
             .source
-            .start_offsets(&topic.name, from.len())
+            .start_offsets(&topic.name, job.from.len())
             .map_err(into_kafka)?;
-        let mut at = from;
+        let mut at = job.from.clone();
         let mut gaps = Vec::new();
         for (p, (pos, first)) in at.iter_mut().zip(&earliest).enumerate() {
             if *pos == EARLIEST {
@@ -163,10 +196,22 @@ impl Hub {
                 .with_label_values(&[&topic.name])
                 .inc_by(skipped as u64);
             warn!(topic = %topic.name, skipped, "resume position is older than the log start: sending a gap event");
-            if !send(tx, sse::gap_event(&position::encode_dense(fp, &at), &gaps)) {
-                return Ok(());
+            if !send(
+                &job.tx,
+                sse::gap_event(&position::encode_dense(topic.fingerprint, &at), &gaps),
+            ) {
+                return Ok(None);
             }
         }
+        Ok(Some(at))
+    }
+
+    fn read_with(&self, consumer: &BaseConsumer<Context>, job: Job) -> Result<(), KafkaError> {
+        let Some(mut at) = self.start_position(&job)? else {
+            return Ok(());
+        };
+        let topic = &*job.topic;
+        let key = job.key.as_deref();
         let mut assignment = TopicPartitionList::new();
         for (p, &offset) in at.iter().enumerate() {
             assignment.add_partition_offset(&topic.name, p as i32, Offset::Offset(offset))?;
@@ -177,16 +222,39 @@ impl Hub {
         // Events read back to back are queued together, like the live path's frames: fewer,
         // larger writes instead of one tiny frame per record.
         let mut batch = BytesMut::new();
+        let mut latest = job.snapshot.then(Latest::default);
         loop {
             let check = since_check >= CHECK_EVERY || at_end.iter().all(|e| *e);
-            if (check || batch.len() >= BATCH_BYTES) && !flush(tx, &mut batch, topic) {
+            if (check || batch.len() >= BATCH_BYTES) && !flush(&job.tx, &mut batch, topic) {
                 return Ok(());
+            }
+            if let Some(l) = latest
+                .as_mut()
+                .filter(|l| l.bytes > self.config.snapshot_bytes)
+            {
+                // Over budget: send what the snapshot holds now; later values follow as records.
+                debug!(topic = %topic.name, "snapshot over KSG_SNAPSHOT_BYTES, sending it early");
+                if !send(&job.tx, l.drain().freeze()) {
+                    return Ok(());
+                }
             }
             if check {
                 since_check = 0;
-                match self.hand_over(topic, id, key, tx, &at) {
-                    HandOver::Done => return Ok(()),
-                    HandOver::Gone => return Ok(()),
+                let handed = match latest.as_mut() {
+                    None => self.hand_over(topic, job.id, key, &job.tx, &at, || None),
+                    Some(l) => self.hand_over(topic, job.id, key, &job.tx, &at, || {
+                        let mut prefix = l.drain();
+                        let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
+                        prefix.extend_from_slice(&sse::event(
+                            Some(sse::EVENT_LIVE),
+                            &position::encode_dense(topic.fingerprint, &at),
+                            &marker,
+                        ));
+                        Some(prefix.freeze())
+                    }),
+                };
+                match handed {
+                    HandOver::Done | HandOver::Gone => return Ok(()),
                     HandOver::NotYet => {}
                 }
             }
@@ -197,7 +265,7 @@ impl Hub {
             };
             match consumer.poll(wait) {
                 None => {
-                    if !flush(tx, &mut batch, topic) {
+                    if !flush(&job.tx, &mut batch, topic) {
                         return Ok(());
                     }
                 }
@@ -217,14 +285,16 @@ impl Hub {
                     if key.is_some() && message.key() != key {
                         continue;
                     }
-                    let event = sse::record_event(
-                        &position::encode_dense(fp, &at),
-                        message.key(),
-                        message.payload(),
-                    );
-                    if !send(tx, event) {
-                        topic.cutoffs.inc();
-                        return Ok(());
+                    match latest.as_mut() {
+                        Some(l) => snapshot_record(l, p, &message),
+                        None => {
+                            let id = position::encode_dense(topic.fingerprint, &at);
+                            batch.extend_from_slice(&sse::record_event(
+                                &id,
+                                message.key(),
+                                message.payload(),
+                            ));
+                        }
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -233,22 +303,29 @@ impl Hub {
                     };
                     at_end[p] = true;
                     // The fetch position also steps over transaction markers, which no record shows.
-                    if let Ok(Offset::Offset(next)) = consumer.position().and_then(|list| {
+                    let position = consumer.position().ok().and_then(|list| {
                         list.find_partition(&topic.name, partition)
                             .map(|e| e.offset())
-                            .ok_or(KafkaError::NoMessageReceived)
-                    }) {
+                    });
+                    if let Some(Offset::Offset(next)) = position {
                         at[p] = at[p].max(next);
                     }
                 }
                 Some(Err(e)) => {
                     debug!(topic = %topic.name, "catch-up read error: {e}");
-                    if tx.is_closed() {
+                    if job.tx.is_closed() {
                         return Ok(());
                     }
                 }
             }
         }
+    }
+}
+
+/// Records without a key have no latest value to keep: a snapshot leaves them out.
+fn snapshot_record(latest: &mut Latest, partition: usize, message: &BorrowedMessage<'_>) {
+    if let Some(key) = message.key() {
+        latest.record(partition, message.offset(), key, message.payload());
     }
 }
 
@@ -286,5 +363,23 @@ fn into_kafka(e: crate::source::SourceError) -> KafkaError {
         crate::source::SourceError::UnknownTopic(_) => {
             KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latest_keeps_one_value_per_key_and_drops_deleted_keys() {
+        let mut l = Latest::default();
+        l.record(0, 1, b"a", Some(b"a1"));
+        l.record(1, 1, b"b", Some(b"b1"));
+        l.record(0, 2, b"a", Some(b"a2"));
+        l.record(1, 2, b"c", Some(b"c1"));
+        l.record(1, 3, b"c", None);
+        let text = String::from_utf8(l.drain().to_vec()).unwrap();
+        assert_eq!(text, "data: a2\n\ndata: b1\n\n");
+        assert_eq!((l.bytes, l.sent, l.entries.len()), (0, 2, 0));
     }
 }

@@ -46,6 +46,8 @@ pub enum Start {
     Timestamp(i64),
     /// Right after a resume token's position.
     Token(Position),
+    /// The latest value of every key, then `event: live`, then live records.
+    Snapshot,
 }
 
 /// Why a stream could not be opened.
@@ -82,6 +84,8 @@ pub struct HubConfig {
     pub replay_bytes: usize,
     /// Catch-up readers (Kafka consumers) at most.
     pub catchup_readers: usize,
+    /// Bytes a snapshot may hold before it is sent early.
+    pub snapshot_bytes: usize,
 }
 
 /// The hub of one gateway.
@@ -262,7 +266,7 @@ impl Hub {
             let partitions = hub.lock().positions.len();
             let from = match &start {
                 Start::Live => None,
-                Start::Earliest => Some(vec![EARLIEST; partitions]),
+                Start::Earliest | Start::Snapshot => Some(vec![EARLIEST; partitions]),
                 Start::Token(position) => Some(
                     (0..partitions as i32)
                         .map(|p| position.offset(p).unwrap_or(EARLIEST))
@@ -285,7 +289,9 @@ impl Hub {
             let opened = {
                 let mut state = hub.lock();
                 // A released entry raced with an idle release: the registry gets a new one.
-                (!state.released).then(|| self.open(&hub, &mut state, id, key.as_deref(), from, tx))
+                let snapshot = start == Start::Snapshot;
+                (!state.released)
+                    .then(|| self.open(&hub, &mut state, id, key.as_deref(), from, tx, snapshot))
             };
             let Some(opened) = opened else {
                 tokio::task::yield_now().await;
@@ -298,9 +304,17 @@ impl Hub {
             };
             let start_id = match opened {
                 Opened::Ready(start_id) => Some(start_id),
-                Opened::CatchUp { from, tx } => {
+                Opened::CatchUp { from, tx, snapshot } => {
                     let key = registration.key.clone();
-                    tokio::spawn(self.clone().catch_up(hub.clone(), id, key, from, tx));
+                    let job = catchup::Job {
+                        topic: hub.clone(),
+                        id,
+                        key,
+                        from,
+                        tx,
+                        snapshot,
+                    };
+                    tokio::spawn(self.clone().catch_up(job));
                     None
                 }
             };
@@ -315,6 +329,7 @@ impl Hub {
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
     /// catch-up from Kafka.
+    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         hub: &TopicHub,
@@ -323,6 +338,7 @@ impl Hub {
         key: Option<&[u8]>,
         from: Option<Vec<i64>>,
         tx: mpsc::Sender<Bytes>,
+        snapshot: bool,
     ) -> Opened {
         state.streams += 1;
         state.idle_since = None;
@@ -331,10 +347,11 @@ impl Hub {
             return Opened::Ready(position::encode_dense(hub.fingerprint, &state.positions));
         };
         let covered = state.ring.as_ref().is_some_and(|ring| ring.covers(&from));
-        if !covered {
+        if snapshot || !covered {
             state.pending.insert(id);
-            self.metrics.resumes.with_label_values(&["kafka"]).inc();
-            return Opened::CatchUp { from, tx };
+            let source = if snapshot { "snapshot" } else { "kafka" };
+            self.metrics.resumes.with_label_values(&[source]).inc();
+            return Opened::CatchUp { from, tx, snapshot };
         }
         self.metrics.resumes.with_label_values(&["memory"]).inc();
         let start_id = position::encode_dense(hub.fingerprint, &from);
@@ -365,7 +382,9 @@ impl Hub {
         Opened::Ready(start_id)
     }
 
-    /// Moves a pending stream to live if `position` is at or after the live position.
+    /// Moves a pending stream to live if `position` is at or after the live position; `prefix`
+    /// (made under the lock, so nothing live can come before it) is queued first.
+    #[allow(clippy::too_many_arguments)]
     fn hand_over(
         &self,
         hub: &TopicHub,
@@ -373,13 +392,19 @@ impl Hub {
         key: Option<&[u8]>,
         tx: &mpsc::Sender<Bytes>,
         position: &[i64],
+        prefix: impl FnOnce() -> Option<Bytes>,
     ) -> HandOver {
         let mut state = hub.lock();
         if !state.pending.contains(&id) {
             return HandOver::Gone;
         }
-        if !covers(position, &state.positions) {
+        if !covers(position, &state.positions) || tx.capacity() == 0 {
             return HandOver::NotYet;
+        }
+        if let Some(prefix) = prefix() {
+            if tx.try_send(prefix).is_err() {
+                return HandOver::Gone;
+            }
         }
         state.pending.remove(&id);
         state.register(
@@ -572,6 +597,7 @@ enum Opened {
     CatchUp {
         from: Vec<i64>,
         tx: mpsc::Sender<Bytes>,
+        snapshot: bool,
     },
 }
 
