@@ -51,6 +51,8 @@ pub const CATCHUP_READERS: &str = "KSG_CATCHUP_READERS";
 pub const SNAPSHOT_BYTES: &str = "KSG_SNAPSHOT_BYTES";
 /// `KSG_SNAPSHOT_TOPICS`: topics (names or globs) whose streams start with a snapshot by default.
 pub const SNAPSHOT_TOPICS: &str = "KSG_SNAPSHOT_TOPICS";
+/// `KSG_STREAM_MAX_SECS`: streams end after about this long (0: never); clients resume.
+pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
@@ -87,6 +89,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (CATCHUP_READERS, "4"),
     (SNAPSHOT_BYTES, "67108864"),
     (SNAPSHOT_TOPICS, "(none)"),
+    (STREAM_MAX_SECS, "0"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -129,6 +132,8 @@ pub struct Config {
     pub snapshot_bytes: usize,
     /// Topics whose streams start with a snapshot when the request names no start.
     pub snapshot_topics: TopicFilter,
+    /// Streams end after about this long; `None`: never.
+    pub stream_max_lifetime: Option<Duration>,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -308,6 +313,9 @@ impl Config {
         let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
         let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
+        let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 0, 30 * 86_400);
+        let stream_max_lifetime =
+            (stream_max_secs > 0).then(|| Duration::from_secs(stream_max_secs));
         let snapshot_bytes = r.number(SNAPSHOT_BYTES, 64usize << 20, 1024, 1 << 36);
         let snapshot_topics = r.parse(SNAPSHOT_TOPICS, TopicFilter::none(), |s| {
             TopicFilter::parse(s).map_err(|e| e.to_string())
@@ -369,6 +377,7 @@ impl Config {
                 catchup_readers,
                 snapshot_bytes,
                 snapshot_topics,
+                stream_max_lifetime,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

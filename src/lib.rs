@@ -58,6 +58,7 @@ use crate::http::service::App;
 use crate::hub::{Hub, HubConfig};
 use crate::metrics::Metrics;
 use crate::source::Source;
+use crate::stream::StreamSettings;
 
 /// Why the gateway could not start.
 #[derive(Debug, Error)]
@@ -158,8 +159,11 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         routes: config.routes.clone(),
         metrics: metrics.clone(),
         cors: config.cors.clone(),
-        retry_ms: config.retry_ms,
-        heartbeat: config.heartbeat,
+        streams: StreamSettings {
+            retry_ms: config.retry_ms,
+            heartbeat: config.heartbeat,
+            max_lifetime: config.stream_max_lifetime,
+        },
         snapshot_topics: config.snapshot_topics.clone(),
         starter_page: demo
             .as_ref()

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub events_sent: IntCounterVec,
     /// Bytes of events written to streams, by topic.
     pub event_bytes_sent: IntCounterVec,
+    /// Streams ended at their maximum lifetime (`KSG_STREAM_MAX_SECS`).
+    pub streams_expired: IntCounter,
     /// Heartbeat comments written.
     pub heartbeats_sent: IntCounter,
     /// Records read from Kafka, by topic.
@@ -122,6 +124,10 @@ impl Metrics {
                 "ksg_event_bytes_sent_total",
                 "Bytes of events written to streams",
                 "topic",
+            ),
+            streams_expired: counter(
+                "ksg_streams_expired_total",
+                "Streams ended at their maximum lifetime",
             ),
             heartbeats_sent: counter("ksg_heartbeats_sent_total", "Heartbeat comments written"),
             records_consumed: counter_vec(

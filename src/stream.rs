@@ -7,6 +7,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,6 +34,19 @@ pub struct StreamMetrics {
     pub heartbeats: IntCounter,
     /// Open streams on the stream's route; decremented when the body is dropped.
     pub open: IntGauge,
+    /// Streams ended at their maximum lifetime.
+    pub expired: IntCounter,
+}
+
+/// Settings shared by every stream of a gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// The `retry:` value.
+    pub retry_ms: u64,
+    /// Quiet time before a heartbeat comment.
+    pub heartbeat: Duration,
+    /// Streams end after about this long (clients resume elsewhere); `None`: never.
+    pub max_lifetime: Option<Duration>,
 }
 
 /// The body of one SSE response.
@@ -41,6 +55,7 @@ pub struct SseStream {
     subscription: Subscription,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
+    expires: Option<Pin<Box<Sleep>>>,
     metrics: StreamMetrics,
 }
 
@@ -48,19 +63,35 @@ impl SseStream {
     /// A stream over `subscription` that starts with `retry:` and the start id.
     pub fn new(
         subscription: Subscription,
-        retry_ms: u64,
-        heartbeat_every: Duration,
+        settings: StreamSettings,
         metrics: StreamMetrics,
     ) -> Self {
         metrics.open.inc();
+        let expires = settings
+            .max_lifetime
+            .map(|max| Box::pin(tokio::time::sleep(jittered(max))));
         SseStream {
-            preamble: Some(sse::preamble(retry_ms, subscription.start_id.as_deref())),
+            preamble: Some(sse::preamble(
+                settings.retry_ms,
+                subscription.start_id.as_deref(),
+            )),
             subscription,
-            heartbeat_every,
-            heartbeat: Box::pin(tokio::time::sleep(heartbeat_every)),
+            heartbeat_every: settings.heartbeat,
+            heartbeat: Box::pin(tokio::time::sleep(settings.heartbeat)),
+            expires,
             metrics,
         }
     }
+}
+
+/// Up to 10% less than `max`, different for each stream, so streams opened together do not all
+/// end (and reconnect) together.
+fn jittered(max: Duration) -> Duration {
+    static STREAMS: AtomicU64 = AtomicU64::new(0);
+    let n = STREAMS
+        .fetch_add(1, Ordering::Relaxed)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    max.mul_f64(1.0 - (n >> 11) as f64 / (1u64 << 53) as f64 * 0.1)
 }
 
 impl SseStream {
@@ -110,6 +141,13 @@ impl Body for SseStream {
             let (frame, count) = this.batch(preamble);
             this.metrics.events.inc_by(count - 1);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        if let Some(expires) = this.expires.as_mut() {
+            if expires.as_mut().poll(cx).is_ready() {
+                // Queued events are not lost: the client resumes from the last id it received.
+                this.metrics.expired.inc();
+                return Poll::Ready(None);
+            }
         }
         match this.subscription.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {

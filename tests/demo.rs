@@ -38,7 +38,7 @@ async fn demo_serves_starter_page_and_live_ticks() {
             Some("delete") => assert_eq!(event.text(), "GOOG"),
             None => {
                 let text = event.text();
-                assert!(text.starts_with(r#"{"symbol":"GOOG","price":"#), "{text}");
+                assert!(text.starts_with(r#"{"symbol":"GOOG","n":"#), "{text}");
                 let seq: u64 = text
                     .split(r#""seq":"#)
                     .nth(1)
@@ -57,5 +57,64 @@ async fn demo_serves_starter_page_and_live_ticks() {
     // Only the demo topic is served.
     let (head, _) = get(&h2, "/other-topic", &[]).await;
     assert_eq!(head.status, 404);
+    gw.shutdown().await;
+}
+
+/// The per-symbol tick counter `n` of a demo price event.
+fn tick_number(text: &str) -> u64 {
+    text.split(r#""n":"#)
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_at_their_lifetime_and_resume_without_loss() {
+    let config = Config::from_vars([
+        ("KSG_LISTEN", "127.0.0.1:0"),
+        ("KSG_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("KSG_DEMO_TICKS_PER_SEC", "20"),
+        ("KSG_STREAM_MAX_SECS", "1"),
+    ])
+    .unwrap();
+    let gw = kafka_sse_gateway::start(config).await.unwrap();
+    let h2 = h2_connect(&gw).await;
+    let mut last_id: Option<String> = None;
+    let mut ticks = Vec::new();
+    let started = std::time::Instant::now();
+    let mut connections = 0;
+    while connections < 3 {
+        let headers: Vec<(&str, &str)> = last_id
+            .iter()
+            .map(|id| ("last-event-id", id.as_str()))
+            .collect();
+        let (head, mut sse) = get(&h2, "/stock-prices/GOOG", &headers).await;
+        assert_eq!(head.status, 200);
+        connections += 1;
+        while let Some(block) = sse.next_block().await {
+            if block.event.is_none() && !block.data.is_empty() {
+                ticks.push(tick_number(&block.text()));
+            }
+        }
+        last_id = sse.last_id.clone();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "streams end by themselves"
+        );
+    }
+    assert!(ticks.len() >= 20, "{} ticks", ticks.len());
+    let first = ticks[0];
+    assert_eq!(
+        ticks,
+        (first..first + ticks.len() as u64).collect::<Vec<_>>(),
+        "no loss, no duplicate"
+    );
+    let text = metrics(&gw).await;
+    assert!(metric(&text, "ksg_streams_expired_total") >= 3.0);
+    assert!(metric(&text, "ksg_resumes_total{source=\"memory\"}") >= 2.0);
     gw.shutdown().await;
 }

@@ -93,6 +93,8 @@ struct Symbol {
     name: &'static str,
     price: f64,
     delisted_for: u32,
+    /// Price ticks of this symbol so far: consecutive, so a client can check for loss.
+    ticks: u64,
 }
 
 fn tick(producer: &BaseProducer, period: Duration, stop: &AtomicBool) {
@@ -106,6 +108,7 @@ fn tick(producer: &BaseProducer, period: Duration, stop: &AtomicBool) {
             name,
             price,
             delisted_for: 0,
+            ticks: 0,
         })
         .collect();
     let mut seq: u64 = 0;
@@ -123,12 +126,13 @@ fn tick(producer: &BaseProducer, period: Duration, stop: &AtomicBool) {
             let step = (rng.next() % 1001) as f64 / 1000.0 - 0.5;
             let change = symbol.price * step / 100.0;
             symbol.price = (symbol.price + change).max(1.0);
+            symbol.ticks += 1;
             let time = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis());
             Some(Some(format!(
-                r#"{{"symbol":"{}","price":{:.2},"change":{:.2},"seq":{},"time":{}}}"#,
-                symbol.name, symbol.price, change, seq, time
+                r#"{{"symbol":"{}","n":{},"price":{:.2},"change":{:.2},"seq":{},"time":{}}}"#,
+                symbol.name, symbol.ticks, symbol.price, change, seq, time
             )))
         };
         if let Some(value) = value {

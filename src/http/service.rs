@@ -1,7 +1,6 @@
 //! Request handling: method, route, subscription, and the response with its status and reason.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -13,7 +12,7 @@ use crate::http::cors::Cors;
 use crate::hub::{Hub, Start, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
-use crate::stream::{SseStream, StreamMetrics};
+use crate::stream::{SseStream, StreamMetrics, StreamSettings};
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -25,10 +24,8 @@ pub struct App {
     pub metrics: Metrics,
     /// Allowed browser origins.
     pub cors: Cors,
-    /// The `retry:` value.
-    pub retry_ms: u64,
-    /// Quiet time before a heartbeat.
-    pub heartbeat: Duration,
+    /// Retry, heartbeat and lifetime of streams.
+    pub streams: StreamSettings,
     /// Topics whose streams start with a snapshot when the request names no start.
     pub snapshot_topics: crate::routes::TopicFilter,
     /// The starter page served at `/` (demo mode).
@@ -118,8 +115,9 @@ impl App {
             bytes: self.metrics.event_bytes_sent.with_label_values(&[&topic]),
             heartbeats: self.metrics.heartbeats_sent.clone(),
             open: self.metrics.streams_open.with_label_values(&[route]),
+            expired: self.metrics.streams_expired.clone(),
         };
-        let stream = SseStream::new(subscription, self.retry_ms, self.heartbeat, metrics);
+        let stream = SseStream::new(subscription, self.streams, metrics);
         let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
         let headers = response.headers_mut();
         headers.insert(
