@@ -53,6 +53,9 @@ pub const SNAPSHOT_BYTES: &str = "KSG_SNAPSHOT_BYTES";
 pub const SNAPSHOT_TOPICS: &str = "KSG_SNAPSHOT_TOPICS";
 /// `KSG_STREAM_MAX_SECS`: streams end after about this long (0: never); clients resume.
 pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
+/// `KSG_METADATA_REFRESH_SECS`: how often attached topics are checked for new partitions and
+/// deletion.
+pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
@@ -90,6 +93,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (SNAPSHOT_BYTES, "67108864"),
     (SNAPSHOT_TOPICS, "(none)"),
     (STREAM_MAX_SECS, "0"),
+    (METADATA_REFRESH_SECS, "10"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -134,6 +138,8 @@ pub struct Config {
     pub snapshot_topics: TopicFilter,
     /// Streams end after about this long; `None`: never.
     pub stream_max_lifetime: Option<Duration>,
+    /// How often attached topics are checked for new partitions and deletion.
+    pub metadata_refresh: Duration,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -313,6 +319,7 @@ impl Config {
         let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
         let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
+        let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
         let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 0, 30 * 86_400);
         let stream_max_lifetime =
             (stream_max_secs > 0).then(|| Duration::from_secs(stream_max_secs));
@@ -378,6 +385,7 @@ impl Config {
                 snapshot_bytes,
                 snapshot_topics,
                 stream_max_lifetime,
+                metadata_refresh,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

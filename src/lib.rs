@@ -183,6 +183,11 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         tokio::spawn(server.clone().run(listener, signal.clone())),
         tokio::spawn(admin.run(admin_listener, signal.clone())),
         tokio::spawn(watch_readiness(source, ready)),
+        tokio::spawn(refresh_topics(
+            hub.clone(),
+            config.metadata_refresh,
+            signal.clone(),
+        )),
         tokio::spawn(release_idle_topics(hub.clone(), config.topic_idle, signal)),
     ];
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -220,6 +225,16 @@ async fn watch_readiness(source: Arc<Source>, ready: Arc<AtomicBool>) {
             return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Periodically picks up new partitions and deleted topics.
+async fn refresh_topics(hub: Arc<Hub>, period: Duration, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => hub.refresh_topics().await,
+            _ = stopped(&mut shutdown) => return,
+        }
     }
 }
 

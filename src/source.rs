@@ -195,10 +195,11 @@ impl Source {
         Ok(offsets)
     }
 
-    /// Adds partitions `0..next.len()` of `topic` to the assignment at the given offsets.
-    pub fn assign(&self, topic: &str, next: &[i64]) -> Result<(), SourceError> {
+    /// Adds partitions `first..first + next.len()` of `topic` to the assignment at the given
+    /// offsets.
+    pub fn assign(&self, topic: &str, first: usize, next: &[i64]) -> Result<(), SourceError> {
         let mut list = TopicPartitionList::new();
-        for (p, &offset) in next.iter().enumerate() {
+        for (p, &offset) in (first..).zip(next) {
             list.add_partition_offset(topic, p as i32, Offset::Offset(offset))?;
         }
         self.consumer.incremental_assign(&list)?;

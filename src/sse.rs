@@ -23,6 +23,8 @@ pub const EVENT_DELETE_BINARY: &str = "delete-binary";
 /// Event type of a record whose value is not valid UTF-8 (data is base64).
 pub const EVENT_BINARY: &str = "binary";
 
+/// Event type of the last event of a stream the gateway ends for good (the topic was deleted).
+pub const EVENT_END: &str = "end";
 /// Event type that ends a snapshot: what follows is live.
 pub const EVENT_LIVE: &str = "live";
 /// Event type telling a resumed stream that records were skipped (no longer in Kafka).

@@ -255,7 +255,9 @@ impl Hub {
                 };
                 match handed {
                     HandOver::Done | HandOver::Gone => return Ok(()),
-                    HandOver::NotYet => {}
+                    HandOver::NotYet => {
+                        self.follow_growth(consumer, topic, &mut at, &mut at_end)?
+                    }
                 }
             }
             let wait = if batch.is_empty() {
@@ -319,6 +321,34 @@ impl Hub {
                 }
             }
         }
+    }
+}
+
+impl Hub {
+    /// Partitions added to the topic since this reader started are read from their log start.
+    fn follow_growth(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        topic: &TopicHub,
+        at: &mut Vec<i64>,
+        at_end: &mut Vec<bool>,
+    ) -> Result<(), KafkaError> {
+        let count = topic.lock().positions.len();
+        if count <= at.len() {
+            return Ok(());
+        }
+        let starts = self
+            .source
+            .start_offsets(&topic.name, count)
+            .map_err(into_kafka)?;
+        let mut added = TopicPartitionList::new();
+        for (p, &offset) in starts.iter().enumerate().skip(at.len()) {
+            added.add_partition_offset(&topic.name, p as i32, Offset::Offset(offset))?;
+        }
+        consumer.incremental_assign(&added)?;
+        at.extend_from_slice(&starts[at.len()..]);
+        at_end.resize(count, false);
+        Ok(())
     }
 }
 

@@ -69,6 +69,11 @@ impl Ring {
         self.bytes as isize - before
     }
 
+    /// Partitions added to the topic: the ring holds all of them from their log start.
+    pub fn grow(&mut self, starts: &[i64]) {
+        self.start.extend_from_slice(starts);
+    }
+
     /// True when every partition of `from` is at or after the ring's start (no gap).
     pub fn covers(&self, from: &[i64]) -> bool {
         from.len() == self.start.len() && from.iter().zip(&self.start).all(|(f, s)| f >= s)

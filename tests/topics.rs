@@ -1,0 +1,162 @@
+//! Topics changing under open streams: partitions added, topic deleted and recreated.
+//! The mock cluster can do neither, so these run against a real broker (`KSG_TEST_KAFKA`),
+//! which the project's test command always starts.
+
+mod support;
+
+use std::time::Duration;
+
+use kafka_sse_gateway::position;
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use support::*;
+
+fn admin(cluster: &Cluster) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .create()
+        .expect("admin client")
+}
+
+/// Waits (bounded) until a metric reaches `value`.
+async fn wait_metric(gw: &kafka_sse_gateway::Handle, series: &str, value: f64) {
+    for _ in 0..150 {
+        if metric(&metrics(gw).await, series) == value {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{series} never reached {value}: {}", metrics(gw).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_added_are_streamed_and_old_ids_start_them_from_earliest() {
+    let cluster = Cluster::new();
+    if !cluster.is_real() {
+        eprintln!(
+            "skipped on the mock cluster (it cannot add partitions); runs against a real broker"
+        );
+        return;
+    }
+    let topic = unique_topic("grow");
+    cluster.create_topic(&topic, 2).await;
+    let gw = gateway(&cluster, &[("KSG_METADATA_REFRESH_SECS", "1")]).await;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut live) = get(&h2, &format!("/{topic}"), &[]).await;
+    let old_id = live.next_block().await.unwrap().id.unwrap();
+
+    let partitions = NewPartitions::new(&topic, 4);
+    for result in admin(&cluster)
+        .create_partitions([&partitions], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.expect("partitions added");
+    }
+    wait_metric(&gw, "ksg_partitions_assigned", 4.0).await;
+    let p = cluster.producer();
+    for partition in 0..4 {
+        p.send(
+            &topic,
+            Some(partition),
+            Some(b"k"),
+            Some(format!("p{partition}").as_bytes()),
+        );
+    }
+    p.flush().await;
+    let mut got: Vec<String> = live.events(4).await.iter().map(|e| e.text()).collect();
+    got.sort();
+    assert_eq!(got, vec!["p0", "p1", "p2", "p3"]);
+    let id = live.last_id.clone().unwrap();
+    assert_eq!(
+        position::decode(&id, &topic).unwrap().entries.len(),
+        4,
+        "ids cover the new partitions"
+    );
+
+    // An id from before the change lacks partitions 2 and 3: they start from their earliest.
+    let (_, mut resumed) = get(&h2, &format!("/{topic}"), &[("last-event-id", &old_id)]).await;
+    let mut got: Vec<String> = resumed.events(4).await.iter().map(|e| e.text()).collect();
+    got.sort();
+    assert_eq!(got, vec!["p0", "p1", "p2", "p3"]);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_topic_ends_streams_with_an_event_then_404_then_works_when_recreated() {
+    let cluster = Cluster::new();
+    if !cluster.is_real() {
+        eprintln!(
+            "skipped on the mock cluster (it cannot delete topics); runs against a real broker"
+        );
+        return;
+    }
+    let topic = unique_topic("deleted");
+    cluster.create_topic(&topic, 2).await;
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_METADATA_REFRESH_SECS", "1"),
+            ("KSG_TOPIC_IDLE_SECS", "0"),
+        ],
+    )
+    .await;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut a) = get(&h2, &format!("/{topic}"), &[]).await;
+    let (_, mut b) = get(&h2, &format!("/{topic}/k"), &[]).await;
+    a.next_block().await.unwrap();
+    b.next_block().await.unwrap();
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("before"))
+        .await;
+    assert_eq!(a.next_event().await.unwrap().text(), "before");
+
+    for result in admin(&cluster)
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        result.expect("topic deleted");
+    }
+    for stream in [&mut a, &mut b] {
+        let mut last = None;
+        while let Some(block) = stream.next_block().await {
+            if !block.data.is_empty() {
+                last = Some(block);
+            }
+        }
+        let last = last.expect("an end event before the stream ended");
+        assert_eq!(last.event.as_deref(), Some("end"));
+        assert_eq!(last.text(), r#"{"reason":"topic-deleted"}"#);
+    }
+    let (head, _) = get(&h2, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 404);
+    wait_metric(&gw, "ksg_topics_attached", 0.0).await;
+    wait_metric(&gw, "ksg_partitions_assigned", 0.0).await;
+    let errors_after_delete = metric(
+        &metrics(&gw).await,
+        "ksg_kafka_errors_total{code=\"UnknownTopicOrPartition\"}",
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let errors_later = metric(
+        &metrics(&gw).await,
+        "ksg_kafka_errors_total{code=\"UnknownTopicOrPartition\"}",
+    );
+    assert!(
+        errors_later - errors_after_delete <= 2.0,
+        "no error loop: {errors_after_delete} then {errors_later}"
+    );
+
+    cluster.create_topic(&topic, 1).await;
+    let (head, mut again) = get(&h2, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+    again.next_block().await.unwrap();
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("after"))
+        .await;
+    assert_eq!(again.next_event().await.unwrap().text(), "after");
+    gw.shutdown().await;
+}
