@@ -88,10 +88,11 @@ async function pollUntil(ms, what, check, every = 100) {
 
 /**
  * Starts the gateway binary in demo mode and waits for its "serving SSE on ..." line.
- * Its environment has no KSG_* variable but the ones set here: the gateway refuses unknown
- * KSG_* names (KSG_BIN included) and must not see KSG_KAFKA_BROKERS.
+ * Its environment has no KSG_* variable but the ones set here (and in `extraEnv`, which
+ * overrides the defaults): the gateway refuses unknown KSG_* names (KSG_BIN included) and must
+ * not see KSG_KAFKA_BROKERS.
  */
-async function startGateway() {
+async function startGateway(extraEnv = {}) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KSG_')));
   Object.assign(env, {
     KSG_LISTEN: '127.0.0.1:0',
@@ -99,6 +100,7 @@ async function startGateway() {
     KSG_DEMO_TICKS_PER_SEC: '10',
     KSG_SHUTDOWN_GRACE_SECS: '5',
     NO_COLOR: '1',
+    ...extraEnv,
   });
   const child = spawn(GATEWAY_BIN, [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
@@ -221,6 +223,7 @@ function pageState(page) {
         out[symbol] = {
           ...s,
           seqs: [...s.seqs],
+          ns: [...s.ns],
           state: document.querySelector(`#stream-${symbol} .state`)?.textContent,
         };
       }
@@ -234,6 +237,15 @@ function summary(stats) {
     const x = stats[s];
     return `${s}: ${x.messages} messages, ${x.deletes} deletes, ${x.opens} opens, ${x.errors} errors, state ${x.state}`;
   }).join('; ');
+}
+
+/** Where `ns` is not exactly consecutive (each = previous + 1), as readable text; '' if it is. */
+function breaksIn(ns) {
+  const breaks = [];
+  for (let i = 1; i < ns.length; i++) {
+    if (ns[i] !== ns[i - 1] + 1) breaks.push(`#${i}: ${ns[i - 1]} -> ${ns[i]}`);
+  }
+  return breaks.join(', ');
 }
 
 describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
@@ -335,6 +347,9 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
         assert.ok(s.opens >= 1, `${symbol} opened`);
         assert.ok(s.messages >= 5, `${symbol} got >= 5 messages (got ${s.messages})`);
         assert.equal(s.seqs.length, s.messages, `${symbol}: one seq per message`);
+        assert.equal(s.ns.length, s.messages, `${symbol}: one n per message`);
+        assert.ok(s.ns.every(Number.isInteger), `${symbol} ns are integers: ${s.ns.join(',')}`);
+        assert.equal(breaksIn(s.ns), '', `${symbol} ns are consecutive: ${s.ns.join(',')}`);
         for (const [i, seq] of s.seqs.entries()) {
           assert.ok(Number.isInteger(seq), `${symbol} seq #${i} is an integer (${seq})`);
           if (i > 0) {
@@ -419,6 +434,90 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
       t.diagnostic(
         `exit code ${exit.code} ${shutdownMs} ms after SIGTERM (drained=${drained}); ` +
           `before: ${summary(beforeStop)}; after: ${summary(afterStop)}; ${Date.now() - started} ms`,
+      );
+    } catch (e) {
+      e.message += `\n--- gateway log ---\n${gw.log}\n--- page problems ---\n${problems.join('\n')}`;
+      throw e;
+    } finally {
+      if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
+      await stopGateway(gw);
+    }
+  });
+
+  test('the server ends streams, the browser reconnects with Last-Event-ID and loses nothing', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const started = Date.now();
+    const MIN_OPENS = 4; // so at least 3 streams ended by the server, and 3 reconnects
+    const MIN_MESSAGES = 20;
+    const gw = await startGateway({
+      KSG_STREAM_MAX_SECS: '1',
+      KSG_RETRY_MS: '200',
+      KSG_DEMO_TICKS_PER_SEC: '10',
+    });
+    let page;
+    let problems = [];
+    try {
+      ({ page, problems } = await openStarter(gw));
+      await page
+        .waitForFunction(
+          ({ symbols, opens, messages }) =>
+            symbols.every(
+              (s) => window.ksg?.[s] && window.ksg[s].opens >= opens && window.ksg[s].messages >= messages,
+            ),
+          { symbols: SYMBOLS, opens: MIN_OPENS, messages: MIN_MESSAGES },
+          { polling: 100, timeout: 20_000 },
+        )
+        .catch(async (e) => {
+          const now = await pageState(page).catch(() => null);
+          throw new Error(`${e.message}; page: ${now ? summary(now) : '(unreadable)'}`);
+        });
+      const stats = await pageState(page);
+      for (const symbol of SYMBOLS) {
+        const s = stats[symbol];
+        assert.ok(s.opens >= MIN_OPENS, `${symbol} opened >= ${MIN_OPENS} times (got ${s.opens})`);
+        assert.ok(s.messages >= MIN_MESSAGES, `${symbol} got >= ${MIN_MESSAGES} messages (got ${s.messages})`);
+        assert.ok(s.errors >= MIN_OPENS - 1, `${symbol}: >= ${MIN_OPENS - 1} streams lost (errors ${s.errors})`);
+        assert.equal(s.ns.length, s.messages, `${symbol}: one n per message`);
+        assert.ok(s.ns.every(Number.isInteger), `${symbol} ns are integers: ${s.ns.join(',')}`);
+        // Across every reconnect: no tick lost (a gap) and none delivered twice (a repeat).
+        assert.equal(breaksIn(s.ns), '', `${symbol} ns are exactly consecutive: ${s.ns.join(',')}`);
+        for (let i = 1; i < s.seqs.length; i++) {
+          assert.ok(s.seqs[i] > s.seqs[i - 1], `${symbol} seqs strictly increase: ${s.seqs.join(',')}`);
+        }
+        assert.notEqual(s.lastEventId, '', `${symbol} has a lastEventId`);
+      }
+
+      // The server ended the streams (not the browser or the network), and each reconnect resumed
+      // from the replay ring: the browser sent Last-Event-ID and the gateway used it.
+      const wanted = SYMBOLS.length * (MIN_OPENS - 1);
+      const expiredKey = 'ksg_streams_expired_total';
+      const memoryKey = 'ksg_resumes_total{source="memory"}';
+      let seen;
+      const m = await pollUntil(5_000, `>= ${wanted} expired streams and memory resumes`, async () => {
+        const m = await metrics(gw);
+        seen = JSON.stringify(
+          Object.fromEntries(
+            Object.entries(m).filter(([k]) => /^ksg_(streams|resumes|gaps|slow_stream)/.test(k)),
+          ),
+        );
+        return m[expiredKey] >= wanted && m[memoryKey] >= wanted ? m : null;
+      }).catch((e) => {
+        throw new Error(`${e.message}; metrics: ${seen}`);
+      });
+      assert.ok(m[expiredKey] >= wanted, `${expiredKey} >= ${wanted} (got ${m[expiredKey]})`);
+      assert.ok(m[memoryKey] >= wanted, `${memoryKey} >= ${wanted} (got ${m[memoryKey]})`);
+      assert.deepEqual(problems, [], 'no page errors');
+
+      const perSymbol = SYMBOLS.map((symbol) => {
+        const s = stats[symbol];
+        return (
+          `${symbol}: ${s.opens - 1} reconnects, ${s.messages} messages, ${s.deletes} deletes, ` +
+          `n ${s.ns[0]}..${s.ns[s.ns.length - 1]}`
+        );
+      }).join('; ');
+      t.diagnostic(
+        `${perSymbol}; metrics: expired ${m[expiredKey]}, resumes memory ${m[memoryKey]} ` +
+          `kafka ${m['ksg_resumes_total{source="kafka"}']}, ` +
+          `opened ${m[`ksg_streams_opened_total{route="${ROUTE}"}`]}; ${Date.now() - started} ms`,
       );
     } catch (e) {
       e.message += `\n--- gateway log ---\n${gw.log}\n--- page problems ---\n${problems.join('\n')}`;
