@@ -56,6 +56,8 @@ pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
 /// `KSG_METADATA_REFRESH_SECS`: how often attached topics are checked for new partitions and
 /// deletion.
 pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
+/// `KSG_MAX_EVENT_BYTES`: largest record value sent as an event.
+pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
@@ -94,6 +96,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (SNAPSHOT_TOPICS, "(none)"),
     (STREAM_MAX_SECS, "0"),
     (METADATA_REFRESH_SECS, "10"),
+    (MAX_EVENT_BYTES, "4194304"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -140,6 +143,8 @@ pub struct Config {
     pub stream_max_lifetime: Option<Duration>,
     /// How often attached topics are checked for new partitions and deletion.
     pub metadata_refresh: Duration,
+    /// Largest record value sent as an event.
+    pub max_event_bytes: usize,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -320,6 +325,7 @@ impl Config {
         let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
+        let max_event_bytes = r.number(MAX_EVENT_BYTES, 4usize << 20, 1, 1 << 30);
         let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 0, 30 * 86_400);
         let stream_max_lifetime =
             (stream_max_secs > 0).then(|| Duration::from_secs(stream_max_secs));
@@ -386,6 +392,7 @@ impl Config {
                 snapshot_topics,
                 stream_max_lifetime,
                 metadata_refresh,
+                max_event_bytes,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

@@ -1,16 +1,23 @@
 //! An in-process Kafka cluster (librdkafka's mock cluster) for the demo and for tests.
 //!
-//! `MockCluster` is not `Send`, so it lives on a thread of its own that takes commands.
+//! `MockCluster` is not `Send`, so it lives on a thread of its own that runs jobs sent to it:
+//! creating topics, and the faults tests inject (brokers down and up, request errors, leader
+//! moves).
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+/// The cluster type the jobs of [`EmbeddedKafka::with`] receive.
+pub type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+type Job = Box<dyn FnOnce(&Cluster) -> Result<(), String> + Send>;
 
 enum Command {
-    CreateTopic {
-        name: String,
-        partitions: i32,
+    Run {
+        job: Job,
         reply: mpsc::Sender<Result<(), String>>,
     },
     Stop,
@@ -24,7 +31,7 @@ pub struct EmbeddedKafka {
 }
 
 impl EmbeddedKafka {
-    /// Starts a cluster of `brokers` brokers on 127.0.0.1 (random ports).
+    /// Starts a cluster of `brokers` brokers (ids 1..=brokers) on 127.0.0.1, random ports.
     pub fn start(brokers: i32) -> Result<EmbeddedKafka, String> {
         let (commands, inbox) = mpsc::channel();
         let (ready_tx, ready) = mpsc::channel();
@@ -41,16 +48,8 @@ impl EmbeddedKafka {
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 while let Ok(command) = inbox.recv() {
                     match command {
-                        Command::CreateTopic {
-                            name,
-                            partitions,
-                            reply,
-                        } => {
-                            let _ = reply.send(
-                                cluster
-                                    .create_topic(&name, partitions, 1)
-                                    .map_err(|e| e.to_string()),
-                            );
+                        Command::Run { job, reply } => {
+                            let _ = reply.send(job(&cluster));
                         }
                         Command::Stop => break,
                     }
@@ -74,10 +73,21 @@ impl EmbeddedKafka {
 
     /// Creates a topic with `partitions` partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+        let name = name.to_string();
+        self.with(move |c| {
+            c.create_topic(&name, partitions, 1)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    /// Runs `job` against the cluster on its own thread and returns its result.
+    pub fn with(
+        &self,
+        job: impl FnOnce(&Cluster) -> Result<(), String> + Send + 'static,
+    ) -> Result<(), String> {
         let (reply, answer) = mpsc::channel();
-        let command = Command::CreateTopic {
-            name: name.to_string(),
-            partitions,
+        let command = Command::Run {
+            job: Box::new(job),
             reply,
         };
         self.commands

@@ -91,6 +91,7 @@ pub struct Handle {
     pub cert_der: Option<Vec<u8>>,
     /// The gateway's metrics.
     pub metrics: Metrics,
+    ready: Arc<AtomicBool>,
     shutdown: watch::Sender<bool>,
     server: Arc<Server>,
     hub: Arc<Hub>,
@@ -132,6 +133,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         replay_bytes: config.replay_bytes,
         catchup_readers: config.catchup_readers,
         snapshot_bytes: config.snapshot_bytes,
+        max_event_bytes: config.max_event_bytes,
     };
     let hub = Arc::new(Hub::new(source.clone(), metrics.clone(), hub_config));
 
@@ -165,6 +167,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             max_lifetime: config.stream_max_lifetime,
         },
         snapshot_topics: config.snapshot_topics.clone(),
+        ready: ready.clone(),
         starter_page: demo
             .as_ref()
             .map(|_| Bytes::from_static(demo::STARTER_PAGE.as_bytes())),
@@ -182,7 +185,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     let tasks = vec![
         tokio::spawn(server.clone().run(listener, signal.clone())),
         tokio::spawn(admin.run(admin_listener, signal.clone())),
-        tokio::spawn(watch_readiness(source, ready)),
+        tokio::spawn(watch_readiness(source, ready.clone())),
         tokio::spawn(refresh_topics(
             hub.clone(),
             config.metadata_refresh,
@@ -190,6 +193,13 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         )),
         tokio::spawn(release_idle_topics(hub.clone(), config.topic_idle, signal)),
     ];
+    if demo.is_some() {
+        // The embedded cluster answers within milliseconds: be ready before the first visitor.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !ready.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(%addr, %admin_addr, "serving SSE on {scheme}://{addr}, admin on http://{admin_addr}");
     Ok(Handle {
@@ -197,6 +207,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         admin_addr,
         cert_der: tls.map(|t| t.cert_der),
         metrics,
+        ready,
         shutdown,
         server,
         hub,
@@ -250,6 +261,11 @@ async fn release_idle_topics(hub: Arc<Hub>, idle: Duration, mut shutdown: watch:
 }
 
 impl Handle {
+    /// True once Kafka has answered (what `/readyz` reports).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
     /// Stops accepting, sends GOAWAY, ends every stream and waits for connections to close,
     /// at most the grace period. Returns true when every connection ended in time.
     pub async fn shutdown(mut self) -> bool {

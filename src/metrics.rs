@@ -44,6 +44,8 @@ pub struct Metrics {
     pub heartbeats_sent: IntCounter,
     /// Records read from Kafka, by topic.
     pub records_consumed: IntCounterVec,
+    /// Records over `KSG_MAX_EVENT_BYTES`, sent as `event: oversize`, by topic.
+    pub records_oversize: IntCounterVec,
     /// Streams ended because their queue was full, by topic.
     pub slow_stream_cutoffs: IntCounterVec,
     /// Errors reported by the Kafka client, by error code name.
@@ -133,6 +135,11 @@ impl Metrics {
             records_consumed: counter_vec(
                 "ksg_records_consumed_total",
                 "Records read from Kafka",
+                "topic",
+            ),
+            records_oversize: counter_vec(
+                "ksg_records_oversize_total",
+                "Records over KSG_MAX_EVENT_BYTES, sent as event: oversize",
                 "topic",
             ),
             slow_stream_cutoffs: counter_vec(

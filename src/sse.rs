@@ -23,6 +23,8 @@ pub const EVENT_DELETE_BINARY: &str = "delete-binary";
 /// Event type of a record whose value is not valid UTF-8 (data is base64).
 pub const EVENT_BINARY: &str = "binary";
 
+/// Event type standing for a record whose value is over the size limit.
+pub const EVENT_OVERSIZE: &str = "oversize";
 /// Event type of the last event of a stream the gateway ends for good (the topic was deleted).
 pub const EVENT_END: &str = "end";
 /// Event type that ends a snapshot: what follows is live.
@@ -119,6 +121,12 @@ pub fn with_id(event: &[u8], id: &str) -> Bytes {
     }
     out.put_slice(rest);
     out.freeze()
+}
+
+/// Encodes `event: oversize` for a record too large to send: where it is and how large.
+pub fn oversize_event(id: &str, partition: usize, offset: i64, bytes: usize) -> Bytes {
+    let data = format!(r#"{{"partition":{partition},"offset":{offset},"bytes":{bytes}}}"#);
+    event(Some(EVENT_OVERSIZE), id, &data)
 }
 
 /// A gap: records between `from` and `to` of a partition are gone (retention or compaction).
@@ -263,6 +271,14 @@ mod tests {
         assert_eq!(
             text(with_id(&e, "n2")),
             "event: delete\nid: n2\ndata: k\n\n"
+        );
+    }
+
+    #[test]
+    fn oversize_event_says_where_and_how_large() {
+        assert_eq!(
+            text(oversize_event("x", 2, 41, 5_000_000)),
+            "event: oversize\nid: x\ndata: {\"partition\":2,\"offset\":41,\"bytes\":5000000}\n\n"
         );
     }
 

@@ -14,6 +14,7 @@ async fn demo_serves_starter_page_and_live_ticks() {
     ])
     .unwrap();
     let gw = kafka_sse_gateway::start(config).await.unwrap();
+    wait_ready(&gw).await;
     let h2 = h2_connect(&gw).await;
 
     let (head, mut page) = get(&h2, "/", &[]).await;
@@ -82,6 +83,7 @@ async fn streams_end_at_their_lifetime_and_resume_without_loss() {
     ])
     .unwrap();
     let gw = kafka_sse_gateway::start(config).await.unwrap();
+    wait_ready(&gw).await;
     let h2 = h2_connect(&gw).await;
     let mut last_id: Option<String> = None;
     let mut ticks = Vec::new();

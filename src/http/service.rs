@@ -1,5 +1,6 @@
 //! Request handling: method, route, subscription, and the response with its status and reason.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -28,6 +29,8 @@ pub struct App {
     pub streams: StreamSettings,
     /// Topics whose streams start with a snapshot when the request names no start.
     pub snapshot_topics: crate::routes::TopicFilter,
+    /// Latched true once Kafka answered; until then stream requests get `503` at once.
+    pub ready: Arc<AtomicBool>,
     /// The starter page served at `/` (demo mode).
     pub starter_page: Option<Bytes>,
 }
@@ -84,6 +87,10 @@ impl App {
             Ok(start) => start,
             Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string()),
         };
+        if !self.ready.load(Ordering::Acquire) {
+            let why = "Kafka has not been reached yet; retry shortly";
+            return self.refuse(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", why);
+        }
         let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
             Ok(s) => s,
             Err(e @ SubscribeError::UnknownTopic(_)) => {

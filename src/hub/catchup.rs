@@ -92,10 +92,10 @@ struct Latest {
 }
 
 impl Latest {
-    fn record(&mut self, partition: usize, offset: i64, key: &[u8], value: Option<&[u8]>) {
-        let removed = match value {
-            Some(v) => {
-                let event = sse::record_event("", Some(key), Some(v));
+    /// Keeps `event` as the latest of `key`; `None` (a tombstone) forgets the key.
+    fn record(&mut self, partition: usize, offset: i64, key: &[u8], event: Option<Bytes>) {
+        let removed = match event {
+            Some(event) => {
                 self.bytes += event.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
                 self.entries
                     .insert(key.to_vec(), (partition, offset, event))
@@ -288,14 +288,18 @@ impl Hub {
                         continue;
                     }
                     match latest.as_mut() {
-                        Some(l) => snapshot_record(l, p, &message),
+                        Some(l) => self.snapshot_record(l, topic, p, &message),
                         None => {
                             let id = position::encode_dense(topic.fingerprint, &at);
-                            batch.extend_from_slice(&sse::record_event(
+                            let event = self.encode(
+                                topic,
                                 &id,
+                                p,
+                                message.offset(),
                                 message.key(),
                                 message.payload(),
-                            ));
+                            );
+                            batch.extend_from_slice(&event);
                         }
                     }
                 }
@@ -352,10 +356,28 @@ impl Hub {
     }
 }
 
-/// Records without a key have no latest value to keep: a snapshot leaves them out.
-fn snapshot_record(latest: &mut Latest, partition: usize, message: &BorrowedMessage<'_>) {
-    if let Some(key) = message.key() {
-        latest.record(partition, message.offset(), key, message.payload());
+impl Hub {
+    /// Records without a key have no latest value to keep: a snapshot leaves them out.
+    fn snapshot_record(
+        &self,
+        latest: &mut Latest,
+        topic: &TopicHub,
+        partition: usize,
+        message: &BorrowedMessage<'_>,
+    ) {
+        if let Some(key) = message.key() {
+            let event = message.payload().map(|value| {
+                self.encode(
+                    topic,
+                    "",
+                    partition,
+                    message.offset(),
+                    Some(key),
+                    Some(value),
+                )
+            });
+            latest.record(partition, message.offset(), key, event);
+        }
     }
 }
 
@@ -403,10 +425,11 @@ mod tests {
     #[test]
     fn latest_keeps_one_value_per_key_and_drops_deleted_keys() {
         let mut l = Latest::default();
-        l.record(0, 1, b"a", Some(b"a1"));
-        l.record(1, 1, b"b", Some(b"b1"));
-        l.record(0, 2, b"a", Some(b"a2"));
-        l.record(1, 2, b"c", Some(b"c1"));
+        let e = |v: &[u8]| Some(sse::record_event("", None, Some(v)));
+        l.record(0, 1, b"a", e(b"a1"));
+        l.record(1, 1, b"b", e(b"b1"));
+        l.record(0, 2, b"a", e(b"a2"));
+        l.record(1, 2, b"c", e(b"c1"));
         l.record(1, 3, b"c", None);
         let text = String::from_utf8(l.drain().to_vec()).unwrap();
         assert_eq!(text, "data: a2\n\ndata: b1\n\n");

@@ -86,6 +86,8 @@ pub struct HubConfig {
     pub catchup_readers: usize,
     /// Bytes a snapshot may hold before it is sent early.
     pub snapshot_bytes: usize,
+    /// Largest record value sent as an event; larger ones become `event: oversize`.
+    pub max_event_bytes: usize,
 }
 
 /// The hub of one gateway.
@@ -109,6 +111,7 @@ struct TopicHub {
     state: Mutex<TopicState>,
     records: IntCounter,
     cutoffs: IntCounter,
+    oversize: IntCounter,
 }
 
 /// A registered stream: its queue and, while resuming, its floor.
@@ -426,6 +429,7 @@ impl Hub {
             state: Mutex::new(TopicState::default()),
             records: self.metrics.records_consumed.with_label_values(&[topic]),
             cutoffs: self.metrics.slow_stream_cutoffs.with_label_values(&[topic]),
+            oversize: self.metrics.records_oversize.with_label_values(&[topic]),
         }
     }
 
@@ -600,6 +604,26 @@ impl Hub {
         }
     }
 
+    /// Encodes one record, or an `event: oversize` notice for a value over the limit (counted).
+    fn encode(
+        &self,
+        hub: &TopicHub,
+        id: &str,
+        partition: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Bytes {
+        match value {
+            Some(v) if v.len() > self.config.max_event_bytes => {
+                hub.oversize.inc();
+                debug!(topic = %hub.name, partition, offset, bytes = v.len(), "record over KSG_MAX_EVENT_BYTES");
+                sse::oversize_event(id, partition, offset, v.len())
+            }
+            _ => sse::record_event(id, key, value),
+        }
+    }
+
     /// Fans one record out to the matching streams. Called by the poll thread only.
     pub fn dispatch(
         &self,
@@ -634,7 +658,7 @@ impl Hub {
             return;
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
-        let event = sse::record_event(&id, key, value);
+        let event = self.encode(&hub, &id, p, offset, key, value);
         let after = &state.positions;
         let mut gone = 0;
         let mut offer = |streams: &mut HashMap<u64, Sub>| {

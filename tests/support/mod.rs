@@ -268,9 +268,23 @@ pub async fn gateway(cluster: &Cluster, extra: &[(&str, &str)]) -> Handle {
     ];
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::from_vars(vars).expect("test config is valid");
-    kafka_sse_gateway::start(config)
+    let handle = kafka_sse_gateway::start(config)
         .await
-        .expect("gateway starts")
+        .expect("gateway starts");
+    wait_ready(&handle).await;
+    handle
+}
+
+/// Waits (bounded) until the gateway has reached Kafka, as a load balancer would via /readyz.
+pub async fn wait_ready(handle: &Handle) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !handle.is_ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Connects TCP + TLS (trusting only the gateway's certificate) with the given ALPN protocol.
