@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
 # kafka-local.sh — a real single-node Apache Kafka 4.x broker (KRaft, no ZooKeeper)
-# on 127.0.0.1, for tests and local use. Needs only Java 17+ and Maven: the Kafka
-# jars come from Maven Central (no tarball download, no Docker).
+# on 127.0.0.1, for tests and local use: a PLAINTEXT listener plus a SASL_PLAINTEXT
+# listener (mechanism PLAIN, one user) for client authentication. Needs only Java 17+
+# and Maven: the Kafka jars come from Maven Central (no tarball download, no Docker).
 #
 # Usage: scripts/kafka-local.sh start|stop|status|version|topics [TopicCommand args...]
 #   start    fetch jars (once, cached), format storage (once), start the broker in the
 #            background and wait until it answers metadata requests. Idempotent.
 #   stop     SIGTERM, wait, then SIGKILL if needed. OK if not running.
-#   status   exit 0 "running pid N on 127.0.0.1:PORT", or exit 1 "not running".
+#   status   exit 0 "running pid N on 127.0.0.1:PORT (SASL_PLAINTEXT/PLAIN on
+#            127.0.0.1:SASL_PORT, user U)", or exit 1 "not running".
 #   version  print the Kafka version in use.
 #   topics   run Kafka's topic CLI against the local broker, e.g.
 #            scripts/kafka-local.sh topics --create --topic x --partitions 3
+#            (over PLAINTEXT; start also writes <data>/client-sasl.properties, a Java
+#            client config for the SASL user, for Kafka's tools' --command-config)
 #
 # Environment:
 #   KAFKA_LOCAL_VERSION          Kafka version from Maven Central (default 4.4.0)
 #   KAFKA_LOCAL_PORT             PLAINTEXT listener port (default 9092)
 #   KAFKA_LOCAL_CONTROLLER_PORT  KRaft controller port (default KAFKA_LOCAL_PORT+1)
+#   KAFKA_LOCAL_SASL_PORT        SASL_PLAINTEXT (PLAIN) listener port (default KAFKA_LOCAL_PORT+2)
+#   KAFKA_LOCAL_SASL_USER        its one user (default ksg; letters, digits, . _ -)
+#   KAFKA_LOCAL_SASL_PASSWORD    that user's password (default ksg-secret; no " or \)
 #   KAFKA_LOCAL_HOME             jar cache (default ~/.cache/ksg-kafka); jars in <home>/<version>/libs
 #   KAFKA_LOCAL_DATA             data dir: logs, config, pid, broker log (default /tmp/ksg-kafka-data)
 #   KAFKA_LOCAL_START_TIMEOUT    seconds to wait for the broker (default 90)
@@ -25,6 +32,9 @@ VERSION="${KAFKA_LOCAL_VERSION:-4.4.0}"
 LOG4J_VERSION="2.25.5"   # pinned for log4j-api/core/slf4j-impl so they always match
 PORT="${KAFKA_LOCAL_PORT:-9092}"
 CPORT="${KAFKA_LOCAL_CONTROLLER_PORT:-$((PORT + 1))}"
+SPORT="${KAFKA_LOCAL_SASL_PORT:-$((PORT + 2))}"
+SASL_USER="${KAFKA_LOCAL_SASL_USER:-ksg}"
+SASL_PASSWORD="${KAFKA_LOCAL_SASL_PASSWORD:-ksg-secret}"
 HOST=127.0.0.1
 CACHE="${KAFKA_LOCAL_HOME:-$HOME/.cache/ksg-kafka}/$VERSION"
 LIBS="$CACHE/libs"
@@ -59,6 +69,36 @@ running_port() {
   local p
   p="$(sed -n "s#^listeners=PLAINTEXT://$HOST:\([0-9]*\),.*#\1#p" "$DATA/server.properties" 2>/dev/null)"
   echo "${p:-$PORT}"
+}
+
+# SASL port and user in the broker's config; empty if it has no SASL listener (a config
+# written by an older version of this script: stop and start again to add it).
+running_sasl_port() {
+  sed -n "s#^listeners=.*SASL_PLAINTEXT://$HOST:\([0-9]*\).*#\1#p" "$DATA/server.properties" 2>/dev/null || true
+}
+running_sasl_user() {
+  sed -n 's#^listener\.name\.sasl_plaintext\.plain\.sasl\.jaas\.config=.* user_\([^=]*\)=.*#\1#p' \
+    "$DATA/server.properties" 2>/dev/null || true
+}
+
+# " (SASL_PLAINTEXT/PLAIN on HOST:SPORT, user U)" suffix for status lines, from the config.
+sasl_note() {
+  local sp
+  sp="$(running_sasl_port)"
+  if [[ -n "$sp" ]]; then
+    echo " (SASL_PLAINTEXT/PLAIN on $HOST:$sp, user $(running_sasl_user))"
+  else
+    echo " (no SASL listener: started by an older kafka-local.sh; stop and start to add it)"
+  fi
+}
+
+# The user name becomes a JAAS option name (user_NAME) and the password a quoted JAAS
+# value inside a .properties line: keep both to what needs no escaping.
+check_sasl_credentials() {
+  [[ "$SASL_USER" =~ ^[A-Za-z0-9._-]+$ ]] ||
+    die "KAFKA_LOCAL_SASL_USER must be letters, digits, '.', '_' or '-' (got '$SASL_USER')"
+  [[ -n "$SASL_PASSWORD" && "$SASL_PASSWORD" != *[\"\\]* && "$SASL_PASSWORD" != *$'\n'* ]] ||
+    die "KAFKA_LOCAL_SASL_PASSWORD must be non-empty, without '\"', '\\' or newlines"
 }
 
 fetch_libs() {
@@ -117,11 +157,16 @@ write_server_props() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CPORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CPORT,SASL_PLAINTEXT://$HOST:$SPORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_PLAINTEXT://$HOST:$SPORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
+# SASL_PLAINTEXT listener for clients only (inter-broker and controller traffic stay on
+# PLAINTEXT/CONTROLLER): mechanism PLAIN, one user from the user_NAME="password" option.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
 log.dirs=$DATA/logs
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -132,6 +177,14 @@ share.coordinator.state.topic.min.isr=1
 auto.create.topics.enable=false
 delete.topic.enable=true
 group.initial.rebalance.delay.ms=0
+EOF
+  # Java client config for the SASL listener, e.g. topics --command-config <this file>.
+  cat >"$DATA/client-sasl.properties" <<EOF
+# Written by scripts/kafka-local.sh; rewritten on every start.
+bootstrap.servers=$HOST:$SPORT
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=PLAIN
+sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="$SASL_USER" password="$SASL_PASSWORD";
 EOF
 }
 
@@ -144,14 +197,17 @@ format_storage() {
     >"$DATA/format.log" 2>&1 || { cat "$DATA/format.log" >&2; die "storage format failed"; }
 }
 
-# Broker is ready when the port answers and a metadata request (topic list) succeeds.
+# Broker is ready when the port answers and a metadata request (topic list) succeeds,
+# and the SASL port (if the config has one) answers too.
 wait_ready() {
-  local pid=$1 deadline=$((SECONDS + TIMEOUT))
+  local pid=$1 deadline=$((SECONDS + TIMEOUT)) sport
+  sport="$(running_sasl_port)"
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       rm -f "$PIDFILE"; tail -n 40 "$LOGFILE" >&2; die "broker exited during startup (log: $LOGFILE)"
     fi
-    if port_open "$PORT" && timeout 30 "$BASH" "$0" topics --list >/dev/null 2>&1; then return 0; fi
+    if port_open "$PORT" && { [[ -z "$sport" ]] || port_open "$sport"; } &&
+      timeout 30 "$BASH" "$0" topics --list >/dev/null 2>&1; then return 0; fi
     sleep 1
   done
   tail -n 40 "$LOGFILE" >&2
@@ -163,13 +219,14 @@ cmd_start() {
   local pid port
   if pid="$(live_pid)"; then
     port="$(running_port)"
-    if port_open "$port"; then say "already running pid $pid on $HOST:$port"; return 0; fi
+    if port_open "$port"; then say "already running pid $pid on $HOST:$port$(sasl_note)"; return 0; fi
     PORT="$port"; say "pid $pid is still starting; waiting"
-    wait_ready "$pid"; say "Apache Kafka $(cat "$DATA/kafka.version") ready on $HOST:$PORT"; return 0
+    wait_ready "$pid"; say "Apache Kafka $(cat "$DATA/kafka.version") ready on $HOST:$PORT$(sasl_note)"; return 0
   fi
   rm -f "$PIDFILE"
   command -v "$JAVA" >/dev/null || die "java not found (Java 17+ required)"
-  for p in "$PORT" "$CPORT"; do port_open "$p" && die "port $p on $HOST is already in use by another process"; done
+  check_sasl_credentials
+  for p in "$PORT" "$CPORT" "$SPORT"; do port_open "$p" && die "port $p on $HOST is already in use by another process"; done
   fetch_libs
   write_log4j
   write_server_props
@@ -181,7 +238,7 @@ cmd_start() {
   pid=$!
   echo "$pid" >"$PIDFILE"
   wait_ready "$pid"
-  say "Apache Kafka $VERSION ready on $HOST:$PORT"
+  say "Apache Kafka $VERSION ready on $HOST:$PORT$(sasl_note)"
 }
 
 cmd_stop() {
@@ -200,7 +257,7 @@ cmd_stop() {
 
 cmd_status() {
   local pid
-  if pid="$(live_pid)"; then echo "running pid $pid on $HOST:$(running_port)"; else echo "not running"; exit 1; fi
+  if pid="$(live_pid)"; then echo "running pid $pid on $HOST:$(running_port)$(sasl_note)"; else echo "not running"; exit 1; fi
 }
 
 cmd_version() {
@@ -220,5 +277,5 @@ case "${1:-}" in
   status) cmd_status ;;
   version) cmd_version ;;
   topics) shift; cmd_topics "$@" ;;
-  *) sed -n '2,21s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit 2 ;;
 esac
