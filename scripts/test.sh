@@ -14,8 +14,9 @@ cd "$(dirname "$0")/.."
 step() { printf '\n=== %s\n' "$*"; }
 
 step "unit + integration tests on the in-process mock cluster"
-cargo test --locked 2>&1 | tee /tmp/ksg-test-mock.log
+cargo test --locked -- --show-output 2>&1 | tee /tmp/ksg-test-mock.log
 mock_passed=$(grep -E '^test result: ok\.' /tmp/ksg-test-mock.log | awk '{s+=$4} END {print s+0}')
+mock_skipped=$(grep -c '^skipped' /tmp/ksg-test-mock.log || true)
 
 started_kafka=0
 stop_kafka() { if [ "$started_kafka" = 1 ]; then scripts/kafka-local.sh stop || true; fi; }
@@ -27,18 +28,20 @@ if [ -z "${KSG_TEST_KAFKA:-}" ]; then
     started_kafka=1
   fi
   KSG_TEST_KAFKA="127.0.0.1:${KAFKA_LOCAL_PORT:-9092}"
+  export KSG_TEST_KAFKA_SASL="127.0.0.1:${KAFKA_LOCAL_SASL_PORT:-$(( ${KAFKA_LOCAL_PORT:-9092} + 2 ))}"
   broker="Apache Kafka $(scripts/kafka-local.sh version)"
 else
   broker="the broker given by KSG_TEST_KAFKA"
 fi
 step "integration suite against $broker at $KSG_TEST_KAFKA"
-KSG_TEST_KAFKA="$KSG_TEST_KAFKA" cargo test --locked --test '*' 2>&1 | tee /tmp/ksg-test-real.log
+KSG_TEST_KAFKA="$KSG_TEST_KAFKA" cargo test --locked --test '*' -- --show-output 2>&1 | tee /tmp/ksg-test-real.log
 real_passed=$(grep -E '^test result: ok\.' /tmp/ksg-test-real.log | awk '{s+=$4} END {print s+0}')
+real_skipped=$(grep -c '^skipped' /tmp/ksg-test-real.log || true)
 
 step "browser suite: headless Chromium against the starter page"
 KSG_BIN="$PWD/target/debug/kafka-sse-gateway" scripts/browser-test.sh
 
 step "summary"
-echo "mock cluster: $mock_passed tests passed (unit + integration)"
-echo "real broker ($broker at $KSG_TEST_KAFKA): $real_passed integration tests passed"
+echo "mock cluster: $mock_passed tests passed (unit + integration), of which $mock_skipped returned early (they need a real broker)"
+echo "real broker ($broker at $KSG_TEST_KAFKA): $real_passed integration tests passed, of which $real_skipped returned early (mock-only fault injection)"
 echo "browser: see the node test runner's summary above"

@@ -160,3 +160,56 @@ async fn deleted_topic_ends_streams_with_an_event_then_404_then_works_when_recre
     assert_eq!(again.next_event().await.unwrap().text(), "after");
     gw.shutdown().await;
 }
+
+/// `KSG_KAFKA_*` reaches librdkafka: with the right SASL/PLAIN credentials the gateway reads the
+/// broker's SASL listener (`KSG_TEST_KAFKA_SASL`, which the project's test command sets for its
+/// local broker); with a wrong password it never becomes ready and streams get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_properties_pass_through_sasl_plain() {
+    let cluster = Cluster::new();
+    let Ok(sasl) = std::env::var("KSG_TEST_KAFKA_SASL") else {
+        eprintln!("skipped: needs a broker with a SASL/PLAIN listener (KSG_TEST_KAFKA_SASL)");
+        return;
+    };
+    let topic = unique_topic("sasl");
+    cluster.create_topic(&topic, 1).await;
+    let vars = |password: &'static str| {
+        let mut vars = vec![
+            ("KSG_KAFKA_BROKERS".to_string(), sasl.clone()),
+            ("KSG_TOPICS".to_string(), "*".to_string()),
+            ("KSG_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            ("KSG_ADMIN_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+            (
+                "KSG_KAFKA_SECURITY_PROTOCOL".to_string(),
+                "SASL_PLAINTEXT".to_string(),
+            ),
+            ("KSG_KAFKA_SASL_MECHANISMS".to_string(), "PLAIN".to_string()),
+            ("KSG_KAFKA_SASL_USERNAME".to_string(), "ksg".to_string()),
+        ];
+        vars.push(("KSG_KAFKA_SASL_PASSWORD".to_string(), password.to_string()));
+        kafka_sse_gateway::config::Config::from_vars(vars).unwrap()
+    };
+
+    let gw = kafka_sse_gateway::start(vars("ksg-secret")).await.unwrap();
+    wait_ready(&gw).await;
+    let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    sse.next_block().await.unwrap();
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("over SASL"))
+        .await;
+    assert_eq!(sse.next_event().await.unwrap().text(), "over SASL");
+    gw.shutdown().await;
+
+    let gw = kafka_sse_gateway::start(vars("wrong")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!gw.is_ready(), "a wrong password never reaches Kafka");
+    let (head, _) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 503);
+    let text = metrics(&gw).await;
+    assert!(
+        metric(&text, "ksg_kafka_errors_total{code=\"Authentication\"}") >= 1.0,
+        "{text}"
+    );
+    gw.shutdown().await;
+}
