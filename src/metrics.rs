@@ -46,6 +46,8 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     /// Records over `KSG_MAX_EVENT_BYTES`, sent as `event: oversize`, by topic.
     pub records_oversize: IntCounterVec,
+    /// Records without a key left out of snapshots, by topic.
+    pub snapshot_keyless: IntCounterVec,
     /// Streams ended because their queue was full, by topic.
     pub slow_stream_cutoffs: IntCounterVec,
     /// Errors reported by the Kafka client, by error code name.
@@ -140,6 +142,11 @@ impl Metrics {
             records_oversize: counter_vec(
                 "ksg_records_oversize_total",
                 "Records over KSG_MAX_EVENT_BYTES, sent as event: oversize",
+                "topic",
+            ),
+            snapshot_keyless: counter_vec(
+                "ksg_snapshot_keyless_records_total",
+                "Records without a key left out of snapshots",
                 "topic",
             ),
             slow_stream_cutoffs: counter_vec(

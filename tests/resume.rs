@@ -395,6 +395,7 @@ async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
             value.map(str::as_bytes),
         );
     }
+    p.send(&topic, Some(1), None, Some(b"no key"));
     p.flush().await;
     let gw = gateway(&cluster, &[("KSG_SNAPSHOT_TOPICS", "snapshot-*")]).await;
     let h2 = h2_connect(&gw).await;
@@ -428,7 +429,7 @@ async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
         position::decode(live.0.as_deref().unwrap(), &topic)
             .unwrap()
             .entries,
-        vec![(0, 5), (1, 1)]
+        vec![(0, 5), (1, 2)]
     );
 
     // A key-filtered snapshot on the same topic, asked for explicitly.
@@ -449,6 +450,12 @@ async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
     assert!(latest.next_block().await.unwrap().id.is_some());
     let text = metrics(&gw).await;
     assert_eq!(metric(&text, "ksg_resumes_total{source=\"snapshot\"}"), 2.0);
+    let keyless = format!("ksg_snapshot_keyless_records_total{{topic=\"{topic}\"}}");
+    assert_eq!(
+        metric(&text, &keyless),
+        1.0,
+        "the keyless record was left out of the first snapshot"
+    );
     gw.shutdown().await;
 }
 

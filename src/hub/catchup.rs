@@ -365,7 +365,11 @@ impl Hub {
         partition: usize,
         message: &BorrowedMessage<'_>,
     ) {
-        if let Some(key) = message.key() {
+        let Some(key) = message.key() else {
+            topic.keyless.inc();
+            return;
+        };
+        {
             let event = message.payload().map(|value| {
                 self.encode(
                     topic,

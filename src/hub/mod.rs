@@ -112,6 +112,7 @@ struct TopicHub {
     records: IntCounter,
     cutoffs: IntCounter,
     oversize: IntCounter,
+    keyless: IntCounter,
 }
 
 /// A registered stream: its queue and, while resuming, its floor.
@@ -430,6 +431,7 @@ impl Hub {
             records: self.metrics.records_consumed.with_label_values(&[topic]),
             cutoffs: self.metrics.slow_stream_cutoffs.with_label_values(&[topic]),
             oversize: self.metrics.records_oversize.with_label_values(&[topic]),
+            keyless: self.metrics.snapshot_keyless.with_label_values(&[topic]),
         }
     }
 
