@@ -213,3 +213,86 @@ async fn kafka_properties_pass_through_sasl_plain() {
     );
     gw.shutdown().await;
 }
+
+/// Runs `scripts/kafka-local.sh <command>` for a broker of this test's own (ports 19192-19194).
+async fn own_broker(command: &'static str, data: std::path::PathBuf) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-local.sh");
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash")
+            .arg(script)
+            .arg(command)
+            .env("KAFKA_LOCAL_PORT", "19192")
+            .env("KAFKA_LOCAL_DATA", data)
+            .status()
+            .expect("kafka-local.sh runs")
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "kafka-local.sh {command} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_broker_stopped_for_30_seconds_then_restarted_streams_continue_without_loss() {
+    if !Cluster::new().is_real() {
+        eprintln!("skipped on the mock cluster: this stops and restarts a real broker of its own");
+        return;
+    }
+    let data = std::env::temp_dir().join(format!("ksg-outage-{}", std::process::id()));
+    own_broker("start", data.clone()).await;
+    let cluster = Cluster::Real("127.0.0.1:19192".into());
+    let topic = unique_topic("outage");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &[("KSG_HEARTBEAT_SECS", "2")]).await;
+    let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    sse.next_block().await.unwrap();
+    let p = cluster.producer();
+    let produce = |from: u64| {
+        for seq in from..from + 10 {
+            for k in 0..6 {
+                p.send(
+                    &topic,
+                    None,
+                    Some(format!("key{k}").as_bytes()),
+                    Some(format!("key{k}:{seq}").as_bytes()),
+                );
+            }
+        }
+    };
+    produce(0);
+    p.flush().await;
+    let mut seen = Continuity::default();
+    for event in sse.events(60).await {
+        seen.check(&event);
+    }
+
+    own_broker("stop", data.clone()).await;
+    let outage = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut heartbeats = 0;
+    while tokio::time::Instant::now() < outage {
+        let left = outage - tokio::time::Instant::now();
+        match sse
+            .next_block_within(left.min(Duration::from_secs(5)))
+            .await
+        {
+            Ok(Some(block)) if block.data.is_empty() => heartbeats += 1,
+            Ok(Some(block)) => panic!("an event while the broker is down: {block:?}"),
+            Ok(None) => panic!("the stream ended while the broker was down"),
+            Err(()) => {}
+        }
+    }
+    assert!(
+        heartbeats >= 12,
+        "heartbeats kept the stream open: {heartbeats}"
+    );
+    own_broker("start", data.clone()).await;
+    produce(10);
+    p.flush().await;
+    for event in sse.events(60).await {
+        seen.check(&event);
+    }
+    p.produce(&topic, Some("key0"), Some("key0:20")).await;
+    seen.check(&sse.next_event().await.unwrap());
+    gw.shutdown().await;
+    own_broker("stop", data.clone()).await;
+    let _ = std::fs::remove_dir_all(&data);
+}
