@@ -58,6 +58,9 @@ pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
 pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
 /// `KSG_MAX_EVENT_BYTES`: largest record value sent as an event.
 pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
+/// `KSG_KEY_PARTITIONER`: `murmur2` (key streams' ids name only their key's partition) or
+/// `unknown` (full ids).
+pub const KEY_PARTITIONER: &str = "KSG_KEY_PARTITIONER";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
@@ -97,6 +100,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (STREAM_MAX_SECS, "0"),
     (METADATA_REFRESH_SECS, "10"),
     (MAX_EVENT_BYTES, "4194304"),
+    (KEY_PARTITIONER, "murmur2"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -145,6 +149,8 @@ pub struct Config {
     pub metadata_refresh: Duration,
     /// Largest record value sent as an event.
     pub max_event_bytes: usize,
+    /// Keys are placed by Kafka's default partitioner: key streams' ids name one partition.
+    pub key_scoping: bool,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -326,6 +332,11 @@ impl Config {
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
         let max_event_bytes = r.number(MAX_EVENT_BYTES, 4usize << 20, 1, 1 << 30);
+        let key_scoping = r.parse(KEY_PARTITIONER, true, |s| match s {
+            "murmur2" => Ok(true),
+            "unknown" => Ok(false),
+            _ => Err("must be murmur2 or unknown".into()),
+        });
         let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 0, 30 * 86_400);
         let stream_max_lifetime =
             (stream_max_secs > 0).then(|| Duration::from_secs(stream_max_secs));
@@ -393,6 +404,7 @@ impl Config {
                 stream_max_lifetime,
                 metadata_refresh,
                 max_event_bytes,
+                key_scoping,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

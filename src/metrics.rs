@@ -46,6 +46,8 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     /// Records over `KSG_MAX_EVENT_BYTES`, sent as `event: oversize`, by topic.
     pub records_oversize: IntCounterVec,
+    /// Keys found off their murmur2 partition (key streams of the topic then carry full ids).
+    pub key_partition_mismatches: IntCounterVec,
     /// Records without a key left out of snapshots, by topic.
     pub snapshot_keyless: IntCounterVec,
     /// Streams ended because their queue was full, by topic.
@@ -142,6 +144,11 @@ impl Metrics {
             records_oversize: counter_vec(
                 "ksg_records_oversize_total",
                 "Records over KSG_MAX_EVENT_BYTES, sent as event: oversize",
+                "topic",
+            ),
+            key_partition_mismatches: counter_vec(
+                "ksg_key_partition_mismatches_total",
+                "Keys found off their murmur2 partition (key streams then carry full ids)",
                 "topic",
             ),
             snapshot_keyless: counter_vec(

@@ -376,31 +376,44 @@ async fn bad_resume_ids_are_400_without_kafka_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
+    use kafka_sse_gateway::partitioner::partition_for;
     let cluster = Cluster::new();
     let topic = unique_topic("snapshot");
     cluster.create_topic(&topic, 2).await;
     let p = cluster.producer();
-    for (key, value) in [
+    let records = [
         ("k1", Some("k1=v1")),
         ("k2", Some("k2=v1")),
         ("k1", Some("k1=v2")),
         ("k3", Some("k3=v1")),
         ("k3", None),
         ("k4", Some("k4=v1")),
-    ] {
-        p.send(
-            &topic,
-            Some(if key == "k2" { 1 } else { 0 }),
-            Some(key.as_bytes()),
-            value.map(str::as_bytes),
-        );
+    ];
+    // Where the murmur2 partitioner puts each record, and so what the snapshot must hold.
+    let mut next = [0i64; 2];
+    let mut latest: std::collections::HashMap<&str, (usize, i64, &str)> = Default::default();
+    for (key, value) in records {
+        p.send(&topic, None, Some(key.as_bytes()), value.map(str::as_bytes));
+        let partition = partition_for(key.as_bytes(), 2);
+        match value {
+            Some(v) => latest.insert(key, (partition, next[partition], v)),
+            None => latest.remove(key),
+        };
+        next[partition] += 1;
     }
     p.send(&topic, Some(1), None, Some(b"no key"));
+    next[1] += 1;
     p.flush().await;
+    let mut expected: Vec<(usize, i64, &str)> = latest.values().copied().collect();
+    expected.sort();
+    let expected: Vec<(Option<String>, String)> = expected
+        .iter()
+        .map(|(_, _, v)| (None, v.to_string()))
+        .collect();
     let gw = gateway(&cluster, &[("KSG_SNAPSHOT_TOPICS", "snapshot-*")]).await;
     let h2 = h2_connect(&gw).await;
 
-    // The default for a topic in KSG_SNAPSHOT_TOPICS; partition 0 first, in offset order.
+    // The default for a topic in KSG_SNAPSHOT_TOPICS; by partition, then offset.
     let (_, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
     let preamble = sse.next_block().await.unwrap();
     assert_eq!(
@@ -413,24 +426,15 @@ async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
         .into_iter()
         .map(|e| (e.id.clone(), e.text()))
         .collect();
-    let values: Vec<(Option<String>, String)> = vec![
-        (None, "k1=v2".into()),
-        (None, "k4=v1".into()),
-        (None, "k2=v1".into()),
-    ];
     assert_eq!(
         snapshot[..3],
-        values[..],
+        expected[..],
         "latest values, no ids, k3 deleted"
     );
     let live = &snapshot[3];
     assert_eq!(live.1, r#"{"snapshot_events":3}"#);
-    assert_eq!(
-        position::decode(live.0.as_deref().unwrap(), &topic)
-            .unwrap()
-            .entries,
-        vec![(0, 5), (1, 2)]
-    );
+    let end = position::decode(live.0.as_deref().unwrap(), &topic).unwrap();
+    assert_eq!(end.entries, vec![(0, next[0]), (1, next[1])]);
 
     // A key-filtered snapshot on the same topic, asked for explicitly.
     let (_, mut keyed) = get(&h2, &format!("/{topic}/k1?from=snapshot"), &[]).await;

@@ -421,3 +421,86 @@ async fn cors_preflight_allows_last_event_id() {
     assert!(head.headers.get("access-control-allow-origin").is_none());
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_stream_ids_name_only_the_keys_partition() {
+    use kafka_sse_gateway::partitioner::partition_for;
+    let cluster = Cluster::new();
+    let topic = unique_topic("keyids");
+    cluster.create_topic(&topic, 12).await;
+    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", "0")]).await;
+    let h2 = h2_connect(&gw).await;
+    let home = partition_for(b"GOOG", 12) as i32;
+    let (_, mut sse) = get(&h2, &format!("/{topic}/GOOG"), &[]).await;
+    let start = sse.next_block().await.unwrap().id.unwrap();
+    assert_eq!(
+        position::decode(&start, &topic).unwrap().entries,
+        vec![(home, 0)]
+    );
+    assert_eq!(start.len(), 12, "{start}");
+
+    // The producer partitions keys with murmur2, like the Java client.
+    let p = cluster.producer();
+    // Another key on another partition, so GOOG's offsets are 0, 1, 2, ...
+    let other = ["AAPL", "MSFT", "AMZN", "NVDA"]
+        .into_iter()
+        .find(|k| partition_for(k.as_bytes(), 12) as i32 != home)
+        .unwrap();
+    for n in 0..5 {
+        p.send(
+            &topic,
+            None,
+            Some(b"GOOG"),
+            Some(format!("GOOG:{n}").as_bytes()),
+        );
+        let value = format!("{other}:{n}");
+        p.send(&topic, None, Some(other.as_bytes()), Some(value.as_bytes()));
+    }
+    p.flush().await;
+    let events = sse.events(5).await;
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(event.text(), format!("GOOG:{n}"));
+        let id = position::decode(event.id.as_deref().unwrap(), &topic).unwrap();
+        assert_eq!(id.entries, vec![(home, n as i64 + 1)]);
+    }
+    // Resume from Kafka with a one-partition id: exactly the rest.
+    let second = events[1].id.clone().unwrap();
+    let (_, mut resumed) = get(
+        &h2,
+        &format!("/{topic}/GOOG"),
+        &[("last-event-id", &second)],
+    )
+    .await;
+    let texts: Vec<String> = resumed.events(3).await.iter().map(|e| e.text()).collect();
+    assert_eq!(texts, vec!["GOOG:2", "GOOG:3", "GOOG:4"]);
+
+    // A key off its murmur2 partition: still delivered, and key streams switch to full ids.
+    let elsewhere = (home + 1) % 12;
+    p.send(&topic, Some(elsewhere), Some(b"GOOG"), Some(b"GOOG:5"));
+    p.flush().await;
+    let event = sse.next_event().await.unwrap();
+    assert_eq!(event.text(), "GOOG:5");
+    assert_eq!(
+        position::decode(event.id.as_deref().unwrap(), &topic)
+            .unwrap()
+            .entries
+            .len(),
+        12
+    );
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!("ksg_key_partition_mismatches_total{{topic=\"{topic}\"}}")
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+
+    // KSG_KEY_PARTITIONER=unknown: full ids from the start.
+    let gw = gateway(&cluster, &[("KSG_KEY_PARTITIONER", "unknown")]).await;
+    let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}/GOOG"), &[]).await;
+    let start = sse.next_block().await.unwrap().id.unwrap();
+    assert_eq!(position::decode(&start, &topic).unwrap().entries.len(), 12);
+    gw.shutdown().await;
+}

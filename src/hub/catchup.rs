@@ -23,8 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
-use super::{HandOver, Hub, TopicHub, EARLIEST};
-use crate::position;
+use super::{id_for, HandOver, Hub, TopicHub, EARLIEST};
 use crate::source::Context;
 use crate::sse::{self, Gap};
 
@@ -81,6 +80,8 @@ pub(super) struct Job {
     pub(super) tx: mpsc::Sender<Bytes>,
     /// Latest value per key, then `event: live`, instead of every record.
     pub(super) snapshot: bool,
+    /// The key's partition, when the stream's ids name only it.
+    pub(super) scope: Option<usize>,
 }
 
 /// The latest record of each key, for a snapshot.
@@ -198,7 +199,7 @@ impl Hub {
             warn!(topic = %topic.name, skipped, "resume position is older than the log start: sending a gap event");
             if !send(
                 &job.tx,
-                sse::gap_event(&position::encode_dense(topic.fingerprint, &at), &gaps),
+                sse::gap_event(&id_for(topic.fingerprint, job.scope, &at), &gaps),
             ) {
                 return Ok(None);
             }
@@ -241,13 +242,13 @@ impl Hub {
             if check {
                 since_check = 0;
                 let handed = match latest.as_mut() {
-                    None => self.hand_over(topic, job.id, key, &job.tx, &at, || None),
-                    Some(l) => self.hand_over(topic, job.id, key, &job.tx, &at, || {
+                    None => self.hand_over(&job, &at, || None),
+                    Some(l) => self.hand_over(&job, &at, || {
                         let mut prefix = l.drain();
                         let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
                         prefix.extend_from_slice(&sse::event(
                             Some(sse::EVENT_LIVE),
-                            &position::encode_dense(topic.fingerprint, &at),
+                            &id_for(topic.fingerprint, job.scope, &at),
                             &marker,
                         ));
                         Some(prefix.freeze())
@@ -290,7 +291,7 @@ impl Hub {
                     match latest.as_mut() {
                         Some(l) => self.snapshot_record(l, topic, p, &message),
                         None => {
-                            let id = position::encode_dense(topic.fingerprint, &at);
+                            let id = id_for(topic.fingerprint, job.scope, &at);
                             let event = self.encode(
                                 topic,
                                 &id,

@@ -27,6 +27,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
+use crate::partitioner::partition_for;
 use crate::position::{self, Position};
 use crate::source::{Source, SourceError};
 use crate::sse;
@@ -34,6 +35,9 @@ use replay::{Entry, Ring};
 
 /// Placeholder in a start vector: the partition starts at its earliest available offset.
 pub const EARLIEST: i64 = -1;
+/// Placeholder in a start vector: the partition starts at the live position (a key stream's
+/// partitions other than its key's).
+const LIVE: i64 = -2;
 
 /// Where a new stream starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +92,9 @@ pub struct HubConfig {
     pub snapshot_bytes: usize,
     /// Largest record value sent as an event; larger ones become `event: oversize`.
     pub max_event_bytes: usize,
+    /// Keys are placed by Kafka's default partitioner (murmur2): key streams' ids name only
+    /// their key's partition.
+    pub key_scoping: bool,
 }
 
 /// The hub of one gateway.
@@ -115,15 +122,20 @@ struct TopicHub {
     keyless: IntCounter,
 }
 
-/// A registered stream: its queue and, while resuming, its floor.
+/// A registered stream: its queue, while resuming its floor, and for a key stream whose ids
+/// name only its key's partition, that partition.
 struct Sub {
     tx: mpsc::Sender<Bytes>,
     floor: Option<Vec<i64>>,
+    scope: Option<usize>,
 }
 
 #[derive(Default)]
 struct TopicState {
     released: bool,
+    /// Key streams' ids name only their key's partition (until a key is seen elsewhere or
+    /// partitions are added).
+    key_scoping: bool,
     /// Next offset per partition: the position after the last record dispatched.
     positions: Vec<i64>,
     ring: Option<Ring>,
@@ -177,6 +189,14 @@ impl Drop for Registration {
 }
 
 impl TopicState {
+    /// From now on every key stream of the topic carries full ids.
+    fn end_key_scoping(&mut self) {
+        self.key_scoping = false;
+        for sub in self.by_key.values_mut().flat_map(|set| set.values_mut()) {
+            sub.scope = None;
+        }
+    }
+
     fn stream_gone(&mut self) {
         self.streams -= 1;
         if self.streams == 0 {
@@ -202,14 +222,24 @@ impl TopicHub {
     }
 }
 
+/// The id a stream carries for `position`: the whole vector, or only the scoped partition.
+fn id_for(fingerprint: u32, scope: Option<usize>, position: &[i64]) -> String {
+    match scope {
+        None => position::encode_dense(fingerprint, position),
+        Some(p) => position::encode_sparse(fingerprint, &[(p as i32, position[p])]),
+    }
+}
+
 /// True when `a` is at or after `b` on every partition.
 fn covers(a: &[i64], b: &[i64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x >= y)
 }
 
 /// Decides what a stream with an optional floor receives for one event; `None`: nothing.
+#[allow(clippy::too_many_arguments)]
 fn for_stream(
     floor: &mut Option<Vec<i64>>,
+    scope: Option<usize>,
     partition: usize,
     offset: i64,
     after: &[i64],
@@ -229,7 +259,7 @@ fn for_stream(
     for (mine, theirs) in f.iter_mut().zip(after) {
         *mine = (*mine).max(*theirs);
     }
-    Some(sse::with_id(event, &position::encode_dense(fingerprint, f)))
+    Some(sse::with_id(event, &id_for(fingerprint, scope, f)))
 }
 
 impl Hub {
@@ -267,13 +297,36 @@ impl Hub {
                 self.topics.remove_if(topic, |_, v| Arc::ptr_eq(v, &hub));
                 return Err(e);
             }
-            let partitions = hub.lock().positions.len();
+            let (partitions, scoping) = {
+                let state = hub.lock();
+                (state.positions.len(), state.key_scoping)
+            };
+            // A key stream's ids name only its key's partition when keys are placed by murmur2.
+            let mut scope = key
+                .as_deref()
+                .filter(|_| scoping)
+                .map(|k| partition_for(k, partitions));
+            if let (Some(p), Start::Token(token)) = (scope, &start) {
+                // A token naming other partitions but not the key's (issued before partitions
+                // were added, or by a gateway not scoping): read it with full-id meaning.
+                if token.offset(p as i32).is_none() && !token.entries.is_empty() {
+                    scope = None;
+                }
+            }
+            // Partitions a scoped stream does not care about start live.
+            let other = if scope.is_some() { LIVE } else { EARLIEST };
+            let spread = |at: Option<i64>, p: usize| match scope {
+                Some(s) if s != p => LIVE,
+                _ => at.unwrap_or(other),
+            };
             let from = match &start {
                 Start::Live => None,
-                Start::Earliest | Start::Snapshot => Some(vec![EARLIEST; partitions]),
+                Start::Earliest | Start::Snapshot => {
+                    Some((0..partitions).map(|p| spread(Some(EARLIEST), p)).collect())
+                }
                 Start::Token(position) => Some(
-                    (0..partitions as i32)
-                        .map(|p| position.offset(p).unwrap_or(EARLIEST))
+                    (0..partitions)
+                        .map(|p| spread(position.offset(p as i32), p))
                         .collect(),
                 ),
                 Start::Timestamp(ms) => {
@@ -285,7 +338,11 @@ impl Hub {
                     .map_err(|e| {
                         SubscribeError::Unavailable(format!("offset lookup failed: {e}"))
                     })??;
-                    Some(offsets)
+                    Some(
+                        (0..partitions)
+                            .map(|p| spread(Some(offsets[p]), p))
+                            .collect(),
+                    )
                 }
             };
             let (tx, rx) = mpsc::channel(self.config.queue);
@@ -294,8 +351,14 @@ impl Hub {
                 let mut state = hub.lock();
                 // A released entry raced with an idle release: the registry gets a new one.
                 let snapshot = start == Start::Snapshot;
-                (!state.released)
-                    .then(|| self.open(&hub, &mut state, id, key.as_deref(), from, tx, snapshot))
+                let scope = scope.filter(|_| state.key_scoping);
+                let spec = Spec {
+                    id,
+                    key: key.as_deref(),
+                    scope,
+                    snapshot,
+                };
+                (!state.released).then(|| self.open(&hub, &mut state, spec, from, tx))
             };
             let Some(opened) = opened else {
                 tokio::task::yield_now().await;
@@ -308,7 +371,12 @@ impl Hub {
             };
             let start_id = match opened {
                 Opened::Ready(start_id) => Some(start_id),
-                Opened::CatchUp { from, tx, snapshot } => {
+                Opened::CatchUp {
+                    from,
+                    tx,
+                    snapshot,
+                    scope,
+                } => {
                     let key = registration.key.clone();
                     let job = catchup::Job {
                         topic: hub.clone(),
@@ -317,6 +385,7 @@ impl Hub {
                         from,
                         tx,
                         snapshot,
+                        scope,
                     };
                     tokio::spawn(self.clone().catch_up(job));
                     None
@@ -333,32 +402,53 @@ impl Hub {
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
     /// catch-up from Kafka.
-    #[allow(clippy::too_many_arguments)]
     fn open(
         &self,
         hub: &TopicHub,
         state: &mut TopicState,
-        id: u64,
-        key: Option<&[u8]>,
+        spec: Spec<'_>,
         from: Option<Vec<i64>>,
         tx: mpsc::Sender<Bytes>,
-        snapshot: bool,
     ) -> Opened {
+        let Spec {
+            id,
+            key,
+            scope,
+            snapshot,
+        } = spec;
         state.streams += 1;
         state.idle_since = None;
-        let Some(from) = from else {
-            state.register(id, key, Sub { tx, floor: None });
-            return Opened::Ready(position::encode_dense(hub.fingerprint, &state.positions));
+        let Some(mut from) = from else {
+            state.register(
+                id,
+                key,
+                Sub {
+                    tx,
+                    floor: None,
+                    scope,
+                },
+            );
+            return Opened::Ready(id_for(hub.fingerprint, scope, &state.positions));
         };
+        for (start, live) in from.iter_mut().zip(&state.positions) {
+            if *start == LIVE {
+                *start = *live;
+            }
+        }
         let covered = state.ring.as_ref().is_some_and(|ring| ring.covers(&from));
         if snapshot || !covered {
             state.pending.insert(id);
             let source = if snapshot { "snapshot" } else { "kafka" };
             self.metrics.resumes.with_label_values(&[source]).inc();
-            return Opened::CatchUp { from, tx, snapshot };
+            return Opened::CatchUp {
+                from,
+                tx,
+                snapshot,
+                scope,
+            };
         }
         self.metrics.resumes.with_label_values(&["memory"]).inc();
-        let start_id = position::encode_dense(hub.fingerprint, &from);
+        let start_id = id_for(hub.fingerprint, scope, &from);
         let mut floor = Some(from);
         let mut batch = BytesMut::new();
         if let Some(ring) = &state.ring {
@@ -366,12 +456,17 @@ impl Hub {
                 if key.is_some() && entry.key.as_deref() != key {
                     continue;
                 }
+                let shared = match scope {
+                    None => entry.event.clone(),
+                    Some(_) => sse::with_id(&entry.event, &id_for(hub.fingerprint, scope, &after)),
+                };
                 if let Some(bytes) = for_stream(
                     &mut floor,
+                    scope,
                     entry.partition,
                     entry.offset,
                     &after,
-                    &entry.event,
+                    &shared,
                     hub.fingerprint,
                 ) {
                     batch.extend_from_slice(&bytes);
@@ -382,23 +477,20 @@ impl Hub {
             // The queue is new and empty: one slot takes the whole replay.
             let _ = tx.try_send(batch.freeze());
         }
-        state.register(id, key, Sub { tx, floor });
+        state.register(id, key, Sub { tx, floor, scope });
         Opened::Ready(start_id)
     }
 
     /// Moves a pending stream to live if `position` is at or after the live position; `prefix`
     /// (made under the lock, so nothing live can come before it) is queued first.
-    #[allow(clippy::too_many_arguments)]
     fn hand_over(
         &self,
-        hub: &TopicHub,
-        id: u64,
-        key: Option<&[u8]>,
-        tx: &mpsc::Sender<Bytes>,
+        job: &catchup::Job,
         position: &[i64],
         prefix: impl FnOnce() -> Option<Bytes>,
     ) -> HandOver {
-        let mut state = hub.lock();
+        let (id, tx) = (job.id, &job.tx);
+        let mut state = job.topic.lock();
         if !state.pending.contains(&id) {
             return HandOver::Gone;
         }
@@ -411,14 +503,14 @@ impl Hub {
             }
         }
         state.pending.remove(&id);
-        state.register(
-            id,
-            key,
-            Sub {
-                tx: tx.clone(),
-                floor: Some(position.to_vec()),
-            },
-        );
+        // Scoping may have ended while this stream caught up (a key seen elsewhere).
+        let scope = job.scope.filter(|_| state.key_scoping);
+        let sub = Sub {
+            tx: tx.clone(),
+            floor: Some(position.to_vec()),
+            scope,
+        };
+        state.register(id, job.key.as_deref(), sub);
         HandOver::Done
     }
 
@@ -427,7 +519,10 @@ impl Hub {
             name: topic.to_string(),
             fingerprint: position::fingerprint(topic),
             attached: tokio::sync::OnceCell::new(),
-            state: Mutex::new(TopicState::default()),
+            state: Mutex::new(TopicState {
+                key_scoping: self.config.key_scoping,
+                ..TopicState::default()
+            }),
             records: self.metrics.records_consumed.with_label_values(&[topic]),
             cutoffs: self.metrics.slow_stream_cutoffs.with_label_values(&[topic]),
             oversize: self.metrics.records_oversize.with_label_values(&[topic]),
@@ -495,6 +590,8 @@ impl Hub {
                 }
                 let new = &starts[old..];
                 state.positions.extend_from_slice(new);
+                // Keys move when the partition count changes: full ids from now on.
+                state.end_key_scoping();
                 if let Some(ring) = &mut state.ring {
                     ring.grow(new);
                 }
@@ -626,6 +723,38 @@ impl Hub {
         }
     }
 
+    /// The event with an id naming only partition `p`, for scoped key streams of `key`; `None`
+    /// when there are none. A key found off its murmur2 partition ends scoping for the topic:
+    /// its key streams carry full ids from then on.
+    fn scoped_event(
+        &self,
+        hub: &TopicHub,
+        state: &mut TopicState,
+        key: &[u8],
+        p: usize,
+        offset: i64,
+        event: &Bytes,
+    ) -> Option<Bytes> {
+        if !state.key_scoping {
+            return None;
+        }
+        let set = state.by_key.get(key)?;
+        if !set.values().any(|sub| sub.scope.is_some()) {
+            return None;
+        }
+        if partition_for(key, state.positions.len()) != p {
+            self.metrics
+                .key_partition_mismatches
+                .with_label_values(&[&hub.name])
+                .inc();
+            warn!(topic = %hub.name, partition = p, "a key is not on its murmur2 partition: key streams of this topic now carry full ids (set KSG_KEY_PARTITIONER=unknown if producers place keys otherwise)");
+            state.end_key_scoping();
+            return None;
+        }
+        let id = position::encode_sparse(hub.fingerprint, &[(p as i32, offset + 1)]);
+        Some(sse::with_id(event, &id))
+    }
+
     /// Fans one record out to the matching streams. Called by the poll thread only.
     pub fn dispatch(
         &self,
@@ -661,13 +790,25 @@ impl Hub {
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(&hub, &id, p, offset, key, value);
+        // Key streams whose ids name only their key's partition share a second encoding.
+        let scoped = key.and_then(|k| self.scoped_event(&hub, state, k, p, offset, &event));
         let after = &state.positions;
         let mut gone = 0;
         let mut offer = |streams: &mut HashMap<u64, Sub>| {
             streams.retain(|_, sub| {
-                let Some(bytes) =
-                    for_stream(&mut sub.floor, p, offset, after, &event, hub.fingerprint)
-                else {
+                let shared = match (&scoped, sub.scope) {
+                    (Some(scoped), Some(_)) => scoped,
+                    _ => &event,
+                };
+                let Some(bytes) = for_stream(
+                    &mut sub.floor,
+                    sub.scope,
+                    p,
+                    offset,
+                    after,
+                    shared,
+                    hub.fingerprint,
+                ) else {
                     return true;
                 };
                 match sub.tx.try_send(bytes) {
@@ -727,12 +868,21 @@ impl Hub {
     }
 }
 
+/// What a new stream asks for.
+struct Spec<'a> {
+    id: u64,
+    key: Option<&'a [u8]>,
+    scope: Option<usize>,
+    snapshot: bool,
+}
+
 enum Opened {
     Ready(String),
     CatchUp {
         from: Vec<i64>,
         tx: mpsc::Sender<Bytes>,
         snapshot: bool,
+        scope: Option<usize>,
     },
 }
 
@@ -753,18 +903,18 @@ mod tests {
         // The client has p0 up to 6 and p1 up to 2 (another replica's interleaving).
         let mut floor = Some(vec![6, 2]);
         assert_eq!(
-            for_stream(&mut floor, 0, 4, &[5, 3], &event, fp),
+            for_stream(&mut floor, None, 0, 4, &[5, 3], &event, fp),
             None,
             "p0@4 already delivered"
         );
-        let raised = for_stream(&mut floor, 1, 2, &[5, 3], &event, fp).unwrap();
+        let raised = for_stream(&mut floor, None, 1, 2, &[5, 3], &event, fp).unwrap();
         let id = position::encode_dense(fp, &[6, 3]);
         assert_eq!(raised, sse::with_id(&event, &id));
         assert_eq!(floor, Some(vec![6, 3]));
         // Once the shared id covers the floor, the shared bytes go out and the floor is gone.
         let event2 = sse::record_event(&position::encode_dense(fp, &[7, 3]), None, Some(b"w"));
         assert_eq!(
-            for_stream(&mut floor, 0, 6, &[7, 3], &event2, fp),
+            for_stream(&mut floor, None, 0, 6, &[7, 3], &event2, fp),
             Some(event2.clone())
         );
         assert_eq!(floor, None);

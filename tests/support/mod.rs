@@ -452,10 +452,16 @@ impl SseReader {
         }
     }
 
-    /// The next block that carries data (skips the preamble and heartbeats).
+    /// The next block that carries data (skips the preamble and heartbeats), within [`WAIT`]
+    /// in all: heartbeats do not extend the wait.
     pub async fn next_event(&mut self) -> Option<Block> {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let block = self.next_block().await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let block = self
+                .next_block_within(left)
+                .await
+                .expect("an SSE event in time")?;
             if !block.data.is_empty() {
                 return Some(block);
             }
