@@ -64,6 +64,8 @@ pub struct Metrics {
     pub gaps: IntCounterVec,
     /// Offsets skipped by gap events, by topic.
     pub gap_offsets_skipped: IntCounterVec,
+    /// Resumes that joined a catch-up reader another resume of the same topic had.
+    pub catchup_shared: IntCounter,
     /// Catch-up readers reading now.
     pub catchup_readers_active: IntGauge,
     /// Catch-up reader consumers in existence (reading or idle in the pool).
@@ -181,6 +183,10 @@ impl Metrics {
                 "ksg_gap_offsets_skipped_total",
                 "Offsets skipped by gap events (gone from Kafka)",
                 "topic",
+            ),
+            catchup_shared: counter(
+                "ksg_catchup_shared_total",
+                "Resumes served by a catch-up reader shared with another resume",
             ),
             catchup_readers_active: gauge(
                 "ksg_catchup_readers_active",

@@ -133,7 +133,7 @@ async fn fifty_resumes_from_far_back_share_a_bounded_set_of_readers() {
     let cluster = Cluster::new();
     let topic = unique_topic("catchup");
     cluster.create_topic(&topic, 3).await;
-    // A tiny ring: the old id is far outside it, so every resume reads from Kafka.
+    // A tiny ring: the old ids are far outside it, so every resume reads from Kafka.
     let gw = gateway(
         &cluster,
         &[("KSG_REPLAY_BYTES", "2000"), ("KSG_CATCHUP_READERS", "3")],
@@ -142,30 +142,48 @@ async fn fifty_resumes_from_far_back_share_a_bounded_set_of_readers() {
     let (_, mut first) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
     let start_id = first.next_block().await.unwrap().id.unwrap();
     let p = cluster.producer();
-    produce_round(&p, &topic, 0, 40);
-    p.flush().await;
     let mut seen = Continuity::default();
-    read_checked(&mut first, 40 * KEYS, &mut seen).await;
+    produce_round(&p, &topic, 0, 20);
+    p.flush().await;
+    read_checked(&mut first, 20 * KEYS, &mut seen).await;
+    // Another resume point, near the first: right after round 19.
+    let mid_id = first.last_id.clone().unwrap();
+    produce_round(&p, &topic, 20, 20);
+    p.flush().await;
+    read_checked(&mut first, 20 * KEYS, &mut seen).await;
 
     let h2 = h2_connect(&gw).await;
     let mut clients = Vec::new();
-    for _ in 0..50 {
-        let (h2, path, id) = (h2.clone(), format!("/{topic}"), start_id.clone());
+    for client in 0..50 {
+        let (h2, path) = (h2.clone(), format!("/{topic}"));
+        let (id, from) = if client % 2 == 0 {
+            (start_id.clone(), 0)
+        } else {
+            (mid_id.clone(), 20)
+        };
         clients.push(tokio::spawn(async move {
             let (head, mut sse) = get(&h2, &path, &[("last-event-id", &id)]).await;
             assert_eq!(head.status, 200);
-            let mut seen = Continuity::default();
-            read_checked(&mut sse, 40 * KEYS, &mut seen).await;
+            let mut seen = Continuity::starting_at((0..KEYS).map(|k| format!("key{k}")), from);
+            read_checked(&mut sse, (40 - from as usize) * KEYS, &mut seen).await;
             seen.count
         }));
     }
-    for client in clients {
-        assert_eq!(client.await.unwrap(), 40 * KEYS);
+    for (client, handle) in clients.into_iter().enumerate() {
+        let expected = if client % 2 == 0 {
+            40 * KEYS
+        } else {
+            20 * KEYS
+        };
+        assert_eq!(handle.await.unwrap(), expected);
     }
     let text = metrics(&gw).await;
     assert_eq!(metric(&text, "ksg_resumes_total{source=\"kafka\"}"), 50.0);
     assert!(metric(&text, "ksg_catchup_readers") <= 3.0, "{text}");
     assert!(metric(&text, "ksg_catchup_readers") >= 1.0);
+    let shared = metric(&text, "ksg_catchup_shared_total");
+    eprintln!("{shared} of 50 resumes shared a reader with another");
+    assert!(shared >= 1.0, "resumes waiting together share a reader");
     gw.shutdown().await;
 }
 

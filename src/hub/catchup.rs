@@ -39,10 +39,11 @@ const BATCH_BYTES: usize = 16 * 1024;
 /// Bookkeeping per snapshot entry counted against the snapshot budget.
 const SNAPSHOT_ENTRY_OVERHEAD: usize = 64;
 
-/// The reader pool.
+/// The reader pool, and the resumes waiting for a reader, by topic.
 pub(super) struct Readers {
     permits: Semaphore,
     idle: Mutex<Vec<BaseConsumer<Context>>>,
+    waiting: Mutex<HashMap<String, Vec<Job>>>,
 }
 
 impl Readers {
@@ -50,12 +51,17 @@ impl Readers {
         Readers {
             permits: Semaphore::new(max),
             idle: Mutex::new(Vec::new()),
+            waiting: Mutex::new(HashMap::new()),
         }
     }
 
     /// Stops handing out readers: waiting catch-ups end their streams.
     pub(super) fn close(&self) {
         self.permits.close();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn take(&self) -> Option<BaseConsumer<Context>> {
@@ -67,6 +73,22 @@ impl Readers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(consumer);
+    }
+
+    fn wait(&self, job: Job) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.entry(job.topic.name.clone()).or_default().push(job);
+    }
+
+    /// Every resume of `topic` still waiting (none if another reader took them).
+    fn take_waiting(&self, topic: &str) -> Vec<Job> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting
+            .remove(topic)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|j| !j.tx.is_closed())
+            .collect()
     }
 }
 
@@ -122,19 +144,42 @@ impl Latest {
     }
 }
 
+/// One stream being caught up by a (possibly shared) reader.
+struct Member {
+    job: Job,
+    /// The stream's own position: what its client has, or will have once `batch` is sent.
+    at: Vec<i64>,
+    batch: BytesMut,
+    latest: Option<Latest>,
+}
+
 impl Hub {
-    /// Runs one stream's catch-up: waits for a reader, reads, hands over to live.
+    /// Runs a catch-up: waits for a reader, reads, hands over to live. Resumes of one topic
+    /// that wait at the same time share one reader; a snapshot has a reader to itself.
     pub(super) async fn catch_up(self: Arc<Self>, job: Job) {
+        let topic = job.topic.name.clone();
+        let mut solo = None;
+        if job.snapshot {
+            solo = Some(job);
+        } else {
+            self.readers.wait(job);
+        }
         let Ok(_permit) = self.readers.permits.acquire().await else {
             return;
         };
-        if job.tx.is_closed() {
+        let jobs = match solo {
+            Some(job) => vec![job],
+            None => self.readers.take_waiting(&topic),
+        };
+        if jobs.is_empty() || jobs.iter().all(|j| j.tx.is_closed()) {
             return;
+        }
+        if jobs.len() > 1 {
+            self.metrics.catchup_shared.inc_by(jobs.len() as u64 - 1);
         }
         self.metrics.catchup_readers_active.inc();
         let hub = self.clone();
-        let name = job.topic.name.clone();
-        let result = tokio::task::spawn_blocking(move || hub.read_until_live(job)).await;
+        let result = tokio::task::spawn_blocking(move || hub.read_until_live(jobs)).await;
         self.metrics.catchup_readers_active.dec();
         match result {
             Ok(Ok(())) => {}
@@ -143,13 +188,13 @@ impl Hub {
                     .kafka_errors
                     .with_label_values(&["catch_up"])
                     .inc();
-                warn!(topic = %name, "catch-up failed, ending the stream: {e}");
+                warn!(topic = %topic, "catch-up failed, ending its streams: {e}");
             }
-            Err(e) => warn!(topic = %name, "catch-up task failed: {e}"),
+            Err(e) => warn!(topic = %topic, "catch-up task failed: {e}"),
         }
     }
 
-    fn read_until_live(&self, job: Job) -> Result<(), KafkaError> {
+    fn read_until_live(&self, jobs: Vec<Job>) -> Result<(), KafkaError> {
         let consumer = match self.readers.take() {
             Some(c) => c,
             None => {
@@ -158,7 +203,7 @@ impl Hub {
                 reader
             }
         };
-        let result = self.read_with(&consumer, job);
+        let result = self.read_with(&consumer, jobs);
         // Unassigning drops prefetched records; the reader goes back clean, or not at all.
         if consumer.unassign().is_ok() {
             self.readers.give_back(consumer);
@@ -168,16 +213,13 @@ impl Hub {
         result
     }
 
-    /// Resolves the start position against the log start, announcing any gap.
-    fn start_position(&self, job: &Job) -> Result<Option<Vec<i64>>, KafkaError> {
+    /// Resolves a stream's start against the log start (`earliest`), announcing any gap.
+    fn start_position(&self, job: &Job, earliest: &[i64]) -> Option<Vec<i64>> {
         let topic = &job.topic;
-        let earliest = self
-            .source
-            .start_offsets(&topic.name, job.from.len())
-            .map_err(into_kafka)?;
         let mut at = job.from.clone();
+        at.resize(earliest.len(), EARLIEST);
         let mut gaps = Vec::new();
-        for (p, (pos, first)) in at.iter_mut().zip(&earliest).enumerate() {
+        for (p, (pos, first)) in at.iter_mut().zip(earliest).enumerate() {
             if *pos == EARLIEST {
                 *pos = *first;
             } else if *pos < *first {
@@ -197,115 +239,106 @@ impl Hub {
                 .with_label_values(&[&topic.name])
                 .inc_by(skipped as u64);
             warn!(topic = %topic.name, skipped, "resume position is older than the log start: sending a gap event");
-            if !send(
-                &job.tx,
-                sse::gap_event(&id_for(topic.fingerprint, job.scope, &at), &gaps),
-            ) {
-                return Ok(None);
+            let event = sse::gap_event(&id_for(topic.fingerprint, job.scope, &at), &gaps);
+            if !send(&job.tx, event) {
+                return None;
             }
         }
-        Ok(Some(at))
+        Some(at)
     }
 
-    fn read_with(&self, consumer: &BaseConsumer<Context>, job: Job) -> Result<(), KafkaError> {
-        let Some(mut at) = self.start_position(&job)? else {
-            return Ok(());
-        };
-        let topic = &*job.topic;
-        let key = job.key.as_deref();
+    fn read_with(
+        &self,
+        consumer: &BaseConsumer<Context>,
+        jobs: Vec<Job>,
+    ) -> Result<(), KafkaError> {
+        let topic = jobs[0].topic.clone();
+        let count = jobs.iter().map(|j| j.from.len()).max().unwrap_or(0);
+        let earliest = self
+            .source
+            .start_offsets(&topic.name, count)
+            .map_err(into_kafka)?;
+        let mut members: Vec<Member> = jobs
+            .into_iter()
+            .filter_map(|job| {
+                let at = self.start_position(&job, &earliest)?;
+                let latest = job.snapshot.then(Latest::default);
+                Some(Member {
+                    job,
+                    at,
+                    batch: BytesMut::new(),
+                    latest,
+                })
+            })
+            .collect();
+        // The reader starts where the furthest-behind stream starts.
+        let mut read_at = earliest.clone();
+        for (p, slot) in read_at.iter_mut().enumerate() {
+            *slot = members.iter().map(|m| m.at[p]).min().unwrap_or(*slot);
+        }
         let mut assignment = TopicPartitionList::new();
-        for (p, &offset) in at.iter().enumerate() {
+        for (p, &offset) in read_at.iter().enumerate() {
             assignment.add_partition_offset(&topic.name, p as i32, Offset::Offset(offset))?;
         }
         consumer.assign(&assignment)?;
-        let mut at_end = vec![false; at.len()];
+        let mut at_end = vec![false; read_at.len()];
         let mut since_check = 0;
-        // Events read back to back are queued together, like the live path's frames: fewer,
-        // larger writes instead of one tiny frame per record.
-        let mut batch = BytesMut::new();
-        let mut latest = job.snapshot.then(Latest::default);
-        loop {
+        let mut waited = false;
+        while !members.is_empty() {
             let check = since_check >= CHECK_EVERY || at_end.iter().all(|e| *e);
-            if (check || batch.len() >= BATCH_BYTES) && !flush(&job.tx, &mut batch, topic) {
-                return Ok(());
-            }
-            if let Some(l) = latest
-                .as_mut()
-                .filter(|l| l.bytes > self.config.snapshot_bytes)
-            {
-                // Over budget: send what the snapshot holds now; later values follow as records.
-                debug!(topic = %topic.name, "snapshot over KSG_SNAPSHOT_BYTES, sending it early");
-                if !send(&job.tx, l.drain().freeze()) {
-                    return Ok(());
-                }
-            }
+            members.retain_mut(|m| self.advance(m, check, waited));
             if check {
                 since_check = 0;
-                let handed = match latest.as_mut() {
-                    None => self.hand_over(&job, &at, || None),
-                    Some(l) => self.hand_over(&job, &at, || {
-                        let mut prefix = l.drain();
-                        let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
-                        prefix.extend_from_slice(&sse::event(
-                            Some(sse::EVENT_LIVE),
-                            &id_for(topic.fingerprint, job.scope, &at),
-                            &marker,
-                        ));
-                        Some(prefix.freeze())
-                    }),
-                };
-                match handed {
-                    HandOver::Done | HandOver::Gone => return Ok(()),
-                    HandOver::NotYet => {
-                        self.follow_growth(consumer, topic, &mut at, &mut at_end)?
-                    }
-                }
+                self.follow_growth(consumer, &topic, &mut read_at, &mut at_end, &mut members)?;
             }
-            let wait = if batch.is_empty() {
+            let wait = if members.iter().all(|m| m.batch.is_empty()) {
                 POLL_TIMEOUT
             } else {
                 BATCH_WAIT
             };
+            waited = false;
             match consumer.poll(wait) {
-                None => {
-                    if !flush(&job.tx, &mut batch, topic) {
-                        return Ok(());
-                    }
-                }
+                // Nothing more right now: partial batches go out.
+                None => waited = true,
                 Some(Ok(message)) => {
                     let Some(p) = usize::try_from(message.partition())
                         .ok()
-                        .filter(|p| *p < at.len())
+                        .filter(|p| *p < read_at.len())
                     else {
                         continue;
                     };
-                    if message.offset() < at[p] {
-                        continue;
-                    }
-                    at[p] = message.offset() + 1;
+                    let offset = message.offset();
+                    read_at[p] = read_at[p].max(offset + 1);
                     at_end[p] = false;
                     since_check += 1;
-                    if key.is_some() && message.key() != key {
-                        continue;
-                    }
-                    match latest.as_mut() {
-                        Some(l) => self.snapshot_record(l, topic, p, &message),
-                        None => {
-                            let id = id_for(topic.fingerprint, job.scope, &at);
-                            let event = self.encode(
-                                topic,
-                                &id,
-                                p,
-                                message.offset(),
-                                message.key(),
-                                message.payload(),
-                            );
-                            batch.extend_from_slice(&event);
+                    for m in members.iter_mut().filter(|m| offset >= m.at[p]) {
+                        m.at[p] = offset + 1;
+                        let key = m.job.key.as_deref();
+                        if key.is_some() && message.key() != key {
+                            continue;
+                        }
+                        match m.latest.as_mut() {
+                            Some(l) => self.snapshot_record(l, &topic, p, &message),
+                            None => {
+                                let id = id_for(topic.fingerprint, m.job.scope, &m.at);
+                                let event = self.encode(
+                                    &topic,
+                                    &id,
+                                    p,
+                                    offset,
+                                    message.key(),
+                                    message.payload(),
+                                );
+                                m.batch.extend_from_slice(&event);
+                            }
                         }
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    let Some(p) = usize::try_from(partition).ok().filter(|p| *p < at.len()) else {
+                    let Some(p) = usize::try_from(partition)
+                        .ok()
+                        .filter(|p| *p < read_at.len())
+                    else {
                         continue;
                     };
                     at_end[p] = true;
@@ -315,31 +348,69 @@ impl Hub {
                             .map(|e| e.offset())
                     });
                     if let Some(Offset::Offset(next)) = position {
-                        at[p] = at[p].max(next);
+                        read_at[p] = read_at[p].max(next);
+                        for m in &mut members {
+                            m.at[p] = m.at[p].max(next);
+                        }
                     }
                 }
                 Some(Err(e)) => {
                     debug!(topic = %topic.name, "catch-up read error: {e}");
-                    if job.tx.is_closed() {
-                        return Ok(());
-                    }
+                    members.retain(|m| !m.job.tx.is_closed());
                 }
             }
         }
+        Ok(())
     }
-}
 
-impl Hub {
+    /// Sends what a member has read when due, and hands it over to live when it has caught up.
+    /// False: the member is done (live now, gone, or cut off).
+    fn advance(&self, m: &mut Member, check: bool, waited: bool) -> bool {
+        let topic = &*m.job.topic;
+        if (check || waited || m.batch.len() >= BATCH_BYTES)
+            && !flush(&m.job.tx, &mut m.batch, topic)
+        {
+            return false;
+        }
+        if let Some(l) = m
+            .latest
+            .as_mut()
+            .filter(|l| l.bytes > self.config.snapshot_bytes)
+        {
+            // Over budget: send what the snapshot holds now; later values follow as records.
+            debug!(topic = %topic.name, "snapshot over KSG_SNAPSHOT_BYTES, sending it early");
+            if !send(&m.job.tx, l.drain().freeze()) {
+                return false;
+            }
+        }
+        if !check {
+            return true;
+        }
+        let (at, scope) = (&m.at, m.job.scope);
+        let handed = match m.latest.as_mut() {
+            None => self.hand_over(&m.job, at, || None),
+            Some(l) => self.hand_over(&m.job, at, || {
+                let mut prefix = l.drain();
+                let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
+                let id = id_for(topic.fingerprint, scope, at);
+                prefix.extend_from_slice(&sse::event(Some(sse::EVENT_LIVE), &id, &marker));
+                Some(prefix.freeze())
+            }),
+        };
+        matches!(handed, HandOver::NotYet)
+    }
+
     /// Partitions added to the topic since this reader started are read from their log start.
     fn follow_growth(
         &self,
         consumer: &BaseConsumer<Context>,
         topic: &TopicHub,
-        at: &mut Vec<i64>,
+        read_at: &mut Vec<i64>,
         at_end: &mut Vec<bool>,
+        members: &mut [Member],
     ) -> Result<(), KafkaError> {
         let count = topic.lock().positions.len();
-        if count <= at.len() {
+        if count <= read_at.len() {
             return Ok(());
         }
         let starts = self
@@ -347,17 +418,19 @@ impl Hub {
             .start_offsets(&topic.name, count)
             .map_err(into_kafka)?;
         let mut added = TopicPartitionList::new();
-        for (p, &offset) in starts.iter().enumerate().skip(at.len()) {
+        for (p, &offset) in starts.iter().enumerate().skip(read_at.len()) {
             added.add_partition_offset(&topic.name, p as i32, Offset::Offset(offset))?;
         }
         consumer.incremental_assign(&added)?;
-        at.extend_from_slice(&starts[at.len()..]);
+        read_at.extend_from_slice(&starts[read_at.len()..]);
         at_end.resize(count, false);
+        for m in members {
+            let known = m.at.len();
+            m.at.extend_from_slice(&starts[known..]);
+        }
         Ok(())
     }
-}
 
-impl Hub {
     /// Records without a key have no latest value to keep: a snapshot leaves them out.
     fn snapshot_record(
         &self,
@@ -370,19 +443,17 @@ impl Hub {
             topic.keyless.inc();
             return;
         };
-        {
-            let event = message.payload().map(|value| {
-                self.encode(
-                    topic,
-                    "",
-                    partition,
-                    message.offset(),
-                    Some(key),
-                    Some(value),
-                )
-            });
-            latest.record(partition, message.offset(), key, event);
-        }
+        let event = message.payload().map(|value| {
+            self.encode(
+                topic,
+                "",
+                partition,
+                message.offset(),
+                Some(key),
+                Some(value),
+            )
+        });
+        latest.record(partition, message.offset(), key, event);
     }
 }
 

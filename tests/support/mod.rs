@@ -238,6 +238,14 @@ impl Continuity {
         self.count += 1;
     }
 
+    /// A checker that expects every key of `keys` to continue at `seq`.
+    pub fn starting_at(keys: impl IntoIterator<Item = String>, seq: u64) -> Continuity {
+        Continuity {
+            next: keys.into_iter().map(|k| (k, seq)).collect(),
+            count: 0,
+        }
+    }
+
     /// The next expected sequence number of every key.
     pub fn next_of(&self, key: &str) -> u64 {
         self.next.get(key).copied().unwrap_or(0)
