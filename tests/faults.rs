@@ -112,16 +112,7 @@ async fn broker_down_for_30_seconds_streams_stay_open_then_continue_without_loss
     let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
     sse.next_block().await.unwrap();
     let p = cluster.producer();
-    for seq in 0..10 {
-        for k in 0..6 {
-            p.send(
-                &topic,
-                None,
-                Some(format!("key{k}").as_bytes()),
-                Some(format!("key{k}:{seq}").as_bytes()),
-            );
-        }
-    }
+    produce_keyed(&p, &topic, 6, 0..10);
     p.flush().await;
     let mut seen = Continuity::default();
     for event in sse.events(60).await {
@@ -130,33 +121,11 @@ async fn broker_down_for_30_seconds_streams_stay_open_then_continue_without_loss
 
     down(&cluster, 1);
     // Records produced during the outage wait in the producer and arrive after it.
-    for seq in 10..20 {
-        for k in 0..6 {
-            p.send(
-                &topic,
-                None,
-                Some(format!("key{k}").as_bytes()),
-                Some(format!("key{k}:{seq}").as_bytes()),
-            );
-        }
-    }
-    let outage = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut heartbeats = 0;
-    while tokio::time::Instant::now() < outage {
-        let left = outage - tokio::time::Instant::now();
-        match sse
-            .next_block_within(left.min(Duration::from_secs(5)))
-            .await
-        {
-            Ok(Some(block)) if block.data.is_empty() => heartbeats += 1,
-            Ok(Some(block)) => panic!("an event during the outage: {block:?}"),
-            Ok(None) => panic!("the stream ended during the outage"),
-            Err(()) => {}
-        }
-    }
+    produce_keyed(&p, &topic, 6, 10..20);
+    let heartbeats = only_heartbeats_for(&mut sse, Duration::from_secs(30)).await;
     assert!(
         heartbeats >= 12,
-        "heartbeats kept the stream alive: {heartbeats}"
+        "heartbeats kept the stream open: {heartbeats}"
     );
     up(&cluster, 1);
     p.flush().await;
@@ -204,16 +173,7 @@ async fn fetch_errors_and_a_leader_change_recover_without_loss() {
                 })
                 .unwrap();
         }
-        for seq in round * 10..(round + 1) * 10 {
-            for k in 0..6 {
-                p.send(
-                    &topic,
-                    None,
-                    Some(format!("key{k}").as_bytes()),
-                    Some(format!("key{k}:{seq}").as_bytes()),
-                );
-            }
-        }
+        produce_keyed(&p, &topic, 6, round * 10..(round + 1) * 10);
         p.flush().await;
         for event in sse.events(60).await {
             seen.check(&event);

@@ -12,17 +12,7 @@ const KEYS: usize = 12;
 
 /// Queues `per_key` records for each of `KEYS` keys, numbering from `first`.
 fn produce_round(p: &Producer_, topic: &str, first: u64, per_key: u64) {
-    for seq in first..first + per_key {
-        for k in 0..KEYS {
-            let key = format!("key{k}");
-            p.send(
-                topic,
-                None,
-                Some(key.as_bytes()),
-                Some(format!("{key}:{seq}").as_bytes()),
-            );
-        }
-    }
+    produce_keyed(p, topic, KEYS, first..first + per_key);
 }
 
 async fn read_checked(sse: &mut SseReader, n: usize, continuity: &mut Continuity) {

@@ -246,19 +246,7 @@ async fn real_broker_stopped_for_30_seconds_then_restarted_streams_continue_with
     let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
     sse.next_block().await.unwrap();
     let p = cluster.producer();
-    let produce = |from: u64| {
-        for seq in from..from + 10 {
-            for k in 0..6 {
-                p.send(
-                    &topic,
-                    None,
-                    Some(format!("key{k}").as_bytes()),
-                    Some(format!("key{k}:{seq}").as_bytes()),
-                );
-            }
-        }
-    };
-    produce(0);
+    produce_keyed(&p, &topic, 6, 0..10);
     p.flush().await;
     let mut seen = Continuity::default();
     for event in sse.events(60).await {
@@ -266,26 +254,13 @@ async fn real_broker_stopped_for_30_seconds_then_restarted_streams_continue_with
     }
 
     own_broker("stop", data.clone()).await;
-    let outage = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut heartbeats = 0;
-    while tokio::time::Instant::now() < outage {
-        let left = outage - tokio::time::Instant::now();
-        match sse
-            .next_block_within(left.min(Duration::from_secs(5)))
-            .await
-        {
-            Ok(Some(block)) if block.data.is_empty() => heartbeats += 1,
-            Ok(Some(block)) => panic!("an event while the broker is down: {block:?}"),
-            Ok(None) => panic!("the stream ended while the broker was down"),
-            Err(()) => {}
-        }
-    }
+    let heartbeats = only_heartbeats_for(&mut sse, Duration::from_secs(30)).await;
     assert!(
         heartbeats >= 12,
         "heartbeats kept the stream open: {heartbeats}"
     );
     own_broker("start", data.clone()).await;
-    produce(10);
+    produce_keyed(&p, &topic, 6, 10..20);
     p.flush().await;
     for event in sse.events(60).await {
         seen.check(&event);

@@ -197,6 +197,29 @@ impl TopicState {
         }
     }
 
+    /// Ends every stream of the topic: each gets `last` (if any) after what is already queued,
+    /// then its queue closes; catch-ups in progress stop at their next hand-over check.
+    fn end_all(&mut self, last: Option<&Bytes>) {
+        if let Some(last) = last {
+            for sub in self
+                .all
+                .values()
+                .chain(self.by_key.values().flat_map(|m| m.values()))
+            {
+                let _ = sub.tx.try_send(last.clone());
+            }
+        }
+        let count = self.all.len()
+            + self.by_key.values().map(HashMap::len).sum::<usize>()
+            + self.pending.len();
+        self.all.clear();
+        self.by_key.clear();
+        self.pending.clear();
+        for _ in 0..count {
+            self.stream_gone();
+        }
+    }
+
     fn stream_gone(&mut self) {
         self.streams -= 1;
         if self.streams == 0 {
@@ -632,22 +655,7 @@ impl Hub {
             }
             state.released = true;
             let end = sse::event(Some(sse::EVENT_END), "", r#"{"reason":"topic-deleted"}"#);
-            let subs = state
-                .all
-                .values()
-                .chain(state.by_key.values().flat_map(|m| m.values()));
-            for sub in subs {
-                let _ = sub.tx.try_send(end.clone());
-            }
-            let count = state.all.len()
-                + state.by_key.values().map(HashMap::len).sum::<usize>()
-                + state.pending.len();
-            state.all.clear();
-            state.by_key.clear();
-            state.pending.clear();
-            for _ in 0..count {
-                state.stream_gone();
-            }
+            state.end_all(Some(&end));
             (
                 state.positions.len(),
                 state.ring.take().map_or(0, |r| r.bytes()),
@@ -854,16 +862,7 @@ impl Hub {
         self.closed.store(true, Ordering::Release);
         self.readers.close();
         for entry in self.topics.iter() {
-            let mut state = entry.value().lock();
-            let count = state.all.len()
-                + state.by_key.values().map(HashMap::len).sum::<usize>()
-                + state.pending.len();
-            state.all.clear();
-            state.by_key.clear();
-            state.pending.clear();
-            for _ in 0..count {
-                state.stream_gone();
-            }
+            entry.value().lock().end_all(None);
         }
     }
 }

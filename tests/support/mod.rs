@@ -213,6 +213,40 @@ pub async fn watermarks(cluster: &Cluster, topic: &str, partition: i32) -> (i64,
     .unwrap()
 }
 
+/// Queues `key{k}:{seq}` for every seq in `seqs` and every k below `keys` (by key partitioner).
+pub fn produce_keyed(p: &Producer_, topic: &str, keys: usize, seqs: std::ops::Range<u64>) {
+    for seq in seqs {
+        for k in 0..keys {
+            let key = format!("key{k}");
+            p.send(
+                topic,
+                None,
+                Some(key.as_bytes()),
+                Some(format!("{key}:{seq}").as_bytes()),
+            );
+        }
+    }
+}
+
+/// Reads for `period`, expecting only heartbeats (no event, no end); returns how many came.
+pub async fn only_heartbeats_for(sse: &mut SseReader, period: Duration) -> usize {
+    let until = tokio::time::Instant::now() + period;
+    let mut heartbeats = 0;
+    while tokio::time::Instant::now() < until {
+        let left = until - tokio::time::Instant::now();
+        match sse
+            .next_block_within(left.min(Duration::from_secs(5)))
+            .await
+        {
+            Ok(Some(block)) if block.data.is_empty() => heartbeats += 1,
+            Ok(Some(block)) => panic!("an event while Kafka is down: {block:?}"),
+            Ok(None) => panic!("the stream ended while Kafka was down"),
+            Err(()) => {}
+        }
+    }
+    heartbeats
+}
+
 /// Checks a stream of `key:seq` payloads: per key, sequence numbers continue exactly.
 #[derive(Default)]
 pub struct Continuity {
