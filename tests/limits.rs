@@ -116,3 +116,36 @@ async fn connections_over_the_limit_are_closed_and_counted() {
     assert_eq!(metric(&text, "ksg_connections_open"), 2.0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_speaks_is_closed_after_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    let cluster = Cluster::new();
+    for tls in ["on", "off"] {
+        let gw = gateway(
+            &cluster,
+            &[("KSG_TLS", tls), ("KSG_HANDSHAKE_TIMEOUT_SECS", "1")],
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, silent.read(&mut byte))
+            .await
+            .expect("closed in time");
+        assert!(
+            matches!(read, Ok(0) | Err(_)),
+            "TLS {tls}: closed, not answered: {read:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "TLS {tls}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let text = metrics(&gw).await;
+        assert_eq!(metric(&text, "ksg_connections_open"), 0.0, "TLS {tls}");
+        let timeouts = metric(
+            &text,
+            "ksg_connections_rejected_total{reason=\"handshake_timeout\"}",
+        );
+        assert_eq!(timeouts, 1.0, "TLS {tls}");
+        gw.shutdown().await;
+    }
+}

@@ -2,5 +2,6 @@
 
 pub mod body;
 pub mod cors;
+pub mod deadline;
 pub mod server;
 pub mod service;
