@@ -70,6 +70,10 @@ pub struct Metrics {
     pub catchup_readers_active: IntGauge,
     /// Catch-up reader consumers in existence (reading or idle in the pool).
     pub catchup_readers: IntGauge,
+    /// Keys held by snapshots being built.
+    pub snapshot_entries: IntGauge,
+    /// Bytes held by snapshots being built.
+    pub snapshot_bytes: IntGauge,
     /// Bytes held by the replay rings of all topics.
     pub replay_bytes: IntGauge,
 }
@@ -196,6 +200,8 @@ impl Metrics {
                 "ksg_catchup_readers",
                 "Catch-up reader consumers in existence (reading or idle)",
             ),
+            snapshot_entries: gauge("ksg_snapshot_entries", "Keys held by snapshots being built"),
+            snapshot_bytes: gauge("ksg_snapshot_bytes", "Bytes held by snapshots being built"),
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
             registry,
         };

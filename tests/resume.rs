@@ -178,11 +178,18 @@ async fn fifty_resumes_from_far_back_share_a_bounded_set_of_readers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hand_over_from_catch_up_to_live_while_records_keep_coming() {
+async fn hand_over_to_live_while_records_keep_coming() {
+    // The memory path (the ring holds everything) and the Kafka path (no ring).
+    for (replay_bytes, source) in [("4194304", "memory"), ("0", "kafka")] {
+        hand_over_case(replay_bytes, source).await;
+    }
+}
+
+async fn hand_over_case(replay_bytes: &str, source: &str) {
     let cluster = Cluster::new();
     let topic = unique_topic("handover");
     cluster.create_topic(&topic, 3).await;
-    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", "0")]).await;
+    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", replay_bytes)]).await;
     let (_, mut first) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
     let start_id = first.next_block().await.unwrap().id.unwrap();
     let p = cluster.producer();
@@ -211,6 +218,11 @@ async fn hand_over_from_catch_up_to_live_while_records_keep_coming() {
     producing.await.unwrap();
     p.produce(&topic, Some("key3"), Some("key3:150")).await;
     seen.check(&sse.next_event().await.unwrap());
+    let resumes = metric(
+        &metrics(&gw).await,
+        &format!("ksg_resumes_total{{source=\"{source}\"}}"),
+    );
+    assert_eq!(resumes, 1.0, "resumed from {source}");
     gw.shutdown().await;
 }
 
@@ -518,5 +530,12 @@ async fn snapshot_over_its_budget_is_sent_early_and_still_ends_right() {
         latest.values().all(|v| v == "2"),
         "every key ends at its latest value"
     );
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_snapshot_bytes"),
+        0.0,
+        "nothing held once the snapshot is sent"
+    );
+    assert_eq!(metric(&text, "ksg_snapshot_entries"), 0.0);
     gw.shutdown().await;
 }

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use prometheus::IntGauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -112,11 +113,42 @@ struct Latest {
     entries: HashMap<Vec<u8>, (usize, i64, Bytes)>,
     bytes: usize,
     sent: usize,
+    /// Gauges of what all snapshots in progress hold (entries, bytes).
+    held: Option<(IntGauge, IntGauge)>,
+}
+
+impl Latest {
+    fn new(held: (IntGauge, IntGauge)) -> Latest {
+        Latest {
+            entries: HashMap::new(),
+            bytes: 0,
+            sent: 0,
+            held: Some(held),
+        }
+    }
+
+    /// Reports the change since `before` (entries, bytes) to the gauges.
+    fn report(&self, before: (usize, usize)) {
+        if let Some((entries, bytes)) = &self.held {
+            entries.add(self.entries.len() as i64 - before.0 as i64);
+            bytes.add(self.bytes as i64 - before.1 as i64);
+        }
+    }
+}
+
+impl Drop for Latest {
+    fn drop(&mut self) {
+        if let Some((entries, bytes)) = &self.held {
+            entries.sub(self.entries.len() as i64);
+            bytes.sub(self.bytes as i64);
+        }
+    }
 }
 
 impl Latest {
     /// Keeps `event` as the latest of `key`; `None` (a tombstone) forgets the key.
     fn record(&mut self, partition: usize, offset: i64, key: &[u8], event: Option<Bytes>) {
+        let before = (self.entries.len(), self.bytes);
         let removed = match event {
             Some(event) => {
                 self.bytes += event.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
@@ -128,10 +160,12 @@ impl Latest {
         if let Some((_, _, old)) = removed {
             self.bytes -= old.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
         }
+        self.report(before);
     }
 
     /// Every held event, in partition then offset order, as one chunk; empties the map.
     fn drain(&mut self) -> BytesMut {
+        let before = (self.entries.len(), self.bytes);
         let mut all: Vec<(usize, i64, Bytes)> = self.entries.drain().map(|(_, v)| v).collect();
         all.sort_unstable_by_key(|(p, o, _)| (*p, *o));
         let mut out = BytesMut::with_capacity(self.bytes);
@@ -140,6 +174,7 @@ impl Latest {
         }
         self.sent += all.len();
         self.bytes = 0;
+        self.report(before);
         out
     }
 }
@@ -262,7 +297,11 @@ impl Hub {
             .into_iter()
             .filter_map(|job| {
                 let at = self.start_position(&job, &earliest)?;
-                let latest = job.snapshot.then(Latest::default);
+                let held = (
+                    self.metrics.snapshot_entries.clone(),
+                    self.metrics.snapshot_bytes.clone(),
+                );
+                let latest = job.snapshot.then(|| Latest::new(held));
                 Some(Member {
                     job,
                     at,
