@@ -5,16 +5,24 @@ mod support;
 use kafka_sse_gateway::config::Config;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_serves_starter_page_and_live_ticks() {
-    let config = Config::from_vars([
+/// The gateway in demo mode (no KSG_KAFKA_BROKERS), ticking fast, on port 0, ready.
+async fn demo(extra: &[(&str, &str)]) -> kafka_sse_gateway::Handle {
+    let mut vars = vec![
         ("KSG_LISTEN", "127.0.0.1:0"),
         ("KSG_ADMIN_LISTEN", "127.0.0.1:0"),
         ("KSG_DEMO_TICKS_PER_SEC", "20"),
-    ])
-    .unwrap();
-    let gw = kafka_sse_gateway::start(config).await.unwrap();
+    ];
+    vars.extend_from_slice(extra);
+    let gw = kafka_sse_gateway::start(Config::from_vars(vars).unwrap())
+        .await
+        .unwrap();
     wait_ready(&gw).await;
+    gw
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_starter_page_and_live_ticks() {
+    let gw = demo(&[]).await;
     let h2 = h2_connect(&gw).await;
 
     let (head, mut page) = get(&h2, "/", &[]).await;
@@ -75,15 +83,7 @@ fn tick_number(text: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_end_at_their_lifetime_and_resume_without_loss() {
-    let config = Config::from_vars([
-        ("KSG_LISTEN", "127.0.0.1:0"),
-        ("KSG_ADMIN_LISTEN", "127.0.0.1:0"),
-        ("KSG_DEMO_TICKS_PER_SEC", "20"),
-        ("KSG_STREAM_MAX_SECS", "1"),
-    ])
-    .unwrap();
-    let gw = kafka_sse_gateway::start(config).await.unwrap();
-    wait_ready(&gw).await;
+    let gw = demo(&[("KSG_STREAM_MAX_SECS", "1")]).await;
     let h2 = h2_connect(&gw).await;
     let mut last_id: Option<String> = None;
     let mut ticks = Vec::new();
