@@ -425,6 +425,11 @@ impl Hub {
         if !check {
             return true;
         }
+        // A snapshot's last chunk needs a free slot; wait for it no longer than for any send.
+        if m.latest.is_some() && !room(&m.job.tx) {
+            topic.cutoffs.inc();
+            return false;
+        }
         let (at, scope) = (&m.at, m.job.scope);
         let handed = match m.latest.as_mut() {
             None => self.hand_over(&m.job, at, || None),
@@ -503,6 +508,18 @@ fn flush(tx: &mpsc::Sender<Bytes>, batch: &mut BytesMut, topic: &TopicHub) -> bo
     }
     topic.cutoffs.inc();
     false
+}
+
+/// Waits up to [`STALL_LIMIT`] for a free slot in the stream's queue. False: gone or stalled.
+fn room(tx: &mpsc::Sender<Bytes>) -> bool {
+    let deadline = Instant::now() + STALL_LIMIT;
+    while tx.capacity() == 0 {
+        if tx.is_closed() || Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    !tx.is_closed()
 }
 
 /// Queues `event` for the stream, waiting up to [`STALL_LIMIT`] for room. False: the stream is

@@ -518,9 +518,11 @@ impl Hub {
         if !state.pending.contains(&id) {
             return HandOver::Gone;
         }
-        if !covers(position, &state.positions) || tx.capacity() == 0 {
+        if !covers(position, &state.positions) {
             return HandOver::NotYet;
         }
+        // The caller made room for a prefix; if the client took it back, the stream ends here
+        // (cut off like any stream that falls behind) rather than hold the reader.
         if let Some(prefix) = prefix() {
             if tx.try_send(prefix).is_err() {
                 return HandOver::Gone;
