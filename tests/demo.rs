@@ -28,14 +28,7 @@ async fn demo_serves_starter_page_and_live_ticks() {
     let (head, mut page) = get(&h2, "/", &[]).await;
     assert_eq!(head.status, 200);
     assert_eq!(head.headers["content-type"], "text/html; charset=utf-8");
-    let html = {
-        let body = page.body_mut().as_mut().unwrap();
-        let mut out = Vec::new();
-        while let Some(chunk) = body.data().await {
-            out.extend_from_slice(&chunk.unwrap());
-        }
-        String::from_utf8(out).unwrap()
-    };
+    let html = body_text(&mut page).await;
     assert!(html.contains("new EventSource('/stock-prices/'"));
 
     let (head, mut sse) = get(&h2, "/stock-prices/GOOG", &[]).await;

@@ -232,15 +232,6 @@ async fn errors_have_status_and_reason() {
     gw.shutdown().await;
 }
 
-async fn body_text(reader: &mut SseReader) -> String {
-    let body = reader.body_mut().as_mut().unwrap();
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        out.extend_from_slice(&chunk.unwrap());
-    }
-    String::from_utf8(out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_comment_when_quiet() {
     let cluster = Cluster::new();

@@ -522,7 +522,7 @@ impl SseReader {
         out
     }
 
-    /// Stops reading (flow control is no longer released): the stream stalls at the client.
+    /// The raw response body, for reading it other than as SSE (`None` once it ended).
     pub fn body_mut(&mut self) -> &mut Option<h2::RecvStream> {
         &mut self.body
     }
@@ -552,6 +552,16 @@ pub fn parse_block(raw: &[u8]) -> Block {
         }
     }
     block
+}
+
+/// Reads a whole (finite) response body as text.
+pub async fn body_text(reader: &mut SseReader) -> String {
+    let body = reader.body_mut().as_mut().expect("a body");
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        out.extend_from_slice(&chunk.unwrap());
+    }
+    String::from_utf8(out).unwrap()
 }
 
 /// Reads the admin `/metrics` text.
