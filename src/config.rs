@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::http::cors::Cors;
+use crate::partitioner::KeyPartitioner;
 use crate::routes::{RouteError, Routes, TopicFilter};
 
 /// `KSG_LISTEN`: address of the SSE listener.
@@ -58,8 +59,8 @@ pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
 pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
 /// `KSG_MAX_EVENT_BYTES`: largest record value sent as an event.
 pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
-/// `KSG_KEY_PARTITIONER`: `murmur2` (key streams' ids name only their key's partition) or
-/// `unknown` (full ids).
+/// `KSG_KEY_PARTITIONER`: `none` (key streams read every partition and carry full ids), or a
+/// promise that every producer places keys with `murmur2` or `crc32` (short key-stream ids).
 pub const KEY_PARTITIONER: &str = "KSG_KEY_PARTITIONER";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
@@ -100,7 +101,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (STREAM_MAX_SECS, "0"),
     (METADATA_REFRESH_SECS, "10"),
     (MAX_EVENT_BYTES, "4194304"),
-    (KEY_PARTITIONER, "murmur2"),
+    (KEY_PARTITIONER, "none"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
@@ -149,8 +150,8 @@ pub struct Config {
     pub metadata_refresh: Duration,
     /// Largest record value sent as an event.
     pub max_event_bytes: usize,
-    /// Keys are placed by Kafka's default partitioner: key streams' ids name one partition.
-    pub key_scoping: bool,
+    /// The partitioner the operator promises producers use (`None`: no promise, full ids).
+    pub key_partitioner: Option<KeyPartitioner>,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
     /// Delay before a topic without streams is released.
@@ -332,10 +333,11 @@ impl Config {
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
         let max_event_bytes = r.number(MAX_EVENT_BYTES, 4usize << 20, 1, 1 << 30);
-        let key_scoping = r.parse(KEY_PARTITIONER, true, |s| match s {
-            "murmur2" => Ok(true),
-            "unknown" => Ok(false),
-            _ => Err("must be murmur2 or unknown".into()),
+        let key_partitioner = r.parse(KEY_PARTITIONER, None, |s| match s {
+            "none" => Ok(None),
+            "murmur2" => Ok(Some(KeyPartitioner::Murmur2)),
+            "crc32" => Ok(Some(KeyPartitioner::Crc32)),
+            _ => Err("must be none, murmur2 or crc32".into()),
         });
         let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 0, 30 * 86_400);
         let stream_max_lifetime =
@@ -404,7 +406,7 @@ impl Config {
                 stream_max_lifetime,
                 metadata_refresh,
                 max_event_bytes,
-                key_scoping,
+                key_partitioner,
                 handshake_timeout,
                 topic_idle,
                 demo_ticks_per_sec,

@@ -11,7 +11,7 @@
 //! - [`routes`]: path templates to topic and key filter.
 //! - [`sse`]: the SSE wire format, pure.
 //! - [`position`]: the resume-token codec, pure.
-//! - [`partitioner`]: Kafka's default key partitioner (murmur2), pure.
+//! - [`partitioner`]: key partitioners an operator may promise (murmur2, crc32), pure.
 //! - [`start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
 //! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
 //! - [`stream`]: one SSE response body with heartbeats.
@@ -136,7 +136,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         catchup_readers: config.catchup_readers,
         snapshot_bytes: config.snapshot_bytes,
         max_event_bytes: config.max_event_bytes,
-        key_scoping: config.key_scoping,
+        key_partitioner: config.key_partitioner,
     };
     let hub = Arc::new(Hub::new(source.clone(), metrics.clone(), hub_config));
 

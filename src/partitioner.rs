@@ -1,6 +1,61 @@
-//! Kafka's default partitioner for keyed records (the Java client's, and librdkafka's
-//! `murmur2`/`murmur2_random`): `toPositive(murmur2(key)) % partitions`. Knowing where a key
-//! lives lets a key stream's ids name one partition instead of all of them.
+//! Key partitioners an operator may promise producers use (`KSG_KEY_PARTITIONER`): the Java
+//! client's default, `toPositive(murmur2(key)) % partitions` (librdkafka's `murmur2` and
+//! `murmur2_random`), and librdkafka's default, `crc32(key) % partitions` (`consistent_random`
+//! and `consistent`). Knowing where a key lives lets a key stream's ids name one partition
+//! instead of all of them; the promise is checked on every keyed record the gateway reads.
+
+/// A key partitioner the operator promises every producer of every topic uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyPartitioner {
+    /// The Java client's default (and librdkafka's `murmur2`, `murmur2_random`).
+    Murmur2,
+    /// librdkafka's default `consistent_random` (and `consistent`): CRC-32 of the key.
+    Crc32,
+}
+
+impl KeyPartitioner {
+    /// The partition this partitioner picks for a non-empty `key` among `partitions`.
+    pub fn partition(self, key: &[u8], partitions: usize) -> usize {
+        match self {
+            KeyPartitioner::Murmur2 => partition_for(key, partitions),
+            KeyPartitioner::Crc32 => crc32(key) as usize % partitions.max(1),
+        }
+    }
+
+    /// The name used in `KSG_KEY_PARTITIONER` and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyPartitioner::Murmur2 => "murmur2",
+            KeyPartitioner::Crc32 => "crc32",
+        }
+    }
+}
+
+/// CRC-32 (IEEE 802.3, reflected, as zlib and librdkafka's `rd_crc32`).
+pub fn crc32(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    !data.iter().fold(!0u32, |c, &b| {
+        TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
+    })
+}
 
 /// Kafka's 32-bit murmur2 of `data` (seed `0x9747b28c`), as a signed Java `int`.
 pub fn murmur2(data: &[u8]) -> i32 {
@@ -62,6 +117,20 @@ mod tests {
                 String::from_utf8_lossy(input)
             );
         }
+    }
+
+    #[test]
+    fn crc32_matches_the_standard_check_values() {
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+        assert_eq!(
+            crc32(b"The quick brown fox jumps over the lazy dog"),
+            0x414f_a339
+        );
+        assert_eq!(
+            KeyPartitioner::Crc32.partition(b"123456789", 7),
+            0xcbf4_3926 % 7
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! | field        | encoding                                                            |
 //! |--------------|---------------------------------------------------------------------|
 //! | version      | 1 byte, `1`                                                          |
-//! | flags        | 1 byte; bit 0 = sparse (partition numbers listed), others must be 0 |
+//! | flags        | 1 byte; bit 0 = sparse (partition numbers listed), bit 1 = every     |
+//! |              | partition (a short key-stream id after a broken partitioner promise: |
+//! |              | partitions not named start at their earliest offset), others 0       |
 //! | topic        | 4 bytes, FNV-1a 32 of the topic name, little-endian                  |
 //! | count        | varint, number of entries                                            |
 //! | per entry    | sparse only: varint gap to the previous partition (first: partition) |
@@ -28,7 +30,8 @@ pub const MAX_TOKEN_CHARS: usize = 4096;
 
 const VERSION: u8 = 1;
 const FLAG_SPARSE: u8 = 1;
-const KNOWN_FLAGS: u8 = FLAG_SPARSE;
+const FLAG_EVERY: u8 = 2;
+const KNOWN_FLAGS: u8 = FLAG_SPARSE | FLAG_EVERY;
 
 /// Why a resume token was refused. Every variant is the client's fault (HTTP 400).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -55,6 +58,9 @@ pub enum TokenError {
 pub struct Position {
     /// The entries, sorted by partition, no duplicates, offsets non-negative.
     pub entries: Vec<(i32, i64)>,
+    /// The stream reads every partition from this position, those not named from their earliest
+    /// offset, even where a partitioner is promised (set by [`encode_every`]).
+    pub every: bool,
 }
 
 impl Position {
@@ -87,7 +93,17 @@ pub fn encode_dense(topic_fingerprint: u32, next_offsets: &[i64]) -> String {
 
 /// Encodes a sparse vector of `(partition, next offset)` pairs sorted by partition.
 pub fn encode_sparse(topic_fingerprint: u32, entries: &[(i32, i64)]) -> String {
-    let mut buf = header(topic_fingerprint, FLAG_SPARSE, entries.len());
+    sparse(topic_fingerprint, FLAG_SPARSE, entries)
+}
+
+/// Encodes a sparse vector that tells every replica to read every partition: those not named
+/// from their earliest offset. A key stream's last id when its partitioner promise was broken.
+pub fn encode_every(topic_fingerprint: u32, entries: &[(i32, i64)]) -> String {
+    sparse(topic_fingerprint, FLAG_SPARSE | FLAG_EVERY, entries)
+}
+
+fn sparse(topic_fingerprint: u32, flags: u8, entries: &[(i32, i64)]) -> String {
+    let mut buf = header(topic_fingerprint, flags, entries.len());
     let (mut previous_partition, mut previous_offset) = (-1i64, 0i64);
     for &(partition, offset) in entries {
         let partition = i64::from(partition);
@@ -148,7 +164,10 @@ pub fn decode(token: &str, topic: &str) -> Result<Position, TokenError> {
     if !input.0.is_empty() {
         return Err(TokenError::Malformed("trailing bytes"));
     }
-    Ok(Position { entries })
+    Ok(Position {
+        entries,
+        every: flags & FLAG_EVERY != 0,
+    })
 }
 
 fn header(topic_fingerprint: u32, flags: u8, count: usize) -> Vec<u8> {
@@ -249,6 +268,15 @@ mod tests {
             let token = encode_sparse(fingerprint("orders"), &entries);
             assert_eq!(decode(&token, "orders").unwrap().entries, entries);
         }
+    }
+
+    #[test]
+    fn every_flag_round_trips_and_plain_tokens_lack_it() {
+        let fp = fingerprint("t");
+        let every = decode(&encode_every(fp, &[(3, 9)]), "t").unwrap();
+        assert_eq!((every.entries, every.every), (vec![(3, 9)], true));
+        assert!(!decode(&encode_sparse(fp, &[(3, 9)]), "t").unwrap().every);
+        assert!(!decode(&encode_dense(fp, &[3, 9]), "t").unwrap().every);
     }
 
     #[test]

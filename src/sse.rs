@@ -52,6 +52,17 @@ pub fn preamble(retry_ms: u64, start_id: Option<&str>) -> Bytes {
     buf.freeze()
 }
 
+/// A block with only an `id:`: it dispatches no event, but the client's `lastEventId` becomes
+/// `id` (the last thing a stream sends when its client must resume from a new kind of id).
+pub fn id_only(id: &str) -> Bytes {
+    debug_assert!(is_safe_field(id));
+    let mut buf = BytesMut::with_capacity(6 + id.len());
+    buf.put_slice(b"id: ");
+    buf.put_slice(id.as_bytes());
+    buf.put_slice(b"\n\n");
+    buf.freeze()
+}
+
 /// Encodes one Kafka record as an SSE event carrying `id` (a resume token).
 ///
 /// `value == None` is a tombstone. `id` must be a field-safe token (no CR, LF or NUL), which
@@ -252,6 +263,11 @@ mod tests {
     fn nul_in_utf8_value_stays_in_data_only() {
         let b = record_event("x", None, Some(b"a\0b"));
         assert_eq!(b.as_ref(), b"id: x\ndata: a\0b\n\n");
+    }
+
+    #[test]
+    fn id_only_block_has_no_data() {
+        assert_eq!(text(id_only("AQ")), "id: AQ\n\n");
     }
 
     #[test]

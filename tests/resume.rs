@@ -169,11 +169,12 @@ async fn fifty_resumes_from_far_back_share_a_bounded_set_of_readers() {
     }
     let text = metrics(&gw).await;
     assert_eq!(metric(&text, "ksg_resumes_total{source=\"kafka\"}"), 50.0);
-    assert!(metric(&text, "ksg_catchup_readers") <= 3.0, "{text}");
-    assert!(metric(&text, "ksg_catchup_readers") >= 1.0);
+    // Resumes that wait together share one reader pass: the README promises a handful of
+    // passes for 50 resumes, not one each. (Without sharing this would be 50.)
     let shared = metric(&text, "ksg_catchup_shared_total");
-    eprintln!("{shared} of 50 resumes shared a reader with another");
-    assert!(shared >= 1.0, "resumes waiting together share a reader");
+    let passes = 50.0 - shared;
+    eprintln!("50 resumes took {passes} reader passes ({shared} shared a pass)");
+    assert!(passes <= 10.0, "50 resumes took {passes} reader passes");
     gw.shutdown().await;
 }
 
@@ -310,7 +311,7 @@ async fn records_gone_from_kafka_are_announced_as_a_gap() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn from_earliest_and_from_timestamp_with_key_filter() {
+async fn from_earliest_with_key_filter() {
     let cluster = Cluster::new();
     let topic = unique_topic("from");
     cluster.create_topic(&topic, 3).await;
@@ -338,14 +339,36 @@ async fn from_earliest_and_from_timestamp_with_key_filter() {
     let texts: Vec<String> = sse.events(10).await.iter().map(|e| e.text()).collect();
     assert_eq!(texts, (0..10).map(|s| format!("y:{s}")).collect::<Vec<_>>());
 
-    // Timestamps need a broker that keeps the producer's CreateTime.
-    if cluster.is_real() {
-        let (_, mut sse) = get(&h2, &format!("/{topic}/x?from={}", base + 6500), &[]).await;
-        let texts: Vec<String> = sse.events(3).await.iter().map(|e| e.text()).collect();
-        assert_eq!(texts, vec!["x:7", "x:8", "x:9"]);
-        let (_, mut sse) = get(&h2, &format!("/{topic}/x?from=2023-11-14T22:13:28Z"), &[]).await;
-        assert_eq!(sse.next_event().await.unwrap().text(), "x:8");
+    gw.shutdown().await;
+}
+
+/// Timestamps need a broker that keeps the producer's CreateTime (the mock cluster does not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real broker"]
+async fn from_timestamp_with_key_filter() {
+    let cluster = real_cluster();
+    let topic = unique_topic("fromts");
+    cluster.create_topic(&topic, 3).await;
+    let p = cluster.producer();
+    let base = 1_700_000_000_000i64;
+    for seq in 0..10 {
+        for key in ["x", "y"] {
+            let value = format!("{key}:{seq}");
+            let record = rdkafka::producer::BaseRecord::<str, str>::to(&topic)
+                .key(key)
+                .timestamp(base + seq * 1000)
+                .payload(&value);
+            p.0.send(record).map_err(|(e, _)| e).unwrap();
+        }
     }
+    p.flush().await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut sse) = get(&h2, &format!("/{topic}/x?from={}", base + 6500), &[]).await;
+    let texts: Vec<String> = sse.events(3).await.iter().map(|e| e.text()).collect();
+    assert_eq!(texts, vec!["x:7", "x:8", "x:9"]);
+    let (_, mut sse) = get(&h2, &format!("/{topic}/x?from=2023-11-14T22:13:28Z"), &[]).await;
+    assert_eq!(sse.next_event().await.unwrap().text(), "x:8");
     gw.shutdown().await;
 }
 
@@ -396,7 +419,7 @@ async fn bad_resume_ids_are_400_without_kafka_work() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
-    use kafka_sse_gateway::partitioner::partition_for;
+    use kafka_sse_gateway::partitioner::KeyPartitioner;
     let cluster = Cluster::new();
     let topic = unique_topic("snapshot");
     cluster.create_topic(&topic, 2).await;
@@ -409,12 +432,13 @@ async fn snapshot_sends_latest_values_then_live_marker_then_updates() {
         ("k3", None),
         ("k4", Some("k4=v1")),
     ];
-    // Where the murmur2 partitioner puts each record, and so what the snapshot must hold.
+    // Where librdkafka's default partitioner (consistent_random: CRC-32 of the key) puts each
+    // record, and so what the snapshot must hold.
     let mut next = [0i64; 2];
     let mut latest: std::collections::HashMap<&str, (usize, i64, &str)> = Default::default();
     for (key, value) in records {
         p.send(&topic, None, Some(key.as_bytes()), value.map(str::as_bytes));
-        let partition = partition_for(key.as_bytes(), 2);
+        let partition = KeyPartitioner::Crc32.partition(key.as_bytes(), 2);
         match value {
             Some(v) => latest.insert(key, (partition, next[partition], v)),
             None => latest.remove(key),

@@ -414,14 +414,21 @@ async fn cors_preflight_allows_last_event_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_stream_ids_name_only_the_keys_partition() {
-    use kafka_sse_gateway::partitioner::partition_for;
+async fn key_stream_ids_name_only_the_keys_partition_when_murmur2_is_promised() {
+    use kafka_sse_gateway::partitioner::KeyPartitioner;
     let cluster = Cluster::new();
     let topic = unique_topic("keyids");
     cluster.create_topic(&topic, 12).await;
-    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", "0")]).await;
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_REPLAY_BYTES", "0"),
+            ("KSG_KEY_PARTITIONER", "murmur2"),
+        ],
+    )
+    .await;
     let h2 = h2_connect(&gw).await;
-    let home = partition_for(b"GOOG", 12) as i32;
+    let home = KeyPartitioner::Murmur2.partition(b"GOOG", 12) as i32;
     let (_, mut sse) = get(&h2, &format!("/{topic}/GOOG"), &[]).await;
     let start = sse.next_block().await.unwrap().id.unwrap();
     assert_eq!(
@@ -430,12 +437,12 @@ async fn key_stream_ids_name_only_the_keys_partition() {
     );
     assert_eq!(start.len(), 12, "{start}");
 
-    // The producer partitions keys with murmur2, like the Java client.
-    let p = cluster.producer();
+    // This test is about the murmur2 promise, so the producer places keys as the Java client.
+    let p = cluster.producer_with(&[("partitioner", "murmur2_random")]);
     // Another key on another partition, so GOOG's offsets are 0, 1, 2, ...
     let other = ["AAPL", "MSFT", "AMZN", "NVDA"]
         .into_iter()
-        .find(|k| partition_for(k.as_bytes(), 12) as i32 != home)
+        .find(|k| KeyPartitioner::Murmur2.partition(k.as_bytes(), 12) as i32 != home)
         .unwrap();
     for n in 0..5 {
         p.send(
@@ -464,34 +471,102 @@ async fn key_stream_ids_name_only_the_keys_partition() {
     .await;
     let texts: Vec<String> = resumed.events(3).await.iter().map(|e| e.text()).collect();
     assert_eq!(texts, vec!["GOOG:2", "GOOG:3", "GOOG:4"]);
-
-    // A key off its murmur2 partition: still delivered, and key streams switch to full ids.
-    let elsewhere = (home + 1) % 12;
-    p.send(&topic, Some(elsewhere), Some(b"GOOG"), Some(b"GOOG:5"));
-    p.flush().await;
-    let event = sse.next_event().await.unwrap();
-    assert_eq!(event.text(), "GOOG:5");
-    assert_eq!(
-        position::decode(event.id.as_deref().unwrap(), &topic)
-            .unwrap()
-            .entries
-            .len(),
-        12
-    );
     let text = metrics(&gw).await;
     assert_eq!(
         metric(
             &text,
             &format!("ksg_key_partition_mismatches_total{{topic=\"{topic}\"}}")
         ),
-        1.0
+        0.0
     );
     gw.shutdown().await;
 
-    // KSG_KEY_PARTITIONER=unknown: full ids from the start.
-    let gw = gateway(&cluster, &[("KSG_KEY_PARTITIONER", "unknown")]).await;
+    // With no promise (the default): full ids from the start.
+    let gw = gateway(&cluster, &[]).await;
     let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}/GOOG"), &[]).await;
     let start = sse.next_block().await.unwrap().id.unwrap();
     assert_eq!(position::decode(&start, &topic).unwrap().entries.len(), 12);
+    gw.shutdown().await;
+}
+
+/// Every metric family the README lists is on the admin listener's `/metrics`, in Prometheus
+/// text with its HELP and TYPE, with at least one sample: a renamed or unregistered family fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_metrics_export_every_documented_family() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("families");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[]).await;
+    let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    sse.next_block().await.unwrap();
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("v"))
+        .await;
+    assert_eq!(sse.next_event().await.unwrap().text(), "v");
+    let text = format!("\n{}", metrics(&gw).await);
+    let families = [
+        ("ksg_connections_accepted_total", "counter"),
+        ("ksg_connections_open", "gauge"),
+        ("ksg_connections_rejected_total", "counter"),
+        ("ksg_streams_opened_total", "counter"),
+        ("ksg_streams_open", "gauge"),
+        ("ksg_streams_refused_total", "counter"),
+        ("ksg_events_sent_total", "counter"),
+        ("ksg_event_bytes_sent_total", "counter"),
+        ("ksg_heartbeats_sent_total", "counter"),
+        ("ksg_records_consumed_total", "counter"),
+        ("ksg_slow_stream_cutoffs_total", "counter"),
+        ("ksg_kafka_errors_total", "counter"),
+        ("ksg_topics_attached", "gauge"),
+        ("ksg_partitions_assigned", "gauge"),
+        ("ksg_resumes_total", "counter"),
+        ("ksg_gaps_total", "counter"),
+        ("ksg_gap_offsets_skipped_total", "counter"),
+        ("ksg_records_oversize_total", "counter"),
+        ("ksg_key_partition_mismatches_total", "counter"),
+        ("ksg_snapshot_keyless_records_total", "counter"),
+        ("ksg_streams_expired_total", "counter"),
+        ("ksg_catchup_readers_active", "gauge"),
+        ("ksg_catchup_shared_total", "counter"),
+        ("ksg_catchup_readers", "gauge"),
+        ("ksg_replay_bytes", "gauge"),
+        ("ksg_snapshot_entries", "gauge"),
+        ("ksg_snapshot_bytes", "gauge"),
+    ];
+    for (family, kind) in families {
+        assert!(
+            text.contains(&format!("\n# HELP {family} ")),
+            "no HELP for {family}"
+        );
+        assert!(
+            text.contains(&format!("\n# TYPE {family} {kind}\n")),
+            "no TYPE {kind} for {family}"
+        );
+        let sampled = text.lines().any(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        });
+        assert!(sampled, "no sample of {family}");
+    }
+    // Per-topic series exist at 0 as soon as the topic is attached.
+    for family in [
+        "ksg_key_partition_mismatches_total",
+        "ksg_gaps_total",
+        "ksg_records_oversize_total",
+        "ksg_slow_stream_cutoffs_total",
+    ] {
+        assert_eq!(
+            metric(&text, &format!("{family}{{topic=\"{topic}\"}}")),
+            0.0
+        );
+    }
+    assert_eq!(
+        metric(
+            &text,
+            &format!("ksg_records_consumed_total{{topic=\"{topic}\"}}")
+        ),
+        1.0
+    );
     gw.shutdown().await;
 }

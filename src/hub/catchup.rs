@@ -12,6 +12,7 @@
 //! the position; a map larger than its budget is sent early, so memory stays bounded.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tracing::{debug, warn};
 
 use super::{id_for, HandOver, Hub, TopicHub, EARLIEST};
+use crate::position;
 use crate::source::Context;
 use crate::sse::{self, Gap};
 
@@ -107,10 +109,12 @@ pub(super) struct Job {
     pub(super) scope: Option<usize>,
 }
 
-/// The latest record of each key, for a snapshot.
+/// The latest record of each key, for a snapshot. Within a partition the later offset wins; a
+/// key found on several partitions keeps the record with the latest timestamp.
 #[derive(Default)]
 struct Latest {
-    entries: HashMap<Vec<u8>, (usize, i64, Bytes)>,
+    /// Key → (partition, offset, timestamp ms, event).
+    entries: HashMap<Vec<u8>, (usize, i64, i64, Bytes)>,
     bytes: usize,
     sent: usize,
     /// Gauges of what all snapshots in progress hold (entries, bytes).
@@ -146,18 +150,24 @@ impl Drop for Latest {
 }
 
 impl Latest {
-    /// Keeps `event` as the latest of `key`; `None` (a tombstone) forgets the key.
-    fn record(&mut self, partition: usize, offset: i64, key: &[u8], event: Option<Bytes>) {
+    /// Keeps `event` as the latest of `key`; `None` (a tombstone) forgets the key. A record
+    /// older (by timestamp) than the one held from another partition is ignored.
+    fn record(&mut self, partition: usize, offset: i64, ts: i64, key: &[u8], event: Option<Bytes>) {
+        if let Some((p, _, held_ts, _)) = self.entries.get(key) {
+            if *p != partition && ts < *held_ts {
+                return;
+            }
+        }
         let before = (self.entries.len(), self.bytes);
         let removed = match event {
             Some(event) => {
                 self.bytes += event.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
                 self.entries
-                    .insert(key.to_vec(), (partition, offset, event))
+                    .insert(key.to_vec(), (partition, offset, ts, event))
             }
             None => self.entries.remove(key),
         };
-        if let Some((_, _, old)) = removed {
+        if let Some((_, _, _, old)) = removed {
             self.bytes -= old.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
         }
         self.report(before);
@@ -166,10 +176,10 @@ impl Latest {
     /// Every held event, in partition then offset order, as one chunk; empties the map.
     fn drain(&mut self) -> BytesMut {
         let before = (self.entries.len(), self.bytes);
-        let mut all: Vec<(usize, i64, Bytes)> = self.entries.drain().map(|(_, v)| v).collect();
-        all.sort_unstable_by_key(|(p, o, _)| (*p, *o));
+        let mut all: Vec<(usize, i64, i64, Bytes)> = self.entries.drain().map(|(_, v)| v).collect();
+        all.sort_unstable_by_key(|(p, o, _, _)| (*p, *o));
         let mut out = BytesMut::with_capacity(self.bytes);
-        for (_, _, event) in &all {
+        for (_, _, _, event) in &all {
             out.extend_from_slice(event);
         }
         self.sent += all.len();
@@ -321,6 +331,13 @@ impl Hub {
         }
         consumer.assign(&assignment)?;
         let mut at_end = vec![false; read_at.len()];
+        // Every keyed record read is checked against the partitioner promise, while it holds.
+        let mut check_promise = topic.promise.is_some();
+        let seen_by = if members.iter().any(|m| m.latest.is_some()) {
+            "snapshot"
+        } else {
+            "catch-up"
+        };
         let mut since_check = 0;
         let mut waited = false;
         while !members.is_empty() {
@@ -350,7 +367,17 @@ impl Hub {
                     read_at[p] = read_at[p].max(offset + 1);
                     at_end[p] = false;
                     since_check += 1;
-                    for m in members.iter_mut().filter(|m| offset >= m.at[p]) {
+                    if check_promise {
+                        check_promise =
+                            self.check_promise(&topic, &message, p, read_at.len(), seen_by);
+                    }
+                    // After a broken promise, short-id streams take no more records: they end
+                    // at their next check with an id that reads every partition.
+                    let broken = topic.broken.load(Ordering::Acquire);
+                    let members = members
+                        .iter_mut()
+                        .filter(|m| !(broken && m.job.scope.is_some()));
+                    for m in members.filter(|m| offset >= m.at[p]) {
                         m.at[p] = offset + 1;
                         let key = m.job.key.as_deref();
                         if key.is_some() && message.key() != key {
@@ -409,6 +436,15 @@ impl Hub {
         if (check || waited || m.batch.len() >= BATCH_BYTES)
             && !flush(&m.job.tx, &mut m.batch, topic)
         {
+            return false;
+        }
+        if let Some(p) = m.job.scope.filter(|_| topic.broken.load(Ordering::Acquire)) {
+            // The promise broke: what was read so far goes out, then an id that tells any
+            // replica to read every partition; the stream ends and its client resumes with it.
+            let every = position::encode_every(topic.fingerprint, &[(p as i32, m.at[p])]);
+            if flush(&m.job.tx, &mut m.batch, topic) {
+                send(&m.job.tx, sse::id_only(&every));
+            }
             return false;
         }
         if let Some(l) = m
@@ -475,6 +511,30 @@ impl Hub {
         Ok(())
     }
 
+    /// Checks one record against the topic's partitioner promise; a record off its promised
+    /// partition breaks the promise for the topic. False: nothing more to check (the promise
+    /// broke, or partitions were added and short ids ended anyway).
+    fn check_promise(
+        &self,
+        topic: &TopicHub,
+        message: &BorrowedMessage<'_>,
+        p: usize,
+        partitions: usize,
+        seen_by: &str,
+    ) -> bool {
+        let Some(key) = message.key() else {
+            return true;
+        };
+        if !Hub::off_promise(topic, key, p, partitions) {
+            return !topic.broken.load(Ordering::Relaxed);
+        }
+        let mut state = topic.lock();
+        if state.key_scoping && state.positions.len() == partitions {
+            self.promise_broken(topic, &mut state, p, seen_by);
+        }
+        false
+    }
+
     /// Records without a key have no latest value to keep: a snapshot leaves them out.
     fn snapshot_record(
         &self,
@@ -497,7 +557,8 @@ impl Hub {
                 Some(value),
             )
         });
-        latest.record(partition, message.offset(), key, event);
+        let ts = message.timestamp().to_millis().unwrap_or(0);
+        latest.record(partition, message.offset(), ts, key, event);
     }
 }
 
@@ -558,13 +619,32 @@ mod tests {
     fn latest_keeps_one_value_per_key_and_drops_deleted_keys() {
         let mut l = Latest::default();
         let e = |v: &[u8]| Some(sse::record_event("", None, Some(v)));
-        l.record(0, 1, b"a", e(b"a1"));
-        l.record(1, 1, b"b", e(b"b1"));
-        l.record(0, 2, b"a", e(b"a2"));
-        l.record(1, 2, b"c", e(b"c1"));
-        l.record(1, 3, b"c", None);
+        l.record(0, 1, 0, b"a", e(b"a1"));
+        l.record(1, 1, 0, b"b", e(b"b1"));
+        l.record(0, 2, 0, b"a", e(b"a2"));
+        l.record(1, 2, 0, b"c", e(b"c1"));
+        l.record(1, 3, 0, b"c", None);
         let text = String::from_utf8(l.drain().to_vec()).unwrap();
         assert_eq!(text, "data: a2\n\ndata: b1\n\n");
         assert_eq!((l.bytes, l.sent, l.entries.len()), (0, 2, 0));
+    }
+
+    #[test]
+    fn a_key_on_several_partitions_keeps_its_latest_by_timestamp() {
+        let mut l = Latest::default();
+        let e = |v: &[u8]| Some(sse::record_event("", None, Some(v)));
+        l.record(0, 5, 200, b"k", e(b"new"));
+        l.record(1, 9, 100, b"k", e(b"older, other partition"));
+        l.record(1, 10, 150, b"k", None);
+        assert_eq!(
+            String::from_utf8(l.drain().to_vec()).unwrap(),
+            "data: new\n\n"
+        );
+        l.record(2, 1, 300, b"k", e(b"a"));
+        l.record(2, 2, 100, b"k", e(b"same partition, later offset"));
+        assert_eq!(
+            String::from_utf8(l.drain().to_vec()).unwrap(),
+            "data: same partition, later offset\n\n"
+        );
     }
 }

@@ -74,7 +74,7 @@ impl Hub {
                 let new = &starts[old..];
                 state.positions.extend_from_slice(new);
                 // Keys move when the partition count changes: full ids from now on.
-                state.end_key_scoping();
+                state.widen_key_streams();
                 if let Some(ring) = &mut state.ring {
                     ring.grow(new);
                 }

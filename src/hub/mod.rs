@@ -6,6 +6,13 @@
 //! bounded queue. A full queue ends that stream (counted); the consumer and the other streams
 //! never wait. Locks are never held across an `.await`.
 //!
+//! Key streams read every partition and carry full ids, whatever partitioner the producers use.
+//! When the operator promises a partitioner (`KSG_KEY_PARTITIONER`), a key stream reads only its
+//! key's partition and its ids name only that partition; every keyed record the gateway reads
+//! (live, catch-up, snapshot) is checked against the promise, and the first one off its
+//! partition ends the promise for the topic: its short-id streams end with an id that tells any
+//! replica to read every partition, and its key streams carry full ids from then on.
+//!
 //! A resumed stream carries a *floor*: the position its client already has. Records below the
 //! floor are skipped; an event whose shared id does not yet cover the floor (the client came
 //! from a replica that saw another interleaving of partitions) gets its id raised to cover both,
@@ -28,7 +35,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
-use crate::partitioner::partition_for;
+use crate::partitioner::KeyPartitioner;
 use crate::position::{self, Position};
 use crate::source::{Source, SourceError};
 use crate::sse;
@@ -93,9 +100,9 @@ pub struct HubConfig {
     pub snapshot_bytes: usize,
     /// Largest record value sent as an event; larger ones become `event: oversize`.
     pub max_event_bytes: usize,
-    /// Keys are placed by Kafka's default partitioner (murmur2): key streams' ids name only
-    /// their key's partition.
-    pub key_scoping: bool,
+    /// The partitioner the operator promises every producer uses: key streams' ids name only
+    /// their key's partition while no record breaks the promise.
+    pub key_partitioner: Option<KeyPartitioner>,
 }
 
 /// The hub of one gateway.
@@ -109,6 +116,8 @@ pub struct Hub {
     /// Serializes assignment changes so a release and a re-attach of one topic never cross.
     assignment: tokio::sync::Mutex<()>,
     readers: catchup::Readers,
+    /// Topics where a record broke the partitioner promise: full ids for the process lifetime.
+    broken_promises: Mutex<HashSet<String>>,
 }
 
 /// One topic's live channel.
@@ -117,6 +126,11 @@ struct TopicHub {
     fingerprint: u32,
     attached: tokio::sync::OnceCell<()>,
     state: Mutex<TopicState>,
+    /// The partitioner promised for this topic; `None` without a promise or once it broke.
+    promise: Option<KeyPartitioner>,
+    /// Set once a record broke the promise (readers check it without the lock).
+    broken: AtomicBool,
+    mismatches: IntCounter,
     records: IntCounter,
     cutoffs: IntCounter,
     oversize: IntCounter,
@@ -134,8 +148,8 @@ struct Sub {
 #[derive(Default)]
 struct TopicState {
     released: bool,
-    /// Key streams' ids name only their key's partition (until a key is seen elsewhere or
-    /// partitions are added).
+    /// Key streams' ids name only their key's partition (a partitioner is promised, no record
+    /// broke the promise and no partition was added).
     key_scoping: bool,
     /// Next offset per partition: the position after the last record dispatched.
     positions: Vec<i64>,
@@ -190,11 +204,38 @@ impl Drop for Registration {
 }
 
 impl TopicState {
-    /// From now on every key stream of the topic carries full ids.
-    fn end_key_scoping(&mut self) {
+    /// From now on every key stream of the topic carries full ids: those with short ids switch
+    /// in place (partitions were added: keys move, but no record of a key was ever elsewhere).
+    fn widen_key_streams(&mut self) {
         self.key_scoping = false;
         for sub in self.by_key.values_mut().flat_map(|set| set.values_mut()) {
             sub.scope = None;
+        }
+    }
+
+    /// A record broke the partitioner promise: records of a key may be on partitions its
+    /// short-id streams never read. Each such stream gets an id-only block whose id tells any
+    /// replica to read every partition (those it never read from their earliest offset), then
+    /// ends; its client resumes with that id and loses nothing.
+    fn end_short_streams(&mut self, fingerprint: u32) {
+        self.key_scoping = false;
+        let mut ended = 0;
+        for set in self.by_key.values_mut() {
+            set.retain(|_, sub| {
+                let Some(p) = sub.scope else { return true };
+                let at = sub
+                    .floor
+                    .as_ref()
+                    .map_or(self.positions[p], |f| f[p].max(self.positions[p]));
+                let id = position::encode_every(fingerprint, &[(p as i32, at)]);
+                let _ = sub.tx.try_send(sse::id_only(&id));
+                ended += 1;
+                false
+            });
+        }
+        self.by_key.retain(|_, set| !set.is_empty());
+        for _ in 0..ended {
+            self.stream_gone();
         }
     }
 
@@ -298,6 +339,7 @@ impl Hub {
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             assignment: tokio::sync::Mutex::new(()),
+            broken_promises: Mutex::new(HashSet::new()),
         }
     }
 
@@ -325,15 +367,20 @@ impl Hub {
                 let state = hub.lock();
                 (state.positions.len(), state.key_scoping)
             };
-            // A key stream's ids name only its key's partition when keys are placed by murmur2.
-            let mut scope = key
-                .as_deref()
-                .filter(|_| scoping)
-                .map(|k| partition_for(k, partitions));
+            // A key stream's ids name only its key's partition when a partitioner is promised.
+            let mut scope = match (key.as_deref(), hub.promise) {
+                (Some(k), Some(promise)) if scoping && !k.is_empty() => {
+                    Some(promise.partition(k, partitions))
+                }
+                _ => None,
+            };
             if let (Some(p), Start::Token(token)) = (scope, &start) {
-                // A token naming other partitions but not the key's (issued before partitions
-                // were added, or by a gateway not scoping): read it with full-id meaning.
-                if token.offset(p as i32).is_none() && !token.entries.is_empty() {
+                // Only a short id of the key's own partition resumes as a short-id stream; a
+                // full id, another partition's, or one marked "every partition" is read with
+                // full-id meaning (partitions it does not name start at their earliest offset).
+                let short =
+                    !token.every && token.entries.len() == 1 && token.offset(p as i32).is_some();
+                if !short {
                     scope = None;
                 }
             }
@@ -528,8 +575,12 @@ impl Hub {
                 return HandOver::Gone;
             }
         }
+        // A broken promise ends short-id streams (the reader sent the "every partition" id).
+        if job.scope.is_some() && job.topic.broken.load(Ordering::Acquire) {
+            return HandOver::Gone;
+        }
         state.pending.remove(&id);
-        // Scoping may have ended while this stream caught up (a key seen elsewhere).
+        // Scoping may have ended while this stream caught up (partitions added).
         let scope = job.scope.filter(|_| state.key_scoping);
         let sub = Sub {
             tx: tx.clone(),
@@ -541,14 +592,30 @@ impl Hub {
     }
 
     fn new_topic(&self, topic: &str) -> TopicHub {
+        let broken = self
+            .broken_promises
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic);
+        let promise = self.config.key_partitioner.filter(|_| !broken);
+        // Per-topic series show at zero from the topic's first stream.
+        for family in [&self.metrics.gaps, &self.metrics.gap_offsets_skipped] {
+            family.with_label_values(&[topic]);
+        }
         TopicHub {
             name: topic.to_string(),
             fingerprint: position::fingerprint(topic),
             attached: tokio::sync::OnceCell::new(),
             state: Mutex::new(TopicState {
-                key_scoping: self.config.key_scoping,
+                key_scoping: promise.is_some(),
                 ..TopicState::default()
             }),
+            promise,
+            broken: AtomicBool::new(broken),
+            mismatches: self
+                .metrics
+                .key_partition_mismatches
+                .with_label_values(&[topic]),
             records: self.metrics.records_consumed.with_label_values(&[topic]),
             cutoffs: self.metrics.slow_stream_cutoffs.with_label_values(&[topic]),
             oversize: self.metrics.records_oversize.with_label_values(&[topic]),
@@ -576,13 +643,43 @@ impl Hub {
         }
     }
 
-    /// The event with an id naming only partition `p`, for scoped key streams of `key`; `None`
-    /// when there are none. A key found off its murmur2 partition ends scoping for the topic:
-    /// its key streams carry full ids from then on.
-    fn scoped_event(
+    /// True when `key` on partition `p` of a topic with `partitions` partitions breaks the
+    /// topic's promise. Empty keys are placed at random by every partitioner: never checked.
+    fn off_promise(hub: &TopicHub, key: &[u8], p: usize, partitions: usize) -> bool {
+        hub.promise.is_some_and(|promise| {
+            !key.is_empty()
+                && !hub.broken.load(Ordering::Relaxed)
+                && promise.partition(key, partitions) != p
+        })
+    }
+
+    /// A record was found off the partition the promised partitioner gives its key: counted,
+    /// logged once per topic, and the topic's key streams carry full ids for good.
+    fn promise_broken(
         &self,
         hub: &TopicHub,
         state: &mut TopicState,
+        partition: usize,
+        seen_by: &str,
+    ) {
+        if hub.broken.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        hub.mismatches.inc();
+        let promise = hub.promise.map_or("", KeyPartitioner::name);
+        warn!(topic = %hub.name, partition, seen_by, promise, "a record's key is not on the partition KSG_KEY_PARTITIONER promises: this topic's key streams read every partition and carry full ids from now on (short-id streams end and resume with nothing lost)");
+        self.broken_promises
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(hub.name.clone());
+        state.end_short_streams(hub.fingerprint);
+    }
+
+    /// The event with an id naming only partition `p`, for short-id key streams of `key`;
+    /// `None` when there are none.
+    fn scoped_event(
+        state: &TopicState,
+        hub: &TopicHub,
         key: &[u8],
         p: usize,
         offset: i64,
@@ -593,15 +690,6 @@ impl Hub {
         }
         let set = state.by_key.get(key)?;
         if !set.values().any(|sub| sub.scope.is_some()) {
-            return None;
-        }
-        if partition_for(key, state.positions.len()) != p {
-            self.metrics
-                .key_partition_mismatches
-                .with_label_values(&[&hub.name])
-                .inc();
-            warn!(topic = %hub.name, partition = p, "a key is not on its murmur2 partition: key streams of this topic now carry full ids (set KSG_KEY_PARTITIONER=unknown if producers place keys otherwise)");
-            state.end_key_scoping();
             return None;
         }
         let id = position::encode_sparse(hub.fingerprint, &[(p as i32, offset + 1)]);
@@ -637,6 +725,11 @@ impl Hub {
             return;
         }
         state.positions[p] = offset + 1;
+        if let Some(k) = key.filter(|_| state.key_scoping) {
+            if Self::off_promise(&hub, k, p, state.positions.len()) {
+                self.promise_broken(&hub, state, p, "live");
+            }
+        }
         let keyed = key.is_some_and(|k| state.by_key.contains_key(k));
         if state.all.is_empty() && !keyed && state.ring.is_none() {
             return;
@@ -644,7 +737,7 @@ impl Hub {
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(&hub, &id, p, offset, key, value);
         // Key streams whose ids name only their key's partition share a second encoding.
-        let scoped = key.and_then(|k| self.scoped_event(&hub, state, k, p, offset, &event));
+        let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, offset, &event));
         let after = &state.positions;
         let mut gone = 0;
         let mut offer = |streams: &mut HashMap<u64, Sub>| {

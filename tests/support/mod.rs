@@ -103,17 +103,39 @@ impl Cluster {
         .unwrap();
     }
 
-    /// A producer that partitions keys like the Java client (murmur2).
+    /// A producer as users run one: librdkafka's defaults, so keys are placed by its default
+    /// partitioner, `consistent_random` (CRC-32 of the key), not by the Java client's murmur2.
+    /// One setting differs, and why: idempotence, because the tests count every record exactly
+    /// and a producer retry without it (the broker-outage tests cause some) may write a record
+    /// twice, which would read as a duplicate sent by the gateway.
     pub fn producer(&self) -> Producer_ {
-        let producer: BaseProducer = ClientConfig::new()
+        self.producer_with(&[])
+    }
+
+    /// A producer with librdkafka's defaults (see [`Cluster::producer`]) and `settings` on top,
+    /// e.g. `("partitioner", "murmur2_random")` for the Java client's placement.
+    pub fn producer_with(&self, settings: &[(&str, &str)]) -> Producer_ {
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", self.bootstrap())
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .create()
-            .expect("producer");
+            .set("enable.idempotence", "true");
+        for (k, v) in settings {
+            config.set(*k, *v);
+        }
+        let producer: BaseProducer = config.create().expect("producer");
         Producer_(Arc::new(producer))
     }
+}
+
+/// The real broker of `KSG_TEST_KAFKA`, for tests marked `#[ignore = "needs a real broker"]`;
+/// run without one (`cargo test -- --include-ignored`), such a test fails rather than pass.
+pub fn real_cluster() -> Cluster {
+    let cluster = Cluster::new();
+    assert!(
+        cluster.is_real(),
+        "this test needs a real broker: set KSG_TEST_KAFKA=host:port (scripts/test.sh does)"
+    );
+    cluster
 }
 
 /// A producer with helpers that wait for delivery.
@@ -564,19 +586,119 @@ pub async fn body_text(reader: &mut SseReader) -> String {
     String::from_utf8(out).unwrap()
 }
 
-/// Reads the admin `/metrics` text.
+/// Reads `/metrics` from the admin listener over HTTP, as Prometheus scrapes it.
 pub async fn metrics(handle: &Handle) -> String {
-    handle.metrics.render()
+    let (status, body) = admin_get(handle, "/metrics").await;
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    body
 }
 
-/// The value of one metric series in Prometheus text (0 when absent).
+/// `GET path` on the admin listener (HTTP/1.1, `Connection: close`): status and body.
+pub async fn admin_get(handle: &Handle, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(handle.admin_addr)
+        .await
+        .expect("admin listener");
+    let request = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    let raw = http1_exchange(&mut tcp, &request, b"\0never\0").await;
+    let text = String::from_utf8(raw).expect("admin responses are UTF-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+/// The value of one metric series in Prometheus text. A missing series fails the test: a
+/// renamed or unregistered metric must never read as 0.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
-        .map_or(0.0, |v| v.trim().parse().expect("a number"))
+        .map(|v| v.trim().parse().expect("a number"))
+        .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+}
+
+/// Where each record of `topic` is: value → (partition, offset), read back from Kafka by a
+/// plain consumer up to each partition's high watermark, so tests know the placement whatever
+/// partitioner the producer used.
+pub async fn placement(
+    cluster: &Cluster,
+    topic: &str,
+) -> std::collections::HashMap<String, (i32, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap())
+        .set("group.id", unique_topic("placement"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::message::Message;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .expect("metadata");
+        let partitions = md.topics()[0].partitions().len() as i32;
+        let mut list = rdkafka::TopicPartitionList::new();
+        let mut left = std::collections::HashMap::new();
+        for p in 0..partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(5))
+                .expect("watermarks");
+            if high > low {
+                list.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
+                    .unwrap();
+                left.insert(p, high);
+            }
+        }
+        consumer.assign(&list).expect("assign");
+        let mut out = std::collections::HashMap::new();
+        let deadline = std::time::Instant::now() + WAIT;
+        while !left.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reading {topic} back: {left:?} left"
+            );
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => {
+                    let value = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                    out.insert(value.into_owned(), (m.partition(), m.offset()));
+                    if left.get(&m.partition()).is_some_and(|h| m.offset() + 1 >= *h) {
+                        left.remove(&m.partition());
+                    }
+                }
+                Some(Err(e)) => panic!("reading back: {e}"),
+                None => {}
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
 }
 
 /// Sends a raw HTTP/1.1 request on any stream and reads until `until` appears in the response
