@@ -18,6 +18,16 @@ pub const REFUSED_REASONS: &[&str] = &[
 /// Why a connection was closed without being served (label `reason`).
 pub const CONNECTION_REJECT_REASONS: &[&str] = &["limit", "handshake_timeout", "tls_error"];
 
+/// Kafka error codes shown at zero before they first happen (others appear when they do; the
+/// label is librdkafka's error code name, a bounded set).
+pub const KAFKA_ERROR_CODES: &[&str] = &[
+    "AllBrokersDown",
+    "BrokerTransportFailure",
+    "Authentication",
+    "UnknownTopicOrPartition",
+    "catch_up",
+];
+
 /// Every metric of one gateway, registered in its own [`Registry`].
 #[derive(Clone)]
 pub struct Metrics {
@@ -46,7 +56,8 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     /// Records over `KSG_MAX_EVENT_BYTES`, sent as `event: oversize`, by topic.
     pub records_oversize: IntCounterVec,
-    /// Keys found off their murmur2 partition (key streams of the topic then carry full ids).
+    /// Records found off the partition `KSG_KEY_PARTITIONER` promises, by topic (counted once per
+    /// topic: the topic's key streams then read every partition).
     pub key_partition_mismatches: IntCounterVec,
     /// Records without a key left out of snapshots, by topic.
     pub snapshot_keyless: IntCounterVec,
@@ -154,7 +165,7 @@ impl Metrics {
             ),
             key_partition_mismatches: counter_vec(
                 "ksg_key_partition_mismatches_total",
-                "Keys found off their murmur2 partition (key streams then carry full ids)",
+                "Records found off the partition KSG_KEY_PARTITIONER promises (the topic's key streams then read every partition)",
                 "topic",
             ),
             snapshot_keyless: counter_vec(
@@ -213,6 +224,9 @@ impl Metrics {
         }
         for reason in CONNECTION_REJECT_REASONS {
             m.connections_rejected.with_label_values(&[reason]);
+        }
+        for code in KAFKA_ERROR_CODES {
+            m.kafka_errors.with_label_values(&[code]);
         }
         for route in routes {
             m.streams_opened.with_label_values(&[route]);

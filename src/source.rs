@@ -57,6 +57,13 @@ impl ClientContext for Context {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // A catch-up reader reaching the end of a partition is where it wants to be.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF)
+        {
+            debug!("Kafka: end of partition: {reason}");
+            return;
+        }
         let code = error
             .rdkafka_error_code()
             .map_or("other".to_string(), |c| format!("{c:?}"));
@@ -230,6 +237,8 @@ impl Source {
                     message.key(),
                     message.payload(),
                 ),
+                // Reaching the end of a partition is not an error.
+                Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) => {
                     let code = e
                         .rdkafka_error_code()

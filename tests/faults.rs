@@ -1,6 +1,8 @@
 //! Kafka faults under open streams, injected into the in-process mock cluster: Kafka
 //! unreachable at start, a broker down for 30 s, transient fetch errors and a leader change;
-//! oversize records. These build their own mock cluster, so the real-broker pass skips them.
+//! oversize records. Tests named `mock_only_*` build their own mock cluster to inject faults: the
+//! real-broker pass of `scripts/test.sh` filters them out (`--skip mock_only_`), and the runner
+//! counts them as filtered out.
 
 mod support;
 
@@ -10,15 +12,9 @@ use kafka_sse_gateway::embedded::EmbeddedKafka;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::*;
 
-/// A mock cluster of `brokers` brokers, or `None` in the real-broker pass.
-fn mock(brokers: i32) -> Option<Cluster> {
-    if std::env::var("KSG_TEST_KAFKA").is_ok_and(|v| !v.is_empty()) {
-        eprintln!("skipped in the real-broker pass: faults are injected into the mock cluster");
-        return None;
-    }
-    Some(Cluster::Mock(
-        EmbeddedKafka::start(brokers).expect("mock cluster"),
-    ))
+/// A mock cluster of `brokers` brokers, to inject faults into.
+fn mock(brokers: i32) -> Cluster {
+    Cluster::Mock(EmbeddedKafka::start(brokers).expect("mock cluster"))
 }
 
 fn embedded(cluster: &Cluster) -> &EmbeddedKafka {
@@ -57,8 +53,8 @@ async fn readyz(gw: &kafka_sse_gateway::Handle) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_kafka_at_start_gives_503_and_not_ready_then_recovers() {
-    let Some(cluster) = mock(1) else { return };
+async fn mock_only_unreachable_kafka_at_start_gives_503_and_not_ready_then_recovers() {
+    let cluster = mock(1);
     let topic = unique_topic("unreachable");
     cluster.create_topic(&topic, 1).await;
     down(&cluster, 1);
@@ -104,8 +100,8 @@ async fn unreachable_kafka_at_start_gives_503_and_not_ready_then_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_for_30_seconds_streams_stay_open_then_continue_without_loss() {
-    let Some(cluster) = mock(1) else { return };
+async fn mock_only_broker_down_for_30_seconds_streams_stay_open_then_continue_without_loss() {
+    let cluster = mock(1);
     let topic = unique_topic("brokerdown");
     cluster.create_topic(&topic, 3).await;
     let gw = gateway(&cluster, &[("KSG_HEARTBEAT_SECS", "2")]).await;
@@ -138,8 +134,8 @@ async fn broker_down_for_30_seconds_streams_stay_open_then_continue_without_loss
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fetch_errors_and_a_leader_change_recover_without_loss() {
-    let Some(cluster) = mock(3) else { return };
+async fn mock_only_fetch_errors_and_a_leader_change_recover_without_loss() {
+    let cluster = mock(3);
     let topic = unique_topic("leader");
     cluster.create_topic(&topic, 3).await;
     let gw = gateway(&cluster, &[]).await;

@@ -1,6 +1,6 @@
 //! Topics changing under open streams: partitions added, topic deleted and recreated.
 //! The mock cluster can do neither, so these run against a real broker (`KSG_TEST_KAFKA`),
-//! which the project's test command always starts.
+//! which the project's test command always starts; plain `cargo test` lists them as ignored.
 
 mod support;
 
@@ -31,14 +31,9 @@ async fn wait_metric(gw: &kafka_sse_gateway::Handle, series: &str, value: f64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real broker (the mock cluster cannot add partitions)"]
 async fn partitions_added_are_streamed_and_old_ids_start_them_from_earliest() {
-    let cluster = Cluster::new();
-    if !cluster.is_real() {
-        eprintln!(
-            "skipped on the mock cluster (it cannot add partitions); runs against a real broker"
-        );
-        return;
-    }
+    let cluster = real_cluster();
     let topic = unique_topic("grow");
     cluster.create_topic(&topic, 2).await;
     let gw = gateway(&cluster, &[("KSG_METADATA_REFRESH_SECS", "1")]).await;
@@ -84,14 +79,9 @@ async fn partitions_added_are_streamed_and_old_ids_start_them_from_earliest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real broker (the mock cluster cannot delete topics)"]
 async fn deleted_topic_ends_streams_with_an_event_then_404_then_works_when_recreated() {
-    let cluster = Cluster::new();
-    if !cluster.is_real() {
-        eprintln!(
-            "skipped on the mock cluster (it cannot delete topics); runs against a real broker"
-        );
-        return;
-    }
+    let cluster = real_cluster();
     let topic = unique_topic("deleted");
     cluster.create_topic(&topic, 2).await;
     let gw = gateway(
@@ -165,12 +155,11 @@ async fn deleted_topic_ends_streams_with_an_event_then_404_then_works_when_recre
 /// broker's SASL listener (`KSG_TEST_KAFKA_SASL`, which the project's test command sets for its
 /// local broker); with a wrong password it never becomes ready and streams get 503.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real broker with a SASL/PLAIN listener (KSG_TEST_KAFKA_SASL)"]
 async fn kafka_properties_pass_through_sasl_plain() {
-    let cluster = Cluster::new();
-    let Ok(sasl) = std::env::var("KSG_TEST_KAFKA_SASL") else {
-        eprintln!("skipped: needs a broker with a SASL/PLAIN listener (KSG_TEST_KAFKA_SASL)");
-        return;
-    };
+    let cluster = real_cluster();
+    let sasl = std::env::var("KSG_TEST_KAFKA_SASL")
+        .expect("KSG_TEST_KAFKA_SASL names the broker's SASL/PLAIN listener");
     let topic = unique_topic("sasl");
     cluster.create_topic(&topic, 1).await;
     let vars = |password: &'static str| {
@@ -232,11 +221,9 @@ async fn own_broker(command: &'static str, data: std::path::PathBuf) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a real broker (it stops and restarts one of its own)"]
 async fn real_broker_stopped_for_30_seconds_then_restarted_streams_continue_without_loss() {
-    if !Cluster::new().is_real() {
-        eprintln!("skipped on the mock cluster: this stops and restarts a real broker of its own");
-        return;
-    }
+    real_cluster();
     let data = std::env::temp_dir().join(format!("ksg-outage-{}", std::process::id()));
     own_broker("start", data.clone()).await;
     let cluster = Cluster::Real("127.0.0.1:19192".into());
