@@ -92,6 +92,24 @@ fn check_exact(
     assert_eq!(got, expected, "key {key}: every record once");
 }
 
+/// The seqs below `end` of `key` whose records lie at or after the position `id` names.
+fn not_covered(
+    id: &str,
+    key: &str,
+    end: u64,
+    at: &HashMap<String, (i32, i64)>,
+    topic: &str,
+) -> Vec<u64> {
+    let from = position::decode(id, topic).unwrap();
+    let rest: Vec<u64> = (0..end)
+        .filter(|s| {
+            let (p, offset) = at[&format!("{key}:{s}")];
+            offset >= from.offset(p).unwrap()
+        })
+        .collect();
+    rest
+}
+
 /// Reads events until `n` arrived; more would be a duplicate, so the next block must not be one.
 async fn exactly(sse: &mut SseReader, n: usize) -> Vec<Block> {
     sse.events(n).await
@@ -150,8 +168,10 @@ async fn exact_case(placement: Placement) {
     produce_round(&p, &topic, placement, PER_KEY..2 * PER_KEY);
     p.flush().await;
     let at = placement_of(&cluster, &topic).await;
+    let mut live_ids = Vec::new();
     for (key, sse) in KEYS.iter().zip(&mut live) {
         let events = exactly(sse, PER_KEY as usize).await;
+        live_ids.push(events[4].id.clone().unwrap());
         check_exact(
             &events,
             key,
@@ -192,6 +212,27 @@ async fn exact_case(placement: Placement) {
         "nothing after the live marker"
     );
     drop(live);
+
+    // Resume with the id of the fifth live event: on the same replica (from its memory), and
+    // on another replica with its own interleaving: exactly what the id does not cover.
+    let other = gateway(&cluster, &[]).await;
+    for replica in [&gw, &other] {
+        let h2 = h2_connect(replica).await;
+        for (key, id) in KEYS.iter().zip(&live_ids) {
+            let rest = not_covered(id, key, 2 * PER_KEY, &at, &topic);
+            assert_eq!(rest.len() as u64, PER_KEY - 5);
+            let (_, mut sse) = get(&h2, &format!("/{topic}/{key}"), &[("last-event-id", id)]).await;
+            let events = exactly(&mut sse, rest.len()).await;
+            check_exact(&events, key, rest, &at, &topic, PARTITIONS as usize);
+        }
+    }
+    other.shutdown().await;
+    let memory = metric(&metrics(&gw).await, "ksg_resumes_total{source=\"memory\"}");
+    assert_eq!(
+        memory,
+        KEYS.len() as f64,
+        "the same replica resumed from memory"
+    );
     gw.shutdown().await;
 
     // A restart, with records produced while no gateway runs: each client resumes with the id
@@ -205,13 +246,7 @@ async fn exact_case(placement: Placement) {
     for (key, id) in KEYS.iter().zip(&resume_ids) {
         let (head, mut sse) = get(&h2, &format!("/{topic}/{key}"), &[("last-event-id", id)]).await;
         assert_eq!(head.status, 200);
-        let from = position::decode(id, &topic).unwrap();
-        let rest: Vec<u64> = (0..3 * PER_KEY)
-            .filter(|s| {
-                let (p, offset) = at[&format!("{key}:{s}")];
-                offset >= from.offset(p).unwrap()
-            })
-            .collect();
+        let rest = not_covered(id, key, 3 * PER_KEY, &at, &topic);
         assert_eq!(rest.len() as u64, 3 * PER_KEY - 5);
         let events = exactly(&mut sse, rest.len()).await;
         check_exact(&events, key, rest, &at, &topic, PARTITIONS as usize);

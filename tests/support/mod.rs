@@ -687,7 +687,10 @@ pub async fn placement(
                 Some(Ok(m)) => {
                     let value = String::from_utf8_lossy(m.payload().unwrap_or_default());
                     out.insert(value.into_owned(), (m.partition(), m.offset()));
-                    if left.get(&m.partition()).is_some_and(|h| m.offset() + 1 >= *h) {
+                    if left
+                        .get(&m.partition())
+                        .is_some_and(|h| m.offset() + 1 >= *h)
+                    {
                         left.remove(&m.partition());
                     }
                 }
