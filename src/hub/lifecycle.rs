@@ -27,6 +27,11 @@ impl Hub {
                 let mut state = topic.lock();
                 state.positions = offsets.clone();
                 state.ring = (replay_bytes > 0).then(|| Ring::new(replay_bytes, offsets.clone()));
+                // Idle from the start: if the request that attached it is gone before its
+                // stream registers, the topic is released like any idle one.
+                if state.streams == 0 {
+                    state.idle_since = Some(std::time::Instant::now());
+                }
             }
             source.assign(&topic.name, 0, &offsets)
         })

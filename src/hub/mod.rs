@@ -359,7 +359,7 @@ impl Hub {
                 .entry(topic.to_string())
                 .or_insert_with(|| Arc::new(self.new_topic(topic)))
                 .clone();
-            if let Err(e) = hub.attached.get_or_try_init(|| self.attach(&hub)).await {
+            if let Err(e) = self.attached(&hub).await {
                 self.topics.remove_if(topic, |_, v| Arc::ptr_eq(v, &hub));
                 return Err(e);
             }
@@ -469,6 +469,26 @@ impl Hub {
                 _registration: registration,
             });
         }
+    }
+
+    /// Waits until the topic is attached. The attach runs in a task of its own, so it completes
+    /// (or fails and leaves nothing assigned) even when the request that started it is gone;
+    /// concurrent first requests share one attach.
+    async fn attached(self: &Arc<Self>, hub: &Arc<TopicHub>) -> Result<(), SubscribeError> {
+        if hub.attached.get().is_some() {
+            return Ok(());
+        }
+        let (this, topic) = (self.clone(), hub.clone());
+        let attach = tokio::spawn(async move {
+            topic
+                .attached
+                .get_or_try_init(|| this.attach(&topic))
+                .await
+                .map(|_| ())
+        });
+        attach
+            .await
+            .map_err(|e| SubscribeError::Unavailable(format!("attach task failed: {e}")))?
     }
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
