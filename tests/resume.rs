@@ -563,3 +563,54 @@ async fn snapshot_over_its_budget_is_sent_early_and_still_ends_right() {
     assert_eq!(metric(&text, "ksg_snapshot_entries"), 0.0);
     gw.shutdown().await;
 }
+
+/// A resume id ahead of the log (another cluster's, or a recreated topic's) is a 400 with a
+/// reason, never a silent empty stream; an id exactly at the end is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_ids_ahead_of_the_log_are_400() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("ahead");
+    cluster.create_topic(&topic, 3).await;
+    let p = cluster.producer();
+    for n in 0..6 {
+        p.send(&topic, Some(n % 3), None, Some(b"v"));
+    }
+    p.flush().await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let fp = position::fingerprint(&topic);
+    for (id, reason) in [
+        (
+            position::encode_dense(fp, &[2, 2, 3]),
+            "resume id is ahead of the log: partition 2 ends at offset 2, the id says 3",
+        ),
+        (
+            position::encode_dense(fp, &[1_000_000, 0, 0]),
+            "resume id is ahead of the log: partition 0 ends at offset 2, the id says 1000000",
+        ),
+        (
+            position::encode_sparse(fp, &[(7, 0)]),
+            "resume id names partition 7, but the topic has 3 partitions",
+        ),
+    ] {
+        for path in [format!("/{topic}"), format!("/{topic}/k")] {
+            let (head, mut body) = get(&h2, &path, &[("last-event-id", &id)]).await;
+            assert_eq!(head.status, 400, "{path}");
+            let text = body_text(&mut body).await;
+            assert!(text.starts_with(reason), "{text}");
+        }
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"bad_resume_id\"}"),
+        6.0
+    );
+    // At the end of the log: a stream that gets the next record.
+    let at_end = position::encode_dense(fp, &[2, 2, 2]);
+    let (head, mut sse) = get(&h2, &format!("/{topic}"), &[("last-event-id", &at_end)]).await;
+    assert_eq!(head.status, 200);
+    p.send(&topic, Some(1), None, Some(b"next"));
+    p.flush().await;
+    assert_eq!(sse.next_event().await.unwrap().text(), "next");
+    gw.shutdown().await;
+}

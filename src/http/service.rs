@@ -96,6 +96,9 @@ impl App {
             Err(e @ SubscribeError::UnknownTopic(_)) => {
                 return self.refuse(StatusCode::NOT_FOUND, "not_found", &e.to_string())
             }
+            Err(e @ SubscribeError::AheadOfLog(_)) => {
+                return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string())
+            }
             Err(e @ SubscribeError::Unavailable(_)) => {
                 return self.refuse(
                     StatusCode::SERVICE_UNAVAILABLE,

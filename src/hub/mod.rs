@@ -74,6 +74,10 @@ pub enum SubscribeError {
     /// The gateway is shutting down (503).
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    /// The resume id names a position this topic's log has not reached (400): an id from
+    /// another cluster, or from a topic deleted and recreated under the same name.
+    #[error("{0}")]
+    AheadOfLog(String),
 }
 
 impl From<SourceError> for SubscribeError {
@@ -363,6 +367,9 @@ impl Hub {
                 self.topics.remove_if(topic, |_, v| Arc::ptr_eq(v, &hub));
                 return Err(e);
             }
+            if let Start::Token(token) = &start {
+                self.check_not_ahead(&hub, token).await?;
+            }
             let (partitions, scoping) = {
                 let state = hub.lock();
                 (state.positions.len(), state.key_scoping)
@@ -489,6 +496,51 @@ impl Hub {
         attach
             .await
             .map_err(|e| SubscribeError::Unavailable(format!("attach task failed: {e}")))?
+    }
+
+    /// Refuses a resume id ahead of the log: a partition the topic does not have, or an offset
+    /// past a partition's end. Only ids ahead of what this replica has dispatched ask Kafka
+    /// (another replica may be ahead of this one, but never ahead of the log).
+    async fn check_not_ahead(
+        &self,
+        hub: &TopicHub,
+        token: &Position,
+    ) -> Result<(), SubscribeError> {
+        let beyond = {
+            let state = hub.lock();
+            let live = &state.positions;
+            token
+                .entries
+                .iter()
+                .any(|&(p, o)| live.get(p as usize).is_none_or(|&next| o > next))
+        };
+        if !beyond {
+            return Ok(());
+        }
+        let (source, name) = (self.source.clone(), hub.name.clone());
+        let ends = tokio::task::spawn_blocking(move || {
+            let count = source.partition_count(&name)?;
+            source.end_offsets(&name, count)
+        })
+        .await
+        .map_err(|e| SubscribeError::Unavailable(format!("offset lookup failed: {e}")))??;
+        for &(p, offset) in &token.entries {
+            match ends.get(p as usize) {
+                None => {
+                    return Err(SubscribeError::AheadOfLog(format!(
+                        "resume id names partition {p}, but the topic has {} partitions",
+                        ends.len()
+                    )))
+                }
+                Some(&end) if offset > end => {
+                    return Err(SubscribeError::AheadOfLog(format!(
+                        "resume id is ahead of the log: partition {p} ends at offset {end}, the id says {offset} (an id from another cluster, or from a topic recreated under the same name?)"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
