@@ -77,6 +77,9 @@ pub struct Metrics {
     pub gap_offsets_skipped: IntCounterVec,
     /// Resumes that joined a catch-up reader another resume of the same topic had.
     pub catchup_shared: IntCounter,
+    /// Catch-ups handed over to live, by how: `live` (the reader reached the live position) or
+    /// `ring` (the replay ring held the rest).
+    pub catchup_handovers: IntCounterVec,
     /// Catch-up readers reading now.
     pub catchup_readers_active: IntGauge,
     /// Catch-up reader consumers in existence (reading or idle in the pool).
@@ -199,6 +202,11 @@ impl Metrics {
                 "Offsets skipped by gap events (gone from Kafka)",
                 "topic",
             ),
+            catchup_handovers: counter_vec(
+                "ksg_catchup_handovers_total",
+                "Catch-ups handed over to live, by how (live position reached, or the rest from the replay ring)",
+                "via",
+            ),
             catchup_shared: counter(
                 "ksg_catchup_shared_total",
                 "Resumes served by a catch-up reader shared with another resume",
@@ -224,6 +232,9 @@ impl Metrics {
         }
         for reason in CONNECTION_REJECT_REASONS {
             m.connections_rejected.with_label_values(&[reason]);
+        }
+        for via in ["live", "ring"] {
+            m.catchup_handovers.with_label_values(&[via]);
         }
         for code in KAFKA_ERROR_CODES {
             m.kafka_errors.with_label_values(&[code]);

@@ -113,3 +113,42 @@ async fn streams_end_at_their_lifetime_and_resume_without_loss() {
     assert!(metric(&text, "ksg_resumes_total{source=\"memory\"}") >= 2.0);
     gw.shutdown().await;
 }
+
+/// A newcomer's first snapshots on a fresh demo gateway (default tick rate): each reaches
+/// `event: live` (the catch-up reader hands over through the replay ring instead of chasing
+/// the moving end of every partition at once), with each symbol at most once before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_snapshots_reach_live() {
+    let gw = demo(&[("KSG_DEMO_TICKS_PER_SEC", "2")]).await;
+    let h2 = h2_connect(&gw).await;
+    for round in 0..4 {
+        let started = std::time::Instant::now();
+        let (head, mut sse) = get(&h2, "/stock-prices?from=snapshot", &[]).await;
+        assert_eq!(head.status, 200);
+        let mut symbols = std::collections::HashSet::new();
+        loop {
+            let event = sse.next_event().await.expect("the snapshot reaches live");
+            if event.event.as_deref() == Some("live") {
+                break;
+            }
+            assert!(event.id.is_none(), "snapshot entries carry no id");
+            let symbol = event
+                .text()
+                .split('"')
+                .nth(3)
+                .unwrap_or_default()
+                .to_string();
+            assert!(symbols.insert(symbol), "a symbol twice: {}", event.text());
+        }
+        eprintln!(
+            "snapshot {round}: {} symbols, live after {:?}",
+            symbols.len(),
+            started.elapsed()
+        );
+        assert!(
+            sse.next_event().await.unwrap().id.is_some(),
+            "then live ticks"
+        );
+    }
+    gw.shutdown().await;
+}

@@ -331,6 +331,8 @@ impl Hub {
         }
         consumer.assign(&assignment)?;
         let mut at_end = vec![false; read_at.len()];
+        // Partitions whose end the reader has reached at least once.
+        let mut reached_end = vec![false; read_at.len()];
         // Every keyed record read is checked against the partitioner promise, while it holds.
         let mut check_promise = topic.promise.is_some();
         let seen_by = if members.iter().any(|m| m.latest.is_some()) {
@@ -340,12 +342,21 @@ impl Hub {
         };
         let mut since_check = 0;
         let mut waited = false;
+        let mut eof_since_check = false;
         while !members.is_empty() {
-            let check = since_check >= CHECK_EVERY || at_end.iter().all(|e| *e);
-            members.retain_mut(|m| self.advance(m, check, waited));
+            // Hand-over checks (each takes the topic lock): every CHECK_EVERY records, and
+            // whenever the reader reached the end of a partition or found nothing to read: the
+            // ring may already hold the rest, so the reader need not catch every moving end.
+            let check = since_check >= CHECK_EVERY
+                || at_end.iter().all(|e| *e)
+                || std::mem::take(&mut eof_since_check)
+                || waited;
+            let near_live = reached_end.iter().all(|e| *e);
+            members.retain_mut(|m| self.advance(m, check, waited, near_live));
             if check {
                 since_check = 0;
                 self.follow_growth(consumer, &topic, &mut read_at, &mut at_end, &mut members)?;
+                reached_end.resize(read_at.len(), false);
             }
             let wait = if members.iter().all(|m| m.batch.is_empty()) {
                 POLL_TIMEOUT
@@ -408,6 +419,8 @@ impl Hub {
                         continue;
                     };
                     at_end[p] = true;
+                    reached_end[p] = true;
+                    eof_since_check = true;
                     // The fetch position also steps over transaction markers, which no record shows.
                     let position = consumer.position().ok().and_then(|list| {
                         list.find_partition(&topic.name, partition)
@@ -431,7 +444,9 @@ impl Hub {
 
     /// Sends what a member has read when due, and hands it over to live when it has caught up.
     /// False: the member is done (live now, gone, or cut off).
-    fn advance(&self, m: &mut Member, check: bool, waited: bool) -> bool {
+    /// `near_live`: the reader has reached the end of every partition at least once, so what
+    /// lies between it and live is recent.
+    fn advance(&self, m: &mut Member, check: bool, waited: bool, near_live: bool) -> bool {
         let topic = &*m.job.topic;
         if (check || waited || m.batch.len() >= BATCH_BYTES)
             && !flush(&m.job.tx, &mut m.batch, topic)
@@ -468,8 +483,10 @@ impl Hub {
         }
         let (at, scope) = (&m.at, m.job.scope);
         let handed = match m.latest.as_mut() {
-            None => self.hand_over(&m.job, at, || None),
-            Some(l) => self.hand_over(&m.job, at, || {
+            // A resume may take the rest from the ring at once; a snapshot only once the reader
+            // is near live, or its clients would get the ring's whole history as updates.
+            None => self.hand_over(&m.job, at, true, || None),
+            Some(l) => self.hand_over(&m.job, at, near_live, || {
                 let mut prefix = l.drain();
                 let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
                 let id = id_for(topic.fingerprint, scope, at);

@@ -299,6 +299,40 @@ fn id_for(fingerprint: u32, scope: Option<usize>, position: &[i64]) -> String {
     }
 }
 
+/// Appends to `batch` the ring's events after `from` for a stream with key filter `key` and
+/// scope `scope`; returns the stream's floor after them (`None` once its ids are shared).
+fn replay(
+    fingerprint: u32,
+    ring: Option<&Ring>,
+    key: Option<&[u8]>,
+    scope: Option<usize>,
+    from: Vec<i64>,
+    batch: &mut BytesMut,
+) -> Option<Vec<i64>> {
+    let mut floor = Some(from);
+    for (entry, after) in ring.into_iter().flat_map(Ring::iter_with_positions) {
+        if key.is_some() && entry.key.as_deref() != key {
+            continue;
+        }
+        let shared = match scope {
+            None => entry.event.clone(),
+            Some(_) => sse::with_id(&entry.event, &id_for(fingerprint, scope, &after)),
+        };
+        if let Some(bytes) = for_stream(
+            &mut floor,
+            scope,
+            entry.partition,
+            entry.offset,
+            &after,
+            &shared,
+            fingerprint,
+        ) {
+            batch.extend_from_slice(&bytes);
+        }
+    }
+    floor
+}
+
 /// True when `a` is at or after `b` on every partition.
 fn covers(a: &[i64], b: &[i64]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x >= y)
@@ -592,30 +626,15 @@ impl Hub {
         }
         self.metrics.resumes.with_label_values(&["memory"]).inc();
         let start_id = id_for(hub.fingerprint, scope, &from);
-        let mut floor = Some(from);
         let mut batch = BytesMut::new();
-        if let Some(ring) = &state.ring {
-            for (entry, after) in ring.iter_with_positions() {
-                if key.is_some() && entry.key.as_deref() != key {
-                    continue;
-                }
-                let shared = match scope {
-                    None => entry.event.clone(),
-                    Some(_) => sse::with_id(&entry.event, &id_for(hub.fingerprint, scope, &after)),
-                };
-                if let Some(bytes) = for_stream(
-                    &mut floor,
-                    scope,
-                    entry.partition,
-                    entry.offset,
-                    &after,
-                    &shared,
-                    hub.fingerprint,
-                ) {
-                    batch.extend_from_slice(&bytes);
-                }
-            }
-        }
+        let floor = replay(
+            hub.fingerprint,
+            state.ring.as_ref(),
+            key,
+            scope,
+            from,
+            &mut batch,
+        );
         if !batch.is_empty() {
             // The queue is new and empty: one slot takes the whole replay.
             let _ = tx.try_send(batch.freeze());
@@ -630,6 +649,7 @@ impl Hub {
         &self,
         job: &catchup::Job,
         position: &[i64],
+        ring_ok: bool,
         prefix: impl FnOnce() -> Option<Bytes>,
     ) -> HandOver {
         let (id, tx) = (job.id, &job.tx);
@@ -637,26 +657,56 @@ impl Hub {
         if !state.pending.contains(&id) {
             return HandOver::Gone;
         }
-        if !covers(position, &state.positions) {
+        // Caught up with live, or close enough that the replay ring holds the rest: the reader
+        // need not catch a moving end on every partition at the same instant.
+        let from_ring = !covers(position, &state.positions);
+        if from_ring && !(ring_ok && state.ring.as_ref().is_some_and(|r| r.covers(position))) {
             return HandOver::NotYet;
-        }
-        // The caller made room for a prefix; if the client took it back, the stream ends here
-        // (cut off like any stream that falls behind) rather than hold the reader.
-        if let Some(prefix) = prefix() {
-            if tx.try_send(prefix).is_err() {
-                return HandOver::Gone;
-            }
         }
         // A broken promise ends short-id streams (the reader sent the "every partition" id).
         if job.scope.is_some() && job.topic.broken.load(Ordering::Acquire) {
             return HandOver::Gone;
         }
-        state.pending.remove(&id);
         // Scoping may have ended while this stream caught up (partitions added).
         let scope = job.scope.filter(|_| state.key_scoping);
+        let mut replayed = BytesMut::new();
+        let floor = if from_ring {
+            let ring = state.ring.as_ref();
+            let key = job.key.as_deref();
+            replay(
+                job.topic.fingerprint,
+                ring,
+                key,
+                scope,
+                position.to_vec(),
+                &mut replayed,
+            )
+        } else {
+            Some(position.to_vec())
+        };
+        // The replay needs a slot in the stream's queue: try again at the next check.
+        if !replayed.is_empty() && tx.capacity() == 0 {
+            return HandOver::NotYet;
+        }
+        let mut batch = BytesMut::new();
+        if let Some(prefix) = prefix() {
+            batch.extend_from_slice(&prefix);
+        }
+        batch.extend_from_slice(&replayed);
+        // The caller made room for one chunk; if the client took it back, the stream ends here
+        // (cut off like any stream that falls behind) rather than hold the reader.
+        if !batch.is_empty() && tx.try_send(batch.freeze()).is_err() {
+            return HandOver::Gone;
+        }
+        state.pending.remove(&id);
+        let via = if from_ring { "ring" } else { "live" };
+        self.metrics
+            .catchup_handovers
+            .with_label_values(&[via])
+            .inc();
         let sub = Sub {
             tx: tx.clone(),
-            floor: Some(position.to_vec()),
+            floor,
             scope,
         };
         state.register(id, job.key.as_deref(), sub);
