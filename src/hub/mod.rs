@@ -41,6 +41,9 @@ use crate::source::{Source, SourceError};
 use crate::sse;
 use replay::{Entry, Ring};
 
+/// At most one slow-stream cut-off summary per topic this often.
+const CUTOFF_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Placeholder in a start vector: the partition starts at its earliest available offset.
 pub const EARLIEST: i64 = -1;
 /// Placeholder in a start vector: the partition starts at the live position (a key stream's
@@ -164,6 +167,9 @@ struct TopicState {
     pending: HashSet<u64>,
     streams: usize,
     idle_since: Option<Instant>,
+    /// Slow-stream cut-offs not yet logged, and when the last summary was logged.
+    cutoffs_unlogged: u64,
+    cutoffs_logged_at: Option<Instant>,
 }
 
 /// An open subscription: the stream's queue and its start position. Dropping it unregisters.
@@ -263,6 +269,20 @@ impl TopicState {
         self.pending.clear();
         for _ in 0..count {
             self.stream_gone();
+        }
+    }
+
+    /// Counts `cut` slow-stream cut-offs toward a summary logged at most every
+    /// [`CUTOFF_LOG_EVERY`] per topic, so a crowd of stalled clients cannot flood the log.
+    fn log_cutoffs(&mut self, topic: &str, cut: u64) {
+        self.cutoffs_unlogged += cut;
+        let due = self
+            .cutoffs_logged_at
+            .is_none_or(|at| at.elapsed() >= CUTOFF_LOG_EVERY);
+        if due {
+            let streams = std::mem::take(&mut self.cutoffs_unlogged);
+            warn!(topic, streams, "streams cut off: their clients fell behind (queue full); they resume from their last id (ksg_slow_stream_cutoffs_total; summarized every 10 s)");
+            self.cutoffs_logged_at = Some(Instant::now());
         }
     }
 
@@ -862,6 +882,7 @@ impl Hub {
         let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, offset, &event));
         let after = &state.positions;
         let mut gone = 0;
+        let mut cut = 0;
         let mut offer = |streams: &mut HashMap<u64, Sub>| {
             streams.retain(|_, sub| {
                 let shared = match (&scoped, sub.scope) {
@@ -883,7 +904,8 @@ impl Hub {
                     Ok(()) => true,
                     Err(TrySendError::Full(_)) => {
                         hub.cutoffs.inc();
-                        warn!(topic, "stream cut off: its client fell behind (queue full)");
+                        debug!(topic, "stream cut off: its client fell behind (queue full)");
+                        cut += 1;
                         gone += 1;
                         false
                     }
@@ -905,6 +927,9 @@ impl Hub {
         }
         for _ in 0..gone {
             state.stream_gone();
+        }
+        if cut > 0 {
+            state.log_cutoffs(topic, cut);
         }
         if let Some(ring) = &mut state.ring {
             let entry = Entry {
