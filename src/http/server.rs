@@ -2,6 +2,7 @@
 //! deadline, HTTP/2 settings set explicitly, graceful shutdown (GOAWAY) on the shutdown signal.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,20 +32,6 @@ const MAX_LOCAL_RESETS: usize = 1024;
 /// HTTP/2 keep-alive ping interval and the deadline for its acknowledgement.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// True when the connection ended because its first bytes did not come in time.
-fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
-}
 
 /// The SSE listener's shared parts.
 pub struct Server {
@@ -171,7 +158,7 @@ impl Server {
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.handle(request).await) }
         });
-        let io = FirstBytes::new(io, self.handshake_timeout);
+        let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let result = tokio::select! {
@@ -181,13 +168,13 @@ impl Server {
                 connection.await
             }
         };
+        if opening_timed_out.load(Ordering::Relaxed) {
+            self.metrics
+                .connections_rejected
+                .with_label_values(&["handshake_timeout"])
+                .inc();
+        }
         if let Err(e) = result {
-            if timed_out(&*e) {
-                self.metrics
-                    .connections_rejected
-                    .with_label_values(&["handshake_timeout"])
-                    .inc();
-            }
             // A client hanging up is not an error worth more than debug.
             debug!("connection ended: {e}");
         }
