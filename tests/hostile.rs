@@ -12,8 +12,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 async fn read_to_close<T: AsyncRead + Unpin>(io: &mut T) -> Vec<u8> {
     let mut out = Vec::new();
     let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match tokio::time::timeout(WAIT, io.read(&mut chunk)).await {
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return out,
             Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
             Err(_) => panic!(
@@ -24,16 +25,22 @@ async fn read_to_close<T: AsyncRead + Unpin>(io: &mut T) -> Vec<u8> {
     }
 }
 
-/// Sends `bytes` and expects the connection to be closed without an answer.
+/// Sends `bytes` and expects the connection to be closed without a response (an HTTP/2
+/// server may send its own SETTINGS first, and a GOAWAY, but nothing else).
 async fn partial_then_closed<T: AsyncRead + AsyncWrite + Unpin>(mut io: T, bytes: &[u8]) {
     io.write_all(bytes).await.unwrap();
     io.flush().await.unwrap();
     let answer = read_to_close(&mut io).await;
-    assert!(
-        answer.is_empty(),
-        "closed without an answer: {:?}",
-        String::from_utf8_lossy(&answer)
-    );
+    let mut rest = &answer[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        assert!(
+            matches!(rest[3], 4 | 7),
+            "only SETTINGS or GOAWAY: {answer:?}"
+        );
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(rest.is_empty(), "closed without a response: {answer:?}");
 }
 
 // Issue 9, defect 3: one byte of the HTTP/2 preface used to end the first-bytes deadline.
@@ -66,4 +73,32 @@ async fn a_partial_preface_is_closed_at_the_handshake_timeout_and_counted() {
         assert_eq!(timeouts, 1.0, "TLS {tls}, {partial:?}");
         gw.shutdown().await;
     }
+}
+
+// Issue 9, defect 8 (h2spec 3.5/2): once ALPN chose `h2`, the connection speaks HTTP/2 only;
+// an HTTP/1.1 request on it is a bad preface, not a request to serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alpn_h2_connections_do_not_serve_http1() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("alpn");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[]).await;
+    let mut tls = tls_connect(&gw, b"h2").await;
+    let request = format!("GET /{topic} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let answer = read_to_close(&mut tls).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1"),
+        "an HTTP/1.1 answer on an h2 connection: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // ALPN http/1.1 still serves HTTP/1.1.
+    let mut tls = tls_connect(&gw, b"http/1.1").await;
+    let answer = http1_exchange(&mut tls, &request, b"\n\n").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    gw.shutdown().await;
 }

@@ -33,9 +33,23 @@ const MAX_LOCAL_RESETS: usize = 1024;
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What a connection may speak, from TLS ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// No ALPN (cleartext, or a TLS client that offered none): HTTP/1.1 or HTTP/2 with prior
+    /// knowledge, told apart by the preface.
+    Detect,
+    /// ALPN `h2`: HTTP/2 only; anything else is a bad preface (RFC 9113, 3.3).
+    Http2,
+    /// ALPN `http/1.1`: HTTP/1.1 only.
+    Http1,
+}
+
 /// The SSE listener's shared parts.
 pub struct Server {
     builder: auto::Builder<TokioExecutor>,
+    h2_only: auto::Builder<TokioExecutor>,
+    h1_only: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     metrics: Metrics,
@@ -69,6 +83,8 @@ impl Server {
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Server {
+            h2_only: builder.clone().http2_only(),
+            h1_only: builder.clone().http1_only(),
             builder,
             tls: tls.map(TlsAcceptor::from),
             app,
@@ -125,10 +141,17 @@ impl Server {
         let _ = tcp.set_nodelay(true);
         self.metrics.connections_open.inc();
         match &self.tls {
-            None => self.serve(tcp, shutdown).await,
+            None => self.serve(tcp, Protocol::Detect, shutdown).await,
             Some(acceptor) => {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => self.serve(tls, shutdown).await,
+                    Ok(Ok(tls)) => {
+                        let protocol = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            Some(b"http/1.1") => Protocol::Http1,
+                            _ => Protocol::Detect,
+                        };
+                        self.serve(tls, protocol, shutdown).await
+                    }
                     Ok(Err(e)) => {
                         self.metrics
                             .connections_rejected
@@ -149,7 +172,7 @@ impl Server {
         self.metrics.connections_open.dec();
     }
 
-    async fn serve<I>(&self, io: I, mut shutdown: watch::Receiver<bool>)
+    async fn serve<I>(&self, io: I, protocol: Protocol, mut shutdown: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -159,7 +182,12 @@ impl Server {
             async move { Ok::<_, Infallible>(app.handle(request).await) }
         });
         let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);
-        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        let builder = match protocol {
+            Protocol::Detect => &self.builder,
+            Protocol::Http2 => &self.h2_only,
+            Protocol::Http1 => &self.h1_only,
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,
