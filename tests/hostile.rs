@@ -102,3 +102,80 @@ async fn alpn_h2_connections_do_not_serve_http1() {
     );
     gw.shutdown().await;
 }
+
+/// Sends one request with `method` over HTTP/2; returns the status, the content type and the
+/// whole body.
+async fn h2_request(h2: &H2, method: &str, path: &str) -> (u16, Option<String>, Vec<u8>) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"))
+        .body(())
+        .unwrap();
+    let mut h2 = h2.clone().ready().await.expect("connection ready");
+    let (response, _) = h2.send_request(request, true).expect("request sent");
+    let response = tokio::time::timeout(WAIT, response)
+        .await
+        .expect("response in time")
+        .expect("response, not a reset");
+    let (parts, mut body) = response.into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(WAIT, body.data()).await.expect("body") {
+        data.extend_from_slice(&chunk.expect("no reset"));
+    }
+    let content_type = parts
+        .headers
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    (parts.status.as_u16(), content_type, data)
+}
+
+// Issue 9, defect 7: HEAD over HTTP/2 got the 405's reason as a body, a protocol error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_like_get_without_a_body_on_both_protocols() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("head");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let sse = Some("text/event-stream".to_string());
+    assert_eq!(
+        h2_request(&h2, "HEAD", &format!("/{topic}")).await,
+        (200, sse.clone(), vec![])
+    );
+    assert_eq!(
+        h2_request(&h2, "HEAD", &format!("/{topic}/GOOG")).await,
+        (200, sse.clone(), vec![])
+    );
+    let missing = unique_topic("missing");
+    let text = Some("text/plain; charset=utf-8".to_string());
+    assert_eq!(
+        h2_request(&h2, "HEAD", &format!("/{missing}")).await,
+        (404, text.clone(), vec![])
+    );
+    // Other methods still get their reason.
+    assert_eq!(
+        h2_request(&h2, "DELETE", &format!("/{topic}")).await,
+        (405, text, b"only GET is served\n".to_vec())
+    );
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(&m, "ksg_streams_opened_total{route=\"/{topic}\"}"),
+        0.0
+    );
+
+    // HTTP/1.1: the HEAD answer has no body, so the next response follows the head at once.
+    let mut tls = tls_connect(&gw, b"http/1.1").await;
+    let two = format!(
+        "HEAD /{topic} HTTP/1.1\r\nHost: localhost\r\n\r\nHEAD /{missing} HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    );
+    let answer = http1_exchange(&mut tls, &two, b"HTTP/1.1 404").await;
+    let answer = String::from_utf8_lossy(&answer);
+    let (first, second) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        first.contains("content-type: text/event-stream"),
+        "{answer}"
+    );
+    assert!(second.starts_with("HTTP/1.1 404"), "{answer}");
+    gw.shutdown().await;
+}

@@ -212,7 +212,7 @@ async fn errors_have_status_and_reason() {
     let (response, _) = h2m.send_request(request, true).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["allow"], "GET, OPTIONS");
+    assert_eq!(response.headers()["allow"], "GET, HEAD, OPTIONS");
     let text = metrics(&gw).await;
     assert_eq!(
         metric(&text, "ksg_streams_refused_total{reason=\"not_found\"}"),

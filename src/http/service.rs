@@ -1,11 +1,14 @@
 //! Request handling: method, route, subscription, and the response with its status and reason.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use tracing::debug;
 
 use crate::http::body::ResponseBody;
@@ -14,6 +17,12 @@ use crate::hub::{Hub, Start, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::stream::{SseStream, StreamMetrics, StreamSettings};
+
+/// A refused request's body is read (and dropped) up to this many bytes before the answer, so
+/// the client's frames that follow its headers are processed before the stream closes.
+const DRAIN_BYTES: usize = 16 * 1024;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -37,15 +46,30 @@ pub struct App {
 
 impl App {
     /// Answers one request. Never fails: every problem is a response with a reason.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody> {
-        let mut response = self.route(&request).await;
+    ///
+    /// `HEAD` is answered as `GET` would be (same checks, same status and headers) without a
+    /// body, and without opening a stream.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body + Unpin,
+    {
+        let (parts, mut body) = request.into_parts();
+        let request = Request::from_parts(parts, ());
+        let head = request.method() == Method::HEAD;
+        let mut response = self.route(&request, head).await;
+        if !matches!(response.body(), ResponseBody::Stream(_)) && !body.is_end_stream() {
+            drain(&mut body).await;
+        }
+        if head {
+            *response.body_mut() = ResponseBody::Empty;
+        }
         self.cors.apply(request.headers(), response.headers_mut());
         response
     }
 
-    async fn route<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
+    async fn route(&self, request: &Request<()>, head: bool) -> Response<ResponseBody> {
         match *request.method() {
-            Method::GET => {}
+            Method::GET | Method::HEAD => {}
             Method::OPTIONS => return self.preflight(request),
             _ => {
                 let mut r = self.refuse(
@@ -53,8 +77,10 @@ impl App {
                     "method_not_allowed",
                     "only GET is served",
                 );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, OPTIONS"));
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS"),
+                );
                 return r;
             }
         }
@@ -91,6 +117,8 @@ impl App {
             let why = "Kafka has not been reached yet; retry shortly";
             return self.refuse(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", why);
         }
+        // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
+        let start = if head { Start::Live } else { start };
         let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
             Ok(s) => s,
             Err(e @ SubscribeError::UnknownTopic(_)) => {
@@ -111,6 +139,12 @@ impl App {
                 )
             }
         };
+        if head {
+            drop(subscription);
+            let mut response = Response::new(ResponseBody::Empty);
+            sse_headers(response.headers_mut());
+            return response;
+        }
         let route = &*target.route;
         self.metrics
             .streams_opened
@@ -126,18 +160,12 @@ impl App {
         };
         let stream = SseStream::new(subscription, self.streams, metrics);
         let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        sse_headers(response.headers_mut());
         response
     }
 
     /// A CORS preflight: allowed origins may send `Last-Event-ID` and `Cache-Control`.
-    fn preflight<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
+    fn preflight(&self, request: &Request<()>) -> Response<ResponseBody> {
         let mut response = Response::new(ResponseBody::full(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         if self.cors.allow(request.headers()).is_some() {
@@ -170,6 +198,34 @@ impl App {
             Bytes::from(format!("{why}\n")),
         )
     }
+}
+
+/// The headers of a stream response.
+fn sse_headers(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// Reads and drops a request body, at most [`DRAIN_BYTES`] for at most [`DRAIN_TIME`]. An
+/// HTTP/2 client that sends frames after its request headers (h2spec does) then sees them
+/// handled as the protocol says before its stream is closed by the answer.
+async fn drain<B: Body + Unpin>(body: &mut B) {
+    let mut read = 0;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while read < DRAIN_BYTES {
+            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
 }
 
 fn text_response(
