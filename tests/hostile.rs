@@ -179,3 +179,51 @@ async fn head_is_answered_like_get_without_a_body_on_both_protocols() {
     assert!(second.starts_with("HTTP/1.1 404"), "{answer}");
     gw.shutdown().await;
 }
+
+// Issue 9, defect 4: an HTTP/2 connection that answered PINGs but opened no stream stayed open
+// for ever. It is closed with GOAWAY after KSG_IDLE_TIMEOUT_SECS; one with a stream is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_streams_are_closed_after_the_idle_timeout() {
+    use support::h2raw::RawH2;
+    let cluster = Cluster::new();
+    let topic = unique_topic("idle");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_TLS", "off"),
+            ("KSG_IDLE_TIMEOUT_SECS", "1"),
+            ("KSG_HEARTBEAT_SECS", "1"),
+            ("KSG_HANDSHAKE_TIMEOUT_SECS", "60"),
+        ],
+    )
+    .await;
+    // A stream keeps its connection: it sees heartbeats well past the idle timeout.
+    let busy = h2_handshake(tokio::net::TcpStream::connect(gw.addr).await.unwrap()).await;
+    let (head, mut sse) = get(&busy, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+
+    // HTTP/2 without a stream: GOAWAY, then the close.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut raw = RawH2::handshake(tcp).await;
+    let kinds = tokio::time::timeout(WAIT, raw.read_until_closed())
+        .await
+        .expect("closed in time");
+    assert!(kinds.contains(&7), "GOAWAY before the close: {kinds:?}");
+
+    // HTTP/1.1 idle between requests.
+    let mut h1 = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("HEAD /{topic} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let answer = http1_exchange(&mut h1, &request, b"\r\n\r\n").await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    assert!(read_to_close(&mut h1).await.is_empty());
+
+    assert!(only_heartbeats_for(&mut sse, Duration::from_millis(2500)).await >= 1);
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_connections_closed_total{reason=\"idle\"}"),
+        2.0
+    );
+    assert_eq!(metric(&text, "ksg_connections_open"), 1.0);
+    gw.shutdown().await;
+}

@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::http::activity::{Activity, Tracked};
 use crate::http::deadline::FirstBytes;
 use crate::http::service::App;
 use crate::metrics::Metrics;
@@ -32,6 +33,9 @@ const MAX_LOCAL_RESETS: usize = 1024;
 /// HTTP/2 keep-alive ping interval and the deadline for its acknowledgement.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection closed for idleness may take to say goodbye (HTTP/2: GOAWAY, a PING
+/// round trip, the last GOAWAY) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// What a connection may speak, from TLS ALPN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,7 @@ pub struct Server {
     connections: Arc<Semaphore>,
     max_connections: usize,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 impl Server {
@@ -92,6 +97,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
         }
     }
 
@@ -177,9 +183,15 @@ impl Server {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let activity = Activity::new();
+        let requests = activity.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request).await) }
+            let open = requests.open();
+            async move {
+                let response = app.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
+            }
         });
         let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);
         let builder = match protocol {
@@ -189,11 +201,36 @@ impl Server {
         };
         let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = crate::stopped(&mut shutdown) => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        let mut open = activity.watch();
+        let result = loop {
+            let idle = *open.borrow_and_update() == 0;
+            let idle_for = async {
+                match self.idle_timeout {
+                    Some(limit) if idle => tokio::time::sleep(limit).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = crate::stopped(&mut shutdown) => {
+                    connection.as_mut().graceful_shutdown();
+                    break connection.as_mut().await;
+                }
+                changed = open.changed() => {
+                    if changed.is_err() {
+                        break connection.as_mut().await;
+                    }
+                }
+                _ = idle_for => {
+                    self.metrics.connections_closed.with_label_values(&["idle"]).inc();
+                    debug!("closing an idle connection");
+                    // HTTP/2: GOAWAY, then the close once the client has seen it.
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) => break Ok(()),
+                    }
+                }
             }
         };
         if opening_timed_out.load(Ordering::Relaxed) {
@@ -201,6 +238,19 @@ impl Server {
                 .connections_rejected
                 .with_label_values(&["handshake_timeout"])
                 .inc();
+        } else if let Err(e) = &result {
+            // hyper's HTTP/1.1 request-head deadline: before the first request it is the
+            // handshake timeout; between requests of a keep-alive connection, idleness.
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
+                let (family, reason) = if activity.served() {
+                    (&self.metrics.connections_closed, "idle")
+                } else {
+                    (&self.metrics.connections_rejected, "handshake_timeout")
+                };
+                family.with_label_values(&[reason]).inc();
+            }
         }
         if let Err(e) = result {
             // A client hanging up is not an error worth more than debug.
