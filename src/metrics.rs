@@ -11,6 +11,7 @@ pub const REFUSED_REASONS: &[&str] = &[
     "bad_request",
     "method_not_allowed",
     "bad_resume_id",
+    "headers_too_large",
     "kafka_unavailable",
     "shutting_down",
 ];

@@ -227,3 +227,53 @@ async fn connections_without_streams_are_closed_after_the_idle_timeout() {
     assert_eq!(metric(&text, "ksg_connections_open"), 1.0);
     gw.shutdown().await;
 }
+
+// Issue 9, defect 6: HTTP/1.1 accepted heads of ~420 KB while HTTP/2 refused 16 KiB with a bare
+// 431. Both refuse a head over 16 KiB with a 431 and a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_16_kib_get_431_with_a_reason_on_both_protocols() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("heads");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_TLS", "off")]).await;
+    let big = "a".repeat(20_000);
+    let reason = "request header fields over 16 KiB\n";
+
+    let h2 = h2_handshake(tokio::net::TcpStream::connect(gw.addr).await.unwrap()).await;
+    let (head, mut body) = get(&h2, &format!("/{topic}"), &[("x-big", &big)]).await;
+    assert_eq!(head.status, 431);
+    assert_eq!(body_text(&mut body).await, reason);
+    // Just under the limit is served.
+    let fits = "a".repeat(15_000);
+    let (head, _sse) = get(&h2, &format!("/{topic}"), &[("x-fits", &fits)]).await;
+    assert_eq!(head.status, 200);
+
+    let mut h1 = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!("GET /{topic} HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n");
+    let answer = http1_exchange(&mut h1, &request, reason.as_bytes()).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert!(answer.ends_with(reason), "{answer}");
+
+    // Far over: hyper's own bare 431 (or a reset while the client still writes), counted.
+    let mut h1 = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let huge = "a".repeat(100_000);
+    let request = format!("GET /{topic} HTTP/1.1\r\nHost: localhost\r\nX-Huge: {huge}\r\n\r\n");
+    let _ = h1.write_all(request.as_bytes()).await;
+    let answer = read_to_close(&mut h1).await;
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 431"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "ksg_streams_refused_total{reason=\"headers_too_large\"}"
+        ),
+        3.0
+    );
+    gw.shutdown().await;
+}

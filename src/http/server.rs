@@ -24,8 +24,9 @@ use crate::metrics::Metrics;
 
 /// HTTP/2 send buffer per stream: bounds memory held for a stream whose client reads slowly.
 const H2_SEND_BUFFER: usize = 64 * 1024;
-/// Largest request header block accepted.
-const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Largest request header block the protocol layers accept; the service refuses heads over
+/// [`MAX_HEAD_BYTES`](crate::http::service::MAX_HEAD_BYTES) with a reason.
+const MAX_HEADER_LIST: usize = crate::http::service::HEAD_HARD_LIMIT;
 /// Streams a client may reset before their requests were handled, per connection.
 const MAX_PENDING_RESETS: usize = 50;
 /// Stream errors the server may reset per connection before it closes it (reset floods).
@@ -76,13 +77,14 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.handshake_timeout)
+            .max_buf_size(MAX_HEADER_LIST)
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.max_streams_per_connection)
             .max_send_buf_size(H2_SEND_BUFFER)
-            .max_header_list_size(MAX_HEADER_LIST)
+            .max_header_list_size(MAX_HEADER_LIST as u32)
             .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
             .max_local_error_reset_streams(MAX_LOCAL_RESETS)
             .keep_alive_interval(H2_PING_INTERVAL)
@@ -253,6 +255,15 @@ impl Server {
             }
         }
         if let Err(e) = result {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse_too_large)
+            {
+                // hyper answered 431 itself: a head over its read buffer.
+                self.metrics
+                    .streams_refused
+                    .with_label_values(&["headers_too_large"])
+                    .inc();
+            }
             // A client hanging up is not an error worth more than debug.
             debug!("connection ended: {e}");
         }

@@ -24,6 +24,14 @@ const DRAIN_BYTES: usize = 16 * 1024;
 /// ... and for at most this long.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
 
+/// Largest request head accepted: target plus header fields, each field counted as HTTP/2
+/// counts it (name + value + 32 bytes). The protocol layers allow up to [`HEAD_HARD_LIMIT`], so
+/// that heads between the two get a `431` with a reason.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Heads over this are refused by the protocol layer itself (hyper's HTTP/1.1 read buffer,
+/// h2's SETTINGS_MAX_HEADER_LIST_SIZE) with a bare `431`.
+pub const HEAD_HARD_LIMIT: usize = 64 * 1024;
+
 /// Everything a request needs, shared by all connections.
 pub struct App {
     /// The registry and fan-out.
@@ -56,7 +64,15 @@ impl App {
         let (parts, mut body) = request.into_parts();
         let request = Request::from_parts(parts, ());
         let head = request.method() == Method::HEAD;
-        let mut response = self.route(&request, head).await;
+        let mut response = if head_bytes(&request) > MAX_HEAD_BYTES {
+            self.refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "request header fields over 16 KiB",
+            )
+        } else {
+            self.route(&request, head).await
+        };
         if !matches!(response.body(), ResponseBody::Stream(_)) && !body.is_end_stream() {
             drain(&mut body).await;
         }
@@ -198,6 +214,20 @@ impl App {
             Bytes::from(format!("{why}\n")),
         )
     }
+}
+
+/// The size of a request head as HTTP/2 measures a header list (RFC 9113, 6.5.2).
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    target + fields
 }
 
 /// The headers of a stream response.
