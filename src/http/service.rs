@@ -137,22 +137,13 @@ impl App {
         let start = if head { Start::Live } else { start };
         let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
             Ok(s) => s,
-            Err(e @ SubscribeError::UnknownTopic(_)) => {
-                return self.refuse(StatusCode::NOT_FOUND, "not_found", &e.to_string())
-            }
-            Err(e @ SubscribeError::Unavailable(_)) => {
-                return self.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "kafka_unavailable",
-                    &e.to_string(),
-                )
-            }
-            Err(e @ SubscribeError::ShuttingDown) => {
-                return self.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    &e.to_string(),
-                )
+            Err(e) => {
+                let (status, reason, why) = refusal(&e);
+                if let SubscribeError::Unavailable(details) = &e {
+                    // The client is told what it can act on; the details are for operators.
+                    debug!(topic = %target.topic, "stream refused, Kafka unavailable: {details}");
+                }
+                return self.refuse(status, reason, &why);
             }
         };
         if head {
@@ -216,6 +207,24 @@ impl App {
     }
 }
 
+/// The status, metric reason and client-facing text for a failed subscription. The text says
+/// what a client can act on, never the Kafka client's internals.
+fn refusal(e: &SubscribeError) -> (StatusCode, &'static str, String) {
+    match e {
+        SubscribeError::UnknownTopic(_) => (StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        SubscribeError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            "Kafka is unavailable, retry later".to_string(),
+        ),
+        SubscribeError::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the gateway is shutting down, reconnect".to_string(),
+        ),
+    }
+}
+
 /// The size of a request head as HTTP/2 measures a header list (RFC 9113, 6.5.2).
 fn head_bytes<B>(request: &Request<B>) -> usize {
     let target = request
@@ -272,4 +281,37 @@ fn text_response(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_internals_stay_out_of_the_503_text() {
+        let e = SubscribeError::Unavailable(
+            "Kafka is unavailable: Subscription error: _CONFLICT".into(),
+        );
+        let (status, reason, text) = refusal(&e);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reason, "kafka_unavailable");
+        assert_eq!(text, "Kafka is unavailable, retry later");
+        let (status, _, text) = refusal(&SubscribeError::UnknownTopic("t".into()));
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::NOT_FOUND, "topic \"t\" does not exist")
+        );
+    }
+
+    #[test]
+    fn head_bytes_counts_target_and_fields_as_http2_does() {
+        let request = Request::get("/t/k?from=earliest")
+            .header("x-a", "bc")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head_bytes(&request),
+            "/t/k?from=earliest".len() + 3 + 2 + 32
+        );
+    }
 }
