@@ -64,6 +64,8 @@ pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
 pub const KEY_PARTITIONER: &str = "KSG_KEY_PARTITIONER";
 /// `KSG_HANDSHAKE_TIMEOUT_SECS`: TLS and HTTP handshake deadline.
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
+/// `KSG_IDLE_TIMEOUT_SECS`: a connection with no open stream is closed after this long (0: never).
+pub const IDLE_TIMEOUT_SECS: &str = "KSG_IDLE_TIMEOUT_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
 pub const TOPIC_IDLE_SECS: &str = "KSG_TOPIC_IDLE_SECS";
 /// `KSG_DEMO_TICKS_PER_SEC`: price ticks per symbol per second in demo mode.
@@ -103,6 +105,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (MAX_EVENT_BYTES, "4194304"),
     (KEY_PARTITIONER, "none"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
+    (IDLE_TIMEOUT_SECS, "60"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
     (CORS_ORIGINS, "(none: no CORS headers)"),
@@ -154,6 +157,8 @@ pub struct Config {
     pub key_partitioner: Option<KeyPartitioner>,
     /// TLS and HTTP handshake deadline.
     pub handshake_timeout: Duration,
+    /// A connection with no open stream (or request) is closed after this long; `None`: never.
+    pub idle_timeout: Option<Duration>,
     /// Delay before a topic without streams is released.
     pub topic_idle: Duration,
     /// Demo ticks per symbol per second.
@@ -349,6 +354,10 @@ impl Config {
         let handshake_timeout =
             Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
         let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
+        let idle_timeout = match r.number(IDLE_TIMEOUT_SECS, 60u64, 0, 86_400) {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
         let demo_ticks_per_sec = r.number(DEMO_TICKS_PER_SEC, 2u32, 1, 1000);
         let log = r.raw(LOG).unwrap_or("info").trim().to_string();
         if !is_log_filter(&log) {
@@ -408,6 +417,7 @@ impl Config {
                 max_event_bytes,
                 key_partitioner,
                 handshake_timeout,
+                idle_timeout,
                 topic_idle,
                 demo_ticks_per_sec,
                 cors,
@@ -473,6 +483,10 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.max_streams_per_connection, 256);
         assert_eq!(c.heartbeat, Duration::from_secs(15));
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(60)));
+        assert_eq!(cfg(&[(IDLE_TIMEOUT_SECS, "0")]).unwrap().idle_timeout, None);
+        let e = cfg(&[(IDLE_TIMEOUT_SECS, "-1")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![IDLE_TIMEOUT_SECS]);
         assert!(c.tls.is_some());
         assert!(c.routes.resolve("/stock-prices/GOOG").is_ok());
     }

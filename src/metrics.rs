@@ -11,6 +11,7 @@ pub const REFUSED_REASONS: &[&str] = &[
     "bad_request",
     "method_not_allowed",
     "bad_resume_id",
+    "headers_too_large",
     "kafka_unavailable",
     "shutting_down",
 ];
@@ -27,6 +28,8 @@ pub const KAFKA_ERROR_CODES: &[&str] = &[
     "UnknownTopicOrPartition",
     "catch_up",
 ];
+/// Why a served connection was closed by the gateway (label `reason`).
+pub const CONNECTION_CLOSE_REASONS: &[&str] = &["idle"];
 
 /// Every metric of one gateway, registered in its own [`Registry`].
 #[derive(Clone)]
@@ -38,6 +41,8 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed before being served, by reason.
     pub connections_rejected: IntCounterVec,
+    /// Served connections the gateway closed, by reason.
+    pub connections_closed: IntCounterVec,
     /// SSE streams opened, by route.
     pub streams_opened: IntCounterVec,
     /// SSE streams currently open, by route.
@@ -132,6 +137,11 @@ impl Metrics {
             connections_rejected: counter_vec(
                 "ksg_connections_rejected_total",
                 "Connections closed before being served",
+                "reason",
+            ),
+            connections_closed: counter_vec(
+                "ksg_connections_closed_total",
+                "Served connections closed by the gateway",
                 "reason",
             ),
             streams_opened: counter_vec("ksg_streams_opened_total", "SSE streams opened", "route"),
@@ -239,6 +249,9 @@ impl Metrics {
         for code in KAFKA_ERROR_CODES {
             m.kafka_errors.with_label_values(&[code]);
         }
+        for reason in CONNECTION_CLOSE_REASONS {
+            m.connections_closed.with_label_values(&[reason]);
+        }
         for route in routes {
             m.streams_opened.with_label_values(&[route]);
             m.streams_open.with_label_values(&[route]);
@@ -267,5 +280,6 @@ mod tests {
         assert!(text.contains("ksg_streams_refused_total{reason=\"not_found\"} 0"));
         assert!(text.contains("ksg_streams_opened_total{route=\"/{topic}\"} 0"));
         assert!(text.contains("ksg_connections_accepted_total 0"));
+        assert!(text.contains("ksg_connections_closed_total{reason=\"idle\"} 0"));
     }
 }

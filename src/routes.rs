@@ -232,7 +232,23 @@ fn parse_template(item: &str) -> Result<Template, RouteError> {
     })
 }
 
+/// A `%` must start an escape of two hex digits: `%zz` or a trailing `%4` is malformed, not a
+/// literal.
+fn check_escapes(raw: &str) -> Result<(), ResolveError> {
+    let bytes = raw.as_bytes();
+    for (i, _) in raw.match_indices('%') {
+        let hex = bytes.get(i + 1..i + 3);
+        if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+            return Err(ResolveError::BadRequest(format!(
+                "{raw:?} has an invalid percent-encoding (a % must be followed by two hex digits)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn decode_topic(raw: &str) -> Result<String, ResolveError> {
+    check_escapes(raw)?;
     let topic = percent_decode_str(raw)
         .decode_utf8()
         .ok()
@@ -246,6 +262,7 @@ fn decode_key(raw: &str) -> Result<Vec<u8>, ResolveError> {
     if raw.is_empty() {
         return Err(ResolveError::BadRequest("empty key".into()));
     }
+    check_escapes(raw)?;
     Ok(percent_decode_str(raw).collect())
 }
 
@@ -327,6 +344,26 @@ mod tests {
         assert_eq!(r.resolve("/t/a%2Fb%20c").unwrap().key.unwrap(), b"a/b c");
         assert_eq!(r.resolve("/t/%FF%00").unwrap().key.unwrap(), vec![0xff, 0]);
         assert!(matches!(r.resolve("/t/"), Err(ResolveError::BadRequest(_))));
+    }
+
+    #[test]
+    fn invalid_percent_encoding_is_400_not_a_literal() {
+        let r = routes("*", "/q/{key}=t");
+        for path in [
+            "/t/%zz",
+            "/t/%4",
+            "/t/a%",
+            "/t/%%41",
+            "/q/%g0",
+            "/t%2",
+            "/t/ok%2Fthen%x1",
+        ] {
+            assert!(
+                matches!(r.resolve(path), Err(ResolveError::BadRequest(_))),
+                "{path}"
+            );
+        }
+        assert_eq!(r.resolve("/t/%2f%41").unwrap().key.unwrap(), b"/A");
     }
 
     #[test]

@@ -212,7 +212,7 @@ async fn errors_have_status_and_reason() {
     let (response, _) = h2m.send_request(request, true).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["allow"], "GET, OPTIONS");
+    assert_eq!(response.headers()["allow"], "GET, HEAD, OPTIONS");
     let text = metrics(&gw).await;
     assert_eq!(
         metric(&text, "ksg_streams_refused_total{reason=\"not_found\"}"),
@@ -509,6 +509,7 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_connections_accepted_total", "counter"),
         ("ksg_connections_open", "gauge"),
         ("ksg_connections_rejected_total", "counter"),
+        ("ksg_connections_closed_total", "counter"),
         ("ksg_streams_opened_total", "counter"),
         ("ksg_streams_open", "gauge"),
         ("ksg_streams_refused_total", "counter"),

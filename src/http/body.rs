@@ -15,6 +15,8 @@ pub enum ResponseBody {
     Full(Option<Bytes>),
     /// A never-ending SSE stream.
     Stream(Box<SseStream>),
+    /// No body at all, length unknown (the answer to `HEAD`: no `content-length: 0` is implied).
+    Empty,
 }
 
 impl ResponseBody {
@@ -35,18 +37,19 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ResponseBody::Stream(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
+            ResponseBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, ResponseBody::Full(None))
+        matches!(self, ResponseBody::Full(None) | ResponseBody::Empty)
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ResponseBody::Full(None) => SizeHint::with_exact(0),
-            ResponseBody::Stream(_) => SizeHint::default(),
+            ResponseBody::Stream(_) | ResponseBody::Empty => SizeHint::default(),
         }
     }
 }

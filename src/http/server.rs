@@ -2,6 +2,7 @@
 //! deadline, HTTP/2 settings set explicitly, graceful shutdown (GOAWAY) on the shutdown signal.
 
 use std::convert::Infallible;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,14 +17,16 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::http::activity::{Activity, Tracked};
 use crate::http::deadline::FirstBytes;
 use crate::http::service::App;
 use crate::metrics::Metrics;
 
 /// HTTP/2 send buffer per stream: bounds memory held for a stream whose client reads slowly.
 const H2_SEND_BUFFER: usize = 64 * 1024;
-/// Largest request header block accepted.
-const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Largest request header block the protocol layers accept; the service refuses heads over
+/// [`MAX_HEAD_BYTES`](crate::http::service::MAX_HEAD_BYTES) with a reason.
+const MAX_HEADER_LIST: usize = crate::http::service::HEAD_HARD_LIMIT;
 /// Streams a client may reset before their requests were handled, per connection.
 const MAX_PENDING_RESETS: usize = 50;
 /// Stream errors the server may reset per connection before it closes it (reset floods).
@@ -31,30 +34,34 @@ const MAX_LOCAL_RESETS: usize = 1024;
 /// HTTP/2 keep-alive ping interval and the deadline for its acknowledgement.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a connection closed for idleness may take to say goodbye (HTTP/2: GOAWAY, a PING
+/// round trip, the last GOAWAY) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// True when the connection ended because its first bytes did not come in time.
-fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+/// What a connection may speak, from TLS ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// No ALPN (cleartext, or a TLS client that offered none): HTTP/1.1 or HTTP/2 with prior
+    /// knowledge, told apart by the preface.
+    Detect,
+    /// ALPN `h2`: HTTP/2 only; anything else is a bad preface (RFC 9113, 3.3).
+    Http2,
+    /// ALPN `http/1.1`: HTTP/1.1 only.
+    Http1,
 }
 
 /// The SSE listener's shared parts.
 pub struct Server {
     builder: auto::Builder<TokioExecutor>,
+    h2_only: auto::Builder<TokioExecutor>,
+    h1_only: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
     metrics: Metrics,
     connections: Arc<Semaphore>,
     max_connections: usize,
     handshake_timeout: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 impl Server {
@@ -70,18 +77,21 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(config.handshake_timeout)
+            .max_buf_size(MAX_HEADER_LIST)
             .keep_alive(true);
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.max_streams_per_connection)
             .max_send_buf_size(H2_SEND_BUFFER)
-            .max_header_list_size(MAX_HEADER_LIST)
+            .max_header_list_size(MAX_HEADER_LIST as u32)
             .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
             .max_local_error_reset_streams(MAX_LOCAL_RESETS)
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
         Server {
+            h2_only: builder.clone().http2_only(),
+            h1_only: builder.clone().http1_only(),
             builder,
             tls: tls.map(TlsAcceptor::from),
             app,
@@ -89,6 +99,7 @@ impl Server {
             connections: Arc::new(Semaphore::new(config.max_connections)),
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
+            idle_timeout: config.idle_timeout,
         }
     }
 
@@ -138,10 +149,17 @@ impl Server {
         let _ = tcp.set_nodelay(true);
         self.metrics.connections_open.inc();
         match &self.tls {
-            None => self.serve(tcp, shutdown).await,
+            None => self.serve(tcp, Protocol::Detect, shutdown).await,
             Some(acceptor) => {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => self.serve(tls, shutdown).await,
+                    Ok(Ok(tls)) => {
+                        let protocol = match tls.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Protocol::Http2,
+                            Some(b"http/1.1") => Protocol::Http1,
+                            _ => Protocol::Detect,
+                        };
+                        self.serve(tls, protocol, shutdown).await
+                    }
                     Ok(Err(e)) => {
                         self.metrics
                             .connections_rejected
@@ -162,30 +180,88 @@ impl Server {
         self.metrics.connections_open.dec();
     }
 
-    async fn serve<I>(&self, io: I, mut shutdown: watch::Receiver<bool>)
+    async fn serve<I>(&self, io: I, protocol: Protocol, mut shutdown: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let activity = Activity::new();
+        let requests = activity.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(app.handle(request).await) }
+            let open = requests.open();
+            async move {
+                let response = app.handle(request).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
+            }
         });
-        let io = FirstBytes::new(io, self.handshake_timeout);
-        let connection = self.builder.serve_connection(TokioIo::new(io), service);
+        let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);
+        let builder = match protocol {
+            Protocol::Detect => &self.builder,
+            Protocol::Http2 => &self.h2_only,
+            Protocol::Http1 => &self.h1_only,
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            _ = crate::stopped(&mut shutdown) => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
+        let mut open = activity.watch();
+        let result = loop {
+            let idle = *open.borrow_and_update() == 0;
+            let idle_for = async {
+                match self.idle_timeout {
+                    Some(limit) if idle => tokio::time::sleep(limit).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = crate::stopped(&mut shutdown) => {
+                    connection.as_mut().graceful_shutdown();
+                    break connection.as_mut().await;
+                }
+                changed = open.changed() => {
+                    if changed.is_err() {
+                        break connection.as_mut().await;
+                    }
+                }
+                _ = idle_for => {
+                    self.metrics.connections_closed.with_label_values(&["idle"]).inc();
+                    debug!("closing an idle connection");
+                    // HTTP/2: GOAWAY, then the close once the client has seen it.
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(CLOSE_GRACE, connection.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) => break Ok(()),
+                    }
+                }
             }
         };
+        if opening_timed_out.load(Ordering::Relaxed) {
+            self.metrics
+                .connections_rejected
+                .with_label_values(&["handshake_timeout"])
+                .inc();
+        } else if let Err(e) = &result {
+            // hyper's HTTP/1.1 request-head deadline: before the first request it is the
+            // handshake timeout; between requests of a keep-alive connection, idleness.
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+            {
+                let (family, reason) = if activity.served() {
+                    (&self.metrics.connections_closed, "idle")
+                } else {
+                    (&self.metrics.connections_rejected, "handshake_timeout")
+                };
+                family.with_label_values(&[reason]).inc();
+            }
+        }
         if let Err(e) = result {
-            if timed_out(&*e) {
+            if e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_parse_too_large)
+            {
+                // hyper answered 431 itself: a head over its read buffer.
                 self.metrics
-                    .connections_rejected
-                    .with_label_values(&["handshake_timeout"])
+                    .streams_refused
+                    .with_label_values(&["headers_too_large"])
                     .inc();
             }
             // A client hanging up is not an error worth more than debug.

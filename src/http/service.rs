@@ -1,11 +1,14 @@
 //! Request handling: method, route, subscription, and the response with its status and reason.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
+use http_body::Body;
 use tracing::debug;
 
 use crate::http::body::ResponseBody;
@@ -14,6 +17,20 @@ use crate::hub::{Hub, Start, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::stream::{SseStream, StreamMetrics, StreamSettings};
+
+/// A refused request's body is read (and dropped) up to this many bytes before the answer, so
+/// the client's frames that follow its headers are processed before the stream closes.
+const DRAIN_BYTES: usize = 16 * 1024;
+/// ... and for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Largest request head accepted: target plus header fields, each field counted as HTTP/2
+/// counts it (name + value + 32 bytes). The protocol layers allow up to [`HEAD_HARD_LIMIT`], so
+/// that heads between the two get a `431` with a reason.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Heads over this are refused by the protocol layer itself (hyper's HTTP/1.1 read buffer,
+/// h2's SETTINGS_MAX_HEADER_LIST_SIZE) with a bare `431`.
+pub const HEAD_HARD_LIMIT: usize = 64 * 1024;
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -37,15 +54,38 @@ pub struct App {
 
 impl App {
     /// Answers one request. Never fails: every problem is a response with a reason.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody> {
-        let mut response = self.route(&request).await;
+    ///
+    /// `HEAD` is answered as `GET` would be (same checks, same status and headers) without a
+    /// body, and without opening a stream.
+    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body + Unpin,
+    {
+        let (parts, mut body) = request.into_parts();
+        let request = Request::from_parts(parts, ());
+        let head = request.method() == Method::HEAD;
+        let mut response = if head_bytes(&request) > MAX_HEAD_BYTES {
+            self.refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "request header fields over 16 KiB",
+            )
+        } else {
+            self.route(&request, head).await
+        };
+        if !matches!(response.body(), ResponseBody::Stream(_)) && !body.is_end_stream() {
+            drain(&mut body).await;
+        }
+        if head {
+            *response.body_mut() = ResponseBody::Empty;
+        }
         self.cors.apply(request.headers(), response.headers_mut());
         response
     }
 
-    async fn route<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
+    async fn route(&self, request: &Request<()>, head: bool) -> Response<ResponseBody> {
         match *request.method() {
-            Method::GET => {}
+            Method::GET | Method::HEAD => {}
             Method::OPTIONS => return self.preflight(request),
             _ => {
                 let mut r = self.refuse(
@@ -53,8 +93,10 @@ impl App {
                     "method_not_allowed",
                     "only GET is served",
                 );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, OPTIONS"));
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, OPTIONS"),
+                );
                 return r;
             }
         }
@@ -91,29 +133,25 @@ impl App {
             let why = "Kafka has not been reached yet; retry shortly";
             return self.refuse(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", why);
         }
+        // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
+        let start = if head { Start::Live } else { start };
         let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
             Ok(s) => s,
-            Err(e @ SubscribeError::UnknownTopic(_)) => {
-                return self.refuse(StatusCode::NOT_FOUND, "not_found", &e.to_string())
-            }
-            Err(e @ SubscribeError::AheadOfLog(_)) => {
-                return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string())
-            }
-            Err(e @ SubscribeError::Unavailable(_)) => {
-                return self.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "kafka_unavailable",
-                    &e.to_string(),
-                )
-            }
-            Err(e @ SubscribeError::ShuttingDown) => {
-                return self.refuse(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    &e.to_string(),
-                )
+            Err(e) => {
+                let (status, reason, why) = refusal(&e);
+                if let SubscribeError::Unavailable(details) = &e {
+                    // The client is told what it can act on; the details are for operators.
+                    debug!(topic = %target.topic, "stream refused, Kafka unavailable: {details}");
+                }
+                return self.refuse(status, reason, &why);
             }
         };
+        if head {
+            drop(subscription);
+            let mut response = Response::new(ResponseBody::Empty);
+            sse_headers(response.headers_mut());
+            return response;
+        }
         let route = &*target.route;
         self.metrics
             .streams_opened
@@ -129,18 +167,12 @@ impl App {
         };
         let stream = SseStream::new(subscription, self.streams, metrics);
         let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        sse_headers(response.headers_mut());
         response
     }
 
     /// A CORS preflight: allowed origins may send `Last-Event-ID` and `Cache-Control`.
-    fn preflight<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
+    fn preflight(&self, request: &Request<()>) -> Response<ResponseBody> {
         let mut response = Response::new(ResponseBody::full(Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         if self.cors.allow(request.headers()).is_some() {
@@ -175,6 +207,67 @@ impl App {
     }
 }
 
+/// The status, metric reason and client-facing text for a failed subscription. The text says
+/// what a client can act on, never the Kafka client's internals.
+fn refusal(e: &SubscribeError) -> (StatusCode, &'static str, String) {
+    match e {
+        SubscribeError::UnknownTopic(_) => (StatusCode::NOT_FOUND, "not_found", e.to_string()),
+        SubscribeError::AheadOfLog(_) => (StatusCode::BAD_REQUEST, "bad_resume_id", e.to_string()),
+        SubscribeError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kafka_unavailable",
+            "Kafka is unavailable, retry later".to_string(),
+        ),
+        SubscribeError::ShuttingDown => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the gateway is shutting down, reconnect".to_string(),
+        ),
+    }
+}
+
+/// The size of a request head as HTTP/2 measures a header list (RFC 9113, 6.5.2).
+fn head_bytes<B>(request: &Request<B>) -> usize {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    target + fields
+}
+
+/// The headers of a stream response.
+fn sse_headers(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+}
+
+/// Reads and drops a request body, at most [`DRAIN_BYTES`] for at most [`DRAIN_TIME`]. An
+/// HTTP/2 client that sends frames after its request headers (h2spec does) then sees them
+/// handled as the protocol says before its stream is closed by the answer.
+async fn drain<B: Body + Unpin>(body: &mut B) {
+    let mut read = 0;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while read < DRAIN_BYTES {
+            match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+                Some(Ok(frame)) => {
+                    read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    })
+    .await;
+}
+
 fn text_response(
     status: StatusCode,
     content_type: &'static str,
@@ -189,4 +282,37 @@ fn text_response(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_internals_stay_out_of_the_503_text() {
+        let e = SubscribeError::Unavailable(
+            "Kafka is unavailable: Subscription error: _CONFLICT".into(),
+        );
+        let (status, reason, text) = refusal(&e);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(reason, "kafka_unavailable");
+        assert_eq!(text, "Kafka is unavailable, retry later");
+        let (status, _, text) = refusal(&SubscribeError::UnknownTopic("t".into()));
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::NOT_FOUND, "topic \"t\" does not exist")
+        );
+    }
+
+    #[test]
+    fn head_bytes_counts_target_and_fields_as_http2_does() {
+        let request = Request::get("/t/k?from=earliest")
+            .header("x-a", "bc")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            head_bytes(&request),
+            "/t/k?from=earliest".len() + 3 + 2 + 32
+        );
+    }
 }

@@ -9,6 +9,7 @@ const DATA: u8 = 0;
 const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const FLAG_ACK: u8 = 1;
 const FLAG_END_STREAM: u8 = 1;
@@ -98,10 +99,33 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
         .await;
     }
 
+    /// Writes one frame.
+    pub async fn send_frame(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        write_frame(&mut self.io, kind, flags, stream, payload).await;
+    }
+
+    /// Reads frames, acknowledging PINGs as a live client does, until the server closes the
+    /// connection; returns the frame types seen.
+    pub async fn read_until_closed(&mut self) -> Vec<u8> {
+        let mut kinds = Vec::new();
+        while let Some(frame) = self.try_read_frame().await {
+            if frame.kind == PING && frame.flags & FLAG_ACK == 0 {
+                write_frame(&mut self.io, PING, FLAG_ACK, 0, &frame.payload).await;
+            }
+            kinds.push(frame.kind);
+        }
+        kinds
+    }
+
     /// Reads one frame and records what it says about its stream.
     pub async fn read_frame(&mut self) -> Frame {
+        self.try_read_frame().await.expect("a frame")
+    }
+
+    /// Reads one frame, `None` when the connection closed.
+    pub async fn try_read_frame(&mut self) -> Option<Frame> {
         let mut head = [0u8; 9];
-        self.io.read_exact(&mut head).await.expect("frame header");
+        self.io.read_exact(&mut head).await.ok()?;
         let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
         let frame = Frame {
             kind: head[3],
@@ -109,7 +133,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
             stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
             payload: {
                 let mut p = vec![0; len];
-                self.io.read_exact(&mut p).await.expect("frame payload");
+                self.io.read_exact(&mut p).await.ok()?;
                 p
             },
         };
@@ -131,7 +155,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
             GOAWAY => {}
             _ => {}
         }
-        frame
+        Some(frame)
     }
 }
 
