@@ -66,6 +66,9 @@ pub const KEY_PARTITIONER: &str = "KSG_KEY_PARTITIONER";
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_IDLE_TIMEOUT_SECS`: a connection with no open stream is closed after this long (0: never).
 pub const IDLE_TIMEOUT_SECS: &str = "KSG_IDLE_TIMEOUT_SECS";
+/// `KSG_STREAM_STALL_SECS`: an HTTP/2 stream whose client grants no flow-control window for this
+/// long while data waits is reset (`RST_STREAM(CANCEL)`) and its memory released.
+pub const STREAM_STALL_SECS: &str = "KSG_STREAM_STALL_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
 pub const TOPIC_IDLE_SECS: &str = "KSG_TOPIC_IDLE_SECS";
 /// `KSG_DEMO_TICKS_PER_SEC`: price ticks per symbol per second in demo mode.
@@ -106,6 +109,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (KEY_PARTITIONER, "none"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (IDLE_TIMEOUT_SECS, "60"),
+    (STREAM_STALL_SECS, "30"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
     (CORS_ORIGINS, "(none: no CORS headers)"),
@@ -159,6 +163,8 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// A connection with no open stream (or request) is closed after this long; `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// An HTTP/2 stream that cannot send for this long is reset.
+    pub stream_stall: Duration,
     /// Delay before a topic without streams is released.
     pub topic_idle: Duration,
     /// Demo ticks per symbol per second.
@@ -354,6 +360,7 @@ impl Config {
         let handshake_timeout =
             Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
         let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
+        let stream_stall = Duration::from_secs(r.number(STREAM_STALL_SECS, 30u64, 1, 3600));
         let idle_timeout = match r.number(IDLE_TIMEOUT_SECS, 60u64, 0, 86_400) {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
@@ -418,6 +425,7 @@ impl Config {
                 key_partitioner,
                 handshake_timeout,
                 idle_timeout,
+                stream_stall,
                 topic_idle,
                 demo_ticks_per_sec,
                 cors,

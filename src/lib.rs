@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`config`]: `KSG_*` environment variables, parsed and validated once.
 //! - [`tls`]: rustls server configuration, PEM files or a self-signed certificate.
-//! - [`http`]: hyper server (h2 + http/1.1), request handling, CORS, limits.
+//! - [`http`]: HTTP/2 (the `h2` crate, driven per connection) and HTTP/1.1 (hyper), request
+//!   handling, CORS, limits.
 //! - [`routes`]: path templates to topic and key filter.
 //! - [`sse`]: the SSE wire format, pure.
 //! - [`position`]: the resume-token codec, pure.

@@ -29,7 +29,7 @@ pub const KAFKA_ERROR_CODES: &[&str] = &[
     "catch_up",
 ];
 /// Why a served connection was closed by the gateway (label `reason`).
-pub const CONNECTION_CLOSE_REASONS: &[&str] = &["idle"];
+pub const CONNECTION_CLOSE_REASONS: &[&str] = &["idle", "ping_timeout"];
 
 /// Every metric of one gateway, registered in its own [`Registry`].
 #[derive(Clone)]
@@ -82,6 +82,8 @@ pub struct Metrics {
     pub gap_offsets_skipped: IntCounterVec,
     /// Resumes that joined a catch-up reader another resume of the same topic had.
     pub catchup_shared: IntCounter,
+    /// HTTP/2 streams reset because their client granted no window for `KSG_STREAM_STALL_SECS`.
+    pub stalled_stream_resets: IntCounter,
     /// Catch-ups handed over to live, by how: `live` (the reader reached the live position) or
     /// `ring` (the replay ring held the rest).
     pub catchup_handovers: IntCounterVec,
@@ -216,6 +218,10 @@ impl Metrics {
                 "ksg_catchup_handovers_total",
                 "Catch-ups handed over to live, by how (live position reached, or the rest from the replay ring)",
                 "via",
+            ),
+            stalled_stream_resets: counter(
+                "ksg_stalled_stream_resets_total",
+                "HTTP/2 streams reset (RST_STREAM CANCEL) because their client granted no window for KSG_STREAM_STALL_SECS",
             ),
             catchup_shared: counter(
                 "ksg_catchup_shared_total",

@@ -531,6 +531,7 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_catchup_readers_active", "gauge"),
         ("ksg_catchup_shared_total", "counter"),
         ("ksg_catchup_handovers_total", "counter"),
+        ("ksg_stalled_stream_resets_total", "counter"),
         ("ksg_catchup_readers", "gauge"),
         ("ksg_replay_bytes", "gauge"),
         ("ksg_snapshot_entries", "gauge"),

@@ -1,8 +1,11 @@
-//! The SSE listener: hyper's connection API (HTTP/2 and HTTP/1.1) over TLS or cleartext.
+//! The SSE listener over TLS or cleartext: HTTP/2 driven with the `h2` crate directly (the
+//! gateway owns each stream's send side), HTTP/1.1 with hyper's connection API.
 
 pub mod activity;
 pub mod body;
 pub mod cors;
 pub mod deadline;
+pub mod h2conn;
 pub mod server;
 pub mod service;
+pub mod sniff;

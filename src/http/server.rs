@@ -1,5 +1,6 @@
 //! The accept loop and per-connection serving: connection limit, TLS handshake under a
-//! deadline, HTTP/2 settings set explicitly, graceful shutdown (GOAWAY) on the shutdown signal.
+//! deadline, the protocol from ALPN or the first bytes (HTTP/2: [`h2conn`]; HTTP/1.1: hyper),
+//! graceful shutdown (GOAWAY) on the shutdown signal.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -19,8 +20,11 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::http::activity::{Activity, Tracked};
 use crate::http::deadline::FirstBytes;
+use crate::http::h2conn;
 use crate::http::service::App;
+use crate::http::sniff::sniff;
 use crate::metrics::Metrics;
+use bytes::Bytes;
 
 /// HTTP/2 send buffer per stream: bounds memory held for a stream whose client reads slowly.
 const H2_SEND_BUFFER: usize = 64 * 1024;
@@ -52,8 +56,6 @@ enum Protocol {
 
 /// The SSE listener's shared parts.
 pub struct Server {
-    builder: auto::Builder<TokioExecutor>,
-    h2_only: auto::Builder<TokioExecutor>,
     h1_only: auto::Builder<TokioExecutor>,
     tls: Option<TlsAcceptor>,
     app: Arc<App>,
@@ -62,6 +64,7 @@ pub struct Server {
     max_connections: usize,
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
+    h2: h2conn::Settings,
 }
 
 impl Server {
@@ -79,20 +82,8 @@ impl Server {
             .header_read_timeout(config.handshake_timeout)
             .max_buf_size(MAX_HEADER_LIST)
             .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(config.max_streams_per_connection)
-            .max_send_buf_size(H2_SEND_BUFFER)
-            .max_header_list_size(MAX_HEADER_LIST as u32)
-            .max_pending_accept_reset_streams(MAX_PENDING_RESETS)
-            .max_local_error_reset_streams(MAX_LOCAL_RESETS)
-            .keep_alive_interval(H2_PING_INTERVAL)
-            .keep_alive_timeout(H2_PING_TIMEOUT);
         Server {
-            h2_only: builder.clone().http2_only(),
-            h1_only: builder.clone().http1_only(),
-            builder,
+            h1_only: builder.http1_only(),
             tls: tls.map(TlsAcceptor::from),
             app,
             metrics,
@@ -100,6 +91,18 @@ impl Server {
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
+            h2: h2conn::Settings {
+                max_streams: config.max_streams_per_connection,
+                max_header_list: MAX_HEADER_LIST as u32,
+                send_buffer: H2_SEND_BUFFER,
+                max_pending_resets: MAX_PENDING_RESETS,
+                max_local_resets: MAX_LOCAL_RESETS,
+                ping_interval: H2_PING_INTERVAL,
+                ping_timeout: H2_PING_TIMEOUT,
+                idle_timeout: config.idle_timeout,
+                close_grace: CLOSE_GRACE,
+                stall: config.stream_stall,
+            },
         }
     }
 
@@ -180,7 +183,67 @@ impl Server {
         self.metrics.connections_open.dec();
     }
 
-    async fn serve<I>(&self, io: I, protocol: Protocol, mut shutdown: watch::Receiver<bool>)
+    /// Serves a connection in the protocol ALPN chose, or the one its first bytes show.
+    async fn serve<I>(&self, io: I, protocol: Protocol, shutdown: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match protocol {
+            Protocol::Http2 => self.serve_h2(io, shutdown).await,
+            Protocol::Http1 => self.serve_hyper(io, shutdown).await,
+            Protocol::Detect => match sniff(io, self.handshake_timeout).await {
+                Ok((io, true)) => self.serve_h2(io, shutdown).await,
+                Ok((io, false)) => self.serve_hyper(io, shutdown).await,
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::TimedOut {
+                        self.metrics
+                            .connections_rejected
+                            .with_label_values(&["handshake_timeout"])
+                            .inc();
+                    }
+                    debug!("connection closed before its first request: {e}");
+                }
+            },
+        }
+    }
+
+    /// HTTP/2, driven with `h2` directly: the preface and SETTINGS exchange under the opening
+    /// deadline, then [`h2conn::serve`].
+    async fn serve_h2<I>(&self, io: I, shutdown: watch::Receiver<bool>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handshake = self.h2.builder().handshake::<_, Bytes>(io);
+        let connection = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                debug!("HTTP/2 handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                self.metrics
+                    .connections_rejected
+                    .with_label_values(&["handshake_timeout"])
+                    .inc();
+                debug!("HTTP/2 preface not received in time");
+                return;
+            }
+        };
+        let app = self.app.clone();
+        let ended = h2conn::serve(connection, app, self.metrics.clone(), self.h2, shutdown).await;
+        let reason = match ended {
+            h2conn::Ended::Idle => "idle",
+            h2conn::Ended::PingTimeout => "ping_timeout",
+            h2conn::Ended::Closed | h2conn::Ended::Shutdown => return,
+        };
+        self.metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+    }
+
+    /// HTTP/1.1, with hyper.
+    async fn serve_hyper<I>(&self, io: I, mut shutdown: watch::Receiver<bool>)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -196,12 +259,7 @@ impl Server {
             }
         });
         let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);
-        let builder = match protocol {
-            Protocol::Detect => &self.builder,
-            Protocol::Http2 => &self.h2_only,
-            Protocol::Http1 => &self.h1_only,
-        };
-        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let connection = self.h1_only.serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         let mut open = activity.watch();
         let result = loop {

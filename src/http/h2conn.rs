@@ -1,0 +1,294 @@
+//! HTTP/2 connections served with the `h2` crate directly (hyper's own HTTP/2 layer), so the
+//! gateway owns each stream's send side: a stream whose client grants no flow-control window
+//! for `KSG_STREAM_STALL_SECS` is reset with `RST_STREAM(CANCEL)` and its memory released, whatever
+//! the client does next. Data is only handed to `h2` within the window the client granted, so
+//! `h2` never buffers more than one frame's worth per stream and an ended stream's
+//! `END_STREAM` never waits behind unflushed data.
+//!
+//! The connection task accepts streams (each answered by a task of its own), sends keep-alive
+//! PINGs, closes the connection when it has had no open stream for the idle timeout, and says
+//! GOAWAY on shutdown.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::server::{Connection, SendResponse};
+use h2::{Ping, Reason, RecvStream, SendStream};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::http::activity::Activity;
+use crate::http::body::ResponseBody;
+use crate::http::service::App;
+use crate::metrics::Metrics;
+
+/// HTTP/2 settings, explicit.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
+    pub max_streams: u32,
+    /// Largest header block the protocol layer accepts.
+    pub max_header_list: u32,
+    /// Bytes `h2` may buffer per stream (the gateway stays within the window anyway).
+    pub send_buffer: usize,
+    /// Streams a client may reset before their requests were handled.
+    pub max_pending_resets: usize,
+    /// Stream errors the server may reset before it closes the connection.
+    pub max_local_resets: usize,
+    /// Keep-alive PING interval, and the deadline for its acknowledgement.
+    pub ping_interval: Duration,
+    /// See `ping_interval`.
+    pub ping_timeout: Duration,
+    /// Close after this long with no open stream (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// How long an idle or shut-down connection may take to say goodbye.
+    pub close_grace: Duration,
+    /// A stream whose client grants no window for this long while data waits is reset.
+    pub stall: Duration,
+}
+
+impl Settings {
+    /// The `h2` server builder for these settings.
+    pub fn builder(&self) -> h2::server::Builder {
+        let mut builder = h2::server::Builder::new();
+        builder
+            .max_concurrent_streams(self.max_streams)
+            .max_header_list_size(self.max_header_list)
+            .max_send_buffer_size(self.send_buffer)
+            .max_pending_accept_reset_streams(self.max_pending_resets)
+            .max_local_error_reset_streams(Some(self.max_local_resets));
+        builder
+    }
+}
+
+/// Why a connection ended, for the caller's metrics.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The client or the protocol closed it.
+    Closed,
+    /// No open stream for the idle timeout.
+    Idle,
+    /// A PING went unanswered.
+    PingTimeout,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// Serves one HTTP/2 connection whose handshake is done.
+pub async fn serve<I>(
+    mut connection: Connection<I, Bytes>,
+    app: Arc<App>,
+    metrics: Metrics,
+    settings: Settings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let mut open = activity.watch();
+    let mut pinger = connection.ping_pong();
+    let mut next_ping = Instant::now() + settings.ping_interval;
+    let mut pong_by: Option<Instant> = None;
+    let mut goodbye: Option<(Ended, Instant)> = None;
+    let mut idle_since = Some(Instant::now());
+    loop {
+        if *open.borrow_and_update() > 0 {
+            idle_since = None;
+        } else if idle_since.is_none() {
+            idle_since = Some(Instant::now());
+        }
+        let idle_until = match (settings.idle_timeout, idle_since, &goodbye) {
+            (Some(limit), Some(since), None) => Some(since + limit),
+            _ => None,
+        };
+        let grace_until = goodbye.as_ref().map(|(_, until)| *until);
+        tokio::select! {
+            accepted = connection.accept() => match accepted {
+                Some(Ok((request, respond))) => {
+                    let stream = activity.open();
+                    let (app, metrics) = (app.clone(), metrics.clone());
+                    let stall = settings.stall;
+                    tokio::spawn(async move {
+                        answer(&app, &metrics, stall, request, respond).await;
+                        drop(stream);
+                    });
+                }
+                // A connection error (h2 has said GOAWAY, or the peer went away): done.
+                Some(Err(e)) => {
+                    debug!("HTTP/2 connection ended: {e}");
+                    break;
+                }
+                None => break,
+            },
+            _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
+                connection.graceful_shutdown();
+                goodbye = Some((Ended::Shutdown, Instant::now() + settings.close_grace));
+            }
+            changed = open.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = sleep_opt(idle_until) => {
+                debug!("closing an idle HTTP/2 connection");
+                connection.graceful_shutdown();
+                goodbye = Some((Ended::Idle, Instant::now() + settings.close_grace));
+            }
+            _ = tokio::time::sleep_until(next_ping), if pinger.is_some() && pong_by.is_none() => {
+                if let Some(pinger) = pinger.as_mut() {
+                    if pinger.send_ping(Ping::opaque()).is_ok() {
+                        pong_by = Some(Instant::now() + settings.ping_timeout);
+                    } else {
+                        next_ping = Instant::now() + settings.ping_interval;
+                    }
+                }
+            }
+            pong = poll_fn(|cx| match pinger.as_mut() {
+                Some(p) => p.poll_pong(cx),
+                None => Poll::Pending,
+            }), if pong_by.is_some() => {
+                let _ = pong;
+                pong_by = None;
+                next_ping = Instant::now() + settings.ping_interval;
+            }
+            _ = sleep_opt(pong_by) => {
+                debug!("closing an HTTP/2 connection: PING unanswered");
+                return Ended::PingTimeout;
+            }
+            _ = sleep_opt(grace_until) => break,
+        }
+    }
+    goodbye.map_or(Ended::Closed, |(why, _)| why)
+}
+
+/// Sleeps until `until`, or forever when there is none.
+async fn sleep_opt(until: Option<Instant>) {
+    match until {
+        Some(until) => tokio::time::sleep_until(until).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers one stream: the app's response, then its body within the client's window.
+async fn answer(
+    app: &App,
+    metrics: &Metrics,
+    stall: Duration,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+) {
+    let response = app.handle(request.map(RequestBody)).await;
+    let (parts, body) = response.into_parts();
+    let end = body.is_end_stream();
+    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
+        Ok(send) => send,
+        Err(e) => {
+            debug!("response not sent: {e}");
+            return;
+        }
+    };
+    if !end {
+        pump(send, body, metrics, stall).await;
+    }
+}
+
+/// A request body read from `h2`, its window given back as it is read.
+struct RequestBody(RecvStream);
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        match self.0.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                let _ = self.0.flow_control().release_capacity(data.len());
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
+/// Sends `body` on `send`, never more than the client's window allows; resets the stream when
+/// the client grants no window for `stall` while data waits. Ends when the client resets it.
+async fn pump(
+    mut send: SendStream<Bytes>,
+    mut body: ResponseBody,
+    metrics: &Metrics,
+    stall: Duration,
+) {
+    loop {
+        let next = tokio::select! {
+            frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
+            reason = poll_fn(|cx| send.poll_reset(cx)) => {
+                debug!("stream reset by the client: {reason:?}");
+                return;
+            }
+        };
+        let Some(Ok(frame)) = next else {
+            // The body ended: END_STREAM needs no window, and nothing is buffered before it.
+            let _ = send.send_data(Bytes::new(), true);
+            return;
+        };
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            // Capacity already assigned is used at once (poll_capacity only reports changes).
+            let ready = send.capacity();
+            if ready > 0 {
+                let part = data.split_to(ready.min(data.len()));
+                if send.send_data(part, false).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let granted = tokio::select! {
+                granted = poll_fn(|cx| {
+                    if send.poll_reset(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    send.poll_capacity(cx).map(Some)
+                }) => granted,
+                _ = tokio::time::sleep(stall) => {
+                    metrics.stalled_stream_resets.inc();
+                    debug!("stream reset: its client granted no window for {stall:?}");
+                    send.send_reset(Reason::CANCEL);
+                    return;
+                }
+            };
+            // None: the client reset the stream (or it closed).
+            let Some(granted) = granted else { return };
+            match granted {
+                Some(Ok(0)) => {}
+                Some(Ok(n)) => {
+                    let part = data.split_to(n.min(data.len()));
+                    if send.send_data(part, false).is_err() {
+                        return;
+                    }
+                }
+                Some(Err(_)) | None => return,
+            }
+        }
+    }
+}
