@@ -23,6 +23,8 @@ pub struct Admin {
     pub metrics: Metrics,
     /// Latched true once Kafka answered a metadata request.
     pub ready: Arc<AtomicBool>,
+    /// True from SIGTERM on: `/readyz` answers 503 while streams go on (drain).
+    pub draining: Arc<AtomicBool>,
 }
 
 impl Admin {
@@ -34,6 +36,11 @@ impl Admin {
                 self.metrics.render(),
             ),
             "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            "/readyz" if self.draining.load(Ordering::Acquire) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                "draining: shutting down\n".into(),
+            ),
             "/readyz" if self.ready.load(Ordering::Acquire) => {
                 (StatusCode::OK, "text/plain", "ready\n".into())
             }

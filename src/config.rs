@@ -66,6 +66,9 @@ pub const KEY_PARTITIONER: &str = "KSG_KEY_PARTITIONER";
 pub const HANDSHAKE_TIMEOUT_SECS: &str = "KSG_HANDSHAKE_TIMEOUT_SECS";
 /// `KSG_IDLE_TIMEOUT_SECS`: a connection with no open stream is closed after this long (0: never).
 pub const IDLE_TIMEOUT_SECS: &str = "KSG_IDLE_TIMEOUT_SECS";
+/// `KSG_DRAIN_DELAY_SECS`: on SIGTERM, `/readyz` answers 503 and streams go on for this long
+/// (load balancers stop routing here) before GOAWAY and the end of every stream.
+pub const DRAIN_DELAY_SECS: &str = "KSG_DRAIN_DELAY_SECS";
 /// `KSG_STREAM_STALL_SECS`: an HTTP/2 stream whose client grants no flow-control window for this
 /// long while data waits is reset (`RST_STREAM(CANCEL)`) and its memory released.
 pub const STREAM_STALL_SECS: &str = "KSG_STREAM_STALL_SECS";
@@ -77,6 +80,9 @@ pub const DEMO_TICKS_PER_SEC: &str = "KSG_DEMO_TICKS_PER_SEC";
 pub const CORS_ORIGINS: &str = "KSG_CORS_ORIGINS";
 /// `KSG_LOG`: log filter, e.g. `info` or `info,kafka_sse_gateway=debug`.
 pub const LOG: &str = "KSG_LOG";
+/// `KSG_LOG_FORMAT`: `text` (human-readable lines) or `json` (one JSON object a line, with the
+/// structured fields, for log pipelines).
+pub const LOG_FORMAT: &str = "KSG_LOG_FORMAT";
 
 const KAFKA_PREFIX: &str = "KSG_KAFKA_";
 
@@ -110,10 +116,12 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (IDLE_TIMEOUT_SECS, "60"),
     (STREAM_STALL_SECS, "30"),
+    (DRAIN_DELAY_SECS, "5"),
     (TOPIC_IDLE_SECS, "30"),
     (DEMO_TICKS_PER_SEC, "2"),
     (CORS_ORIGINS, "(none: no CORS headers)"),
     (LOG, "info"),
+    (LOG_FORMAT, "text"),
 ];
 
 /// The validated configuration of one gateway.
@@ -165,6 +173,8 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     /// An HTTP/2 stream that cannot send for this long is reset.
     pub stream_stall: Duration,
+    /// How long the gateway keeps serving, not ready, after SIGTERM.
+    pub drain_delay: Duration,
     /// Delay before a topic without streams is released.
     pub topic_idle: Duration,
     /// Demo ticks per symbol per second.
@@ -173,6 +183,8 @@ pub struct Config {
     pub cors: Cors,
     /// Log filter directives.
     pub log: String,
+    /// Logs as JSON lines instead of text.
+    pub log_json: bool,
 }
 
 /// Certificate and key files; both `None` means a generated self-signed certificate.
@@ -361,6 +373,7 @@ impl Config {
             Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
         let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
         let stream_stall = Duration::from_secs(r.number(STREAM_STALL_SECS, 30u64, 1, 3600));
+        let drain_delay = Duration::from_secs(r.number(DRAIN_DELAY_SECS, 5u64, 0, 3600));
         let idle_timeout = match r.number(IDLE_TIMEOUT_SECS, 60u64, 0, 86_400) {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
@@ -374,6 +387,11 @@ impl Config {
             );
         }
 
+        let log_json = r.parse(LOG_FORMAT, false, |s| match s {
+            "text" => Ok(false),
+            "json" => Ok(true),
+            _ => Err("must be text or json".into()),
+        });
         let cors = r.parse(CORS_ORIGINS, Cors::default(), Cors::parse);
         let topics = match r.raw(TOPICS).map(str::to_string) {
             Some(s) => TopicFilter::parse(&s).unwrap_or_else(|e| {
@@ -426,10 +444,12 @@ impl Config {
                 handshake_timeout,
                 idle_timeout,
                 stream_stall,
+                drain_delay,
                 topic_idle,
                 demo_ticks_per_sec,
                 cors,
                 log,
+                log_json,
             })
         } else {
             Err(ConfigError(r.problems))

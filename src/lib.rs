@@ -95,6 +95,8 @@ pub struct Handle {
     /// The gateway's metrics.
     pub metrics: Metrics,
     ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    drain_delay: Duration,
     shutdown: watch::Sender<bool>,
     server: Arc<Server>,
     hub: Arc<Hub>,
@@ -160,6 +162,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
 
     let (shutdown, signal) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
     let app = Arc::new(App {
         hub: hub.clone(),
         routes: config.routes.clone(),
@@ -185,11 +188,17 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         ready: ready.clone(),
+        draining: draining.clone(),
     });
     let tasks = vec![
         tokio::spawn(server.clone().run(listener, signal.clone())),
         tokio::spawn(admin.run(admin_listener, signal.clone())),
-        tokio::spawn(watch_readiness(source, ready.clone())),
+        tokio::spawn(watch_readiness(
+            source,
+            ready.clone(),
+            draining.clone(),
+            metrics.clone(),
+        )),
         tokio::spawn(refresh_topics(
             hub.clone(),
             config.metadata_refresh,
@@ -212,6 +221,8 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         cert_der: tls.map(|t| t.cert_der),
         metrics,
         ready,
+        draining,
+        drain_delay: config.drain_delay,
         shutdown,
         server,
         hub,
@@ -229,13 +240,21 @@ pub(crate) async fn stopped(signal: &mut watch::Receiver<bool>) {
 }
 
 /// Latches readiness once Kafka answers a metadata request.
-async fn watch_readiness(source: Arc<Source>, ready: Arc<AtomicBool>) {
+async fn watch_readiness(
+    source: Arc<Source>,
+    ready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+    metrics: Metrics,
+) {
     loop {
         let probe = source.clone();
         if let Ok(true) =
             tokio::task::spawn_blocking(move || probe.reachable(Duration::from_secs(2))).await
         {
             ready.store(true, Ordering::Release);
+            if !draining.load(Ordering::Acquire) {
+                metrics.ready.set(1);
+            }
             info!("Kafka reached: ready");
             return;
         }
@@ -272,6 +291,22 @@ impl Handle {
 
     /// Stops accepting, sends GOAWAY, ends every stream and waits for connections to close,
     /// at most the grace period. Returns true when every connection ended in time.
+    /// Drains, then shuts down (what SIGTERM does): `/readyz` answers 503 (and `ksg_ready` is
+    /// 0) while streams go on for `KSG_DRAIN_DELAY_SECS`, so load balancers stop routing here;
+    /// then [`Handle::shutdown`].
+    pub async fn drain_and_shutdown(self) -> bool {
+        self.draining.store(true, Ordering::Release);
+        self.metrics.ready.set(0);
+        info!(
+            delay = ?self.drain_delay,
+            "draining: /readyz answers 503, streams go on until the drain delay is over"
+        );
+        tokio::time::sleep(self.drain_delay).await;
+        self.shutdown().await
+    }
+
+    /// Stops at once: no new connections, GOAWAY, every stream ends after its queued events,
+    /// connections get `KSG_SHUTDOWN_GRACE_SECS` to close. True when all closed in time.
     pub async fn shutdown(mut self) -> bool {
         info!("shutting down: no new connections, ending streams");
         let _ = self.shutdown.send(true);

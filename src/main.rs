@@ -1,4 +1,5 @@
 //! The gateway binary: read the environment, install logging, run until SIGTERM or SIGINT.
+//! It takes no arguments but `--help` and `--version`: every setting is a `KSG_*` variable.
 
 use std::process::ExitCode;
 
@@ -6,7 +7,37 @@ use kafka_sse_gateway::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
 
+const USAGE: &str = "\
+kafka-sse-gateway: Apache Kafka topics as Server-Sent Events over HTTP/2
+
+Usage: kafka-sse-gateway [--help | --version]
+
+Every setting is an environment variable (KSG_*): see the table in the
+README (section Configuration). With no KSG_KAFKA_BROKERS it runs a demo: an
+embedded Kafka cluster, a ticker and a starter page at https://localhost:8443/. Admin endpoints: /metrics, /healthz,
+/readyz on KSG_ADMIN_LISTEN (default 0.0.0.0:8081).
+
+Signals: SIGTERM or SIGINT drains (readiness off for KSG_DRAIN_DELAY_SECS), then
+ends every stream and exits 0; a second signal exits at once (130).
+";
+
 fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    match (args.next().as_deref(), args.next()) {
+        (None, _) => {}
+        (Some("--help" | "-h"), None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        (Some("--version" | "-V"), None) => {
+            println!("kafka-sse-gateway {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        (Some(arg), _) => {
+            eprintln!("kafka-sse-gateway: unexpected argument {arg:?}: settings are KSG_* environment variables (see --help)");
+            return ExitCode::from(2);
+        }
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(errors) => {
@@ -24,8 +55,17 @@ fn main() -> ExitCode {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (text, json) = if config.log_json {
+        (
+            None,
+            Some(tracing_subscriber::fmt::layer().json().flatten_event(true)),
+        )
+    } else {
+        (Some(tracing_subscriber::fmt::layer().with_ansi(ansi)), None)
+    };
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+        .with(text)
+        .with(json)
         .with(filter)
         .init();
 
@@ -65,7 +105,7 @@ async fn run(config: Config) -> ExitCode {
         _ = int.recv() => info!("SIGINT received"),
     }
     tokio::select! {
-        drained = handle.shutdown() => {
+        drained = handle.drain_and_shutdown() => {
             info!(drained, "stopped");
             ExitCode::SUCCESS
         }

@@ -39,6 +39,10 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     /// Connections currently open.
     pub connections_open: IntGauge,
+    /// 1 while `/readyz` answers 200 (Kafka reached, not draining), else 0.
+    pub ready: IntGauge,
+    /// Always 1; the `version` label says which build runs.
+    pub build_info: IntGaugeVec,
     /// Connections closed before being served, by reason.
     pub connections_rejected: IntCounterVec,
     /// Served connections the gateway closed, by reason.
@@ -136,6 +140,19 @@ impl Metrics {
         let m = Metrics {
             connections_accepted: counter("ksg_connections_accepted_total", "Connections accepted"),
             connections_open: gauge("ksg_connections_open", "Connections currently open"),
+            ready: gauge(
+                "ksg_ready",
+                "1 while /readyz answers 200 (Kafka reached, not draining), else 0",
+            ),
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("ksg_build_info", "Always 1; the version label says which build runs"),
+                    &["version"],
+                )
+                .expect("valid metric");
+                registry.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
             connections_rejected: counter_vec(
                 "ksg_connections_rejected_total",
                 "Connections closed before being served",
@@ -240,6 +257,9 @@ impl Metrics {
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
             registry,
         };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for source in ["memory", "kafka", "snapshot"] {
             m.resumes.with_label_values(&[source]);
         }

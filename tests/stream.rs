@@ -508,6 +508,8 @@ async fn admin_metrics_export_every_documented_family() {
     let families = [
         ("ksg_connections_accepted_total", "counter"),
         ("ksg_connections_open", "gauge"),
+        ("ksg_ready", "gauge"),
+        ("ksg_build_info", "gauge"),
         ("ksg_connections_rejected_total", "counter"),
         ("ksg_connections_closed_total", "counter"),
         ("ksg_streams_opened_total", "counter"),

@@ -99,6 +99,8 @@ async function startGateway(extraEnv = {}) {
     KSG_ADMIN_LISTEN: '127.0.0.1:0',
     KSG_DEMO_TICKS_PER_SEC: '10',
     KSG_SHUTDOWN_GRACE_SECS: '5',
+    // SIGTERM drains first (readiness off while streams go on); 1 s keeps the test short.
+    KSG_DRAIN_DELAY_SECS: '1',
     NO_COLOR: '1',
     ...extraEnv,
   });
