@@ -2,8 +2,18 @@
 //! (route template, topic, reason; never a key or a client address).
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Buckets (seconds) for latencies: 1 ms to 60 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets (seconds) for stream durations: 1 s to 1 day.
+const DURATION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14_400.0, 86_400.0,
+];
 
 /// Why a stream request was refused (label `reason`).
 pub const REFUSED_REASONS: &[&str] = &[
@@ -39,6 +49,16 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     /// Connections currently open.
     pub connections_open: IntGauge,
+    /// Seconds from a record's Kafka timestamp to the moment its event is handed to the streams
+    /// that get it (once per record), by topic.
+    pub event_latency: HistogramVec,
+    /// Seconds from a stream's start to its first event, by route.
+    pub first_event: HistogramVec,
+    /// Seconds streams lasted, by route.
+    pub stream_duration: HistogramVec,
+    /// Records between each partition's high watermark and the gateway's position, summed per
+    /// topic (read every `KSG_METADATA_REFRESH_SECS`).
+    pub consumer_lag: IntGaugeVec,
     /// 1 while `/readyz` answers 200 (Kafka reached, not draining), else 0.
     pub ready: IntGauge,
     /// Always 1; the `version` label says which build runs.
@@ -137,7 +157,52 @@ impl Metrics {
             .register(Box::new(streams_open.clone()))
             .expect("unique metric");
 
+        let histogram = |name: &str, help: &str, label: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+            let h = HistogramVec::new(opts, &[label]).expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "ksg_consumer_lag",
+                "Records between the partitions' high watermarks and the gateway's position, per topic",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(consumer_lag.clone()))
+            .expect("unique metric");
+
         let m = Metrics {
+            event_latency: histogram(
+                "ksg_event_latency_seconds",
+                "Seconds from a record's Kafka timestamp to its event being handed to the streams that get it",
+                "topic",
+                LATENCY_BUCKETS,
+            ),
+            first_event: histogram(
+                "ksg_first_event_seconds",
+                "Seconds from a stream's start to its first event",
+                "route",
+                LATENCY_BUCKETS,
+            ),
+            stream_duration: histogram(
+                "ksg_stream_duration_seconds",
+                "Seconds streams lasted",
+                "route",
+                DURATION_BUCKETS,
+            ),
+            consumer_lag,
             connections_accepted: counter("ksg_connections_accepted_total", "Connections accepted"),
             connections_open: gauge("ksg_connections_open", "Connections currently open"),
             ready: gauge(
@@ -279,6 +344,8 @@ impl Metrics {
             m.connections_closed.with_label_values(&[reason]);
         }
         for route in routes {
+            m.first_event.with_label_values(&[route]);
+            m.stream_duration.with_label_values(&[route]);
             m.streams_opened.with_label_values(&[route]);
             m.streams_open.with_label_values(&[route]);
         }

@@ -236,6 +236,7 @@ impl Source {
                     message.offset(),
                     message.key(),
                     message.payload(),
+                    message.timestamp().to_millis(),
                 ),
                 // Reaching the end of a partition is not an error.
                 Some(Err(KafkaError::PartitionEOF(_))) => {}

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::time::{Instant, Sleep};
 
 use crate::hub::Subscription;
@@ -36,6 +36,10 @@ pub struct StreamMetrics {
     pub open: IntGauge,
     /// Streams ended at their maximum lifetime.
     pub expired: IntCounter,
+    /// Seconds from the stream's start to its first event, on the stream's route.
+    pub first_event: Histogram,
+    /// Seconds a stream lasted, on the stream's route.
+    pub duration: Histogram,
 }
 
 /// Settings shared by every stream of a gateway.
@@ -57,6 +61,10 @@ pub struct SseStream {
     heartbeat: Pin<Box<Sleep>>,
     expires: Option<Pin<Box<Sleep>>>,
     metrics: StreamMetrics,
+    opened: std::time::Instant,
+    first_sent: bool,
+    /// Why the stream ended, for its closing log line.
+    ended: &'static str,
 }
 
 impl SseStream {
@@ -80,8 +88,30 @@ impl SseStream {
             heartbeat: Box::pin(tokio::time::sleep(settings.heartbeat)),
             expires,
             metrics,
+            opened: std::time::Instant::now(),
+            first_sent: false,
+            ended: "the client went away",
         }
     }
+
+    /// Counts `events` events of `bytes` bytes written, and the time to the first one.
+    fn sent(&mut self, events: u64, bytes: usize) {
+        if events == 0 {
+            return;
+        }
+        self.metrics.events.inc_by(events);
+        self.metrics.bytes.inc_by(bytes as u64);
+        if !self.first_sent {
+            self.first_sent = true;
+            let waited = self.opened.elapsed().as_secs_f64();
+            self.metrics.first_event.observe(waited);
+        }
+    }
+}
+
+/// The SSE blocks (events, comments, id-only blocks) in `bytes`: each ends with a blank line.
+fn blocks(bytes: &[u8]) -> u64 {
+    bytes.windows(2).filter(|w| w == b"\n\n").count() as u64
 }
 
 /// Up to 10% less than `max`, different for each stream, so streams opened together do not all
@@ -97,33 +127,32 @@ fn jittered(max: Duration) -> Duration {
 impl SseStream {
     /// Appends events already waiting in the queue to `first`, up to [`MAX_BATCH_BYTES`].
     /// A lone event is passed on as the shared bytes, without a copy.
-    fn batch(&mut self, first: Bytes) -> (Bytes, u64) {
+    fn batch(&mut self, first: Bytes) -> Bytes {
         if first.len() >= MAX_BATCH_BYTES {
-            return (first, 1);
+            return first;
         }
         let Ok(second) = self.subscription.events.try_recv() else {
-            return (first, 1);
+            return first;
         };
         let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES.max(first.len() + second.len()));
         buf.extend_from_slice(&first);
         buf.extend_from_slice(&second);
-        let mut count = 2;
         while buf.len() < MAX_BATCH_BYTES {
             match self.subscription.events.try_recv() {
-                Ok(event) => {
-                    buf.extend_from_slice(&event);
-                    count += 1;
-                }
+                Ok(event) => buf.extend_from_slice(&event),
                 Err(_) => break,
             }
         }
-        (buf.freeze(), count)
+        buf.freeze()
     }
 }
 
 impl Drop for SseStream {
     fn drop(&mut self) {
         self.metrics.open.dec();
+        let lasted = self.opened.elapsed().as_secs_f64();
+        self.metrics.duration.observe(lasted);
+        tracing::debug!(topic = %self.subscription.topic, lasted, reason = self.ended, "stream closed");
     }
 }
 
@@ -138,27 +167,35 @@ impl Body for SseStream {
         let this = &mut *self;
         if let Some(preamble) = this.preamble.take() {
             // Whatever is already queued (a replay) goes out in the same frame.
-            let (frame, count) = this.batch(preamble);
-            this.metrics.events.inc_by(count - 1);
+            let own = (blocks(&preamble), preamble.len());
+            let frame = this.batch(preamble);
+            let events = blocks(&frame) - own.0;
+            this.sent(events, frame.len() - own.1);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if let Some(expires) = this.expires.as_mut() {
             if expires.as_mut().poll(cx).is_ready() {
                 // Queued events are not lost: the client resumes from the last id it received.
                 this.metrics.expired.inc();
+                this.ended = "its lifetime (KSG_STREAM_MAX_SECS) was over";
                 return Poll::Ready(None);
             }
         }
         match this.subscription.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
-                let (frame, count) = this.batch(event);
-                this.metrics.events.inc_by(count);
-                this.metrics.bytes.inc_by(frame.len() as u64);
+                // A queue item may hold several events (catch-up and replay batches).
+                let frame = this.batch(event);
+                this.sent(blocks(&frame), frame.len());
                 let next = Instant::now() + this.heartbeat_every;
                 this.heartbeat.as_mut().reset(next);
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
-            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Ready(None) => {
+                // The hub closed the queue: cut off as slow, shutdown, topic deleted, or a
+                // broken partitioner promise.
+                this.ended = "the gateway ended it";
+                return Poll::Ready(None);
+            }
             Poll::Pending => {}
         }
         if this.heartbeat.as_mut().poll(cx).is_ready() {

@@ -496,15 +496,50 @@ async fn admin_metrics_export_every_documented_family() {
     let cluster = Cluster::new();
     let topic = unique_topic("families");
     cluster.create_topic(&topic, 1).await;
-    let gw = gateway(&cluster, &[]).await;
-    let (_, mut sse) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    let gw = gateway(&cluster, &[("KSG_METADATA_REFRESH_SECS", "1")]).await;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut sse) = get(&h2, &format!("/{topic}"), &[]).await;
     sse.next_block().await.unwrap();
-    cluster
-        .producer()
-        .produce(&topic, Some("k"), Some("v"))
-        .await;
+    let p = cluster.producer();
+    p.produce(&topic, Some("k"), Some("v")).await;
     assert_eq!(sse.next_event().await.unwrap().text(), "v");
+    // Events are counted as events: a catch-up batch of three is three, not one queue item.
+    p.produce(&topic, Some("k"), Some("w")).await;
+    p.produce(&topic, Some("k"), Some("x")).await;
+    assert_eq!(sse.events(2).await.len(), 2);
+    let (_, mut earliest) = get(&h2, &format!("/{topic}?from=earliest"), &[]).await;
+    assert_eq!(earliest.events(3).await.len(), 3);
+    drop(earliest);
+    // The lag gauge appears with the first metadata refresh.
+    let lag = format!("ksg_consumer_lag{{topic=\"{topic}\"}}");
+    for _ in 0..100 {
+        if metrics(&gw).await.contains(&lag) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let text = format!("\n{}", metrics(&gw).await);
+    assert_eq!(metric(&text, &lag), 0.0, "the gateway has read everything");
+    assert_eq!(
+        metric(
+            &text,
+            &format!("ksg_events_sent_total{{topic=\"{topic}\"}}")
+        ),
+        6.0
+    );
+    let route = "route=\"/{topic}\"";
+    assert_eq!(
+        metric(&text, &format!("ksg_first_event_seconds_count{{{route}}}")),
+        2.0
+    );
+    assert!(
+        metric(
+            &text,
+            &format!("ksg_event_latency_seconds_count{{topic=\"{topic}\"}}")
+        ) >= 3.0
+    );
+    assert!(metric(&text, "process_resident_memory_bytes") > 0.0);
+    assert!(metric(&text, "process_open_fds") > 0.0);
     let families = [
         ("ksg_connections_accepted_total", "counter"),
         ("ksg_connections_open", "gauge"),
@@ -534,11 +569,21 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_catchup_shared_total", "counter"),
         ("ksg_catchup_handovers_total", "counter"),
         ("ksg_stalled_stream_resets_total", "counter"),
+        ("ksg_event_latency_seconds", "histogram"),
+        ("ksg_first_event_seconds", "histogram"),
+        ("ksg_stream_duration_seconds", "histogram"),
+        ("ksg_consumer_lag", "gauge"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
         ("ksg_catchup_readers", "gauge"),
         ("ksg_replay_bytes", "gauge"),
         ("ksg_snapshot_entries", "gauge"),
         ("ksg_snapshot_bytes", "gauge"),
     ];
+    let consumed = format!("ksg_records_consumed_total{{topic=\"{topic}\"}}");
+    assert_eq!(metric(&text, &consumed), 3.0);
     for (family, kind) in families {
         assert!(
             text.contains(&format!("\n# HELP {family} ")),
@@ -548,8 +593,13 @@ async fn admin_metrics_export_every_documented_family() {
             text.contains(&format!("\n# TYPE {family} {kind}\n")),
             "no TYPE {kind} for {family}"
         );
+        let sample = if kind == "histogram" {
+            format!("{family}_count")
+        } else {
+            family.to_string()
+        };
         let sampled = text.lines().any(|l| {
-            l.strip_prefix(family)
+            l.strip_prefix(sample.as_str())
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
         });
         assert!(sampled, "no sample of {family}");
@@ -566,12 +616,5 @@ async fn admin_metrics_export_every_documented_family() {
             0.0
         );
     }
-    assert_eq!(
-        metric(
-            &text,
-            &format!("ksg_records_consumed_total{{topic=\"{topic}\"}}")
-        ),
-        1.0
-    );
     gw.shutdown().await;
 }

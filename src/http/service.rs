@@ -164,7 +164,10 @@ impl App {
             heartbeats: self.metrics.heartbeats_sent.clone(),
             open: self.metrics.streams_open.with_label_values(&[route]),
             expired: self.metrics.streams_expired.clone(),
+            first_event: self.metrics.first_event.with_label_values(&[route]),
+            duration: self.metrics.stream_duration.with_label_values(&[route]),
         };
+        debug!(topic = %topic, route, "stream opened");
         let stream = SseStream::new(subscription, self.streams, metrics);
         let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
         sse_headers(response.headers_mut());

@@ -55,11 +55,34 @@ impl Hub {
             let (source, name) = (self.source.clone(), hub.name.clone());
             match tokio::task::spawn_blocking(move || source.partition_count(&name)).await {
                 Ok(Ok(count)) if count > hub.lock().positions.len() => self.grow(&hub, count).await,
+                Ok(Ok(count)) => self.measure_lag(&hub, count).await,
                 Ok(Err(SourceError::UnknownTopic(_))) => self.topic_deleted(&hub).await,
-                // Kafka unreachable or nothing new: look again next time.
-                _ => {}
+                // Kafka unreachable: look again next time.
+                Ok(Err(_)) | Err(_) => {}
             }
         }
+    }
+
+    /// Sets `ksg_consumer_lag{topic}`: the records between the partitions' high watermarks and
+    /// the gateway's position (one ListOffsets request).
+    async fn measure_lag(&self, hub: &Arc<TopicHub>, count: usize) {
+        let (source, name) = (self.source.clone(), hub.name.clone());
+        let Ok(Ok(ends)) =
+            tokio::task::spawn_blocking(move || source.end_offsets(&name, count)).await
+        else {
+            return;
+        };
+        let lag: i64 = {
+            let state = hub.lock();
+            ends.iter()
+                .zip(&state.positions)
+                .map(|(end, at)| (end - at).max(0))
+                .sum()
+        };
+        self.metrics
+            .consumer_lag
+            .with_label_values(&[&hub.name])
+            .set(lag);
     }
 
     /// Adds partitions up to `count`: positions, ring and floors first, then the assignment,
@@ -136,6 +159,7 @@ impl Hub {
             warn!(topic = %hub.name, "unassigning a deleted topic failed: {e}");
         }
         self.metrics.topics_attached.dec();
+        let _ = self.metrics.consumer_lag.remove_label_values(&[&hub.name]);
     }
 
     /// Releases topics that have had no stream for `idle`. Called periodically.
@@ -173,6 +197,7 @@ impl Hub {
                 Err(e) => warn!(topic = %hub.name, "releasing topic failed: {e}"),
             }
             self.metrics.topics_attached.dec();
+            let _ = self.metrics.consumer_lag.remove_label_values(&[&hub.name]);
         }
     }
 }

@@ -138,6 +138,7 @@ struct TopicHub {
     /// Set once a record broke the promise (readers check it without the lock).
     broken: AtomicBool,
     mismatches: IntCounter,
+    latency: prometheus::Histogram,
     records: IntCounter,
     cutoffs: IntCounter,
     oversize: IntCounter,
@@ -758,6 +759,7 @@ impl Hub {
                 .metrics
                 .key_partition_mismatches
                 .with_label_values(&[topic]),
+            latency: self.metrics.event_latency.with_label_values(&[topic]),
             records: self.metrics.records_consumed.with_label_values(&[topic]),
             cutoffs: self.metrics.slow_stream_cutoffs.with_label_values(&[topic]),
             oversize: self.metrics.records_oversize.with_label_values(&[topic]),
@@ -846,6 +848,7 @@ impl Hub {
         offset: i64,
         key: Option<&[u8]>,
         value: Option<&[u8]>,
+        timestamp_ms: Option<i64>,
     ) {
         let Some(hub) = self.topics.get(topic).map(|e| e.value().clone()) else {
             return;
@@ -878,6 +881,15 @@ impl Hub {
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(&hub, &id, p, offset, key, value);
+        if !state.all.is_empty() || keyed {
+            // Once per record handed to streams, never per stream.
+            if let Some(ms) = timestamp_ms {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                hub.latency.observe((now - ms).max(0) as f64 / 1000.0);
+            }
+        }
         // Key streams whose ids name only their key's partition share a second encoding.
         let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, offset, &event));
         let after = &state.positions;
