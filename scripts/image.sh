@@ -92,15 +92,21 @@ build() {
   local ctx
   ctx=$(mktemp -d /var/tmp/ksg-ctx.XXXXXX)
   cp "$bin" "$ctx/kafka-sse-gateway"
+  local previous
+  previous=$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
   log "building $image from $bin (stage runtime-prebuilt, base $base)"
-  # --format docker keeps the HEALTHCHECK (the OCI image format has no field for it).
+  # --format docker keeps the HEALTHCHECK (the OCI image format has no field for it). No
+  # creation-date label: it would defeat the layer cache (the image config has the date anyway).
   podman build --isolation=chroot --pull=never --format docker \
     -f "$root/deploy/Dockerfile" --target runtime-prebuilt \
     --build-arg BASE="$base" \
     --label org.opencontainers.image.revision="$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)" \
-    --label org.opencontainers.image.created="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     -t "$image" "$ctx" >&2 || { rm -rf "$ctx"; die "podman build failed"; }
   rm -rf "$ctx"
+  # The image this build replaced, now untagged: removed unless something else still uses it.
+  if [[ -n $previous && $previous != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
+    podman rmi "$previous" >/dev/null 2>&1 || true
+  fi
   log "image $image: $(podman image inspect --format '{{.Size}}' "$image") bytes"
 }
 
