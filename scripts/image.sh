@@ -15,7 +15,7 @@
 #
 # Knobs: KSG_RELEASE_BIN (binary to package, default target/release/kafka-sse-gateway),
 # KSG_IMAGE (default localhost/kafka-sse-gateway:dev), KSG_IMAGE_BASE (default
-# localhost/ksg-base:bookworm), KSG_DEBIAN_MIRROR (default: this machine's apt mirror for Debian).
+# localhost/ksg-base:bookworm), KSG_DEBIAN_MIRROR (default: the host's apt mirror for Debian).
 # Needs root (apt-get, debootstrap, podman image mount, chroot).
 set -euo pipefail
 
@@ -41,7 +41,7 @@ need_tools() {
   fi
 }
 
-# The Debian mirror this machine's apt uses (deb822 .sources or one-line .list), else the default.
+# The Debian mirror the host's apt uses (deb822 .sources or one-line .list), else the default.
 debian_mirror() {
   if [[ -n ${KSG_DEBIAN_MIRROR:-} ]]; then echo "$KSG_DEBIAN_MIRROR"; return; fi
   local m
