@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -25,11 +25,40 @@ pub struct Admin {
     pub ready: Arc<AtomicBool>,
     /// True from SIGTERM on: `/readyz` answers 503 while streams go on (drain).
     pub draining: Arc<AtomicBool>,
+    /// Bearer token `/metrics` requires (`KSG_ADMIN_TOKEN`); probes stay open.
+    pub token: Option<String>,
+}
+
+/// True when `header` is `Bearer <token>`, compared in constant time.
+fn bearer_matches(header: Option<&HeaderValue>, token: &str) -> bool {
+    let Some(given) = header.and_then(|h| h.as_bytes().strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    let want = token.as_bytes();
+    given.len() == want.len() && given.iter().zip(want).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
 }
 
 impl Admin {
     fn answer<B>(&self, request: &Request<B>) -> Response<ResponseBody> {
         let (status, content_type, body) = match request.uri().path() {
+            "/metrics"
+                if self.token.as_deref().is_some_and(|token| {
+                    !bearer_matches(request.headers().get(AUTHORIZATION), token)
+                }) =>
+            {
+                self.metrics.admin_unauthorized.inc();
+                let mut response = Response::new(ResponseBody::full(Bytes::from_static(
+                    b"/metrics needs Authorization: Bearer <KSG_ADMIN_TOKEN>\n",
+                )));
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                let headers = response.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"metrics\""),
+                );
+                return response;
+            }
             "/metrics" => (
                 StatusCode::OK,
                 "text/plain; version=0.0.4",

@@ -36,6 +36,10 @@ pub const TLS_KEY: &str = "KSG_TLS_KEY";
 pub const MAX_STREAMS_PER_CONNECTION: &str = "KSG_MAX_STREAMS_PER_CONNECTION";
 /// `KSG_MAX_CONNECTIONS`: connections served at once; more are closed at accept.
 pub const MAX_CONNECTIONS: &str = "KSG_MAX_CONNECTIONS";
+/// `KSG_MAX_CONNECTIONS_PER_IP`: connections one client address may hold at once (0: no limit).
+pub const MAX_CONNECTIONS_PER_IP: &str = "KSG_MAX_CONNECTIONS_PER_IP";
+/// `KSG_ADMIN_TOKEN`: when set, `/metrics` requires `Authorization: Bearer <token>`.
+pub const ADMIN_TOKEN: &str = "KSG_ADMIN_TOKEN";
 /// `KSG_HEARTBEAT_SECS`: a comment is sent after this long without an event.
 pub const HEARTBEAT_SECS: &str = "KSG_HEARTBEAT_SECS";
 /// `KSG_RETRY_MS`: the `retry:` field, the client's reconnect delay.
@@ -101,6 +105,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (TLS_KEY, "(unset: self-signed for localhost)"),
     (MAX_STREAMS_PER_CONNECTION, "256"),
     (MAX_CONNECTIONS, "10000"),
+    (MAX_CONNECTIONS_PER_IP, "0"),
+    (ADMIN_TOKEN, "(none: /metrics is open)"),
     (HEARTBEAT_SECS, "15"),
     (RETRY_MS, "3000"),
     (SHUTDOWN_GRACE_SECS, "10"),
@@ -143,6 +149,10 @@ pub struct Config {
     pub max_streams_per_connection: u32,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one client address may hold at once (`None`: no limit).
+    pub max_connections_per_ip: Option<usize>,
+    /// Bearer token `/metrics` requires, if any.
+    pub admin_token: Option<String>,
     /// Quiet time before a heartbeat comment.
     pub heartbeat: Duration,
     /// The `retry:` value sent first on every stream.
@@ -348,6 +358,18 @@ impl Config {
 
         let max_streams_per_connection = r.number(MAX_STREAMS_PER_CONNECTION, 256u32, 1, 65_535);
         let max_connections = r.number(MAX_CONNECTIONS, 10_000usize, 1, 1_000_000);
+        let max_connections_per_ip =
+            Some(r.number(MAX_CONNECTIONS_PER_IP, 0usize, 0, 1_000_000)).filter(|n| *n > 0);
+        let admin_token = r.raw(ADMIN_TOKEN).map(str::to_string);
+        if admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < 16 || t.contains(char::is_whitespace))
+        {
+            r.problem(
+                ADMIN_TOKEN,
+                "must be at least 16 characters, without spaces (the value is not shown)",
+            );
+        }
         let heartbeat = Duration::from_secs(r.number(HEARTBEAT_SECS, 15u64, 1, 3600));
         let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
         let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
@@ -429,6 +451,8 @@ impl Config {
                 tls,
                 max_streams_per_connection,
                 max_connections,
+                max_connections_per_ip,
+                admin_token,
                 heartbeat,
                 retry_ms,
                 shutdown_grace,
@@ -488,6 +512,20 @@ mod tests {
 
     fn problem_vars(e: ConfigError) -> Vec<String> {
         e.0.into_iter().map(|p| p.variable).collect()
+    }
+
+    #[test]
+    fn admin_token_and_per_ip_limit() {
+        let e = cfg(&[(ADMIN_TOKEN, "short")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![ADMIN_TOKEN]);
+        let c = cfg(&[
+            (ADMIN_TOKEN, "0123456789abcdef"),
+            (MAX_CONNECTIONS_PER_IP, "8"),
+        ])
+        .unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(c.max_connections_per_ip, Some(8));
+        assert_eq!(cfg(&[]).unwrap().max_connections_per_ip, None);
     }
 
     #[test]

@@ -189,6 +189,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         metrics: metrics.clone(),
         ready: ready.clone(),
         draining: draining.clone(),
+        token: config.admin_token.clone(),
     });
     let tasks = vec![
         tokio::spawn(server.clone().run(listener, signal.clone())),

@@ -27,7 +27,8 @@ pub const REFUSED_REASONS: &[&str] = &[
 ];
 
 /// Why a connection was closed without being served (label `reason`).
-pub const CONNECTION_REJECT_REASONS: &[&str] = &["limit", "handshake_timeout", "tls_error"];
+pub const CONNECTION_REJECT_REASONS: &[&str] =
+    &["limit", "per_ip_limit", "handshake_timeout", "tls_error"];
 
 /// Kafka error codes shown at zero before they first happen (others appear when they do; the
 /// label is librdkafka's error code name, a bounded set).
@@ -49,6 +50,8 @@ pub struct Metrics {
     pub connections_accepted: IntCounter,
     /// Connections currently open.
     pub connections_open: IntGauge,
+    /// Admin requests refused for a missing or wrong `KSG_ADMIN_TOKEN`.
+    pub admin_unauthorized: IntCounter,
     /// Seconds from a record's Kafka timestamp to the moment its event is handed to the streams
     /// that get it (once per record), by topic.
     pub event_latency: HistogramVec,
@@ -205,6 +208,10 @@ impl Metrics {
             consumer_lag,
             connections_accepted: counter("ksg_connections_accepted_total", "Connections accepted"),
             connections_open: gauge("ksg_connections_open", "Connections currently open"),
+            admin_unauthorized: counter(
+                "ksg_admin_unauthorized_total",
+                "Admin /metrics requests refused for a missing or wrong KSG_ADMIN_TOKEN",
+            ),
             ready: gauge(
                 "ksg_ready",
                 "1 while /readyz answers 200 (Kafka reached, not draining), else 0",

@@ -544,6 +544,7 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_connections_accepted_total", "counter"),
         ("ksg_connections_open", "gauge"),
         ("ksg_ready", "gauge"),
+        ("ksg_admin_unauthorized_total", "counter"),
         ("ksg_build_info", "gauge"),
         ("ksg_connections_rejected_total", "counter"),
         ("ksg_connections_closed_total", "counter"),

@@ -65,6 +65,51 @@ pub struct Server {
     handshake_timeout: Duration,
     idle_timeout: Option<Duration>,
     h2: h2conn::Settings,
+    per_ip: PerIp,
+}
+
+/// Connections held by each client address, against `KSG_MAX_CONNECTIONS_PER_IP`.
+#[derive(Clone)]
+struct PerIp {
+    limit: Option<usize>,
+    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One connection counted for its address until dropped.
+struct Held {
+    ip: std::net::IpAddr,
+    per_ip: PerIp,
+}
+
+impl PerIp {
+    /// Counts a connection from `ip`, or `None` when the address is at its limit.
+    fn admit(&self, ip: std::net::IpAddr) -> Option<Option<Held>> {
+        let Some(limit) = self.limit else {
+            return Some(None);
+        };
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(Some(Held {
+            ip,
+            per_ip: self.clone(),
+        }))
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.per_ip.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Server {
@@ -91,6 +136,10 @@ impl Server {
             max_connections: config.max_connections,
             handshake_timeout: config.handshake_timeout,
             idle_timeout: config.idle_timeout,
+            per_ip: PerIp {
+                limit: config.max_connections_per_ip,
+                held: Arc::default(),
+            },
             h2: h2conn::Settings {
                 max_streams: config.max_streams_per_connection,
                 max_header_list: MAX_HEADER_LIST as u32,
@@ -113,14 +162,22 @@ impl Server {
                 accepted = listener.accept() => accepted,
                 _ = crate::stopped(&mut shutdown) => break,
             };
-            let tcp = match accepted {
-                Ok((tcp, _)) => tcp,
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; never panic.
                     warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Some(per_ip) = self.per_ip.admit(peer.ip()) else {
+                self.metrics
+                    .connections_rejected
+                    .with_label_values(&["per_ip_limit"])
+                    .inc();
+                debug!("connection refused: KSG_MAX_CONNECTIONS_PER_IP reached");
+                continue;
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.metrics
@@ -131,7 +188,12 @@ impl Server {
                 continue;
             };
             self.metrics.connections_accepted.inc();
-            tokio::spawn(self.clone().connection(tcp, permit, shutdown.clone()));
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                server.connection(tcp, permit, shutdown).await;
+                drop(per_ip);
+            });
         }
     }
 

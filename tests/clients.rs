@@ -1,0 +1,95 @@
+//! Per-client fairness and the admin listener's protection: connections per client address
+//! (`KSG_MAX_CONNECTIONS_PER_IP`) and a bearer token for `/metrics` (`KSG_ADMIN_TOKEN`).
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("perip");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_MAX_CONNECTIONS_PER_IP", "2")]).await;
+    let first = h2_connect(&gw).await;
+    let second = h2_connect(&gw).await;
+    // The third from 127.0.0.1 is closed at accept: the TLS handshake never completes.
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    use tokio::io::AsyncReadExt;
+    let mut tcp = tcp;
+    let read = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "closed at once: {read:?}");
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "ksg_connections_rejected_total{reason=\"per_ip_limit\"}"
+        ),
+        1.0
+    );
+    // Both admitted connections serve streams.
+    for h2 in [&first, &second] {
+        let (head, mut sse) = get(h2, &format!("/{topic}"), &[]).await;
+        assert_eq!(head.status, 200);
+        sse.next_block().await.unwrap();
+    }
+    // One closes: its slot is free again.
+    drop(second);
+    let mut admitted = false;
+    for _ in 0..100 {
+        if metric(&metrics(&gw).await, "ksg_connections_open") == 1.0 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "the closed connection was counted out");
+    let third = h2_connect(&gw).await;
+    let (head, _) = get(&third, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+    gw.shutdown().await;
+}
+
+/// `GET path` on the admin listener with an optional `Authorization` header.
+async fn admin(gw: &kafka_sse_gateway::Handle, path: &str, auth: Option<&str>) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap();
+    let auth = auth.map_or(String::new(), |a| format!("authorization: {a}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
+    String::from_utf8(http1_exchange(&mut tcp, &request, b"\0never\0").await).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_the_admin_token_when_one_is_set() {
+    let cluster = Cluster::new();
+    let token = "s3cret-token-0123456789";
+    let gw = gateway(&cluster, &[("KSG_ADMIN_TOKEN", token)]).await;
+    for auth in [None, Some("Bearer wrong-token-0123456789"), Some(token)] {
+        let answer = admin(&gw, "/metrics", auth).await;
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(
+            answer
+                .to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{answer}"
+        );
+    }
+    let answer = admin(&gw, "/metrics", Some(&format!("Bearer {token}"))).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains("ksg_admin_unauthorized_total 3"),
+        "{answer}"
+    );
+    // Probes stay open.
+    assert!(admin(&gw, "/healthz", None)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(admin(&gw, "/readyz", None)
+        .await
+        .starts_with("HTTP/1.1 200"));
+    gw.shutdown().await;
+}
