@@ -41,6 +41,9 @@ pub mod start;
 pub mod stream;
 pub mod tls;
 
+#[cfg(test)]
+mod testing;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -228,16 +228,7 @@ impl Reader<'_> {
 mod tests {
     use super::*;
 
-    /// A small deterministic generator so the property tests need no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::testing::Rng;
 
     #[test]
     fn dense_round_trip_property() {

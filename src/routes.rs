@@ -314,16 +314,7 @@ mod tests {
         Routes::parse(custom, TopicFilter::parse(topics).unwrap()).unwrap()
     }
 
-    /// A small deterministic generator, so the properties need no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::testing::Rng;
 
     #[test]
     fn any_key_round_trips_through_percent_encoding() {

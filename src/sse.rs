@@ -306,39 +306,32 @@ mod tests {
         events
     }
 
-    /// A small deterministic generator, so the property needs no extra crate.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        /// Bytes biased towards the ones SSE cares about: CR, LF, colon, space, NUL, non-UTF-8.
-        fn bytes(&mut self) -> Vec<u8> {
-            let len = (self.next() % 40) as usize;
-            (0..len)
-                .map(|_| match self.next() % 10 {
-                    0 => b'\r',
-                    1 => b'\n',
-                    2 => b':',
-                    3 => b' ',
-                    4 => 0,
-                    5 => 0x80 | (self.next() as u8 & 0x3f),
-                    6 => 0xc3,
-                    _ => b'a' + (self.next() % 26) as u8,
-                })
-                .collect()
-        }
+    use crate::testing::Rng;
+
+    /// Up to 40 bytes biased towards the ones SSE cares about: CR, LF, colon, space, NUL,
+    /// bytes that break UTF-8.
+    fn sse_bytes(rng: &mut Rng) -> Vec<u8> {
+        let len = (rng.next() % 40) as usize;
+        (0..len)
+            .map(|_| match rng.next() % 10 {
+                0 => b'\r',
+                1 => b'\n',
+                2 => b':',
+                3 => b' ',
+                4 => 0,
+                5 => 0x80 | (rng.next() as u8 & 0x3f),
+                6 => 0xc3,
+                _ => b'a' + (rng.next() % 26) as u8,
+            })
+            .collect()
     }
 
     #[test]
     fn every_record_is_exactly_one_event_for_a_browser() {
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for case in 0..20_000 {
-            let value = rng.bytes();
-            let key = rng.bytes();
+            let value = sse_bytes(&mut rng);
+            let key = sse_bytes(&mut rng);
             let id = crate::position::encode_dense(7, &[case, case / 3]);
             let tombstone = case % 5 == 0;
             let encoded = if tombstone {
