@@ -110,9 +110,18 @@ fn not_covered(
     rest
 }
 
-/// Reads events until `n` arrived; more would be a duplicate, so the next block must not be one.
+/// Reads `n` events; nothing was produced after them, so an event within the next 300 ms
+/// would be a duplicate (heartbeats and id-only blocks are fine).
 async fn exactly(sse: &mut SseReader, n: usize) -> Vec<Block> {
-    sse.events(n).await
+    let events = sse.events(n).await;
+    let until = tokio::time::Instant::now() + std::time::Duration::from_millis(300);
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        match sse.next_block_within(left).await {
+            Ok(Some(block)) => assert!(block.data.is_empty(), "an extra event: {block:?}"),
+            Ok(None) | Err(()) => break,
+        }
+    }
+    events
 }
 
 async fn exact_case(placement: Placement) {
@@ -140,7 +149,7 @@ async fn exact_case(placement: Placement) {
     }
 
     // From earliest: the whole first round of each key.
-    let at = placement_of(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     let spread: usize = KEYS
         .iter()
         .map(|k| {
@@ -167,7 +176,7 @@ async fn exact_case(placement: Placement) {
     // Live: the second round, exactly.
     produce_round(&p, &topic, placement, PER_KEY..2 * PER_KEY);
     p.flush().await;
-    let at = placement_of(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     let mut live_ids = Vec::new();
     for (key, sse) in KEYS.iter().zip(&mut live) {
         let events = exactly(sse, PER_KEY as usize).await;
@@ -240,7 +249,7 @@ async fn exact_case(placement: Placement) {
     // arrive in offset order per partition only, so which five came first varies).
     produce_round(&p, &topic, placement, 2 * PER_KEY..3 * PER_KEY);
     p.flush().await;
-    let at = placement_of(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     let gw = gateway(&cluster, &[]).await;
     let h2 = h2_connect(&gw).await;
     for (key, id) in KEYS.iter().zip(&resume_ids) {
@@ -253,10 +262,6 @@ async fn exact_case(placement: Placement) {
     }
 
     gw.shutdown().await;
-}
-
-async fn placement_of(cluster: &Cluster, topic: &str) -> HashMap<String, (i32, i64)> {
-    placement(cluster, topic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +297,7 @@ async fn timestamp_case(placement: Placement) {
     let p = producer_for(&cluster, placement);
     produce_round(&p, &topic, placement, 0..2 * PER_KEY);
     p.flush().await;
-    let at = placement_of(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     let gw = gateway(&cluster, &[]).await;
     let h2 = h2_connect(&gw).await;
     let first = PER_KEY + 3;
@@ -384,7 +389,7 @@ async fn promised_crc32_gives_short_ids_for_librdkafkas_default_producers() {
     }
     p.flush().await;
     let events = sse.events(5).await;
-    let at = placement(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     for (n, event) in events.iter().enumerate() {
         assert_eq!(event.text(), format!("GOOG:{n}"));
         let (partition, offset) = at[&event.text()];
@@ -452,7 +457,7 @@ async fn a_broken_promise_seen_live_loses_nothing() {
     // The client reconnects with it: every record, once, full ids from now on.
     let (_, mut resumed) = get(&h2, &format!("/{topic}/{key}"), &[("last-event-id", &last)]).await;
     let events = resumed.events(10).await;
-    let at = placement(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     check_exact(&events, &key, 0..10, &at, &topic, 6);
     // The same id on another replica that has seen nothing broken: the same records.
     let other = gateway(&cluster, &[("KSG_KEY_PARTITIONER", "murmur2")]).await;
@@ -511,7 +516,7 @@ async fn a_broken_promise_seen_by_a_catch_up_reader_loses_nothing() {
         );
     }
     p.flush().await;
-    let at = placement(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     let gw = gateway(
         &cluster,
         &[
@@ -563,7 +568,7 @@ async fn a_key_stream_on_200_partitions_resumes_exactly() {
     gw.shutdown().await;
     produce_round(&p, &topic, Placement::LibraryDefault, 10..15);
     p.flush().await;
-    let at = placement(&cluster, &topic).await;
+    let at = support::placement(&cluster, &topic).await;
     let gw = gateway(&cluster, &[]).await;
     let (_, mut resumed) = get(
         &h2_connect(&gw).await,
