@@ -20,7 +20,6 @@ const PARTITIONS: i32 = 6;
 const KEYS: [&str; 4] = ["K1", "K2", "K3", "K4"];
 /// Records per key in each round.
 const PER_KEY: u64 = 12;
-const BASE_TS: i64 = 1_700_000_000_000;
 
 /// How the test producer places keys.
 #[derive(Clone, Copy, Debug)]
@@ -45,7 +44,7 @@ fn producer_for(cluster: &Cluster, placement: Placement) -> Producer_ {
     }
 }
 
-/// Queues `{key}:{seq}` for every key and seq, with CreateTime `BASE_TS + seq`.
+/// Queues `{key}:{seq}` for every key and seq, with CreateTime `recent_base_ts() + seq`.
 fn produce_round(p: &Producer_, topic: &str, placement: Placement, seqs: std::ops::Range<u64>) {
     for seq in seqs {
         for key in KEYS {
@@ -53,7 +52,7 @@ fn produce_round(p: &Producer_, topic: &str, placement: Placement, seqs: std::op
             let mut record = rdkafka::producer::BaseRecord::<str, str>::to(topic)
                 .key(key)
                 .payload(&value)
-                .timestamp(BASE_TS + seq as i64);
+                .timestamp(recent_base_ts() + seq as i64);
             if let Placement::Explicit = placement {
                 record = record.partition((seq % PARTITIONS as u64) as i32);
             }
@@ -302,7 +301,7 @@ async fn timestamp_case(placement: Placement) {
     let h2 = h2_connect(&gw).await;
     let first = PER_KEY + 3;
     for key in KEYS {
-        let path = format!("/{topic}/{key}?from={}", BASE_TS + first as i64);
+        let path = format!("/{topic}/{key}?from={}", recent_base_ts() + first as i64);
         let (_, mut sse) = get(&h2, &path, &[]).await;
         let events = exactly(&mut sse, (2 * PER_KEY - first) as usize).await;
         check_exact(

@@ -316,7 +316,7 @@ async fn from_earliest_with_key_filter() {
     let topic = unique_topic("from");
     cluster.create_topic(&topic, 3).await;
     let p = cluster.producer();
-    let base = 1_700_000_000_000i64;
+    let base = recent_base_ts();
     for seq in 0..10 {
         for key in ["x", "y"] {
             let mut record = rdkafka::producer::BaseRecord::<str, str>::to(&topic)
@@ -350,7 +350,7 @@ async fn from_timestamp_with_key_filter() {
     let topic = unique_topic("fromts");
     cluster.create_topic(&topic, 3).await;
     let p = cluster.producer();
-    let base = 1_700_000_000_000i64;
+    let base = recent_base_ts();
     for seq in 0..10 {
         for key in ["x", "y"] {
             let value = format!("{key}:{seq}");
@@ -367,7 +367,10 @@ async fn from_timestamp_with_key_filter() {
     let (_, mut sse) = get(&h2, &format!("/{topic}/x?from={}", base + 6500), &[]).await;
     let texts: Vec<String> = sse.events(3).await.iter().map(|e| e.text()).collect();
     assert_eq!(texts, vec!["x:7", "x:8", "x:9"]);
-    let (_, mut sse) = get(&h2, &format!("/{topic}/x?from=2023-11-14T22:13:28Z"), &[]).await;
+    // The same instant as base + 8 s, written as RFC 3339.
+    let at = rfc3339(base + 8000);
+    assert_eq!(kafka_sse_gateway::start::rfc3339_ms(&at), Some(base + 8000));
+    let (_, mut sse) = get(&h2, &format!("/{topic}/x?from={at}"), &[]).await;
     assert_eq!(sse.next_event().await.unwrap().text(), "x:8");
     gw.shutdown().await;
 }

@@ -426,6 +426,7 @@ impl Hub {
                         list.find_partition(&topic.name, partition)
                             .map(|e| e.offset())
                     });
+                    debug!(topic = %topic.name, partition, ?position, read_at = read_at[p], "catch-up reader at a partition end");
                     if let Some(Offset::Offset(next)) = position {
                         read_at[p] = read_at[p].max(next);
                         for m in &mut members {

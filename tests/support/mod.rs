@@ -324,6 +324,13 @@ pub fn unique_topic(prefix: &str) -> String {
 
 /// Starts a gateway on 127.0.0.1 port 0 for `cluster`, serving every topic, with extra vars.
 pub async fn gateway(cluster: &Cluster, extra: &[(&str, &str)]) -> Handle {
+    if std::env::var_os("KSG_TEST_LOG").is_some() {
+        // The gateway's own log, into the test's output (shown for failing tests).
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_test_writer()
+            .try_init();
+    }
     let mut vars = vec![
         ("KSG_KAFKA_BROKERS".to_string(), cluster.bootstrap()),
         ("KSG_TOPICS".to_string(), "*".to_string()),
@@ -532,13 +539,26 @@ impl SseReader {
         }
     }
 
-    /// `n` data events, panicking if the stream ends early.
+    /// `n` data events, within [`WAIT`] of the last one; panics, naming what came, if the
+    /// stream ends early or goes quiet.
     pub async fn events(&mut self, n: usize) -> Vec<Block> {
-        let mut out = Vec::with_capacity(n);
+        let mut out: Vec<Block> = Vec::with_capacity(n);
+        let mut deadline = tokio::time::Instant::now() + WAIT;
         while out.len() < n {
-            match self.next_event().await {
-                Some(e) => out.push(e),
-                None => panic!("stream ended after {} of {n} events", out.len()),
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let got: Vec<String> = out.iter().map(Block::text).collect();
+            match self.next_block_within(left).await {
+                Ok(Some(block)) if block.data.is_empty() => {}
+                Ok(Some(block)) => {
+                    out.push(block);
+                    deadline = tokio::time::Instant::now() + WAIT;
+                }
+                Ok(None) => panic!("stream ended after {} of {n} events: {got:?}", got.len()),
+                Err(()) => panic!(
+                    "no event for {WAIT:?} after {} of {n} events: {got:?} (last id {:?})",
+                    got.len(),
+                    self.last_id
+                ),
             }
         }
         out
@@ -728,4 +748,40 @@ pub async fn http1_exchange<T: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     out
+}
+
+/// A CreateTime base for records a test sets timestamps on: one hour ago, in whole seconds, the
+/// same for the whole test process. Recent on purpose: a real broker's time retention (7 days
+/// by default) deletes records whose timestamps are older, at its next retention check.
+pub fn recent_base_ts() -> i64 {
+    static BASE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        (now - 3600) * 1000
+    })
+}
+
+/// `ms` since the epoch as RFC 3339 in UTC (`2023-11-14T22:13:28Z`; whole seconds only).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
