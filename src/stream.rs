@@ -59,6 +59,8 @@ pub struct SseStream {
     subscription: Subscription,
     heartbeat_every: Duration,
     heartbeat: Pin<Box<Sleep>>,
+    /// When the stream last wrote something; a heartbeat is due a heartbeat interval later.
+    last_sent: Instant,
     expires: Option<Pin<Box<Sleep>>>,
     metrics: StreamMetrics,
     opened: std::time::Instant,
@@ -86,6 +88,7 @@ impl SseStream {
             subscription,
             heartbeat_every: settings.heartbeat,
             heartbeat: Box::pin(tokio::time::sleep(settings.heartbeat)),
+            last_sent: Instant::now(),
             expires,
             metrics,
             opened: std::time::Instant::now(),
@@ -109,9 +112,12 @@ impl SseStream {
     }
 }
 
-/// The SSE blocks (events, comments, id-only blocks) in `bytes`: each ends with a blank line.
+/// The SSE blocks (events, comments, id-only blocks) in `bytes`: each ends with a blank line
+/// (data lines never hold a bare LF, so "\n\n" only ends blocks).
 fn blocks(bytes: &[u8]) -> u64 {
-    bytes.windows(2).filter(|w| w == b"\n\n").count() as u64
+    memchr::memchr_iter(b'\n', bytes)
+        .filter(|&at| bytes.get(at + 1) == Some(&b'\n'))
+        .count() as u64
 }
 
 /// Up to 10% less than `max`, different for each stream, so streams opened together do not all
@@ -186,8 +192,8 @@ impl Body for SseStream {
                 // A queue item may hold several events (catch-up and replay batches).
                 let frame = this.batch(event);
                 this.sent(blocks(&frame), frame.len());
-                let next = Instant::now() + this.heartbeat_every;
-                this.heartbeat.as_mut().reset(next);
+                // The heartbeat timer is moved when it fires, not on every event.
+                this.last_sent = Instant::now();
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             Poll::Ready(None) => {
@@ -198,9 +204,16 @@ impl Body for SseStream {
             }
             Poll::Pending => {}
         }
-        if this.heartbeat.as_mut().poll(cx).is_ready() {
+        while this.heartbeat.as_mut().poll(cx).is_ready() {
+            let due = this.last_sent + this.heartbeat_every;
+            if due > Instant::now() {
+                // Events went out since the timer was set: quiet for less than the interval.
+                this.heartbeat.as_mut().reset(due);
+                continue;
+            }
             this.metrics.heartbeats.inc();
-            let next = Instant::now() + this.heartbeat_every;
+            this.last_sent = Instant::now();
+            let next = this.last_sent + this.heartbeat_every;
             this.heartbeat.as_mut().reset(next);
             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
         }
@@ -213,5 +226,18 @@ impl Body for SseStream {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::blocks;
+
+    #[test]
+    fn blocks_counts_blank_lines_that_end_blocks() {
+        assert_eq!(blocks(b""), 0);
+        assert_eq!(blocks(b"id: 1\ndata: a\n\n"), 1);
+        assert_eq!(blocks(b"retry: 1000\n\n: hb\n\nid: 2\ndata: x\ndata: y\n\n"), 3);
+        assert_eq!(blocks(b"data: no end\n"), 0);
     }
 }

@@ -5,9 +5,11 @@
 //! `h2` never buffers more than one frame's worth per stream and an ended stream's
 //! `END_STREAM` never waits behind unflushed data.
 //!
-//! The connection task accepts streams (each answered by a task of its own), sends keep-alive
-//! PINGs, closes the connection when it has had no open stream for the idle timeout, and says
-//! GOAWAY on shutdown.
+//! One task per connection does everything: it accepts streams, answers them and writes their
+//! events (each stream is a future polled by this task, woken on its own, so a record fanned
+//! out to many streams of a connection costs one task wake-up, and `h2`'s connection lock is
+//! never contended), sends keep-alive PINGs, closes the connection when it has had no open
+//! stream for the idle timeout, and says GOAWAY on shutdown.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -16,6 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, Reason, RecvStream, SendStream};
 use http::{Request, Response};
@@ -100,6 +103,7 @@ where
     let mut pong_by: Option<Instant> = None;
     let mut goodbye: Option<(Ended, Instant)> = None;
     let mut idle_since = Some(Instant::now());
+    let mut streams = FuturesUnordered::new();
     loop {
         if *open.borrow_and_update() > 0 {
             idle_since = None;
@@ -117,7 +121,7 @@ where
                     let stream = activity.open();
                     let (app, metrics) = (app.clone(), metrics.clone());
                     let stall = settings.stall;
-                    tokio::spawn(async move {
+                    streams.push(async move {
                         answer(&app, &metrics, stall, request, respond).await;
                         drop(stream);
                     });
@@ -129,6 +133,8 @@ where
                 }
                 None => break,
             },
+            // Streams make progress here; one that finishes is simply gone.
+            Some(()) = streams.next(), if !streams.is_empty() => {}
             _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
                 connection.graceful_shutdown();
                 goodbye = Some((Ended::Shutdown, Instant::now() + settings.close_grace));
@@ -237,13 +243,18 @@ async fn pump(
     stall: Duration,
 ) {
     loop {
-        let next = tokio::select! {
-            frame = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
-            reason = poll_fn(|cx| send.poll_reset(cx)) => {
-                debug!("stream reset by the client: {reason:?}");
-                return;
+        // The body first: a stream with data to send learns of a reset from `send_data`.
+        let next = poll_fn(|cx| {
+            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Some(frame));
             }
-        };
+            send.poll_reset(cx).map(|reason| {
+                debug!("stream reset by the client: {reason:?}");
+                None
+            })
+        })
+        .await;
+        let Some(next) = next else { return };
         let Some(Ok(frame)) = next else {
             // The body ended: END_STREAM needs no window, and nothing is buffered before it.
             let _ = send.send_data(Bytes::new(), true);

@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# The benchmark set: the gateway (release build) and nginx + nchan side by side, under the same
+# load from the same generator (ksg-bench), in the same run, on this machine.
+#
+#   scripts/bench.sh          every workload; writes docs/benchmarks.json (one run per line)
+#                             and docs/benchmarks.md (tables, machine, profile)
+#   scripts/bench.sh smoke    a few seconds of W2 on both servers, results in /tmp only: checks
+#                             that the benchmark itself works (scripts/test.sh runs it)
+#
+# Workloads (DESIGN of each in docs/benchmarks.md):
+#   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
+#   W2  broadcast fan-out: 1,024 and 4,096 streams of one topic at 100 records/s, then 4,096
+#       streams at higher rates up to the knee
+#   W3  keyed: 4,096 streams, one key each, 2,000 records/s spread over the keys
+#   W4  reconnect churn: 1,024 streams, 100 drops/s, each resumed with Last-Event-ID
+#   W5  1% of 4,096 streams stalled (a client that stops reading) on a busy topic
+#
+# Each run restarts the server it measures, so RSS starts clean. Kafka comes from
+# scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
+# CPU and RSS are the server's own, from /proc; the load generator runs on the same cores.
+#
+# Environment: BENCH_SECONDS (measured window, default 15), BENCH_WARMUP (default 3),
+# BENCH_OUT (default docs), BENCH_PERF=0 to skip the profile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="${1:-full}"
+SECONDS_=${BENCH_SECONDS:-15}
+WARMUP=${BENCH_WARMUP:-3}
+OUT=${BENCH_OUT:-docs}
+DATA=/tmp/ksg-bench
+GW_PORT=18443
+GW_ADMIN=19464
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+mkdir -p "$DATA"
+if [ "$mode" = smoke ]; then
+  SECONDS_=3
+  WARMUP=1
+  OUT="$DATA/smoke"
+fi
+mkdir -p "$OUT"
+
+cargo build --release --locked --bins >&2
+GW_BIN="$PWD/target/release/kafka-sse-gateway"
+BENCH="$PWD/target/release/ksg-bench"
+
+# One CA and one server certificate for both servers (rustls refuses a CA as a server cert).
+if ! openssl x509 -checkend 86400 -noout -in "$DATA/cert.pem" >/dev/null 2>&1; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj /CN=ksg-bench-ca -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign -keyout "$DATA/ca.key" -out "$DATA/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+    -keyout "$DATA/key.pem" -out "$DATA/leaf.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$DATA/leaf.ext"
+  openssl x509 -req -in "$DATA/leaf.csr" -CA "$DATA/ca.pem" -CAkey "$DATA/ca.key" \
+    -CAcreateserial -days 30 -extfile "$DATA/leaf.ext" -out "$DATA/cert.pem" 2>/dev/null
+fi
+export NCHAN_CERT="$DATA/cert.pem" NCHAN_KEY="$DATA/key.pem"
+
+started_kafka=0
+gw_pid=""
+cleanup() {
+  [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
+  scripts/nchan.sh stop >/dev/null 2>&1 || true
+  if [ "$started_kafka" = 1 ]; then scripts/kafka-local.sh stop >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
+  scripts/kafka-local.sh start >&2
+  started_kafka=1
+fi
+BROKER="127.0.0.1:${KAFKA_LOCAL_PORT:-9092}"
+for t in "bench-fanout 1" "bench-keys 6"; do
+  set -- $t
+  scripts/kafka-local.sh topics --create --if-not-exists --topic "$1" --partitions "$2" >/dev/null
+done
+
+gw_start() {
+  gw_stop
+  KSG_KAFKA_BROKERS="$BROKER" KSG_TOPICS='bench-*' KSG_LISTEN="127.0.0.1:$GW_PORT" \
+    KSG_ADMIN_LISTEN="127.0.0.1:$GW_ADMIN" KSG_TLS_CERT="$DATA/cert.pem" \
+    KSG_TLS_KEY="$DATA/key.pem" KSG_DRAIN_DELAY_SECS=0 KSG_MAX_CONNECTIONS=20000 \
+    "$GW_BIN" >"$DATA/gateway.log" 2>&1 &
+  gw_pid=$!
+  for _ in $(seq 1 200); do
+    curl -sf "127.0.0.1:$GW_ADMIN/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  cat "$DATA/gateway.log" >&2
+  return 1
+}
+gw_stop() {
+  if [ -n "$gw_pid" ]; then
+    kill "$gw_pid" 2>/dev/null || true
+    wait "$gw_pid" 2>/dev/null || true
+    gw_pid=""
+  fi
+}
+nchan_start() { scripts/nchan.sh stop >/dev/null 2>&1 || true; scripts/nchan.sh start >&2; }
+
+results="$OUT/benchmarks.json"
+[ "$mode" = smoke ] && results="$OUT/smoke.json"
+: >"$results"
+
+# run NAME SERVER ARGS...: one ksg-bench run against a freshly started SERVER.
+run() {
+  local name=$1 server=$2
+  shift 2
+  local url publish pids
+  if [ "$server" = gateway ]; then
+    gw_start
+    pids=$gw_pid
+  else
+    nchan_start
+    pids=$(scripts/nchan.sh pids | paste -sd,)
+  fi
+  local args=()
+  for a in "$@"; do
+    case "$a" in
+      URL_FANOUT) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-fanout" || a="https://127.0.0.1:8743/sub/fanout" ;;
+      URL_KEYS) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-keys/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
+      PUB_FANOUT) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/fanout" ;;
+      PUB_KEYS) [ "$server" = gateway ] && a="kafka://$BROKER/bench-keys" || a="http://127.0.0.1:8780/pub/{key}" ;;
+    esac
+    args+=("$a")
+  done
+  say "$name on $server: ${args[*]}"
+  "$BENCH" run --name "$name" --server "$server" --ca "$DATA/ca.pem" --pids "$pids" \
+    --warmup "$WARMUP" --seconds "$SECONDS_" "${args[@]}" | tee -a "$results"
+}
+
+both() { run "$1" gateway "${@:2}"; run "$1" nchan "${@:2}"; }
+
+if [ "$mode" = smoke ]; then
+  both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 1 --streams 16 --rate 50
+  # Both servers delivered, in order, nothing lost.
+  "$BENCH" report "$results"
+  awk -F'"events":' 'NF > 1 { split($2, a, ","); if (a[1] + 0 == 0) bad = 1 } END { exit bad }' "$results" ||
+    { say "a server delivered no events"; exit 1; }
+  if grep -Eq '"(lost|duplicates)":[1-9]' "$results"; then say "events lost or duplicated"; exit 1; fi
+  say "smoke run OK"
+  exit 0
+fi
+
+both W1 --url URL_FANOUT --idle true --connections 200 --streams 256 --warmup 5
+both W1 --url URL_FANOUT --idle true --connections 782 --streams 256 --warmup 5
+both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100
+both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100
+for rate in 200 400 800; do
+  both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate "$rate"
+done
+both W3 --url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate 2000
+both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100
+SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01
+
+# A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
+profile=""
+if [ "${BENCH_PERF:-1}" != 0 ] && command -v perf >/dev/null; then
+  gw_start
+  "$BENCH" run --name W2-profile --server gateway --ca "$DATA/ca.pem" --pids "$gw_pid" \
+    --url "https://127.0.0.1:$GW_PORT/bench-fanout" --publish "kafka://$BROKER/bench-fanout" \
+    --connections 4 --streams 256 --rate 100 --warmup 3 --seconds 14 >/dev/null &
+  sleep 5
+  perf record -F 999 -g -p "$gw_pid" -o "$DATA/perf.data" -- sleep 8 >/dev/null 2>&1 || true
+  wait
+  profile=$(perf report -i "$DATA/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -25 | sed -E 's/ +$//' | cut -c1-150)
+fi
+gw_stop
+
+{
+  sed -n "/^<!-- intro -->/,/^<!-- results -->/p" docs/benchmarks.md 2>/dev/null | sed "\$d"
+  echo "<!-- results -->"
+  echo
+  echo "Run on $(date -u +%Y-%m-%d) by \`scripts/bench.sh\`: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"
+  echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), $(nginx -v 2>&1 | sed 's/.*: //') +"
+  echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
+  echo "Raw results: \`docs/benchmarks.json\` (one run per line)."
+  echo
+  "$BENCH" report "$results"
+  if [ -n "$profile" ]; then
+    echo
+    echo "### Profile: the gateway under W2, 1,024 streams (\`perf record -g\`, self time)"
+    echo
+    echo '```text'
+    echo "$profile"
+    echo '```'
+  fi
+} >"$DATA/benchmarks.md"
+mv "$DATA/benchmarks.md" "$OUT/benchmarks.md"
+say "wrote $results and $OUT/benchmarks.md"

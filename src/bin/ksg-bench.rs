@@ -1,0 +1,830 @@
+//! `ksg-bench`: load and measurement for the gateway and its peer, nginx + nchan.
+//!
+//! ```text
+//! ksg-bench run --name W2 --server gateway --url https://127.0.0.1:8443/bench \
+//!     --ca cert.pem --connections 4 --streams 256 \
+//!     --publish kafka://127.0.0.1:9092/bench --rate 100 --size 100 \
+//!     --warmup 3 --seconds 20 --pids 1234
+//! ksg-bench report results.jsonl        # a Markdown table of the runs
+//! ```
+//!
+//! `run` opens `connections` HTTP/2 connections (TLS with ALPN h2 for `https://`, prior
+//! knowledge for `http://`) with a browser's windows (Chrome: 6 MiB per stream, 15 MiB per
+//! connection), and `streams` SSE streams on each. It publishes `rate` records per second of
+//! `size` bytes, each carrying its publish time and a sequence number per key, either to Kafka
+//! (`kafka://brokers/topic`) or to an HTTP publisher such as nchan's (`http://host:port/path`),
+//! and reads every stream: events counted, produce→receive latency in an HdrHistogram, every
+//! stream's sequence checked for loss and duplicates. The server's CPU time and RSS (every pid
+//! given, summed) are read from /proc around the measured window. One JSON object is printed.
+//!
+//! `{key}` in `--url` and `--publish` is replaced by the stream's key (`k0`, `k1`, …) when
+//! `--keys N` is given: stream `i` reads key `k{i % N}`, the publisher cycles through the keys.
+//!
+//! Workloads: `--idle true` publishes nothing and reports RSS per open stream; `--stall F` adds
+//! a fraction F of streams that never read (HTTP/2's default 64 KiB windows, on connections of
+//! their own); `--churn R` drops R streams per second and resumes each with `Last-Event-ID`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => Options::parse(&args[1..]).and_then(|o| {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(o))
+        }),
+        Some("report") if args.len() == 2 => report(&args[1]),
+        _ => {
+            eprintln!("usage: ksg-bench run --name N --server S --url U [options]\n       ksg-bench report results.jsonl\n(see the top of src/bin/ksg-bench.rs)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("ksg-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+struct Options {
+    name: String,
+    server: String,
+    url: String,
+    ca: Option<String>,
+    connections: usize,
+    streams: usize,
+    publish: Option<String>,
+    rate: f64,
+    size: usize,
+    keys: usize,
+    warmup: f64,
+    seconds: f64,
+    pids: Vec<u32>,
+    idle: bool,
+    stall: f64,
+    churn: f64,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Options, BoxError> {
+        let mut map = HashMap::new();
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let name = flag
+                .strip_prefix("--")
+                .ok_or_else(|| format!("expected --option, got {flag}"))?;
+            let value = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+            map.insert(name.to_string(), value.clone());
+        }
+        let mut take = |k: &str| map.remove(k);
+        fn num<T: std::str::FromStr>(v: Option<String>, k: &str, d: T) -> Result<T, BoxError> {
+            match v {
+                None => Ok(d),
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| format!("--{k}: bad value {s}").into()),
+            }
+        }
+        let o = Options {
+            name: take("name").unwrap_or_else(|| "run".into()),
+            server: take("server").unwrap_or_else(|| "gateway".into()),
+            url: take("url").ok_or("--url is required")?,
+            ca: take("ca"),
+            connections: num(take("connections"), "connections", 1)?,
+            streams: num(take("streams"), "streams", 1)?,
+            publish: take("publish"),
+            rate: num(take("rate"), "rate", 100.0)?,
+            size: num(take("size"), "size", 100)?,
+            keys: num(take("keys"), "keys", 0)?,
+            warmup: num(take("warmup"), "warmup", 3.0)?,
+            seconds: num(take("seconds"), "seconds", 20.0)?,
+            pids: match take("pids") {
+                None => Vec::new(),
+                Some(s) => s
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.trim().parse().map_err(|_| format!("--pids: bad pid {p}")))
+                    .collect::<Result<_, _>>()?,
+            },
+            idle: num(take("idle"), "idle", false)?,
+            stall: num(take("stall"), "stall", 0.0)?,
+            churn: num(take("churn"), "churn", 0.0)?,
+        };
+        if let Some(k) = map.keys().next() {
+            return Err(format!("unknown option --{k}").into());
+        }
+        if o.streams == 0 || o.streams > 256 {
+            return Err("--streams must be 1..=256 (per connection)".into());
+        }
+        if !o.idle && o.publish.is_none() {
+            return Err("--publish is required unless --idle true".into());
+        }
+        Ok(o)
+    }
+
+    fn key(&self, i: usize) -> Option<String> {
+        (self.keys > 0).then(|| format!("k{}", i % self.keys))
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// What every reader adds to.
+struct Shared {
+    measuring: AtomicBool,
+    events: AtomicU64,
+    bytes: AtomicU64,
+    lost: AtomicU64,
+    duplicates: AtomicU64,
+    resumes: AtomicU64,
+    resets: AtomicU64,
+    opened: AtomicU64,
+    failed: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+    stop: AtomicBool,
+}
+
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            measuring: AtomicBool::new(false),
+            events: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            resumes: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            // 1 µs .. 100 s, 3 significant digits.
+            latency: Mutex::new(Histogram::new_with_bounds(1, 100_000_000, 3).expect("bounds")),
+            stop: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Where subscribers connect.
+struct Target {
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    addr: String,
+    authority: String,
+}
+
+impl Target {
+    fn new(url: &str, ca: Option<&str>) -> Result<Target, BoxError> {
+        let (scheme, rest) = url.split_once("://").ok_or("--url needs a scheme")?;
+        let authority = rest.split('/').next().unwrap_or_default().to_string();
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h);
+        let tls = match scheme {
+            "https" => {
+                let mut roots = rustls::RootCertStore::empty();
+                let ca = ca.ok_or("--ca is required for https")?;
+                for cert in CertificateDer::pem_file_iter(ca)? {
+                    roots.add(cert?)?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                config.alpn_protocols = vec![b"h2".to_vec()];
+                let name = ServerName::try_from(host.to_string())?;
+                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+            }
+            "http" => None,
+            other => return Err(format!("unsupported scheme {other}").into()),
+        };
+        Ok(Target {
+            tls,
+            addr: authority.clone(),
+            authority,
+        })
+    }
+
+    async fn connect(
+        &self,
+        browser_windows: bool,
+    ) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
+        let tcp = TcpStream::connect(&self.addr).await?;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn IoBox> = match &self.tls {
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await?;
+                if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                    return Err("the server did not choose h2 by ALPN".into());
+                }
+                Box::new(tls)
+            }
+            None => Box::new(tcp),
+        };
+        let mut builder = h2::client::Builder::new();
+        if browser_windows {
+            builder
+                .initial_window_size(6 << 20)
+                .initial_connection_window_size(15 << 20);
+        }
+        let (send, connection) = builder.handshake::<_, Bytes>(io).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(send)
+    }
+}
+
+trait IoBox: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> IoBox for T {}
+
+/// One subscriber stream.
+struct Sub {
+    path: String,
+    stalled: bool,
+    shared: Arc<Shared>,
+    authority: String,
+    /// Mean seconds between this stream's drops (churn), if any.
+    churn_every: Option<f64>,
+    seed: u64,
+}
+
+/// Sequence state of one stream: the last `s` seen, to find loss and duplicates.
+#[derive(Default)]
+struct Seq {
+    last: Option<u64>,
+    last_id: Option<String>,
+}
+
+impl Sub {
+    async fn open(
+        &self,
+        h2: &h2::client::SendRequest<Bytes>,
+        last_id: Option<&str>,
+    ) -> Result<h2::RecvStream, BoxError> {
+        let mut request = http::Request::get(format!("https://{}{}", self.authority, self.path))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_id {
+            request = request.header("last-event-id", id);
+        }
+        let mut h2 = h2.clone().ready().await?;
+        let (response, _) = h2.send_request(request.body(())?, true)?;
+        let response = tokio::time::timeout(Duration::from_secs(60), response).await??;
+        if response.status() != 200 {
+            return Err(format!("{} answered {}", self.path, response.status()).into());
+        }
+        Ok(response.into_body())
+    }
+
+    /// Reads the stream until the run stops; drops and resumes it when churning.
+    async fn read(self, h2: h2::client::SendRequest<Bytes>, first: h2::RecvStream) {
+        let mut body = first;
+        let mut seq = Seq::default();
+        let mut buf = BytesMut::new();
+        let mut rng = self.seed | 1;
+        loop {
+            let drop_at = self.churn_every.map(|mean| {
+                // Exponential gaps: drops spread evenly over time.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let u = (rng >> 11) as f64 / (1u64 << 53) as f64;
+                tokio::time::Instant::now() + Duration::from_secs_f64(-mean * (1.0 - u).ln())
+            });
+            let dropped = loop {
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let next = tokio::select! {
+                    d = body.data() => d,
+                    _ = sleep_opt(drop_at) => break true,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                };
+                match next {
+                    Some(Ok(data)) => {
+                        if self.stalled {
+                            continue;
+                        }
+                        let _ = body.flow_control().release_capacity(data.len());
+                        buf.extend_from_slice(&data);
+                        self.blocks(&mut buf, &mut seq);
+                    }
+                    Some(Err(_)) | None => break false,
+                }
+            };
+            if !dropped {
+                // The server ended or reset the stream; a browser would reconnect.
+                self.shared.resets.fetch_add(1, Ordering::Relaxed);
+                if self.stalled {
+                    return;
+                }
+            }
+            drop(body);
+            buf.clear();
+            match self.open(&h2, seq.last_id.as_deref()).await {
+                Ok(b) => {
+                    self.shared.resumes.fetch_add(1, Ordering::Relaxed);
+                    body = b;
+                }
+                Err(_) => {
+                    self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn blocks(&self, buf: &mut BytesMut, seq: &mut Seq) {
+        while let Some(end) = memchr2(buf) {
+            let block = buf.split_to(end + 2);
+            let mut t = None;
+            let mut s = None;
+            for line in block[..end].split(|b| *b == b'\n') {
+                if let Some(id) = line.strip_prefix(b"id: ") {
+                    seq.last_id = Some(String::from_utf8_lossy(id).into_owned());
+                } else if let Some(data) = line.strip_prefix(b"data: ") {
+                    t = field(data, b"\"t\":");
+                    s = field(data, b"\"s\":");
+                }
+            }
+            let (Some(t), Some(s)) = (t, s) else { continue };
+            let shared = &self.shared;
+            match seq.last {
+                Some(last) if s <= last => {
+                    shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Some(last) if s > last + 1 => {
+                    shared.lost.fetch_add(s - last - 1, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            seq.last = Some(s);
+            if shared.measuring.load(Ordering::Relaxed) {
+                shared.events.fetch_add(1, Ordering::Relaxed);
+                shared
+                    .bytes
+                    .fetch_add(block.len() as u64, Ordering::Relaxed);
+                let latency = now_us().saturating_sub(t).max(1);
+                if let Ok(mut h) = shared.latency.lock() {
+                    let _ = h.record(latency);
+                }
+            }
+        }
+    }
+}
+
+/// Where the first blank line ("\n\n") in `buf` starts.
+fn memchr2(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\n\n")
+}
+
+/// The unsigned number after `name` in `data`.
+fn field(data: &[u8], name: &[u8]) -> Option<u64> {
+    let at = data.windows(name.len()).position(|w| w == name)? + name.len();
+    let digits = data[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&data[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+async fn sleep_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// CPU seconds (user + system) and RSS KiB of the given processes, from /proc.
+fn proc_usage(pids: &[u32]) -> (f64, u64) {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut cpu = 0.0;
+    let mut rss = 0;
+    for pid in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+            if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                cpu += (ut + st) / ticks;
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            rss += status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    (cpu, rss)
+}
+
+/// A record's value: publish time, sequence number per key, padding up to `size` bytes.
+fn payload(t: u64, s: u64, size: usize) -> String {
+    let mut v = format!("{{\"t\":{t},\"s\":{s},\"p\":\"");
+    while v.len() + 2 < size {
+        v.push('x');
+    }
+    v.push_str("\"}");
+    v
+}
+
+/// Publishes `rate` records per second until stopped; returns how many it published.
+async fn publish(o: Options, shared: Arc<Shared>) -> Result<u64, BoxError> {
+    let target = o.publish.clone().unwrap_or_default();
+    let keys: Vec<Option<String>> = if o.keys == 0 {
+        vec![None]
+    } else {
+        (0..o.keys).map(|k| Some(format!("k{k}"))).collect()
+    };
+    let mut seqs = vec![0u64; keys.len()];
+    let mut sink = Sink::new(&target)?;
+    let start = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !shared.stop.load(Ordering::Relaxed) {
+        tick.tick().await;
+        let due = (start.elapsed().as_secs_f64() * o.rate) as u64;
+        while sent < due {
+            let k = (sent % keys.len() as u64) as usize;
+            let value = payload(now_us(), seqs[k], o.size);
+            seqs[k] += 1;
+            sink.send(keys[k].as_deref(), value).await?;
+            sent += 1;
+        }
+    }
+    sink.flush();
+    Ok(sent)
+}
+
+/// Where records go: Kafka, or an HTTP publisher (one keep-alive HTTP/1.1 connection).
+enum Sink {
+    Kafka(ThreadedProducer<DefaultProducerContext>, String),
+    Http {
+        addr: String,
+        path: String,
+        conn: Option<TcpStream>,
+    },
+}
+
+impl Sink {
+    fn new(target: &str) -> Result<Sink, BoxError> {
+        if let Some(rest) = target.strip_prefix("kafka://") {
+            let (brokers, topic) = rest.split_once('/').ok_or("kafka://brokers/topic")?;
+            // linger.ms=0: the benchmark measures the gateway, not the producer's batching
+            // (librdkafka's default waits 5 ms to fill batches; a user's producer adds that).
+            let producer = ClientConfig::new()
+                .set("bootstrap.servers", brokers)
+                .set("linger.ms", "0")
+                .create()?;
+            Ok(Sink::Kafka(producer, topic.to_string()))
+        } else if let Some(rest) = target.strip_prefix("http://") {
+            let (addr, path) = rest.split_once('/').ok_or("http://host:port/path")?;
+            Ok(Sink::Http {
+                addr: addr.to_string(),
+                path: format!("/{path}"),
+                conn: None,
+            })
+        } else {
+            Err(format!("--publish: unsupported {target}").into())
+        }
+    }
+
+    async fn send(&mut self, key: Option<&str>, value: String) -> Result<(), BoxError> {
+        match self {
+            Sink::Kafka(producer, topic) => {
+                let mut record = BaseRecord::<str, str>::to(topic).payload(&value);
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                let mut record = record;
+                loop {
+                    match producer.send(record) {
+                        Ok(()) => return Ok(()),
+                        Err((e, back)) => {
+                            if !matches!(
+                                e.rdkafka_error_code(),
+                                Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+                            ) {
+                                return Err(e.into());
+                            }
+                            record = back;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            }
+            Sink::Http { addr, path, conn } => {
+                let path = path.replace("{key}", key.unwrap_or(""));
+                if conn.is_none() {
+                    let c = TcpStream::connect(&*addr).await?;
+                    c.set_nodelay(true)?;
+                    *conn = Some(c);
+                }
+                let c = conn.as_mut().expect("connected");
+                let request = format!(
+                    "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{value}",
+                    value.len()
+                );
+                c.write_all(request.as_bytes()).await?;
+                read_http_response(c).await
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Sink::Kafka(p, _) = self {
+            let _ = p.flush(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body; errors on a status ≥ 300.
+async fn read_http_response(c: &mut TcpStream) -> Result<(), BoxError> {
+    let mut head = Vec::with_capacity(512);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if c.read(&mut byte).await? == 0 {
+            return Err("publisher closed the connection".into());
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    c.read_exact(&mut body).await?;
+    if !(200..300).contains(&status) {
+        return Err(format!("publisher answered {status}").into());
+    }
+    Ok(())
+}
+
+async fn run(o: Options) -> Result<(), BoxError> {
+    let shared = Arc::new(Shared::new());
+    let target = Arc::new(Target::new(&o.url, o.ca.as_deref())?);
+    let before = proc_usage(&o.pids);
+    let total = o.connections * o.streams;
+    let stalled = (total as f64 * o.stall).round() as usize;
+    let opening = Instant::now();
+    // Connections open in parallel, their streams one after another.
+    let mut openers = Vec::new();
+    let stalled_conns = stalled.div_ceil(o.streams);
+    for c in 0..o.connections + stalled_conns {
+        let (target, shared, o) = (target.clone(), shared.clone(), o.clone());
+        let is_stalled = c >= o.connections;
+        openers.push(tokio::spawn(async move {
+            let h2 = target.connect(!is_stalled).await?;
+            let n = if is_stalled {
+                (stalled - (c - o.connections) * o.streams).min(o.streams)
+            } else {
+                o.streams
+            };
+            for s in 0..n {
+                let i = c * o.streams + s;
+                let path_of = |url: &str| {
+                    let path = url
+                        .split_once("://")
+                        .and_then(|(_, r)| r.find('/').map(|at| r[at..].to_string()))
+                        .unwrap_or_else(|| "/".into());
+                    match o.key(i) {
+                        Some(k) => path.replace("{key}", &k),
+                        None => path,
+                    }
+                };
+                let sub = Sub {
+                    path: path_of(&o.url),
+                    stalled: is_stalled,
+                    shared: shared.clone(),
+                    authority: target.authority.clone(),
+                    churn_every: (o.churn > 0.0 && !is_stalled).then(|| total as f64 / o.churn),
+                    seed: (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                };
+                let body = sub.open(&h2, None).await?;
+                shared.opened.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(sub.read(h2.clone(), body));
+            }
+            Ok::<_, BoxError>(h2)
+        }));
+    }
+    let mut connections = Vec::new();
+    for opener in openers {
+        connections.push(opener.await??);
+    }
+    let opened_in = opening.elapsed().as_secs_f64();
+    eprintln!(
+        "ksg-bench {}: {} streams open on {} connections in {opened_in:.1}s",
+        o.name,
+        shared.opened.load(Ordering::Relaxed),
+        connections.len()
+    );
+    let publisher = if o.idle {
+        None
+    } else {
+        let (o, shared) = (o.clone(), shared.clone());
+        Some(tokio::spawn(publish(o, shared)))
+    };
+    tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
+    let start = proc_usage(&o.pids);
+    let resumes0 = shared.resumes.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let window = t0.elapsed().as_secs_f64();
+    let end = proc_usage(&o.pids);
+    let resumes = shared.resumes.load(Ordering::Relaxed) - resumes0;
+    shared.stop.store(true, Ordering::Relaxed);
+    let published = match publisher {
+        Some(p) => p.await??,
+        None => 0,
+    };
+    let events = shared.events.load(Ordering::Relaxed);
+    let cpu = end.0 - start.0;
+    let h = shared.latency.lock().map_err(|_| "histogram")?.clone();
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let open = total as f64;
+    let result = serde_like(&[
+        ("name", Value::S(o.name.clone())),
+        ("server", Value::S(o.server.clone())),
+        ("connections", Value::N(o.connections as f64)),
+        ("streams", Value::N(open)),
+        ("stalled_streams", Value::N(stalled as f64)),
+        ("keys", Value::N(o.keys as f64)),
+        ("rate", Value::N(if o.idle { 0.0 } else { o.rate })),
+        ("size", Value::N(o.size as f64)),
+        ("seconds", Value::N(window)),
+        ("published", Value::N(published as f64)),
+        ("events", Value::N(events as f64)),
+        ("events_per_sec", Value::N(events as f64 / window)),
+        ("cpu_seconds", Value::N(cpu)),
+        (
+            "cpu_us_per_event",
+            Value::N(if events > 0 {
+                cpu * 1e6 / events as f64
+            } else {
+                0.0
+            }),
+        ),
+        ("cpu_percent", Value::N(cpu * 100.0 / window)),
+        ("rss_kib_before", Value::N(before.1 as f64)),
+        ("rss_kib_start", Value::N(start.1 as f64)),
+        ("rss_kib_end", Value::N(end.1 as f64)),
+        (
+            "rss_kib_per_stream",
+            Value::N(end.1.saturating_sub(before.1) as f64 / open),
+        ),
+        ("p50_ms", Value::N(ms(0.5))),
+        ("p99_ms", Value::N(ms(0.99))),
+        ("p999_ms", Value::N(ms(0.999))),
+        ("max_ms", Value::N(h.max() as f64 / 1000.0)),
+        ("lost", Value::N(shared.lost.load(Ordering::Relaxed) as f64)),
+        (
+            "duplicates",
+            Value::N(shared.duplicates.load(Ordering::Relaxed) as f64),
+        ),
+        ("resumes", Value::N(resumes as f64)),
+        ("resumes_per_sec", Value::N(resumes as f64 / window)),
+        (
+            "server_resets",
+            Value::N(shared.resets.load(Ordering::Relaxed) as f64),
+        ),
+        (
+            "failed",
+            Value::N(shared.failed.load(Ordering::Relaxed) as f64),
+        ),
+        ("open_seconds", Value::N(opened_in)),
+    ]);
+    println!("{result}");
+    drop(connections);
+    Ok(())
+}
+
+enum Value {
+    S(String),
+    N(f64),
+}
+
+/// One flat JSON object (strings here never need escaping beyond quotes and backslashes).
+fn serde_like(fields: &[(&str, Value)]) -> String {
+    let parts: Vec<String> = fields
+        .iter()
+        .map(|(k, v)| match v {
+            Value::S(s) => format!(
+                "\"{k}\":\"{}\"",
+                s.replace('\\', "\\\\").replace('"', "\\\"")
+            ),
+            Value::N(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("\"{k}\":{}", *n as i64),
+            Value::N(n) => format!("\"{k}\":{n:.3}"),
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// Reads the flat JSON objects `run` printed (one per line) and prints a Markdown table.
+fn report(path: &str) -> Result<(), BoxError> {
+    let text = std::fs::read_to_string(path)?;
+    let columns = [
+        ("name", "workload"),
+        ("server", "server"),
+        ("streams", "streams"),
+        ("rate", "records/s"),
+        ("events_per_sec", "events/s"),
+        ("cpu_us_per_event", "CPU-µs/event"),
+        ("cpu_percent", "CPU %"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("p999_ms", "p99.9 ms"),
+        ("max_ms", "max ms"),
+        ("rss_kib_end", "RSS KiB"),
+        ("rss_kib_per_stream", "KiB/stream"),
+        ("resumes_per_sec", "resumes/s"),
+        ("lost", "lost"),
+        ("duplicates", "dup"),
+    ];
+    println!(
+        "| {} |",
+        columns.iter().map(|c| c.1).collect::<Vec<_>>().join(" | ")
+    );
+    println!("|{}", "---|".repeat(columns.len()));
+    for line in text.lines().filter(|l| l.starts_with('{')) {
+        let cells: Vec<String> = columns.iter().map(|(k, _)| cell(line, k)).collect();
+        println!("| {} |", cells.join(" | "));
+    }
+    Ok(())
+}
+
+/// The value of `"key":` in a flat JSON line, formatted for a table.
+fn cell(line: &str, key: &str) -> String {
+    let Some(at) = line.find(&format!("\"{key}\":")) else {
+        return String::new();
+    };
+    let rest = &line[at + key.len() + 3..];
+    if let Some(s) = rest.strip_prefix('"') {
+        return s.split('"').next().unwrap_or_default().to_string();
+    }
+    let raw = rest.split([',', '}']).next().unwrap_or_default();
+    match raw.parse::<f64>() {
+        Ok(n) if n.fract() == 0.0 => format!("{}", n as i64),
+        Ok(n) if n.abs() >= 100.0 => format!("{n:.0}"),
+        Ok(n) if n.abs() >= 10.0 => format!("{n:.1}"),
+        Ok(n) => format!("{n:.2}"),
+        Err(_) => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_is_its_size_and_carries_time_and_sequence() {
+        let v = payload(1_234, 56, 100);
+        assert_eq!(v.len(), 100);
+        assert_eq!(field(v.as_bytes(), b"\"t\":"), Some(1_234));
+        assert_eq!(field(v.as_bytes(), b"\"s\":"), Some(56));
+    }
+
+    #[test]
+    fn report_cells_read_the_json_run_prints() {
+        let line = serde_like(&[
+            ("name", Value::S("W2".into())),
+            ("p99_ms", Value::N(3.14159)),
+        ]);
+        assert_eq!(cell(&line, "name"), "W2");
+        assert_eq!(cell(&line, "p99_ms"), "3.14");
+        assert_eq!(cell(&line, "missing"), "");
+    }
+}
