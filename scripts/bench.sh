@@ -42,8 +42,9 @@ fi
 mkdir -p "$OUT"
 
 cargo build --release --locked --bins >&2
-GW_BIN="$PWD/target/release/kafka-sse-gateway"
-BENCH="$PWD/target/release/ksg-bench"
+TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
+GW_BIN="$TARGET/release/kafka-sse-gateway"
+BENCH="$TARGET/release/ksg-bench"
 
 # One CA and one server certificate for both servers (rustls refuses a CA as a server cert).
 if ! openssl x509 -checkend 86400 -noout -in "$DATA/cert.pem" >/dev/null 2>&1; then
@@ -170,7 +171,7 @@ fi
 gw_stop
 
 {
-  sed -n "/^<!-- intro -->/,/^<!-- results -->/p" docs/benchmarks.md 2>/dev/null | sed "\$d"
+  sed -n "1,/^<!-- results -->/p" docs/benchmarks.md | sed "\$d"
   echo "<!-- results -->"
   echo
   echo "Run on $(date -u +%Y-%m-%d) by \`scripts/bench.sh\`: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"

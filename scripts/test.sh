@@ -8,7 +8,8 @@
 #   3. the browser suite: headless Chromium's own EventSource against the starter page;
 #   4. h2spec (pinned, installed with `go install` if missing) against both listeners;
 #   5. the deployment artifacts (scripts/deploy-check.sh): the container image built from a
-#      release build and run by chroot, Kubernetes manifests, Prometheus rules, dashboard.
+#      release build and run by chroot, Kubernetes manifests, Prometheus rules, dashboard;
+#   6. a smoke run of the benchmark (scripts/bench.sh smoke) against the gateway and nginx + nchan.
 #
 # Installs what it needs (Kafka jars, chromium, npm packages) idempotently.
 set -euo pipefail
@@ -55,9 +56,13 @@ step "deployment: release build, image (podman, checked by chroot), manifests, r
 cargo build --release --locked
 KSG_RELEASE_BIN="$PWD/target/release/kafka-sse-gateway" scripts/deploy-check.sh
 
+step "benchmark smoke run: ksg-bench against the gateway and nginx + nchan (scripts/bench.sh smoke)"
+scripts/bench.sh smoke
+
 step "summary"
 echo "mock cluster: $mock_passed tests passed (unit + integration); $mock_ignored ignored (they need a real broker and ran in the next pass)"
 echo "real broker ($broker at $KSG_TEST_KAFKA): $real_passed integration tests passed; $real_filtered filtered out (mock_only_*: they inject faults into a mock cluster and ran in the first pass)"
 echo "browser: see the node test runner's summary above"
 echo "h2spec: see the per-listener results above (allowed failures: scripts/h2spec-allowlist.txt)"
 echo "deployment: scripts/deploy-check.sh passed (see its steps above)"
+echo "benchmark: the smoke run delivered on both servers with nothing lost (table above)"

@@ -40,6 +40,7 @@ pub mod sse;
 pub mod start;
 pub mod stream;
 pub mod tls;
+pub mod wake;
 
 #[cfg(test)]
 mod testing;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
@@ -22,6 +22,8 @@ use crate::metrics::Metrics;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the poll thread blocks waiting for a record (bounds shutdown latency).
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
+/// Records dispatched at most between two rounds of connection wake-ups.
+const DISPATCH_BATCH: usize = 256;
 
 /// A Kafka problem, classified by who is at fault.
 #[derive(Debug, Error)]
@@ -228,9 +230,26 @@ impl Source {
     /// Polls until `stop` is set, handing every record to `hub`. Runs on its own thread.
     pub fn poll_loop(&self, hub: &Hub, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            match self.consumer.poll(POLL_TIMEOUT) {
-                None => {}
-                Some(Ok(message)) => hub.dispatch(
+            let Some(first) = self.consumer.poll(POLL_TIMEOUT) else {
+                continue;
+            };
+            // What is already fetched goes out as one batch: each connection is woken once.
+            crate::wake::batch(|| {
+                self.handle(hub, first);
+                for _ in 1..DISPATCH_BATCH {
+                    match self.consumer.poll(Duration::ZERO) {
+                        Some(next) => self.handle(hub, next),
+                        None => break,
+                    }
+                }
+            });
+        }
+    }
+
+    fn handle(&self, hub: &Hub, polled: KafkaResult<BorrowedMessage<'_>>) {
+        {
+            match polled {
+                Ok(message) => hub.dispatch(
                     message.topic(),
                     message.partition(),
                     message.offset(),
@@ -239,8 +258,8 @@ impl Source {
                     message.timestamp().to_millis(),
                 ),
                 // Reaching the end of a partition is not an error.
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
-                Some(Err(e)) => {
+                Err(KafkaError::PartitionEOF(_)) => {}
+                Err(e) => {
                     let code = e
                         .rdkafka_error_code()
                         .map_or("other".to_string(), |c| format!("{c:?}"));

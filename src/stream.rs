@@ -237,7 +237,10 @@ mod tests {
     fn blocks_counts_blank_lines_that_end_blocks() {
         assert_eq!(blocks(b""), 0);
         assert_eq!(blocks(b"id: 1\ndata: a\n\n"), 1);
-        assert_eq!(blocks(b"retry: 1000\n\n: hb\n\nid: 2\ndata: x\ndata: y\n\n"), 3);
+        assert_eq!(
+            blocks(b"retry: 1000\n\n: hb\n\nid: 2\ndata: x\ndata: y\n\n"),
+            3
+        );
         assert_eq!(blocks(b"data: no end\n"), 0);
     }
 }

@@ -14,7 +14,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,6 +32,7 @@ use crate::http::activity::Activity;
 use crate::http::body::ResponseBody;
 use crate::http::service::App;
 use crate::metrics::Metrics;
+use crate::wake::Deferred;
 
 /// HTTP/2 settings, explicit.
 #[derive(Debug, Clone, Copy)]
@@ -104,6 +105,8 @@ where
     let mut goodbye: Option<(Ended, Instant)> = None;
     let mut idle_since = Some(Instant::now());
     let mut streams = FuturesUnordered::new();
+    let deferred = Arc::new(Deferred::default());
+    let streams_waker = deferred.waker();
     loop {
         if *open.borrow_and_update() > 0 {
             idle_since = None;
@@ -133,8 +136,13 @@ where
                 }
                 None => break,
             },
-            // Streams make progress here; one that finishes is simply gone.
-            Some(()) = streams.next(), if !streams.is_empty() => {}
+            // Streams make progress here; one that finishes is simply gone. Their wake-ups
+            // during a fan-out are held to its end (crate::wake), so the connection writes
+            // every stream's events of a batch at once.
+            Some(()) = poll_fn(|cx| {
+                deferred.register(cx.waker());
+                streams.poll_next_unpin(&mut Context::from_waker(&streams_waker))
+            }), if !streams.is_empty() => {}
             _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
                 connection.graceful_shutdown();
                 goodbye = Some((Ended::Shutdown, Instant::now() + settings.close_grace));
@@ -264,6 +272,15 @@ async fn pump(
             continue;
         };
         while !data.is_empty() {
+            // Reserving capacity wakes whatever waits on the stream: first swap the waker that
+            // `poll_reset` left for one that does nothing, or the stream would wake itself and
+            // its connection would write after every stream or two instead of once per batch.
+            if send
+                .poll_reset(&mut Context::from_waker(Waker::noop()))
+                .is_ready()
+            {
+                return;
+            }
             send.reserve_capacity(data.len());
             // Capacity already assigned is used at once (poll_capacity only reports changes).
             let ready = send.capacity();

@@ -1,0 +1,118 @@
+//! Wake-ups held back to the end of a batch of records.
+//!
+//! The Kafka poll thread fans each record out to many streams, and each stream's queue wakes
+//! the task of the connection the stream is on. Woken at once, a connection task would run on
+//! the other core while the fan-out goes on, write a few streams' events, and be woken again:
+//! a write (and a TLS record) per stream and record. Inside [`batch`], a connection's wake-up
+//! is recorded once and done when the batch ends, so a connection writes the whole batch for
+//! all its streams in one go. Outside a batch (catch-up readers, timers), wake-ups are at once.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+thread_local! {
+    /// The wake-ups held back by the batch running on this thread, by connection.
+    static HELD: RefCell<Option<HashMap<usize, Arc<Deferred>>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` as one batch: wake-ups of [`Deferred`] wakers on this thread happen when it ends,
+/// each at most once.
+pub fn batch<R>(f: impl FnOnce() -> R) -> R {
+    let nested = HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        let nested = held.is_some();
+        held.get_or_insert_with(HashMap::new);
+        nested
+    });
+    let result = f();
+    if !nested {
+        let due = HELD
+            .with(|held| held.borrow_mut().take())
+            .unwrap_or_default();
+        for deferred in due.into_values() {
+            deferred.task.wake();
+        }
+    }
+    result
+}
+
+/// A waker for one connection task that defers its wake-ups inside a [`batch`].
+#[derive(Default)]
+pub struct Deferred {
+    task: AtomicWaker,
+}
+
+impl Deferred {
+    /// A waker that wakes the task last given to [`Deferred::register`].
+    pub fn waker(self: &Arc<Self>) -> Waker {
+        Waker::from(self.clone())
+    }
+
+    /// The task to wake: the current one of the polling context.
+    pub fn register(&self, task: &Waker) {
+        self.task.register(task);
+    }
+}
+
+impl Wake for Deferred {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let held = HELD.with(|held| match held.borrow_mut().as_mut() {
+            Some(due) => {
+                due.entry(Arc::as_ptr(self) as usize)
+                    .or_insert_with(|| self.clone());
+                true
+            }
+            None => false,
+        });
+        if !held {
+            self.task.wake();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_batch_wakes_each_connection_once_at_its_end() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let task = Waker::from(count.clone());
+        let deferred = Arc::new(Deferred::default());
+        deferred.register(&task);
+        let waker = deferred.waker();
+        batch(|| {
+            for _ in 0..100 {
+                waker.wake_by_ref();
+            }
+            batch(|| waker.wake_by_ref());
+            assert_eq!(
+                count.0.load(Ordering::SeqCst),
+                0,
+                "held until the batch ends"
+            );
+        });
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // Outside a batch: at once (once registered again, as a polled task would be).
+        deferred.register(&task);
+        waker.wake_by_ref();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+    }
+}
