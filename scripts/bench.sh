@@ -6,8 +6,10 @@
 #                             and docs/benchmarks.md (tables, machine, profile)
 #   scripts/bench.sh smoke    a few seconds of W2 on both servers, results in /tmp only: checks
 #                             that the benchmark itself works (scripts/test.sh runs it)
+#   scripts/bench.sh report   docs/benchmarks.md again from docs/benchmarks.json and the last
+#                             profile, without running anything
 #
-# Workloads (DESIGN of each in docs/benchmarks.md):
+# Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
 #   W2  broadcast fan-out: 1,024 and 4,096 streams of one topic at 100 records/s, then 4,096
 #       streams at higher rates up to the knee
@@ -102,7 +104,7 @@ nchan_start() { scripts/nchan.sh stop >/dev/null 2>&1 || true; scripts/nchan.sh 
 
 results="$OUT/benchmarks.json"
 [ "$mode" = smoke ] && results="$OUT/smoke.json"
-: >"$results"
+[ "$mode" = report ] || : >"$results"
 
 # run NAME SERVER ARGS...: one ksg-bench run against a freshly started SERVER.
 run() {
@@ -133,6 +135,42 @@ run() {
 
 both() { run "$1" gateway "${@:2}"; run "$1" nchan "${@:2}"; }
 
+# docs/benchmarks.md: its text up to the results marker, then the machine, the table of
+# $results and the top symbols of the last profile ($DATA/perf.data), if any.
+write_report() {
+  local profile=""
+  if [ -f "$DATA/perf.data" ]; then
+    profile=$(perf report -i "$DATA/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+      grep -E '^ +[0-9.]+%' | cut -c1-150 | sed -E 's/ +$//' | head -25 || true)
+  fi
+  {
+    sed -n "1,/^<!-- results -->/p" docs/benchmarks.md | sed "\$d"
+    echo "<!-- results -->"
+    echo
+    echo "Run on $(date -u +%Y-%m-%d) by \`scripts/bench.sh\`: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"
+    echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') +"
+    echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
+    echo "Raw results: \`docs/benchmarks.json\` (one run per line)."
+    echo
+    "$BENCH" report "$results"
+    if [ -n "$profile" ]; then
+      echo
+      echo "### Profile: the gateway under W2, 1,024 streams (\`perf record -g\`, self time)"
+      echo
+      echo '```text'
+      echo "$profile"
+      echo '```'
+    fi
+  } >"$DATA/benchmarks.md"
+  mv "$DATA/benchmarks.md" "$OUT/benchmarks.md"
+  say "wrote $results and $OUT/benchmarks.md"
+}
+
+if [ "$mode" = report ]; then
+  write_report
+  exit 0
+fi
+
 if [ "$mode" = smoke ]; then
   both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 1 --streams 16 --rate 50
   # Both servers delivered, in order, nothing lost.
@@ -156,38 +194,16 @@ both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --ra
 SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01
 
 # A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
-profile=""
+rm -f "$DATA/perf.data"
 if [ "${BENCH_PERF:-1}" != 0 ] && command -v perf >/dev/null; then
   gw_start
   "$BENCH" run --name W2-profile --server gateway --ca "$DATA/ca.pem" --pids "$gw_pid" \
     --url "https://127.0.0.1:$GW_PORT/bench-fanout" --publish "kafka://$BROKER/bench-fanout" \
     --connections 4 --streams 256 --rate 100 --warmup 3 --seconds 14 >/dev/null &
+  load=$!
   sleep 5
   perf record -F 999 -g -p "$gw_pid" -o "$DATA/perf.data" -- sleep 8 >/dev/null 2>&1 || true
-  wait
-  profile=$(perf report -i "$DATA/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-    grep -E '^ +[0-9]' | head -25 | sed -E 's/ +$//' | cut -c1-150)
+  wait "$load"
 fi
 gw_stop
-
-{
-  sed -n "1,/^<!-- results -->/p" docs/benchmarks.md | sed "\$d"
-  echo "<!-- results -->"
-  echo
-  echo "Run on $(date -u +%Y-%m-%d) by \`scripts/bench.sh\`: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"
-  echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), $(nginx -v 2>&1 | sed 's/.*: //') +"
-  echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
-  echo "Raw results: \`docs/benchmarks.json\` (one run per line)."
-  echo
-  "$BENCH" report "$results"
-  if [ -n "$profile" ]; then
-    echo
-    echo "### Profile: the gateway under W2, 1,024 streams (\`perf record -g\`, self time)"
-    echo
-    echo '```text'
-    echo "$profile"
-    echo '```'
-  fi
-} >"$DATA/benchmarks.md"
-mv "$DATA/benchmarks.md" "$OUT/benchmarks.md"
-say "wrote $results and $OUT/benchmarks.md"
+write_report

@@ -40,8 +40,31 @@ use tokio::net::TcpStream;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+const USAGE: &str = "\
+usage: ksg-bench run --url URL [options]     one run; prints one JSON object
+       ksg-bench report results.jsonl        a Markdown table of runs
+
+run options (defaults in brackets):
+  --name N           workload label [run]          --server S     server label [gateway]
+  --url URL          https://host:port/path or http:// (h2c); {key} is each stream's key
+  --ca FILE          PEM root(s) to trust for https
+  --connections C    HTTP/2 connections [1]        --streams S    streams per connection [1], <= 256
+  --publish P        kafka://brokers/topic or http://host:port/path ({key} allowed)
+  --rate R           records per second [100]      --size B       value bytes [100]
+  --keys K           keys k0..k{K-1}, stream i reads k{i % K} [0: no keys]
+  --warmup SECS      before measuring [3]          --seconds SECS measured window [20]
+  --pids P1,P2       server processes whose CPU and RSS are read from /proc
+  --idle true        publish nothing (RSS per open stream)
+  --stall F          add a fraction F of streams that never read [0]
+  --churn R          drop and resume R streams per second with Last-Event-ID [0]
+";
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        print!("{USAGE}");
+        return;
+    }
     let result = match args.first().map(String::as_str) {
         Some("run") => Options::parse(&args[1..]).and_then(|o| {
             tokio::runtime::Builder::new_multi_thread()
@@ -51,7 +74,7 @@ fn main() {
         }),
         Some("report") if args.len() == 2 => report(&args[1]),
         _ => {
-            eprintln!("usage: ksg-bench run --name N --server S --url U [options]\n       ksg-bench report results.jsonl\n(see the top of src/bin/ksg-bench.rs)");
+            eprint!("{USAGE}");
             std::process::exit(2);
         }
     };
