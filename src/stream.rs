@@ -137,7 +137,7 @@ impl SseStream {
         if first.len() >= MAX_BATCH_BYTES {
             return first;
         }
-        let Ok(second) = self.subscription.events.try_recv() else {
+        let Some(second) = self.subscription.events.try_recv() else {
             return first;
         };
         let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES.max(first.len() + second.len()));
@@ -145,8 +145,8 @@ impl SseStream {
         buf.extend_from_slice(&second);
         while buf.len() < MAX_BATCH_BYTES {
             match self.subscription.events.try_recv() {
-                Ok(event) => buf.extend_from_slice(&event),
-                Err(_) => break,
+                Some(event) => buf.extend_from_slice(&event),
+                None => break,
             }
         }
         buf.freeze()

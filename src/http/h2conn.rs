@@ -200,7 +200,9 @@ async fn answer(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
 ) {
-    let response = app.handle(request.map(RequestBody)).await;
+    // Boxed: what handling needs (subscription, catch-up set-up) lives on the heap only while
+    // it runs, so a stream's resident state is just what sending its events needs.
+    let response = Box::pin(app.handle(request.map(RequestBody))).await;
     let (parts, body) = response.into_parts();
     let end = body.is_end_stream();
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {

@@ -22,9 +22,10 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use super::queue::{self, TrySendError};
 use super::{id_for, HandOver, Hub, TopicHub, EARLIEST};
 use crate::position;
 use crate::source::Context;
@@ -102,7 +103,7 @@ pub(super) struct Job {
     pub(super) key: Option<Vec<u8>>,
     /// Dense start position; [`EARLIEST`] where the partition starts at its log start.
     pub(super) from: Vec<i64>,
-    pub(super) tx: mpsc::Sender<Bytes>,
+    pub(super) tx: queue::Sender,
     /// Latest value per key, then `event: live`, instead of every record.
     pub(super) snapshot: bool,
     /// The key's partition, when the stream's ids name only it.
@@ -581,7 +582,7 @@ impl Hub {
 }
 
 /// Queues what `batch` holds; false (and counted as a cut-off) when the stream cannot take it.
-fn flush(tx: &mpsc::Sender<Bytes>, batch: &mut BytesMut, topic: &TopicHub) -> bool {
+fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &TopicHub) -> bool {
     if batch.is_empty() || send(tx, batch.split().freeze()) {
         return true;
     }
@@ -590,7 +591,7 @@ fn flush(tx: &mpsc::Sender<Bytes>, batch: &mut BytesMut, topic: &TopicHub) -> bo
 }
 
 /// Waits up to [`STALL_LIMIT`] for a free slot in the stream's queue. False: gone or stalled.
-fn room(tx: &mpsc::Sender<Bytes>) -> bool {
+fn room(tx: &queue::Sender) -> bool {
     let deadline = Instant::now() + STALL_LIMIT;
     while tx.capacity() == 0 {
         if tx.is_closed() || Instant::now() >= deadline {
@@ -603,13 +604,13 @@ fn room(tx: &mpsc::Sender<Bytes>) -> bool {
 
 /// Queues `event` for the stream, waiting up to [`STALL_LIMIT`] for room. False: the stream is
 /// gone or its client stopped reading (the stream ends; the client resumes from its last id).
-fn send(tx: &mpsc::Sender<Bytes>, mut event: Bytes) -> bool {
+fn send(tx: &queue::Sender, mut event: Bytes) -> bool {
     let deadline = Instant::now() + STALL_LIMIT;
     loop {
         match tx.try_send(event) {
             Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
-            Err(mpsc::error::TrySendError::Full(back)) => {
+            Err(TrySendError::Closed(_)) => return false,
+            Err(TrySendError::Full(back)) => {
                 if Instant::now() >= deadline {
                     return false;
                 }

@@ -20,6 +20,7 @@
 
 mod catchup;
 mod lifecycle;
+pub mod queue;
 pub mod replay;
 
 use std::collections::{HashMap, HashSet};
@@ -31,7 +32,6 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use prometheus::IntCounter;
 use thiserror::Error;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tracing::{debug, warn};
 
 use crate::metrics::Metrics;
@@ -148,7 +148,7 @@ struct TopicHub {
 /// A registered stream: its queue, while resuming its floor, and for a key stream whose ids
 /// name only its key's partition, that partition.
 struct Sub {
-    tx: mpsc::Sender<Bytes>,
+    tx: queue::Sender,
     floor: Option<Vec<i64>>,
     scope: Option<usize>,
 }
@@ -176,7 +176,7 @@ struct TopicState {
 /// An open subscription: the stream's queue and its start position. Dropping it unregisters.
 pub struct Subscription {
     /// Encoded events, in order.
-    pub events: mpsc::Receiver<Bytes>,
+    pub events: queue::Receiver,
     /// The id the preamble carries: the start position, or `None` for a stream catching up
     /// from Kafka (its first event brings an id; until then the client's own id stands).
     pub start_id: Option<String>,
@@ -478,7 +478,7 @@ impl Hub {
                     )
                 }
             };
-            let (tx, rx) = mpsc::channel(self.config.queue);
+            let (tx, rx) = queue::channel(self.config.queue);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let opened = {
                 let mut state = hub.lock();
@@ -606,7 +606,7 @@ impl Hub {
         state: &mut TopicState,
         spec: Spec<'_>,
         from: Option<Vec<i64>>,
-        tx: mpsc::Sender<Bytes>,
+        tx: queue::Sender,
     ) -> Opened {
         let Spec {
             id,
@@ -914,14 +914,14 @@ impl Hub {
                 };
                 match sub.tx.try_send(bytes) {
                     Ok(()) => true,
-                    Err(TrySendError::Full(_)) => {
+                    Err(queue::TrySendError::Full(_)) => {
                         hub.cutoffs.inc();
                         debug!(topic, "stream cut off: its client fell behind (queue full)");
                         cut += 1;
                         gone += 1;
                         false
                     }
-                    Err(TrySendError::Closed(_)) => {
+                    Err(queue::TrySendError::Closed(_)) => {
                         gone += 1;
                         false
                     }
@@ -976,7 +976,7 @@ enum Opened {
     Ready(String),
     CatchUp {
         from: Vec<i64>,
-        tx: mpsc::Sender<Bytes>,
+        tx: queue::Sender,
         snapshot: bool,
         scope: Option<usize>,
     },
