@@ -132,7 +132,9 @@ fn jittered(max: Duration) -> Duration {
 
 impl SseStream {
     /// Appends events already waiting in the queue to `first`, up to [`MAX_BATCH_BYTES`].
-    /// A lone event is passed on as the shared bytes, without a copy.
+    /// A lone event is passed on as the shared bytes, without a copy; a batch is copied into
+    /// a buffer of exactly its size (a frame may wait in `h2` while its client reads slowly,
+    /// so a roomy buffer would hold far more memory than its events).
     fn batch(&mut self, first: Bytes) -> Bytes {
         if first.len() >= MAX_BATCH_BYTES {
             return first;
@@ -140,14 +142,20 @@ impl SseStream {
         let Some(second) = self.subscription.events.try_recv() else {
             return first;
         };
-        let mut buf = BytesMut::with_capacity(MAX_BATCH_BYTES.max(first.len() + second.len()));
-        buf.extend_from_slice(&first);
-        buf.extend_from_slice(&second);
-        while buf.len() < MAX_BATCH_BYTES {
+        let mut len = first.len() + second.len();
+        let mut parts = vec![first, second];
+        while len < MAX_BATCH_BYTES {
             match self.subscription.events.try_recv() {
-                Some(event) => buf.extend_from_slice(&event),
+                Some(event) => {
+                    len += event.len();
+                    parts.push(event);
+                }
                 None => break,
             }
+        }
+        let mut buf = BytesMut::with_capacity(len);
+        for part in &parts {
+            buf.extend_from_slice(part);
         }
         buf.freeze()
     }
