@@ -11,7 +11,7 @@
 //! never contended), sends keep-alive PINGs, closes the connection when it has had no open
 //! stream for the idle timeout, and says GOAWAY on shutdown.
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -21,8 +21,9 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, Reason, RecvStream, SendStream};
-use http::{Request, Response};
+use http::Response;
 use http_body::{Body, Frame};
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -121,13 +122,13 @@ where
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
-                    let stream = activity.open();
-                    let (app, metrics) = (app.clone(), metrics.clone());
-                    let stall = settings.stall;
-                    streams.push(async move {
-                        answer(&app, &metrics, stall, request, respond).await;
-                        drop(stream);
-                    });
+                    // What a stream keeps while it sends is small: the request and what handling
+                    // it needs live in a boxed future, freed once the response is ready.
+                    let app = app.clone();
+                    let handling: Handling =
+                        Box::pin(async move { app.handle(request.map(RequestBody)).await });
+                    let resets = metrics.stalled_stream_resets.clone();
+                    streams.push(answer(handling, respond, resets, settings.stall, activity.open()));
                 }
                 // A connection error (h2 has said GOAWAY, or the peer went away): done.
                 Some(Err(e)) => {
@@ -192,17 +193,19 @@ async fn sleep_opt(until: Option<Instant>) {
     }
 }
 
-/// Answers one stream: the app's response, then its body within the client's window.
+/// A request being handled: the app's response to come.
+type Handling = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
+/// Answers one stream: the app's response, then its body within the client's window. `open`
+/// counts the stream as open on its connection until the answer ends.
 async fn answer(
-    app: &App,
-    metrics: &Metrics,
-    stall: Duration,
-    request: Request<RecvStream>,
+    handling: Handling,
     mut respond: SendResponse<Bytes>,
+    resets: IntCounter,
+    stall: Duration,
+    open: impl Sized,
 ) {
-    // Boxed: what handling needs (subscription, catch-up set-up) lives on the heap only while
-    // it runs, so a stream's resident state is just what sending its events needs.
-    let response = Box::pin(app.handle(request.map(RequestBody))).await;
+    let response = handling.await;
     let (parts, body) = response.into_parts();
     let end = body.is_end_stream();
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {
@@ -213,8 +216,9 @@ async fn answer(
         }
     };
     if !end {
-        pump(send, body, metrics, stall).await;
+        pump(send, body, &resets, stall).await;
     }
+    drop(open);
 }
 
 /// A request body read from `h2`, its window given back as it is read.
@@ -249,7 +253,7 @@ impl Body for RequestBody {
 async fn pump(
     mut send: SendStream<Bytes>,
     mut body: ResponseBody,
-    metrics: &Metrics,
+    resets: &IntCounter,
     stall: Duration,
 ) {
     loop {
@@ -300,8 +304,9 @@ async fn pump(
                     }
                     send.poll_capacity(cx).map(Some)
                 }) => granted,
-                _ = tokio::time::sleep(stall) => {
-                    metrics.stalled_stream_resets.inc();
+                // Boxed: a stream keeps no timer while it is not waiting for window.
+                _ = Box::pin(tokio::time::sleep(stall)) => {
+                    resets.inc();
                     debug!("stream reset: its client granted no window for {stall:?}");
                     send.send_reset(Reason::CANCEL);
                     return;
