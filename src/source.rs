@@ -246,26 +246,25 @@ impl Source {
         }
     }
 
+    /// Hands one polled record to `hub`; counts and logs consume errors.
     fn handle(&self, hub: &Hub, polled: KafkaResult<BorrowedMessage<'_>>) {
-        {
-            match polled {
-                Ok(message) => hub.dispatch(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    message.payload(),
-                    message.timestamp().to_millis(),
-                ),
-                // Reaching the end of a partition is not an error.
-                Err(KafkaError::PartitionEOF(_)) => {}
-                Err(e) => {
-                    let code = e
-                        .rdkafka_error_code()
-                        .map_or("other".to_string(), |c| format!("{c:?}"));
-                    self.metrics.kafka_errors.with_label_values(&[&code]).inc();
-                    warn!(code = %code, "Kafka consume error: {e}");
-                }
+        match polled {
+            Ok(message) => hub.dispatch(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.payload(),
+                message.timestamp().to_millis(),
+            ),
+            // Reaching the end of a partition is not an error.
+            Err(KafkaError::PartitionEOF(_)) => {}
+            Err(e) => {
+                let code = e
+                    .rdkafka_error_code()
+                    .map_or("other".to_string(), |c| format!("{c:?}"));
+                self.metrics.kafka_errors.with_label_values(&[&code]).inc();
+                warn!(code = %code, "Kafka consume error: {e}");
             }
         }
     }

@@ -222,7 +222,6 @@ impl Shared {
 /// Where subscribers connect.
 struct Target {
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
-    addr: String,
     authority: String,
 }
 
@@ -252,18 +251,14 @@ impl Target {
             "http" => None,
             other => return Err(format!("unsupported scheme {other}").into()),
         };
-        Ok(Target {
-            tls,
-            addr: authority.clone(),
-            authority,
-        })
+        Ok(Target { tls, authority })
     }
 
     async fn connect(
         &self,
         browser_windows: bool,
     ) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
-        let tcp = TcpStream::connect(&self.addr).await?;
+        let tcp = TcpStream::connect(&self.authority).await?;
         tcp.set_nodelay(true)?;
         let io: Box<dyn IoBox> = match &self.tls {
             Some((connector, name)) => {
@@ -350,10 +345,10 @@ impl Sub {
                 if self.shared.stop.load(Ordering::Relaxed) {
                     return;
                 }
+                // No timer per event: an idle stream is simply dropped when the run ends.
                 let next = tokio::select! {
                     d = body.data() => d,
                     _ = sleep_opt(drop_at) => break true,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                 };
                 match next {
                     Some(Ok(data)) => {
@@ -390,7 +385,7 @@ impl Sub {
     }
 
     fn blocks(&self, buf: &mut BytesMut, seq: &mut Seq) {
-        while let Some(end) = memchr2(buf) {
+        while let Some(end) = block_end(buf) {
             let block = buf.split_to(end + 2);
             let mut t = None;
             let mut s = None;
@@ -430,7 +425,7 @@ impl Sub {
 }
 
 /// Where the first blank line ("\n\n") in `buf` starts.
-fn memchr2(buf: &[u8]) -> Option<usize> {
+fn block_end(buf: &[u8]) -> Option<usize> {
     memchr::memchr_iter(b'\n', buf).find(|&at| buf.get(at + 1) == Some(&b'\n'))
 }
 
@@ -556,7 +551,6 @@ impl Sink {
                 if let Some(k) = key {
                     record = record.key(k);
                 }
-                let mut record = record;
                 loop {
                     match producer.send(record) {
                         Ok(()) => return Ok(()),
