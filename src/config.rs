@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::auth::{AuthSettings, KeySource};
 use crate::http::cors::Cors;
 use crate::partitioner::KeyPartitioner;
 use crate::routes::{RouteError, Routes, TopicFilter};
@@ -88,6 +89,36 @@ pub const LOG: &str = "KSG_LOG";
 /// structured fields, for log pipelines).
 pub const LOG_FORMAT: &str = "KSG_LOG_FORMAT";
 
+/// `KSG_AUTH`: `jwt` (streams need a token) or `none` (public streams). Required with
+/// `KSG_KAFKA_BROKERS`; the demo defaults to `none`.
+pub const AUTH: &str = "KSG_AUTH";
+/// `KSG_AUTH_JWT_SECRET`: HS256 shared secret (at least 32 bytes).
+pub const AUTH_JWT_SECRET: &str = "KSG_AUTH_JWT_SECRET";
+/// `KSG_AUTH_JWT_KEYS`: a file of PEM public keys (RSA, EC, Ed25519) or a JWKS document,
+/// reloaded when it changes.
+pub const AUTH_JWT_KEYS: &str = "KSG_AUTH_JWT_KEYS";
+/// `KSG_AUTH_JWT_ISSUER`: accepted `iss` values, comma-separated.
+pub const AUTH_JWT_ISSUER: &str = "KSG_AUTH_JWT_ISSUER";
+/// `KSG_AUTH_JWT_AUDIENCE`: accepted `aud` values, comma-separated.
+pub const AUTH_JWT_AUDIENCE: &str = "KSG_AUTH_JWT_AUDIENCE";
+/// `KSG_AUTH_COOKIE`: name of a cookie that may carry the token (browsers).
+pub const AUTH_COOKIE: &str = "KSG_AUTH_COOKIE";
+/// `KSG_AUTH_QUERY_TOKEN`: `on` accepts `?access_token=` (URLs end up in logs).
+pub const AUTH_QUERY_TOKEN: &str = "KSG_AUTH_QUERY_TOKEN";
+/// `KSG_AUTH_LEEWAY_SECS`: clock skew allowed for `nbf`.
+pub const AUTH_LEEWAY_SECS: &str = "KSG_AUTH_LEEWAY_SECS";
+/// `KSG_AUTH_EXPIRY_NOTICE_SECS`: a stream sends `event: expiring` this long before its token's
+/// `exp` (0: no notice).
+pub const AUTH_EXPIRY_NOTICE_SECS: &str = "KSG_AUTH_EXPIRY_NOTICE_SECS";
+/// `KSG_MAX_STREAMS`: streams open in the whole gateway at most; more get `429`.
+pub const MAX_STREAMS: &str = "KSG_MAX_STREAMS";
+/// `KSG_MAX_STREAM_OPENS_PER_SEC`: stream requests one connection may make per second, after a
+/// burst of `KSG_MAX_STREAMS_PER_CONNECTION` (0: no limit); more get `429`.
+pub const MAX_STREAM_OPENS_PER_SEC: &str = "KSG_MAX_STREAM_OPENS_PER_SEC";
+/// `KSG_PROXY_PROTOCOL`: `on` requires a PROXY protocol (v1 or v2) header on every connection
+/// and takes the client address from it.
+pub const PROXY_PROTOCOL: &str = "KSG_PROXY_PROTOCOL";
+
 const KAFKA_PREFIX: &str = "KSG_KAFKA_";
 
 /// Every variable with its default, for the README and for validation of names.
@@ -107,6 +138,18 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (MAX_CONNECTIONS, "10000"),
     (MAX_CONNECTIONS_PER_IP, "0"),
     (ADMIN_TOKEN, "(none: /metrics is open)"),
+    (AUTH, "(required with KSG_KAFKA_BROKERS; demo: none)"),
+    (AUTH_JWT_SECRET, "(none)"),
+    (AUTH_JWT_KEYS, "(none)"),
+    (AUTH_JWT_ISSUER, "(none: not checked)"),
+    (AUTH_JWT_AUDIENCE, "(none: not checked)"),
+    (AUTH_COOKIE, "(none)"),
+    (AUTH_QUERY_TOKEN, "off"),
+    (AUTH_LEEWAY_SECS, "30"),
+    (AUTH_EXPIRY_NOTICE_SECS, "30"),
+    (MAX_STREAMS, "250000"),
+    (MAX_STREAM_OPENS_PER_SEC, "20"),
+    (PROXY_PROTOCOL, "off"),
     (HEARTBEAT_SECS, "15"),
     (RETRY_MS, "3000"),
     (SHUTDOWN_GRACE_SECS, "10"),
@@ -153,6 +196,14 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// Bearer token `/metrics` requires, if any.
     pub admin_token: Option<String>,
+    /// JWT authorization of streams; `None`: `KSG_AUTH=none`, public streams.
+    pub auth: Option<AuthSettings>,
+    /// Streams open in the whole gateway at most.
+    pub max_streams: usize,
+    /// Stream requests per second one connection may make after its burst (0: no limit).
+    pub max_stream_opens_per_sec: u32,
+    /// Whether every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
     /// Quiet time before a heartbeat comment.
     pub heartbeat: Duration,
     /// The `retry:` value sent first on every stream.
@@ -370,6 +421,10 @@ impl Config {
                 "must be at least 16 characters, without spaces (the value is not shown)",
             );
         }
+        let auth = read_auth(&mut r, kafka_brokers.is_some());
+        let max_streams = r.number(MAX_STREAMS, 250_000usize, 1, 100_000_000);
+        let max_stream_opens_per_sec = r.number(MAX_STREAM_OPENS_PER_SEC, 20u32, 0, 1_000_000);
+        let proxy_protocol = r.parse(PROXY_PROTOCOL, false, on_off);
         let heartbeat = Duration::from_secs(r.number(HEARTBEAT_SECS, 15u64, 1, 3600));
         let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
         let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
@@ -453,6 +508,10 @@ impl Config {
                 max_connections,
                 max_connections_per_ip,
                 admin_token,
+                auth,
+                max_streams,
+                max_stream_opens_per_sec,
+                proxy_protocol,
                 heartbeat,
                 retry_ms,
                 shutdown_grace,
@@ -487,6 +546,124 @@ impl Config {
 }
 
 /// A `KSG_LOG` value: comma-separated `level` or `target=level` items.
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("must be on or off".into()),
+    }
+}
+
+/// The `KSG_AUTH*` variables. With a real cluster `KSG_AUTH` must be given: public streams are
+/// never the silent default.
+fn read_auth(r: &mut Reader, real_cluster: bool) -> Option<AuthSettings> {
+    let names = [
+        AUTH_JWT_SECRET,
+        AUTH_JWT_KEYS,
+        AUTH_JWT_ISSUER,
+        AUTH_JWT_AUDIENCE,
+        AUTH_COOKIE,
+        AUTH_QUERY_TOKEN,
+        AUTH_LEEWAY_SECS,
+        AUTH_EXPIRY_NOTICE_SECS,
+    ];
+    let jwt = match r.raw(AUTH).map(str::trim) {
+        Some("jwt") => true,
+        Some("none") => false,
+        Some(other) => {
+            let other = other.to_string();
+            r.problem(
+                AUTH,
+                format!("invalid value {other:?}: must be jwt or none"),
+            );
+            return None;
+        }
+        None if real_cluster => {
+            r.problem(
+                AUTH,
+                "required with KSG_KAFKA_BROKERS: jwt (streams need a token) or none (public streams)",
+            );
+            return None;
+        }
+        None => false,
+    };
+    if !jwt {
+        for name in names {
+            if r.raw(name).is_some() {
+                r.problem(name, format!("is set but {AUTH} is not jwt"));
+            }
+        }
+        return None;
+    }
+    let secret = r.raw(AUTH_JWT_SECRET).map(str::to_string);
+    let file = r.raw(AUTH_JWT_KEYS).map(|s| PathBuf::from(s.trim()));
+    let keys = match (secret, file) {
+        (Some(secret), None) => {
+            if secret.len() < 32 {
+                r.problem(
+                    AUTH_JWT_SECRET,
+                    "must be at least 32 bytes (HS256 needs a 256-bit secret; the value is not shown)",
+                );
+            }
+            KeySource::Secret(secret.into_bytes())
+        }
+        (None, Some(path)) => KeySource::File(path),
+        (Some(_), Some(_)) => {
+            r.problem(
+                AUTH_JWT_SECRET,
+                format!("set only one of {AUTH_JWT_SECRET} and {AUTH_JWT_KEYS}"),
+            );
+            return None;
+        }
+        (None, None) => {
+            r.problem(
+                AUTH,
+                format!("jwt needs {AUTH_JWT_SECRET} or {AUTH_JWT_KEYS}"),
+            );
+            return None;
+        }
+    };
+    let list = |r: &Reader, name: &str| {
+        r.raw(name).map(|s| {
+            s.split(',')
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .collect::<Vec<_>>()
+        })
+    };
+    let issuer = list(r, AUTH_JWT_ISSUER);
+    let audience = list(r, AUTH_JWT_AUDIENCE);
+    for (name, values) in [(AUTH_JWT_ISSUER, &issuer), (AUTH_JWT_AUDIENCE, &audience)] {
+        if values.as_ref().is_some_and(Vec::is_empty) {
+            r.problem(name, "is empty");
+        }
+    }
+    let cookie = r.raw(AUTH_COOKIE).map(|s| s.trim().to_string());
+    if cookie.as_deref().is_some_and(|c| {
+        c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    }) {
+        r.problem(
+            AUTH_COOKIE,
+            "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
+        );
+    }
+    let query_token = r.parse(AUTH_QUERY_TOKEN, false, on_off);
+    let leeway = Duration::from_secs(r.number(AUTH_LEEWAY_SECS, 30u64, 0, 600));
+    let expiry_notice = Duration::from_secs(r.number(AUTH_EXPIRY_NOTICE_SECS, 30u64, 0, 3600));
+    Some(AuthSettings {
+        keys,
+        issuer,
+        audience,
+        cookie,
+        query_token,
+        leeway,
+        expiry_notice,
+    })
+}
+
 fn is_log_filter(filter: &str) -> bool {
     let level = |s: &str| {
         matches!(
@@ -574,11 +751,88 @@ mod tests {
     }
 
     #[test]
+    fn auth_settings_are_checked_together() {
+        let real = [(KAFKA_BROKERS, "k:9092"), (TOPICS, "*")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut v = real.to_vec();
+            v.extend_from_slice(extra);
+            cfg(&v)
+        };
+        let secret = (AUTH_JWT_SECRET, "0123456789abcdef0123456789abcdef");
+        let c = with(&[(AUTH, "jwt"), secret, (AUTH_COOKIE, "ksg_token")]).unwrap();
+        let a = c.auth.unwrap();
+        assert!(matches!(a.keys, KeySource::Secret(ref s) if s.len() == 32));
+        assert_eq!(a.cookie.as_deref(), Some("ksg_token"));
+        assert!(!a.query_token);
+        assert_eq!(a.leeway, Duration::from_secs(30));
+        assert_eq!(a.expiry_notice, Duration::from_secs(30));
+        let c = with(&[
+            (AUTH, "jwt"),
+            (AUTH_JWT_KEYS, "/etc/ksg/jwks.json"),
+            (AUTH_JWT_ISSUER, "https://a, https://b"),
+            (AUTH_JWT_AUDIENCE, "ksg"),
+            (AUTH_QUERY_TOKEN, "on"),
+            (AUTH_EXPIRY_NOTICE_SECS, "0"),
+        ])
+        .unwrap();
+        let a = c.auth.unwrap();
+        assert_eq!(a.keys, KeySource::File("/etc/ksg/jwks.json".into()));
+        assert_eq!(a.issuer.unwrap(), vec!["https://a", "https://b"]);
+        assert_eq!(a.audience.unwrap(), vec!["ksg"]);
+        assert!(a.query_token);
+        assert!(a.expiry_notice.is_zero());
+        assert!(with(&[(AUTH, "none")]).unwrap().auth.is_none());
+        assert!(cfg(&[]).unwrap().auth.is_none(), "the demo is open");
+
+        let vars = |r: Result<Config, ConfigError>| problem_vars(r.unwrap_err());
+        assert_eq!(vars(with(&[(AUTH, "jwt")])), vec![AUTH]);
+        assert_eq!(vars(with(&[(AUTH, "yes")])), vec![AUTH]);
+        assert_eq!(
+            vars(with(&[(AUTH, "jwt"), (AUTH_JWT_SECRET, "short")])),
+            vec![AUTH_JWT_SECRET]
+        );
+        assert_eq!(
+            vars(with(&[(AUTH, "jwt"), secret, (AUTH_JWT_KEYS, "/k")])),
+            vec![AUTH_JWT_SECRET]
+        );
+        assert_eq!(vars(with(&[(AUTH, "none"), secret])), vec![AUTH_JWT_SECRET]);
+        assert_eq!(
+            vars(with(&[(AUTH, "jwt"), secret, (AUTH_COOKIE, "a b")])),
+            vec![AUTH_COOKIE]
+        );
+        assert_eq!(
+            vars(with(&[(AUTH, "jwt"), secret, (AUTH_QUERY_TOKEN, "yes")])),
+            vec![AUTH_QUERY_TOKEN]
+        );
+        // The secret itself never appears in an error.
+        let e = with(&[(AUTH, "jwt"), (AUTH_JWT_SECRET, "hunter2")]).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn stream_limits_and_proxy_protocol() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!((c.max_streams, c.max_stream_opens_per_sec), (250_000, 20));
+        assert!(!c.proxy_protocol);
+        let c = cfg(&[
+            (MAX_STREAMS, "10"),
+            (MAX_STREAM_OPENS_PER_SEC, "0"),
+            (PROXY_PROTOCOL, "on"),
+        ])
+        .unwrap();
+        assert_eq!((c.max_streams, c.max_stream_opens_per_sec), (10, 0));
+        assert!(c.proxy_protocol);
+        let e = cfg(&[(MAX_STREAMS, "0"), (PROXY_PROTOCOL, "v2")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![MAX_STREAMS, PROXY_PROTOCOL]);
+    }
+
+    #[test]
     fn real_cluster_requires_topics() {
         let e = cfg(&[(KAFKA_BROKERS, "k:9092")]).unwrap_err();
-        assert_eq!(problem_vars(e), vec![TOPICS]);
-        assert!(cfg(&[(KAFKA_BROKERS, "k:9092"), (TOPICS, "a,b*")]).is_ok());
-        assert!(cfg(&[(KAFKA_BROKERS, "k:9092"), (ROUTES, "/q/{key}=a")]).is_ok());
+        assert_eq!(problem_vars(e), vec![AUTH, TOPICS]);
+        let public = (AUTH, "none");
+        assert!(cfg(&[(KAFKA_BROKERS, "k:9092"), (TOPICS, "a,b*"), public]).is_ok());
+        assert!(cfg(&[(KAFKA_BROKERS, "k:9092"), (ROUTES, "/q/{key}=a"), public]).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`tls`]: rustls server configuration, PEM files or a self-signed certificate.
 //! - [`http`]: HTTP/2 (the `h2` crate, driven per connection) and HTTP/1.1 (hyper), request
 //!   handling, CORS, limits.
+//! - [`auth`]: JWT authorization: tokens, path patterns, expiry of streams.
 //! - [`routes`]: path templates to topic and key filter.
 //! - [`sse`]: the SSE wire format, pure.
 //! - [`position`]: the resume-token codec, pure.
@@ -26,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod embedded;
@@ -73,6 +75,9 @@ pub enum StartError {
     /// TLS configuration failed.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsError),
+    /// The JWT keys could not be loaded.
+    #[error("KSG_AUTH_JWT_KEYS: {0}")]
+    Auth(#[from] auth::LoadError),
     /// The Kafka client could not be created (bad `KSG_KAFKA_*` property, for example).
     #[error("Kafka client: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
@@ -120,6 +125,20 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             warn!("TLS: no KSG_TLS_CERT/KSG_TLS_KEY given, serving a self-signed certificate for localhost");
         }
     }
+    let auth = match &config.auth {
+        Some(settings) => {
+            let auth = Arc::new(auth::Authorizer::new(settings.clone())?);
+            info!(keys = auth.key_count(), "streams need a JWT (KSG_AUTH=jwt)");
+            Some(auth)
+        }
+        None if config.is_demo() => None,
+        None => {
+            warn!(
+                "KSG_AUTH=none: every client that reaches the gateway may read every served topic"
+            );
+            None
+        }
+    };
     let (demo, brokers) = match &config.kafka_brokers {
         Some(brokers) => (None, brokers.clone()),
         None => {
@@ -176,12 +195,20 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             retry_ms: config.retry_ms,
             heartbeat: config.heartbeat,
             max_lifetime: config.stream_max_lifetime,
+            expiry_notice: config
+                .auth
+                .as_ref()
+                .map_or(Duration::ZERO, |a| a.expiry_notice),
         },
         snapshot_topics: config.snapshot_topics.clone(),
         ready: ready.clone(),
         starter_page: demo
             .as_ref()
             .map(|_| Bytes::from_static(demo::STARTER_PAGE.as_bytes())),
+        auth: auth.clone(),
+        slots: http::limits::StreamSlots::new(config.max_streams),
+        opens_per_sec: config.max_stream_opens_per_sec,
+        opens_burst: config.max_streams_per_connection,
     });
     let server = Arc::new(Server::new(
         &config,
@@ -195,7 +222,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         draining: draining.clone(),
         token: config.admin_token.clone(),
     });
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(server.clone().run(listener, signal.clone())),
         tokio::spawn(admin.run(admin_listener, signal.clone())),
         tokio::spawn(watch_readiness(
@@ -209,8 +236,20 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             config.metadata_refresh,
             signal.clone(),
         )),
-        tokio::spawn(release_idle_topics(hub.clone(), config.topic_idle, signal)),
+        tokio::spawn(release_idle_topics(
+            hub.clone(),
+            config.topic_idle,
+            signal.clone(),
+        )),
     ];
+    if let Some(auth) = auth {
+        let every = auth::KEYS_CHECK_EVERY;
+        tasks.push(tokio::spawn(auth.watch_keys(
+            every,
+            metrics.clone(),
+            signal,
+        )));
+    }
     if demo.is_some() {
         // The embedded cluster answers within milliseconds: be ready before the first visitor.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -24,11 +24,20 @@ pub const REFUSED_REASONS: &[&str] = &[
     "headers_too_large",
     "kafka_unavailable",
     "shutting_down",
+    "unauthorized",
+    "forbidden",
+    "rate_limited",
+    "too_many_streams",
 ];
 
 /// Why a connection was closed without being served (label `reason`).
-pub const CONNECTION_REJECT_REASONS: &[&str] =
-    &["limit", "per_ip_limit", "handshake_timeout", "tls_error"];
+pub const CONNECTION_REJECT_REASONS: &[&str] = &[
+    "limit",
+    "per_ip_limit",
+    "handshake_timeout",
+    "tls_error",
+    "proxy_protocol",
+];
 
 /// Kafka error codes shown at zero before they first happen (others appear when they do; the
 /// label is librdkafka's error code name, a bounded set).
@@ -124,6 +133,12 @@ pub struct Metrics {
     pub snapshot_bytes: IntGauge,
     /// Bytes held by the replay rings of all topics.
     pub replay_bytes: IntGauge,
+    /// Stream requests refused by authorization, by reason (`ksg_auth_refused_total`).
+    pub auth_refused: IntCounterVec,
+    /// Reloads of the JWT key file, by result (`ok`, `error`).
+    pub auth_key_reloads: IntCounterVec,
+    /// Streams ended at their token's expiry.
+    pub streams_token_expired: IntCounter,
 }
 
 impl Metrics {
@@ -327,6 +342,20 @@ impl Metrics {
             snapshot_entries: gauge("ksg_snapshot_entries", "Keys held by snapshots being built"),
             snapshot_bytes: gauge("ksg_snapshot_bytes", "Bytes held by snapshots being built"),
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
+            auth_refused: counter_vec(
+                "ksg_auth_refused_total",
+                "Stream requests refused by JWT authorization (401, 403), by reason",
+                "reason",
+            ),
+            auth_key_reloads: counter_vec(
+                "ksg_auth_key_reloads_total",
+                "Reloads of the KSG_AUTH_JWT_KEYS file after it changed, by result",
+                "result",
+            ),
+            streams_token_expired: counter(
+                "ksg_streams_token_expired_total",
+                "Streams ended at their access token's expiry (event: expired)",
+            ),
             registry,
         };
         m.build_info
@@ -340,6 +369,12 @@ impl Metrics {
         }
         for reason in CONNECTION_REJECT_REASONS {
             m.connections_rejected.with_label_values(&[reason]);
+        }
+        for failure in crate::auth::FAILURES {
+            m.auth_refused.with_label_values(&[failure.reason()]);
+        }
+        for result in ["ok", "error"] {
+            m.auth_key_reloads.with_label_values(&[result]);
         }
         for via in ["live", "ring"] {
             m.catchup_handovers.with_label_values(&[via]);

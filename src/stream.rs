@@ -16,6 +16,8 @@ use http_body::{Body, Frame, SizeHint};
 use prometheus::{Histogram, IntCounter, IntGauge};
 use tokio::time::{Instant, Sleep};
 
+use crate::auth::expiry::{Due, Expiry};
+use crate::http::limits::Slot;
 use crate::hub::Subscription;
 use crate::sse;
 
@@ -51,6 +53,14 @@ pub struct StreamSettings {
     pub heartbeat: Duration,
     /// Streams end after about this long (clients resume elsewhere); `None`: never.
     pub max_lifetime: Option<Duration>,
+    /// How long before its token's expiry a stream says so (zero: it does not).
+    pub expiry_notice: Duration,
+}
+
+/// The end of a stream at its token's expiry, and the counter of such ends.
+struct TokenClock {
+    expiry: Expiry,
+    expired: IntCounter,
 }
 
 /// The body of one SSE response.
@@ -67,14 +77,23 @@ pub struct SseStream {
     first_sent: bool,
     /// Why the stream ended, for its closing log line.
     ended: &'static str,
+    /// The stream's token expires (JWT authorization).
+    token: Option<Box<TokenClock>>,
+    /// The last frame has been written; the stream ends at the next poll.
+    closing: bool,
+    /// The stream's place under `KSG_MAX_STREAMS`.
+    _slot: Slot,
 }
 
 impl SseStream {
-    /// A stream over `subscription` that starts with `retry:` and the start id.
+    /// A stream over `subscription` that starts with `retry:` and the start id. `token`: the
+    /// `exp` of the stream's access token (the stream ends there) and the counter of such ends.
     pub fn new(
         subscription: Subscription,
         settings: StreamSettings,
         metrics: StreamMetrics,
+        slot: Slot,
+        token: Option<(u64, IntCounter)>,
     ) -> Self {
         metrics.open.inc();
         let expires = settings
@@ -94,6 +113,17 @@ impl SseStream {
             opened: std::time::Instant::now(),
             first_sent: false,
             ended: "the client went away",
+            token: token.map(|(exp, expired)| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                Box::new(TokenClock {
+                    expiry: Expiry::new(exp, now, settings.expiry_notice),
+                    expired,
+                })
+            }),
+            closing: false,
+            _slot: slot,
         }
     }
 
@@ -186,6 +216,25 @@ impl Body for SseStream {
             let events = blocks(&frame) - own.0;
             this.sent(events, frame.len() - own.1);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
+        }
+        if this.closing {
+            return Poll::Ready(None);
+        }
+        if let Some(token) = this.token.as_mut() {
+            match token.expiry.poll(cx) {
+                Poll::Ready(Due::Notice(notice)) => {
+                    return Poll::Ready(Some(Ok(Frame::data(notice))));
+                }
+                Poll::Ready(Due::Expired(last)) => {
+                    // Events still queued are not lost: the client resumes from its last id
+                    // with a fresh token.
+                    token.expired.inc();
+                    this.ended = "its access token expired";
+                    this.closing = true;
+                    return Poll::Ready(Some(Ok(Frame::data(last))));
+                }
+                Poll::Pending => {}
+            }
         }
         if let Some(expires) = this.expires.as_mut() {
             if expires.as_mut().poll(cx).is_ready() {

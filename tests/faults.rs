@@ -61,6 +61,7 @@ async fn mock_only_unreachable_kafka_at_start_gives_503_and_not_ready_then_recov
     let config = kafka_sse_gateway::config::Config::from_vars([
         ("KSG_KAFKA_BROKERS", cluster.bootstrap().as_str()),
         ("KSG_TOPICS", "*"),
+        ("KSG_AUTH", "none"),
         ("KSG_LISTEN", "127.0.0.1:0"),
         ("KSG_ADMIN_LISTEN", "127.0.0.1:0"),
     ])

@@ -166,6 +166,7 @@ async fn kafka_properties_pass_through_sasl_plain() {
         let mut vars = vec![
             ("KSG_KAFKA_BROKERS".to_string(), sasl.clone()),
             ("KSG_TOPICS".to_string(), "*".to_string()),
+            ("KSG_AUTH".to_string(), "none".to_string()),
             ("KSG_LISTEN".to_string(), "127.0.0.1:0".to_string()),
             ("KSG_ADMIN_LISTEN".to_string(), "127.0.0.1:0".to_string()),
             (

@@ -107,6 +107,7 @@ where
     let mut idle_since = Some(Instant::now());
     let mut streams = FuturesUnordered::new();
     let deferred = Arc::new(Deferred::default());
+    let opens = Arc::new(app.open_rate());
     let streams_waker = deferred.waker();
     loop {
         if *open.borrow_and_update() > 0 {
@@ -125,8 +126,10 @@ where
                     // What a stream keeps while it sends is small: the request and what handling
                     // it needs live in a boxed future, freed once the response is ready.
                     let app = app.clone();
-                    let handling: Handling =
-                        Box::pin(async move { app.handle(request.map(RequestBody)).await });
+                    let opens = opens.clone();
+                    let handling: Handling = Box::pin(async move {
+                        app.handle(request.map(RequestBody), &opens).await
+                    });
                     let resets = metrics.stalled_stream_resets.clone();
                     streams.push(answer(handling, respond, resets, settings.stall, activity.open()));
                 }

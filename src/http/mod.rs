@@ -6,6 +6,8 @@ pub mod body;
 pub mod cors;
 pub mod deadline;
 pub mod h2conn;
+pub mod limits;
+pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod sniff;

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::http::activity::{Activity, Tracked};
 use crate::http::deadline::FirstBytes;
 use crate::http::h2conn;
+use crate::http::proxy;
 use crate::http::service::App;
 use crate::http::sniff::sniff;
 use crate::metrics::Metrics;
@@ -66,6 +67,7 @@ pub struct Server {
     idle_timeout: Option<Duration>,
     h2: h2conn::Settings,
     per_ip: PerIp,
+    proxy_protocol: bool,
 }
 
 /// Connections held by each client address, against `KSG_MAX_CONNECTIONS_PER_IP`.
@@ -140,6 +142,7 @@ impl Server {
                 limit: config.max_connections_per_ip,
                 held: Arc::default(),
             },
+            proxy_protocol: config.proxy_protocol,
             h2: h2conn::Settings {
                 max_streams: config.max_streams_per_connection,
                 max_header_list: MAX_HEADER_LIST as u32,
@@ -171,13 +174,15 @@ impl Server {
                     continue;
                 }
             };
-            let Some(per_ip) = self.per_ip.admit(peer.ip()) else {
-                self.metrics
-                    .connections_rejected
-                    .with_label_values(&["per_ip_limit"])
-                    .inc();
-                debug!("connection refused: KSG_MAX_CONNECTIONS_PER_IP reached");
-                continue;
+            // Behind a PROXY protocol balancer the client's address is known only after the
+            // header is read, in the connection's own task.
+            let per_ip = if self.proxy_protocol {
+                None
+            } else {
+                match self.admit_ip(peer.ip()) {
+                    Some(held) => held,
+                    None => continue,
+                }
             };
             let Ok(permit) = self.connections.clone().try_acquire_owned() else {
                 self.metrics
@@ -191,10 +196,46 @@ impl Server {
             let server = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
+                let mut tcp = tcp;
+                let mut per_ip = per_ip;
+                if server.proxy_protocol {
+                    match proxy::read_header(&mut tcp, server.handshake_timeout).await {
+                        Ok(client) => {
+                            let ip = client.map_or(peer.ip(), |a| a.ip());
+                            match server.admit_ip(ip) {
+                                Some(held) => per_ip = held,
+                                None => return,
+                            }
+                        }
+                        Err(e) => {
+                            server
+                                .metrics
+                                .connections_rejected
+                                .with_label_values(&["proxy_protocol"])
+                                .inc();
+                            debug!("connection refused: {e}");
+                            return;
+                        }
+                    }
+                }
                 server.connection(tcp, permit, shutdown).await;
                 drop(per_ip);
             });
         }
+    }
+
+    /// Counts a connection from `ip` against `KSG_MAX_CONNECTIONS_PER_IP`; `None` (counted,
+    /// logged) when the address is at its limit.
+    fn admit_ip(&self, ip: std::net::IpAddr) -> Option<Option<Held>> {
+        let held = self.per_ip.admit(ip);
+        if held.is_none() {
+            self.metrics
+                .connections_rejected
+                .with_label_values(&["per_ip_limit"])
+                .inc();
+            debug!("connection refused: KSG_MAX_CONNECTIONS_PER_IP reached");
+        }
+        held
     }
 
     /// Waits until every connection has ended, or `grace` has passed. Returns true if all ended.
@@ -310,13 +351,15 @@ impl Server {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let app = self.app.clone();
+        let opens = Arc::new(app.open_rate());
         let activity = Activity::new();
         let requests = activity.clone();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
+            let opens = opens.clone();
             let open = requests.open();
             async move {
-                let response = app.handle(request).await;
+                let response = app.handle(request, &opens).await;
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
             }
         });

@@ -11,8 +11,10 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tracing::debug;
 
+use crate::auth::{Authorizer, Failure};
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
+use crate::http::limits::{retry_after_secs, OpenRate, StreamSlots, FULL_RETRY_AFTER};
 use crate::hub::{Hub, Start, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
@@ -50,14 +52,28 @@ pub struct App {
     pub ready: Arc<AtomicBool>,
     /// The starter page served at `/` (demo mode).
     pub starter_page: Option<Bytes>,
+    /// JWT authorization; `None`: public streams.
+    pub auth: Option<Arc<Authorizer>>,
+    /// Streams open in the whole gateway, against `KSG_MAX_STREAMS`.
+    pub slots: Arc<StreamSlots>,
+    /// Stream requests per second per connection after a burst (0: no limit).
+    pub opens_per_sec: u32,
+    /// The burst: `KSG_MAX_STREAMS_PER_CONNECTION`.
+    pub opens_burst: u32,
 }
 
 impl App {
+    /// The stream-open budget of a new connection.
+    pub fn open_rate(&self) -> OpenRate {
+        OpenRate::new(self.opens_per_sec, self.opens_burst)
+    }
+
     /// Answers one request. Never fails: every problem is a response with a reason.
     ///
     /// `HEAD` is answered as `GET` would be (same checks, same status and headers) without a
     /// body, and without opening a stream.
-    pub async fn handle<B>(&self, request: Request<B>) -> Response<ResponseBody>
+    /// `opens` is the stream-open budget of the request's connection.
+    pub async fn handle<B>(&self, request: Request<B>, opens: &OpenRate) -> Response<ResponseBody>
     where
         B: Body + Unpin,
     {
@@ -71,7 +87,7 @@ impl App {
                 "request header fields over 16 KiB",
             )
         } else {
-            self.route(&request, head).await
+            self.route(&request, head, opens).await
         };
         if !matches!(response.body(), ResponseBody::Stream(_)) && !body.is_end_stream() {
             drain(&mut body).await;
@@ -83,7 +99,12 @@ impl App {
         response
     }
 
-    async fn route(&self, request: &Request<()>, head: bool) -> Response<ResponseBody> {
+    async fn route(
+        &self,
+        request: &Request<()>,
+        head: bool,
+        opens: &OpenRate,
+    ) -> Response<ResponseBody> {
         match *request.method() {
             Method::GET | Method::HEAD => {}
             Method::OPTIONS => return self.preflight(request),
@@ -101,9 +122,30 @@ impl App {
             }
         }
         let path = request.uri().path();
+        let mut token_exp = None;
         if path == "/" {
             if let Some(page) = &self.starter_page {
                 return text_response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
+            }
+        }
+        // Limits and authorization come before any routing or Kafka work.
+        if let Err(wait) = opens.try_open() {
+            let why = "too many stream requests on this connection (KSG_MAX_STREAM_OPENS_PER_SEC)";
+            return self.too_many("rate_limited", why, wait);
+        }
+        if let Some(auth) = &self.auth {
+            let grant = auth.check(request.headers(), request.uri().query());
+            let allowed = grant.and_then(|grant| {
+                if grant.allows(path) {
+                    Ok(grant)
+                } else {
+                    Err(Failure::Forbidden)
+                }
+            });
+            match allowed {
+                // Where the stream has to end comes with the response, below.
+                Ok(grant) => token_exp = Some(grant.expires),
+                Err(failure) => return self.refuse_auth(failure),
             }
         }
         let target = match self.routes.resolve(path) {
@@ -133,6 +175,14 @@ impl App {
             let why = "Kafka has not been reached yet; retry shortly";
             return self.refuse(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", why);
         }
+        let slot = match self.slots.take() {
+            Some(slot) => slot,
+            None => {
+                let why =
+                    "the gateway serves as many streams as it may (KSG_MAX_STREAMS); retry later";
+                return self.too_many("too_many_streams", why, FULL_RETRY_AFTER);
+            }
+        };
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
         let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
@@ -168,7 +218,8 @@ impl App {
             duration: self.metrics.stream_duration.with_label_values(&[route]),
         };
         debug!(topic = %topic, route, "stream opened");
-        let stream = SseStream::new(subscription, self.streams, metrics);
+        let token = token_exp.map(|exp| (exp, self.metrics.streams_token_expired.clone()));
+        let stream = SseStream::new(subscription, self.streams, metrics, slot, token);
         let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
         sse_headers(response.headers_mut());
         response
@@ -193,6 +244,35 @@ impl App {
                 HeaderValue::from_static("600"),
             );
         }
+        response
+    }
+
+    /// `401` or `403` with a `WWW-Authenticate` challenge, counted by reason.
+    fn refuse_auth(&self, failure: Failure) -> Response<ResponseBody> {
+        self.metrics
+            .auth_refused
+            .with_label_values(&[failure.reason()])
+            .inc();
+        let reason = match failure {
+            Failure::Forbidden => "forbidden",
+            _ => "unauthorized",
+        };
+        let mut response = self.refuse(failure.status(), reason, failure.description());
+        if let Ok(challenge) = HeaderValue::from_str(&failure.challenge()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        response
+    }
+
+    /// `429` with `Retry-After`.
+    fn too_many(&self, reason: &str, why: &str, wait: Duration) -> Response<ResponseBody> {
+        let mut response = self.refuse(StatusCode::TOO_MANY_REQUESTS, reason, why);
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(wait)),
+        );
         response
     }
 

@@ -337,6 +337,10 @@ pub async fn gateway(cluster: &Cluster, extra: &[(&str, &str)]) -> Handle {
         ("KSG_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         ("KSG_ADMIN_LISTEN".to_string(), "127.0.0.1:0".to_string()),
     ];
+    if !extra.iter().any(|(k, _)| *k == "KSG_AUTH") {
+        // Public streams unless a test is about authorization.
+        vars.push(("KSG_AUTH".to_string(), "none".to_string()));
+    }
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let config = Config::from_vars(vars).expect("test config is valid");
     let handle = kafka_sse_gateway::start(config)

@@ -1,0 +1,441 @@
+//! Who may read what: JWT bearer tokens checked before any Kafka work.
+//!
+//! A token comes from `Authorization: Bearer`, else a cookie (`KSG_AUTH_COOKIE`, for browsers:
+//! EventSource cannot set headers), else — only when `KSG_AUTH_QUERY_TOKEN=on` — the
+//! `access_token` query parameter. It is verified with the configured keys ([`keys`]), its
+//! `exp` is required and strict, `nbf` and `iat` are honoured with a small leeway, and `iss`/`aud`
+//! are checked when configured. Its `ksg.subscribe` claim lists the path patterns the bearer may
+//! stream ([`pattern`]); a stream ends at the token's `exp` ([`expiry`]).
+//!
+//! Tokens are never logged.
+
+pub mod expiry;
+pub mod keys;
+pub mod pattern;
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{self, HeaderMap};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use keys::{KeyError, KeySet};
+
+/// How often a key file is checked for changes.
+pub const KEYS_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Where verification keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// An HS256 shared secret (`KSG_AUTH_JWT_SECRET`).
+    Secret(Vec<u8>),
+    /// A PEM public key or JWKS file (`KSG_AUTH_JWT_KEYS`), reloaded when it changes.
+    File(PathBuf),
+}
+
+/// JWT authorization settings (`KSG_AUTH=jwt`).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The verification keys.
+    pub keys: KeySource,
+    /// Accepted `iss` values; `None`: not checked.
+    pub issuer: Option<Vec<String>>,
+    /// Accepted `aud` values; `None`: not checked.
+    pub audience: Option<Vec<String>>,
+    /// Cookie that may carry the token.
+    pub cookie: Option<String>,
+    /// Whether `?access_token=` is accepted.
+    pub query_token: bool,
+    /// Clock skew allowed for `nbf` and `iat`.
+    pub leeway: Duration,
+    /// How long before `exp` a stream announces its end (`event: expiring`); zero: never.
+    pub expiry_notice: Duration,
+}
+
+/// Why a request was refused. The reason is the metric label; the description the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// No token in the request.
+    Missing,
+    /// Not a JWT, bad JSON, missing `exp`, or an unusable `Authorization` header.
+    Malformed,
+    /// The signature does not verify.
+    BadSignature,
+    /// `alg` is not one the key may verify.
+    BadAlgorithm,
+    /// No configured key matches the token's `kid`.
+    UnknownKey,
+    /// `exp` is past.
+    Expired,
+    /// `nbf` (or `iat`) is in the future.
+    NotYetValid,
+    /// `iss` is not the configured issuer.
+    WrongIssuer,
+    /// `aud` is not the configured audience.
+    WrongAudience,
+    /// A valid token that does not allow this path.
+    Forbidden,
+}
+
+/// Every refusal reason, to pre-register the metric series.
+pub const FAILURES: &[Failure] = &[
+    Failure::Missing,
+    Failure::Malformed,
+    Failure::BadSignature,
+    Failure::BadAlgorithm,
+    Failure::UnknownKey,
+    Failure::Expired,
+    Failure::NotYetValid,
+    Failure::WrongIssuer,
+    Failure::WrongAudience,
+    Failure::Forbidden,
+];
+
+impl Failure {
+    /// The metric label.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Failure::Missing => "missing_token",
+            Failure::Malformed => "malformed_token",
+            Failure::BadSignature => "bad_signature",
+            Failure::BadAlgorithm => "bad_algorithm",
+            Failure::UnknownKey => "unknown_key",
+            Failure::Expired => "expired",
+            Failure::NotYetValid => "not_yet_valid",
+            Failure::WrongIssuer => "wrong_issuer",
+            Failure::WrongAudience => "wrong_audience",
+            Failure::Forbidden => "forbidden",
+        }
+    }
+
+    /// The plain-text reason given to the client.
+    pub fn description(self) -> &'static str {
+        match self {
+            Failure::Missing => {
+                "an access token is required (Authorization: Bearer, or the cookie)"
+            }
+            Failure::Malformed => "the access token is malformed",
+            Failure::BadSignature => "the access token's signature does not verify",
+            Failure::BadAlgorithm => "the access token's algorithm is not accepted",
+            Failure::UnknownKey => "the access token's key (kid) is unknown",
+            Failure::Expired => "the access token has expired",
+            Failure::NotYetValid => "the access token is not valid yet",
+            Failure::WrongIssuer => "the access token's issuer is not accepted",
+            Failure::WrongAudience => "the access token's audience is not accepted",
+            Failure::Forbidden => "the access token does not allow this stream",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge (RFC 6750, 3).
+    pub fn challenge(self) -> String {
+        let error = match self {
+            Failure::Missing => "invalid_request",
+            Failure::Forbidden => "insufficient_scope",
+            _ => "invalid_token",
+        };
+        format!(
+            "Bearer realm=\"kafka-sse-gateway\", error=\"{error}\", error_description=\"{}\"",
+            self.description()
+        )
+    }
+
+    /// `403` for a valid token that does not allow the path; `401` for everything else.
+    pub fn status(self) -> http::StatusCode {
+        match self {
+            Failure::Forbidden => http::StatusCode::FORBIDDEN,
+            _ => http::StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// What a valid token allows.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// `sub`, bound by `{sub}` in patterns.
+    pub subject: Option<String>,
+    /// The path patterns of `ksg.subscribe`.
+    pub patterns: Vec<String>,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires: u64,
+}
+
+impl Grant {
+    /// Whether the token allows streaming `path`.
+    pub fn allows(&self, path: &str) -> bool {
+        pattern::allows(&self.patterns, self.subject.as_deref(), path)
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    ksg: KsgClaim,
+}
+
+#[derive(Deserialize, Default)]
+struct KsgClaim {
+    #[serde(default)]
+    subscribe: Vec<String>,
+}
+
+/// Checks requests' tokens.
+pub struct Authorizer {
+    settings: AuthSettings,
+    keys: RwLock<Arc<KeySet>>,
+    /// The key file's contents when the keys in use were loaded at start.
+    loaded: Option<Vec<u8>>,
+    validation: Validation,
+}
+
+/// A key file could not be read or parsed at start.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {why}")]
+pub struct LoadError {
+    path: String,
+    why: String,
+}
+
+impl Authorizer {
+    /// An authorizer with the keys of `settings`, read now.
+    pub fn new(settings: AuthSettings) -> Result<Authorizer, LoadError> {
+        let (keys, loaded) = match &settings.keys {
+            KeySource::Secret(secret) => (KeySet::secret(secret), None),
+            KeySource::File(path) => {
+                let (keys, bytes) = read_keys(path).map_err(|why| LoadError {
+                    path: path.display().to_string(),
+                    why,
+                })?;
+                (keys, Some(bytes))
+            }
+        };
+        // Algorithms are set per key when verifying; these are the claim rules.
+        let mut validation = Validation::default();
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        if settings.issuer.is_some() {
+            required.push("iss");
+        }
+        if settings.audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        match &settings.issuer {
+            Some(iss) => validation.set_issuer(iss),
+            None => validation.iss = None,
+        }
+        match &settings.audience {
+            Some(aud) => validation.set_audience(aud),
+            None => validation.validate_aud = false,
+        }
+        Ok(Authorizer {
+            settings,
+            keys: RwLock::new(Arc::new(keys)),
+            loaded,
+            validation,
+        })
+    }
+
+    /// How many verification keys are loaded.
+    pub fn key_count(&self) -> usize {
+        self.current_keys().len()
+    }
+
+    fn current_keys(&self) -> Arc<KeySet> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The settings this authorizer was made with.
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// Finds the request's token and verifies it.
+    pub fn check(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Grant, Failure> {
+        let token = self.token(headers, query)?;
+        self.verify(&token, now_secs())
+    }
+
+    /// The token of a request, by precedence: header, cookie, query parameter.
+    fn token(&self, headers: &HeaderMap, query: Option<&str>) -> Result<String, Failure> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let value = value.to_str().map_err(|_| Failure::Malformed)?;
+            let (scheme, token) = value.trim().split_once(' ').ok_or(Failure::Malformed)?;
+            if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+                return Err(Failure::Malformed);
+            }
+            return Ok(token.trim().to_string());
+        }
+        if let Some(name) = &self.settings.cookie {
+            if let Some(token) = cookie(headers, name) {
+                return Ok(token);
+            }
+        }
+        if self.settings.query_token {
+            if let Some(token) = query_param(query, "access_token") {
+                return Ok(token);
+            }
+        }
+        Err(Failure::Missing)
+    }
+
+    /// Verifies `token` at `now` (seconds since the epoch).
+    fn verify(&self, token: &str, now: u64) -> Result<Grant, Failure> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| classify(e.kind()))?;
+        let keys = self.current_keys();
+        let mut last = None;
+        for key in keys.candidates(header.kid.as_deref(), header.alg) {
+            let mut validation = self.validation.clone();
+            validation.algorithms = key.algorithms.clone();
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
+                Ok(data) => {
+                    // `exp` is strict: a stream never outlives its token, and a token that
+                    // ended a stream cannot open another.
+                    if data.claims.exp <= now {
+                        return Err(Failure::Expired);
+                    }
+                    return Ok(Grant {
+                        subject: data.claims.sub,
+                        patterns: data.claims.ksg.subscribe,
+                        expires: data.claims.exp,
+                    });
+                }
+                Err(e) => {
+                    let failure = classify(e.kind());
+                    if failure != Failure::BadSignature {
+                        return Err(failure);
+                    }
+                    last = Some(failure);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            let family_known = keys.candidates(None, header.alg).next().is_some();
+            if family_known {
+                Failure::UnknownKey
+            } else {
+                Failure::BadAlgorithm
+            }
+        }))
+    }
+
+    /// Checks the key file every `every` ([`KEYS_CHECK_EVERY`] in a gateway) and loads it again
+    /// when it changed. A file that no longer parses keeps the keys in use (logged, counted).
+    pub async fn watch_keys(
+        self: Arc<Self>,
+        every: Duration,
+        metrics: Metrics,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let KeySource::File(path) = self.settings.keys.clone() else {
+            return;
+        };
+        let mut seen = self.loaded.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = crate::stopped(&mut shutdown) => return,
+            }
+            let file = path.clone();
+            let read = tokio::task::spawn_blocking(move || std::fs::read(file)).await;
+            let read = read.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let now = match read {
+                Ok(bytes) => bytes,
+                Err(e) => {
+                    if seen.is_some() {
+                        warn!(path = %path.display(), "cannot read the JWT key file, keeping the keys in use: {e}");
+                        metrics.auth_key_reloads.with_label_values(&["error"]).inc();
+                    }
+                    seen = None;
+                    continue;
+                }
+            };
+            if seen.as_ref() == Some(&now) {
+                continue;
+            }
+            match KeySet::parse(&now) {
+                Ok(keys) => {
+                    info!(path = %path.display(), keys = keys.len(), skipped = keys.skipped, "JWT keys reloaded");
+                    *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                    metrics.auth_key_reloads.with_label_values(&["ok"]).inc();
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), "the JWT key file changed but is not usable, keeping the keys in use: {e}");
+                    metrics.auth_key_reloads.with_label_values(&["error"]).inc();
+                }
+            }
+            seen = Some(now);
+        }
+    }
+}
+
+fn read_keys(path: &std::path::Path) -> Result<(KeySet, Vec<u8>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let keys = KeySet::parse(&bytes).map_err(|e: KeyError| e.to_string())?;
+    if keys.skipped > 0 {
+        warn!(path = %path.display(), skipped = keys.skipped, "JWKS keys that cannot verify signatures were skipped");
+    }
+    Ok((keys, bytes))
+}
+
+fn classify(kind: &ErrorKind) -> Failure {
+    match kind {
+        ErrorKind::InvalidSignature => Failure::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Failure::BadAlgorithm,
+        ErrorKind::ExpiredSignature => Failure::Expired,
+        ErrorKind::ImmatureSignature => Failure::NotYetValid,
+        ErrorKind::InvalidIssuer => Failure::WrongIssuer,
+        ErrorKind::InvalidAudience => Failure::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => Failure::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => Failure::WrongAudience,
+        _ => Failure::Malformed,
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The value of cookie `name` in the request's `Cookie` fields (HTTP/2 may send several).
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A query parameter, percent-decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k == name).then(|| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+        })
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,372 @@
+//! JWT authorization end to end over HTTP/2 and HTTP/1.1: who may read which stream, how a
+//! refusal reads, limits per connection and in total, and a stream that ends at its token's
+//! expiry and resumes with a fresh token without loss.
+
+mod support;
+
+use std::time::Duration;
+
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::json;
+use support::*;
+
+const SECRET: &str = "test-secret-0123456789abcdef-0123456789";
+
+fn now() -> u64 {
+    kafka_sse_gateway::auth::now_secs()
+}
+
+/// A token for `sub` allowing `patterns`, valid for `secs` more seconds.
+fn token(sub: &str, patterns: &[&str], secs: u64) -> String {
+    let claims = json!({"sub": sub, "exp": now() + secs, "ksg": {"subscribe": patterns}});
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn jwt_vars(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut vars = vec![
+        ("KSG_AUTH", "jwt"),
+        ("KSG_AUTH_JWT_SECRET", SECRET),
+        ("KSG_AUTH_COOKIE", "ksg_token"),
+    ];
+    vars.extend_from_slice(extra);
+    vars
+}
+
+fn header<'a>(head: &'a http::response::Parts, name: &str) -> &'a str {
+    head.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_need_a_token_that_allows_their_path() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("orders");
+    cluster.create_topic(&topic, 2).await;
+    let gw = gateway(&cluster, &jwt_vars(&[])).await;
+    let h2 = h2_connect(&gw).await;
+    let alice = token(
+        "alice",
+        &["/{topic}/{sub}".replace("{topic}", &topic).as_str()],
+        300,
+    );
+    let bearer = format!("Bearer {alice}");
+
+    // No token: 401, a challenge, a reason.
+    let (head, mut body) = get(&h2, &format!("/{topic}/alice"), &[]).await;
+    assert_eq!(head.status, 401);
+    assert!(header(&head, "www-authenticate").starts_with("Bearer "));
+    assert!(header(&head, "www-authenticate").contains("error=\"invalid_request\""));
+    assert!(body_text(&mut body)
+        .await
+        .contains("access token is required"));
+
+    // A forged signature, an expired token, garbage: 401 invalid_token.
+    let forged = {
+        let claims = json!({"sub": "alice", "exp": now() + 300, "ksg": {"subscribe": ["/*/*"]}});
+        let key = EncodingKey::from_secret(b"not the gateway's secret, but long enough");
+        encode(&Header::default(), &claims, &key).unwrap()
+    };
+    let expired = {
+        let claims = json!({"sub": "alice", "exp": now() - 1, "ksg": {"subscribe": ["/*/*"]}});
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    for (bad, why) in [
+        (forged.as_str(), "signature"),
+        (expired.as_str(), "expired"),
+        ("e30.e30.e30", "malformed"),
+    ] {
+        let auth = format!("Bearer {bad}");
+        let (head, mut body) =
+            get(&h2, &format!("/{topic}/alice"), &[("authorization", &auth)]).await;
+        assert_eq!(head.status, 401, "{why}");
+        assert!(header(&head, "www-authenticate").contains("error=\"invalid_token\""));
+        assert!(body_text(&mut body).await.contains(why), "{why}");
+    }
+
+    // Valid but not for this path: 403 insufficient_scope, before any routing (a topic that
+    // does not exist is not revealed).
+    for path in [
+        format!("/{topic}/bob"),
+        format!("/{topic}"),
+        "/no-such-topic/alice".to_string(),
+    ] {
+        let (head, mut body) = get(&h2, &path, &[("authorization", &bearer)]).await;
+        assert_eq!(head.status, 403, "{path}");
+        assert!(header(&head, "www-authenticate").contains("insufficient_scope"));
+        assert!(body_text(&mut body).await.contains("does not allow"));
+    }
+
+    // Allowed: from the header, and from the cookie; key percent-encoded or not.
+    let producer = cluster.producer();
+    let (head, mut by_header) = get(
+        &h2,
+        &format!("/{topic}/alice"),
+        &[("authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    let cookie = format!("theme=dark; ksg_token={alice}");
+    let (head, mut by_cookie) =
+        get(&h2, &format!("/{topic}/%61lice"), &[("cookie", &cookie)]).await;
+    assert_eq!(head.status, 200);
+    by_header.next_block().await.unwrap();
+    by_cookie.next_block().await.unwrap();
+    producer
+        .produce(&topic, Some("bob"), Some("not for alice"))
+        .await;
+    producer
+        .produce(&topic, Some("alice"), Some("hello alice"))
+        .await;
+    assert_eq!(by_header.next_event().await.unwrap().text(), "hello alice");
+    assert_eq!(by_cookie.next_event().await.unwrap().text(), "hello alice");
+
+    // A query token is refused unless the operator turned it on.
+    let (head, _) = get(&h2, &format!("/{topic}/alice?access_token={alice}"), &[]).await;
+    assert_eq!(head.status, 401);
+
+    // HEAD is checked as GET is.
+    let (head, _) = head_request(&h2, &format!("/{topic}/bob"), &bearer).await;
+    assert_eq!(head.status, 403);
+
+    // CORS preflights carry no credentials and are answered.
+    let text = metrics(&gw).await;
+    let refused = |reason: &str| {
+        metric(
+            &text,
+            &format!("ksg_auth_refused_total{{reason=\"{reason}\"}}"),
+        )
+    };
+    assert_eq!(
+        refused("missing_token"),
+        2.0,
+        "no header, and the query token"
+    );
+    assert_eq!(refused("bad_signature"), 1.0);
+    assert_eq!(refused("expired"), 1.0);
+    assert_eq!(refused("malformed_token"), 1.0);
+    assert_eq!(refused("forbidden"), 4.0);
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"unauthorized\"}"),
+        5.0
+    );
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"forbidden\"}"),
+        4.0
+    );
+    gw.shutdown().await;
+}
+
+async fn head_request(h2: &H2, path: &str, auth: &str) -> (http::response::Parts, ()) {
+    let request = http::Request::head(format!("https://localhost{path}"))
+        .header("authorization", auth)
+        .body(())
+        .unwrap();
+    let mut h2 = h2.clone().ready().await.unwrap();
+    let (response, _) = h2.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(WAIT, response).await.unwrap().unwrap();
+    (response.into_parts().0, ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_tokens_work_when_enabled_and_http1_is_checked_too() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("q");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &jwt_vars(&[("KSG_AUTH_QUERY_TOKEN", "on")])).await;
+    let all = format!("/{topic}");
+    let t = token("svc", &[all.as_str()], 300);
+    let h2 = h2_connect(&gw).await;
+    let (head, _) = get(
+        &h2,
+        &format!("/{topic}?from=earliest&access_token={t}"),
+        &[],
+    )
+    .await;
+    assert_eq!(head.status, 200);
+
+    // HTTP/1.1 (ALPN http/1.1): the same rules.
+    for (auth, status) in [(None, "401"), (Some(t.as_str()), "200")] {
+        let mut tls = tls_connect(&gw, b"http/1.1").await;
+        let auth = auth.map_or(String::new(), |t| format!("authorization: Bearer {t}\r\n"));
+        let request = format!("GET /{topic} HTTP/1.1\r\nhost: localhost\r\n{auth}\r\n");
+        let raw = http1_exchange(&mut tls, &request, b"\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status}")), "{text}");
+    }
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_ends_at_its_tokens_expiry_and_resumes_with_a_fresh_one_without_loss() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("exp");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &jwt_vars(&[("KSG_AUTH_EXPIRY_NOTICE_SECS", "2")])).await;
+    let h2 = h2_connect(&gw).await;
+    let pattern = format!("/{topic}");
+    let exp = now() + 4;
+    let short = {
+        let claims = json!({"sub": "reader", "exp": exp, "ksg": {"subscribe": [pattern]}});
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let auth = format!("Bearer {short}");
+    let (head, mut sse) = get(&h2, &pattern, &[("authorization", &auth)]).await;
+    assert_eq!(head.status, 200);
+    sse.next_block().await.unwrap();
+
+    // A producer keeps writing through the expiry and the reconnect.
+    let producer = cluster.producer();
+    let writer = {
+        let topic = topic.clone();
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            for seq in 0..80u64 {
+                let v = format!("k{}:{}", seq % 3, seq / 3);
+                producer.send(
+                    &topic,
+                    None,
+                    Some(format!("k{}", seq % 3).as_bytes()),
+                    Some(v.as_bytes()),
+                );
+                producer.flush().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let mut seen = Continuity::default();
+    let (mut notice, mut ended) = (false, false);
+    while let Some(block) = sse.next_block().await {
+        match block.event.as_deref() {
+            Some("expiring") => {
+                assert!(!notice && !ended);
+                assert!(block.id.is_none(), "notices leave lastEventId alone");
+                assert!(
+                    block.text().contains(&format!("\"exp\":{exp}")),
+                    "{block:?}"
+                );
+                notice = true;
+            }
+            Some("expired") => {
+                assert!(notice, "the notice came first");
+                assert!(block.id.is_none());
+                assert!(block.text().contains("expired"));
+                ended = true;
+            }
+            _ if block.data.is_empty() => {}
+            _ => {
+                assert!(!ended, "nothing after the last event");
+                seen.check(&block);
+            }
+        }
+    }
+    assert!(ended, "the stream ended with event: expired");
+    assert!(seen.count > 0, "events came before the expiry");
+    let last_id = sse.last_id.clone().expect("an id to resume from");
+
+    // The old token no longer opens a stream.
+    let (head, _) = get(&h2, &pattern, &[("authorization", &auth)]).await;
+    assert_eq!(head.status, 401);
+
+    // A fresh token resumes exactly after the last event received.
+    let fresh = format!("Bearer {}", token("reader", &[pattern.as_str()], 300));
+    let (head, mut resumed) = get(
+        &h2,
+        &pattern,
+        &[("authorization", &fresh), ("last-event-id", &last_id)],
+    )
+    .await;
+    assert_eq!(head.status, 200);
+    writer.await.unwrap();
+    while seen.count < 80 {
+        let event = resumed.next_event().await.expect("the rest of the records");
+        seen.check(&event);
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(metric(&text, "ksg_streams_token_expired_total"), 1.0);
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_opens_per_connection_and_streams_in_total_are_limited() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("lim");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_MAX_STREAMS_PER_CONNECTION", "5"),
+            ("KSG_MAX_STREAM_OPENS_PER_SEC", "1"),
+            ("KSG_MAX_STREAMS", "6"),
+        ],
+    )
+    .await;
+    let path = format!("/{topic}");
+    // A burst of 5 (the streams a connection may hold), then 1 a second; requests that get an
+    // error count too.
+    let a = h2_connect(&gw).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let (head, sse) = get(&a, &path, &[]).await;
+        assert_eq!(head.status, 200);
+        held.push(sse);
+    }
+    let mut limited = None;
+    for _ in 0..50 {
+        let (head, body) = get(&a, "/no/such/route", &[]).await;
+        if head.status == 429 {
+            limited = Some((head, body));
+            break;
+        }
+        assert_eq!(head.status, 404);
+    }
+    let (head, mut body) = limited.expect("429 once the burst is spent");
+    let retry: u64 = header(&head, "retry-after")
+        .parse()
+        .expect("Retry-After seconds");
+    assert!((1..=2).contains(&retry), "{retry}");
+    assert!(body_text(&mut body)
+        .await
+        .contains("KSG_MAX_STREAM_OPENS_PER_SEC"));
+
+    // Another connection has its own budget; the total stops at 6 streams.
+    let b = h2_connect(&gw).await;
+    let (head, _s1) = get(&b, &path, &[]).await;
+    assert_eq!(head.status, 200);
+    let (head, _s2) = get(&b, &path, &[]).await;
+    assert_eq!(head.status, 200);
+    let (head, mut body) = get(&b, &path, &[]).await;
+    assert_eq!(head.status, 429);
+    assert_eq!(header(&head, "retry-after"), "5");
+    assert!(body_text(&mut body).await.contains("KSG_MAX_STREAMS"));
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"rate_limited\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "ksg_streams_refused_total{reason=\"too_many_streams\"}"
+        ),
+        1.0
+    );
+    drop(held);
+    gw.shutdown().await;
+}
