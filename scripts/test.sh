@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # The project's one test command: every test, on a fresh machine, with nothing running.
 #
-#   1. unit and integration tests on librdkafka's in-process mock cluster (`cargo test`);
-#   2. the integration suite again against a real Apache Kafka broker (KRaft, single node,
+#   1. supply-chain checks (scripts/supply-chain.sh): cargo-deny, offline, on licenses, duplicate
+#      crates, sources and the RustSec advisories of ../shared/advisory-db, plus version floors
+#      for h2, hyper, rustls and the bundled librdkafka;
+#   2. unit and integration tests on librdkafka's in-process mock cluster (`cargo test`);
+#   3. the integration suite again against a real Apache Kafka broker (KRaft, single node,
 #      fetched from Maven Central by scripts/kafka-local.sh; a broker already given with
 #      KSG_TEST_KAFKA=host:port is used instead);
-#   3. the browser suite: headless Chromium's own EventSource against the starter page;
-#   4. h2spec (pinned, installed with `go install` if missing) against both listeners;
-#   5. the deployment artifacts (scripts/deploy-check.sh): the container image built from a
+#   4. the browser suite: headless Chromium's own EventSource against the starter page;
+#   5. h2spec (pinned, installed with `go install` if missing) against both listeners;
+#   6. the deployment artifacts (scripts/deploy-check.sh): the container image built from a
 #      release build and run by chroot, Kubernetes manifests, Prometheus rules, dashboard;
-#   6. a smoke run of the benchmark (scripts/bench.sh smoke) against the gateway and nginx + nchan.
+#   7. a smoke run of the benchmark (scripts/bench.sh smoke) against the gateway and nginx + nchan.
 #
-# Installs what it needs (Kafka jars, chromium, npm packages) idempotently.
+# Installs what it needs (cargo-deny, Kafka jars, chromium, npm packages) idempotently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n=== %s\n' "$*"; }
+
+step "supply chain: cargo-deny (licenses, bans, sources, advisories) and version floors"
+scripts/supply-chain.sh
 
 step "unit + integration tests on the in-process mock cluster"
 # Tests that need a real broker are #[ignore]d here, and the runner counts them as ignored.
@@ -60,6 +66,7 @@ step "benchmark smoke run: ksg-bench against the gateway and nginx + nchan (scri
 scripts/bench.sh smoke
 
 step "summary"
+echo "supply chain: scripts/supply-chain.sh passed (licenses, bans, sources, advisories; version floors)"
 echo "mock cluster: $mock_passed tests passed (unit + integration); $mock_ignored ignored (they need a real broker and ran in the next pass)"
 echo "real broker ($broker at $KSG_TEST_KAFKA): $real_passed integration tests passed; $real_filtered filtered out (mock_only_*: they inject faults into a mock cluster and ran in the first pass)"
 echo "browser: see the node test runner's summary above"
