@@ -1,5 +1,6 @@
 //! Per-client fairness and the admin listener's protection: connections per client address
-//! (`KSG_MAX_CONNECTIONS_PER_IP`) and a bearer token for `/metrics` (`KSG_ADMIN_TOKEN`).
+//! (`KSG_MAX_CONNECTIONS_PER_IP`), the client address from a PROXY protocol header
+//! (`KSG_PROXY_PROTOCOL`), and a bearer token for `/metrics` (`KSG_ADMIN_TOKEN`).
 
 mod support;
 
@@ -91,5 +92,73 @@ async fn metrics_need_the_admin_token_when_one_is_set() {
     assert!(admin(&gw, "/readyz", None)
         .await
         .starts_with("HTTP/1.1 200"));
+    gw.shutdown().await;
+}
+
+/// A TCP connection to the gateway that starts with `header`.
+async fn behind_proxy(gw: &kafka_sse_gateway::Handle, header: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(header).await.unwrap();
+    tcp
+}
+
+/// Whether the gateway closes `tcp` without a word (read gives EOF or a reset).
+async fn closed_at_once(mut tcp: tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A ClientHello's first bytes, as a client that sends no PROXY header would.
+    let _ = tcp.write_all(b"\x16\x03\x01\x00\x05hello").await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(WAIT, tcp.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_the_client_address_comes_from_the_proxy_protocol_header() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("ppp");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_PROXY_PROTOCOL", "on"),
+            ("KSG_MAX_CONNECTIONS_PER_IP", "1"),
+        ],
+    )
+    .await;
+    // v1 for one client, then TLS and HTTP/2 as usual.
+    let tcp = behind_proxy(&gw, b"PROXY TCP4 203.0.113.7 10.0.0.1 50000 8443\r\n").await;
+    let first = h2_handshake(tls_over(&gw, tcp, b"h2").await).await;
+    let (head, mut sse) = get(&first, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+    sse.next_block().await.unwrap();
+
+    // The same client again (v2 this time) is over its limit, though the TCP peer differs from
+    // nothing: every connection comes from 127.0.0.1, the proxy.
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend_from_slice(&[203, 0, 113, 7, 10, 0, 0, 1, 0xc3, 0x51, 0x20, 0xfb]);
+    assert!(closed_at_once(behind_proxy(&gw, &v2).await).await);
+
+    // Another client through the same proxy is served.
+    let tcp = behind_proxy(&gw, b"PROXY TCP4 198.51.100.1 10.0.0.1 50001 8443\r\n").await;
+    let second = h2_handshake(tls_over(&gw, tcp, b"h2").await).await;
+    let (head, _) = get(&second, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+
+    // No header, or a forged-looking one: closed and counted.
+    assert!(closed_at_once(tokio::net::TcpStream::connect(gw.addr).await.unwrap()).await);
+    assert!(closed_at_once(behind_proxy(&gw, b"PROXY TCP4 nonsense\r\n").await).await);
+
+    let text = metrics(&gw).await;
+    let rejected = |r: &str| {
+        metric(
+            &text,
+            &format!("ksg_connections_rejected_total{{reason=\"{r}\"}}"),
+        )
+    };
+    assert_eq!(rejected("per_ip_limit"), 1.0);
+    assert_eq!(rejected("proxy_protocol"), 2.0);
     gw.shutdown().await;
 }

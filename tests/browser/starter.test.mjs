@@ -8,6 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -149,6 +150,13 @@ async function startGateway(extraEnv = {}) {
   assert.equal(gw.scheme, 'https', 'demo mode serves TLS');
   gw.url = `https://127.0.0.1:${gw.port}/`;
   return gw;
+}
+
+/** An HS256 JSON Web Token over `claims`, as an identity provider would issue it. */
+function mintToken(secret, claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`;
 }
 
 /** Kills the gateway if it still runs and waits (bounded) for it to be gone. */
@@ -526,6 +534,86 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
       throw e;
     } finally {
       if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
+      await stopGateway(gw);
+    }
+  });
+  test('a cookie token expires mid-stream; the page refreshes it and resumes without loss', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const secret = 'browser-test-secret-0123456789abcdef';
+    const gw = await startGateway({
+      KSG_AUTH: 'jwt',
+      KSG_AUTH_JWT_SECRET: secret,
+      KSG_AUTH_COOKIE: 'ksg_token',
+      KSG_AUTH_EXPIRY_NOTICE_SECS: '2',
+      KSG_RETRY_MS: '300',
+    });
+    const token = (secs) =>
+      mintToken(secret, {
+        sub: 'browser',
+        exp: Math.floor(Date.now() / 1000) + secs,
+        ksg: { subscribe: ['/stock-prices/*'] },
+      });
+    let page;
+    try {
+      // The first token lives 5 s: the notice comes at 3 s, the end at 5 s.
+      await context.addCookies([{ name: 'ksg_token', value: token(5), url: gw.url }]);
+      page = await context.newPage();
+      // Any page of the gateway's origin will do; the stream is the page's own.
+      await page.goto(`${gw.url}app`, { timeout: EVENTS_TIMEOUT_MS });
+      // The application's refresh endpoint, as the page would call it.
+      await page.exposeFunction('freshToken', () => token(300));
+      const got = await within(
+        EVENTS_TIMEOUT_MS + 10_000,
+        'events across the token expiry',
+        page.evaluate(
+          () =>
+            new Promise((resolve, reject) => {
+              const ns = [];
+              const seen = [];
+              let opens = 0;
+              let atReopen = 0;
+              const stream = new EventSource('/stock-prices/GOOG');
+              stream.addEventListener('open', () => {
+                opens += 1;
+                atReopen = ns.length;
+                seen.push('open');
+              });
+              stream.addEventListener('message', (e) => {
+                ns.push(JSON.parse(e.data).n);
+                // Enough ticks after the reconnect to show the stream goes on.
+                if (opens >= 2 && ns.length >= atReopen + 15) {
+                  stream.close();
+                  resolve({ ns, seen, opens });
+                }
+              });
+              stream.addEventListener('expiring', async (e) => {
+                seen.push(`expiring ${e.lastEventId ? 'with' : 'without'} lastEventId`);
+                const fresh = await window.freshToken();
+                document.cookie = `ksg_token=${fresh}; path=/; secure; samesite=strict`;
+              });
+              stream.addEventListener('expired', () => seen.push('expired'));
+              stream.addEventListener('error', () => {
+                seen.push(`error ${stream.readyState}`);
+                if (stream.readyState === EventSource.CLOSED) {
+                  reject(new Error(`the stream was closed for good: ${seen.join(', ')}`));
+                }
+              });
+            }),
+        ),
+      );
+      assert.equal(got.opens, 2, `one reconnect after the expiry: ${got.seen.join(', ')}`);
+      const i = got.seen.findIndex((x) => x.startsWith('expiring'));
+      assert.ok(i > 0 && got.seen.indexOf('expired') > i, `notice, then the end: ${got.seen.join(', ')}`);
+      assert.equal(breaksIn(got.ns), '', `ticks are exactly consecutive across the reconnect: ${got.ns.join(',')}`);
+      const m = await metrics(gw);
+      assert.equal(m['ksg_streams_token_expired_total'], 1);
+      assert.equal(m['ksg_auth_refused_total{reason="expired"}'], 0, 'the reconnect carried the fresh cookie');
+      t.diagnostic(`${got.ns.length} ticks n ${got.ns[0]}..${got.ns[got.ns.length - 1]}; ${got.seen.join(', ')}`);
+    } catch (e) {
+      e.message += `\n--- gateway log ---\n${gw.log}`;
+      throw e;
+    } finally {
+      if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
+      await context.clearCookies();
       await stopGateway(gw);
     }
   });

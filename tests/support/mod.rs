@@ -367,6 +367,17 @@ pub async fn tls_connect(
     handle: &Handle,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(handle.addr).await.expect("connect");
+    tls_over(handle, tcp, alpn).await
+}
+
+/// TLS (trusting only the gateway's certificate) with the given ALPN protocol over `tcp`, a
+/// connection to the gateway on which something may already have been sent.
+pub async fn tls_over(
+    handle: &Handle,
+    tcp: TcpStream,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     let cert = handle.cert_der.clone().expect("TLS is on");
     roots
@@ -379,7 +390,6 @@ pub async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(handle.addr).await.expect("connect");
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
