@@ -503,6 +503,9 @@ fn is_log_filter(filter: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
