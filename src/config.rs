@@ -680,6 +680,9 @@ fn is_log_filter(filter: &str) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -44,9 +44,6 @@ pub mod stream;
 pub mod tls;
 pub mod wake;
 
-#[cfg(test)]
-mod testing;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -307,59 +307,14 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     fn routes(topics: &str, custom: &str) -> Routes {
         Routes::parse(custom, TopicFilter::parse(topics).unwrap()).unwrap()
-    }
-
-    use crate::testing::Rng;
-
-    #[test]
-    fn any_key_round_trips_through_percent_encoding() {
-        let r = routes("t", "");
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for case in 0..10_000 {
-            let key: Vec<u8> = (0..1 + rng.next() % 30).map(|_| rng.next() as u8).collect();
-            // As encodeURIComponent would, byte by byte: unreserved bytes stay, others escape.
-            let encoded: String = key
-                .iter()
-                .map(|&b| {
-                    if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                        (b as char).to_string()
-                    } else if rng.next() % 2 == 0 {
-                        format!("%{b:02X}")
-                    } else {
-                        format!("%{b:02x}")
-                    }
-                })
-                .collect();
-            let target = r.resolve(&format!("/t/{encoded}")).unwrap();
-            assert_eq!(
-                target.key.as_deref(),
-                Some(&key[..]),
-                "case {case}: {encoded}"
-            );
-        }
-    }
-
-    #[test]
-    fn arbitrary_paths_resolve_or_fail_with_a_reason_never_panic() {
-        let r = routes("*", "/feeds/{topic}/by-key/{key}");
-        let mut rng = Rng(77);
-        let alphabet = b"ab/%2fz.-_~:?#0F\x7f ";
-        for _ in 0..20_000 {
-            let path: String = (0..rng.next() % 24)
-                .map(|_| alphabet[(rng.next() % alphabet.len() as u64) as usize] as char)
-                .collect();
-            match r.resolve(&format!("/{path}")) {
-                Ok(target) => assert!(is_topic_name(&target.topic), "{path}"),
-                Err(ResolveError::NotFound(why) | ResolveError::BadRequest(why)) => {
-                    assert!(!why.is_empty())
-                }
-            }
-        }
     }
 
     #[test]

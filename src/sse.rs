@@ -206,6 +206,9 @@ fn base64_std(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -263,103 +266,6 @@ mod tests {
     fn nul_in_utf8_value_stays_in_data_only() {
         let b = record_event("x", None, Some(b"a\0b"));
         assert_eq!(b.as_ref(), b"id: x\ndata: a\0b\n\n");
-    }
-
-    /// What a browser makes of a stream, by the WHATWG "interpret an event stream" rules:
-    /// the dispatched events as (type, data, last event id).
-    fn whatwg_events(stream: &[u8]) -> Vec<(String, String, String)> {
-        let text = String::from_utf8_lossy(stream);
-        let (mut data, mut kind, mut last_id) = (String::new(), String::new(), String::new());
-        let mut events = Vec::new();
-        // CRLF, LF and CR each end a line.
-        let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
-        for line in normalized.split('\n') {
-            if line.is_empty() {
-                if !data.is_empty() {
-                    data.pop();
-                    let kind = if kind.is_empty() {
-                        "message".to_string()
-                    } else {
-                        kind.clone()
-                    };
-                    events.push((kind, std::mem::take(&mut data), last_id.clone()));
-                }
-                data.clear();
-                kind.clear();
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "data" => {
-                    data.push_str(value);
-                    data.push('\n');
-                }
-                "event" => kind = value.to_string(),
-                "id" if !value.contains('\0') => last_id = value.to_string(),
-                _ => {}
-            }
-        }
-        events
-    }
-
-    use crate::testing::Rng;
-
-    /// Up to 40 bytes biased towards the ones SSE cares about: CR, LF, colon, space, NUL,
-    /// bytes that break UTF-8.
-    fn sse_bytes(rng: &mut Rng) -> Vec<u8> {
-        let len = (rng.next() % 40) as usize;
-        (0..len)
-            .map(|_| match rng.next() % 10 {
-                0 => b'\r',
-                1 => b'\n',
-                2 => b':',
-                3 => b' ',
-                4 => 0,
-                5 => 0x80 | (rng.next() as u8 & 0x3f),
-                6 => 0xc3,
-                _ => b'a' + (rng.next() % 26) as u8,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn every_record_is_exactly_one_event_for_a_browser() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-        for case in 0..20_000 {
-            let value = sse_bytes(&mut rng);
-            let key = sse_bytes(&mut rng);
-            let id = crate::position::encode_dense(7, &[case, case / 3]);
-            let tombstone = case % 5 == 0;
-            let encoded = if tombstone {
-                record_event(&id, Some(&key), None)
-            } else {
-                record_event(&id, Some(&key), Some(&value))
-            };
-            let events = whatwg_events(&encoded);
-            assert_eq!(events.len(), 1, "case {case}: {encoded:?} gave {events:?}");
-            let (kind, data, last_id) = &events[0];
-            assert_eq!(last_id, &id);
-            let (bytes, text_kind, binary_kind) = if tombstone {
-                (&key, EVENT_DELETE, EVENT_DELETE_BINARY)
-            } else {
-                (&value, "message", EVENT_BINARY)
-            };
-            match std::str::from_utf8(bytes) {
-                Ok(text) => {
-                    assert_eq!(kind, text_kind, "case {case}");
-                    let lines = text.replace("\r\n", "\n").replace('\r', "\n");
-                    assert_eq!(data, &lines, "case {case}: {encoded:?}");
-                }
-                Err(_) => {
-                    assert_eq!(kind, binary_kind, "case {case}");
-                    assert_eq!(data, &base64_std(bytes), "case {case}");
-                }
-            }
-        }
     }
 
     #[test]

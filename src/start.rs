@@ -62,8 +62,10 @@ pub fn from_request(
             .parse()
             .map(Start::Timestamp)
             .map_err(|_| StartError::From(value.into())),
+        // Kafka reads a negative time as a request for the latest (-1) or earliest (-2) offset,
+        // or another special one: a time before 1970 asks for every record, as 1970 itself does.
         Some(value) => rfc3339_ms(value)
-            .map(Start::Timestamp)
+            .map(|ms| Start::Timestamp(ms.max(0)))
             .ok_or_else(|| StartError::From(value.into())),
     }
 }
@@ -148,6 +150,9 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -210,6 +215,8 @@ mod tests {
         );
         let with_offset = q("from=2023-11-14T23%3A13%3A20.5%2B01%3A00");
         assert_eq!(with_offset, Start::Timestamp(1_700_000_000_500));
+        assert_eq!(q("from=1969-12-31T23:59:59.999Z"), Start::Timestamp(0));
+        assert_eq!(q("from=1900-01-01T00:00:00Z"), Start::Timestamp(0));
         let snapshot_default = from_request(&HeaderMap::new(), None, "t", Start::Snapshot);
         assert_eq!(snapshot_default.unwrap(), Start::Snapshot);
         assert_eq!(

@@ -57,7 +57,8 @@ pub enum Start {
     Live,
     /// Every record still in Kafka.
     Earliest,
-    /// Records with a timestamp at or after this many milliseconds since the epoch.
+    /// Records with a timestamp at or after this many milliseconds since the epoch (never
+    /// negative: Kafka reads negative times as special offsets).
     Timestamp(i64),
     /// Right after a resume token's position.
     Token(Position),
