@@ -83,6 +83,9 @@ fn decode(raw: &str) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
