@@ -560,7 +560,7 @@ async fn a_key_stream_on_200_partitions_resumes_exactly() {
     p.flush().await;
     let gw = gateway(&cluster, &[]).await;
     let h2 = h2_connect(&gw).await;
-    let (_, mut sse) = get(&h2, &format!("/{topic}/K3?from=earliest"), &[]).await;
+    let mut sse = get_stream(&h2, &format!("/{topic}/K3?from=earliest"), &[]).await;
     let first = sse.events(4).await;
     let id = first[3].id.clone().unwrap();
     assert!(id.len() < 400, "{} characters", id.len());
@@ -569,7 +569,7 @@ async fn a_key_stream_on_200_partitions_resumes_exactly() {
     p.flush().await;
     let at = support::placement(&cluster, &topic).await;
     let gw = gateway(&cluster, &[]).await;
-    let (_, mut resumed) = get(
+    let mut resumed = get_stream(
         &h2_connect(&gw).await,
         &format!("/{topic}/K3"),
         &[("last-event-id", &id)],

@@ -459,14 +459,35 @@ pub async fn get(
         .expect("response in time")
         .expect("response");
     let (parts, body) = response.into_parts();
+    let status = parts.status.as_u16();
     (
         parts,
         SseReader {
             body: Some(body),
             buf: BytesMut::new(),
             last_id: None,
+            status,
         },
     )
+}
+
+/// `GET path` that must open a stream: a `503` (Kafka slow to answer the topic's first
+/// metadata, as on a loaded machine) is retried a few times, as EventSource would; any other
+/// status fails the test with the response's reason.
+pub async fn get_stream(h2: &H2, path: &str, headers: &[(&str, &str)]) -> SseReader {
+    for _ in 0..5 {
+        let (head, mut sse) = get(h2, path, headers).await;
+        match head.status.as_u16() {
+            200 => return sse,
+            503 => {
+                let why = body_text(&mut sse).await;
+                eprintln!("GET {path}: 503 ({}), retrying", why.trim());
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            status => panic!("GET {path}: {status} {}", body_text(&mut sse).await),
+        }
+    }
+    panic!("GET {path}: still 503 after 5 tries");
 }
 
 /// One block of an SSE stream (an event, a comment or a field-only block).
@@ -497,6 +518,8 @@ pub struct SseReader {
     buf: BytesMut,
     /// The last `id:` seen, as the browser's `lastEventId` would be.
     pub last_id: Option<String>,
+    /// The response's status, for failure messages.
+    pub status: u16,
 }
 
 impl SseReader {
@@ -567,7 +590,12 @@ impl SseReader {
                     out.push(block);
                     deadline = tokio::time::Instant::now() + WAIT;
                 }
-                Ok(None) => panic!("stream ended after {} of {n} events: {got:?}", got.len()),
+                Ok(None) => panic!(
+                    "stream (HTTP {}) ended after {} of {n} events: {got:?}; unparsed: {:?}",
+                    self.status,
+                    got.len(),
+                    String::from_utf8_lossy(&self.buf)
+                ),
                 Err(()) => panic!(
                     "no event for {WAIT:?} after {} of {n} events: {got:?} (last id {:?})",
                     got.len(),
