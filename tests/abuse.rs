@@ -8,7 +8,9 @@
 //! - CONTINUATION flood: a header block that never ends, in empty or full frames;
 //! - HPACK bomb: a small header block that decodes to a huge header list;
 //! - PING flood from a client that never reads the acknowledgements;
-//! - slowloris on TLS: a ClientHello dripped one byte at a time.
+//! - slowloris on TLS: a ClientHello dripped one byte at a time;
+//! - requests for topics that do not exist, one by one and by the ten thousand, reset a moment
+//!   after they were accepted.
 //!
 //! Elsewhere:
 //! - the 257th concurrent stream of a connection: `tests/limits.rs`;
@@ -241,6 +243,84 @@ async fn rapid_reset_is_closed_with_goaway_enhance_your_calm() {
         "GOAWAY only after {processed} streams: {goaway:?}"
     );
     memory.assert_flat("rapid reset");
+    bystander.still_served(&gw, &cluster, &topic).await;
+    gw.shutdown().await;
+}
+
+/// Lines of `/metrics` that name a topic starting with `prefix`.
+fn series_of(text: &str, prefix: &str) -> usize {
+    let label = format!("topic=\"{prefix}");
+    text.lines().filter(|l| l.contains(&label)).count()
+}
+
+// Requests for topics that do not exist, by the thousand and with names that never repeat:
+// each must leave nothing behind (no registry entry, no per-topic metric series), and one
+// whose client reset its stream must not go on to cost a Kafka lookup. The resets come a
+// moment after the requests (200 streams behind), so the gateway has accepted each stream and
+// started on it, and h2's count of streams reset before they were accepted does not stop the
+// attack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_missing_topics_leave_nothing_behind() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("missing-topics");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_TLS", "off")]).await;
+    let bystander = Bystander::join(&gw, &topic).await;
+    let missing = unique_topic("nowhere");
+    let memory = Memory::before();
+
+    // Answered one by one: 404, and nothing kept.
+    let h2 = connect(&gw).await;
+    for n in 0..100 {
+        let (head, _) = get(&h2, &format!("/{missing}-asked-{n}"), &[]).await;
+        assert_eq!(head.status, 404);
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"not_found\"}"),
+        100.0
+    );
+    assert_eq!(
+        series_of(&text, &missing),
+        0,
+        "per-topic series of missing topics"
+    );
+
+    // Asked and reset.
+    let attack = ResetAttack {
+        streams: 40_000,
+        lag: 200,
+        batch: 10,
+        pause: Duration::from_millis(1),
+    };
+    let outcome = attack.run(&gw, |n| format!("/{missing}-reset-{n}")).await;
+    eprintln!(
+        "missing topics: {} streams written, GOAWAY {:?}",
+        outcome.opened, outcome.goaway
+    );
+    if let Some(goaway) = outcome.goaway {
+        assert_eq!(goaway.code, ENHANCE_YOUR_CALM, "{goaway:?}");
+    }
+    memory.assert_flat("missing topics");
+    // A new topic is attached at once: no backlog of lookups for requests long gone.
+    let fresh = unique_topic("fresh");
+    cluster.create_topic(&fresh, 1).await;
+    let (head, mut sse) = get(&h2, &format!("/{fresh}"), &[]).await;
+    assert_eq!(head.status, 200);
+    sse.next_block().await.expect("the preamble");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = series_of(&metrics(&gw).await, &missing);
+        if left == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{left} per-topic series of missing topics"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop((h2, sse));
     bystander.still_served(&gw, &cluster, &topic).await;
     gw.shutdown().await;
 }
