@@ -394,6 +394,27 @@ impl Metrics {
         m
     }
 
+    /// Removes every series labelled with `topic`, for a topic that failed to attach: its name
+    /// came from a request, so keeping them would let requests grow the registry without bound.
+    pub fn remove_topic(&self, topic: &str) {
+        let labels = &[topic];
+        for family in [
+            &self.events_sent,
+            &self.event_bytes_sent,
+            &self.records_consumed,
+            &self.records_oversize,
+            &self.key_partition_mismatches,
+            &self.snapshot_keyless,
+            &self.slow_stream_cutoffs,
+            &self.gaps,
+            &self.gap_offsets_skipped,
+        ] {
+            let _ = family.remove_label_values(labels);
+        }
+        let _ = self.event_latency.remove_label_values(labels);
+        let _ = self.consumer_lag.remove_label_values(labels);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -416,5 +437,21 @@ mod tests {
         assert!(text.contains("ksg_streams_opened_total{route=\"/{topic}\"} 0"));
         assert!(text.contains("ksg_connections_accepted_total 0"));
         assert!(text.contains("ksg_connections_closed_total{reason=\"idle\"} 0"));
+    }
+
+    #[test]
+    fn series_of_a_topic_can_be_removed() {
+        let m = Metrics::new(&[]);
+        for topic in ["gone", "kept"] {
+            m.gaps.with_label_values(&[topic]);
+            m.records_consumed.with_label_values(&[topic]).inc();
+            m.event_latency.with_label_values(&[topic]).observe(0.1);
+            m.consumer_lag.with_label_values(&[topic]).set(3);
+        }
+        m.remove_topic("gone");
+        let text = m.render();
+        assert!(!text.contains("topic=\"gone\""), "{text}");
+        assert!(text.contains("ksg_records_consumed_total{topic=\"kept\"} 1"));
+        assert!(text.contains("ksg_consumer_lag{topic=\"kept\"} 3"));
     }
 }

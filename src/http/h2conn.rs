@@ -201,14 +201,30 @@ type Handling = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
 
 /// Answers one stream: the app's response, then its body within the client's window. `open`
 /// counts the stream as open on its connection until the answer ends.
+///
+/// A request whose client resets its stream before the response is ready is dropped at once,
+/// with whatever handling had started: a reset frees the stream's place under
+/// `SETTINGS_MAX_CONCURRENT_STREAMS`, so work that outlived it would be bounded by nothing
+/// (rapid reset).
 async fn answer(
-    handling: Handling,
+    mut handling: Handling,
     mut respond: SendResponse<Bytes>,
     resets: IntCounter,
     stall: Duration,
     open: impl Sized,
 ) {
-    let response = handling.await;
+    let response = poll_fn(|cx| {
+        if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
+        }
+        respond.poll_reset(cx).map(|reason| {
+            debug!("request dropped: its stream was reset ({reason:?})");
+            None
+        })
+    })
+    .await;
+    let Some(response) = response else { return };
+    drop(handling);
     let (parts, body) = response.into_parts();
     let end = body.is_end_stream();
     let send = match respond.send_response(Response::from_parts(parts, ()), end) {

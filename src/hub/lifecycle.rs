@@ -13,9 +13,9 @@ use crate::source::SourceError;
 use crate::sse;
 
 impl Hub {
-    /// Reads the topic's partitions and end offsets and adds them to the consumer.
+    /// Reads the topic's partitions and end offsets and adds them to the consumer. Called with
+    /// the assignment lock held.
     pub(super) async fn attach(&self, hub: &Arc<TopicHub>) -> Result<(), SubscribeError> {
-        let _assignment = self.assignment.lock().await;
         let source = self.source.clone();
         let topic = hub.clone();
         let replay_bytes = self.config.replay_bytes;

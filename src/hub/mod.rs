@@ -122,7 +122,7 @@ pub struct Hub {
     next_id: AtomicU64,
     closed: AtomicBool,
     /// Serializes assignment changes so a release and a re-attach of one topic never cross.
-    assignment: tokio::sync::Mutex<()>,
+    assignment: Arc<tokio::sync::Mutex<()>>,
     readers: catchup::Readers,
     /// Topics where a record broke the partitioner promise: full ids for the process lifetime.
     broken_promises: Mutex<HashSet<String>>,
@@ -398,7 +398,7 @@ impl Hub {
             config,
             next_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
-            assignment: tokio::sync::Mutex::new(()),
+            assignment: Arc::new(tokio::sync::Mutex::new(())),
             broken_promises: Mutex::new(HashSet::new()),
         }
     }
@@ -414,15 +414,7 @@ impl Hub {
             if self.closed.load(Ordering::Acquire) {
                 return Err(SubscribeError::ShuttingDown);
             }
-            let hub = self
-                .topics
-                .entry(topic.to_string())
-                .or_insert_with(|| Arc::new(self.new_topic(topic)))
-                .clone();
-            if let Err(e) = self.attached(&hub).await {
-                self.topics.remove_if(topic, |_, v| Arc::ptr_eq(v, &hub));
-                return Err(e);
-            }
+            let hub = self.attached(topic).await?;
             if let Start::Token(token) = &start {
                 self.check_not_ahead(&hub, token).await?;
             }
@@ -534,24 +526,60 @@ impl Hub {
         }
     }
 
-    /// Waits until the topic is attached. The attach runs in a task of its own, so it completes
-    /// (or fails and leaves nothing assigned) even when the request that started it is gone;
-    /// concurrent first requests share one attach.
-    async fn attached(self: &Arc<Self>, hub: &Arc<TopicHub>) -> Result<(), SubscribeError> {
-        if hub.attached.get().is_some() {
-            return Ok(());
+    /// The topic's entry in the registry, attached to the consumer.
+    ///
+    /// A topic not yet in the registry gets its entry, and is attached, only under the
+    /// assignment lock, and the request waits for its turn at the lock itself: a request that
+    /// is gone (its client reset the stream or closed the connection) leaves nothing behind,
+    /// neither an entry nor an attach queued for it. The attach runs in a task of its own,
+    /// holding the lock, so it completes, or fails and removes the entry with its per-topic
+    /// series, even when the request that started it is gone. So every entry outside the lock
+    /// is attached.
+    async fn attached(self: &Arc<Self>, topic: &str) -> Result<Arc<TopicHub>, SubscribeError> {
+        let registered = self.topics.get(topic).map(|entry| entry.value().clone());
+        if let Some(hub) = registered.filter(|hub| hub.attached.initialized()) {
+            return Ok(hub);
+        }
+        let assignment = self.assignment.clone().lock_owned().await;
+        let hub = self
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| Arc::new(self.new_topic(topic)))
+            .clone();
+        if hub.attached.initialized() {
+            return Ok(hub);
         }
         let (this, topic) = (self.clone(), hub.clone());
         let attach = tokio::spawn(async move {
-            topic
-                .attached
-                .get_or_try_init(|| this.attach(&topic))
-                .await
-                .map(|_| ())
+            let attached = this.attach(&topic).await;
+            match &attached {
+                Ok(()) => {
+                    let _ = topic.attached.set(());
+                }
+                Err(_) => this.forget(&topic),
+            }
+            drop(assignment);
+            attached
         });
         attach
             .await
-            .map_err(|e| SubscribeError::Unavailable(format!("attach task failed: {e}")))?
+            .map_err(|e| SubscribeError::Unavailable(format!("attach task failed: {e}")))??;
+        Ok(hub)
+    }
+
+    /// Removes an entry that failed to attach from the registry, with its per-topic series: its
+    /// name came from a request, and names that do not exist must not grow the registry or the
+    /// metrics. Called with the assignment lock held.
+    fn forget(&self, hub: &Arc<TopicHub>) {
+        if let dashmap::mapref::entry::Entry::Occupied(entry) = self.topics.entry(hub.name.clone())
+        {
+            if Arc::ptr_eq(entry.get(), hub) {
+                // Under the entry's lock: a request for the same name waits, then registers a
+                // new entry and new series.
+                self.metrics.remove_topic(&hub.name);
+                entry.remove();
+            }
+        }
     }
 
     /// Refuses a resume id ahead of the log: a partition the topic does not have, or an offset
