@@ -118,6 +118,9 @@ pub const MAX_STREAM_OPENS_PER_SEC: &str = "KSG_MAX_STREAM_OPENS_PER_SEC";
 /// `KSG_PROXY_PROTOCOL`: `on` requires a PROXY protocol (v1 or v2) header on every connection
 /// and takes the client address from it.
 pub const PROXY_PROTOCOL: &str = "KSG_PROXY_PROTOCOL";
+/// `KSG_PROXY_PROTOCOL_FROM`: the proxies' networks (comma-separated `addr/prefix`); a
+/// connection from elsewhere is refused.
+pub const PROXY_PROTOCOL_FROM: &str = "KSG_PROXY_PROTOCOL_FROM";
 
 const KAFKA_PREFIX: &str = "KSG_KAFKA_";
 
@@ -150,6 +153,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (MAX_STREAMS, "250000"),
     (MAX_STREAM_OPENS_PER_SEC, "20"),
     (PROXY_PROTOCOL, "off"),
+    (PROXY_PROTOCOL_FROM, "(any peer)"),
     (HEARTBEAT_SECS, "15"),
     (RETRY_MS, "3000"),
     (SHUTDOWN_GRACE_SECS, "10"),
@@ -204,6 +208,8 @@ pub struct Config {
     pub max_stream_opens_per_sec: u32,
     /// Whether every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// Networks the PROXY header is accepted from (empty: any peer).
+    pub proxy_from: Vec<crate::http::proxy::Network>,
     /// Quiet time before a heartbeat comment.
     pub heartbeat: Duration,
     /// The `retry:` value sent first on every stream.
@@ -425,6 +431,19 @@ impl Config {
         let max_streams = r.number(MAX_STREAMS, 250_000usize, 1, 100_000_000);
         let max_stream_opens_per_sec = r.number(MAX_STREAM_OPENS_PER_SEC, 20u32, 0, 1_000_000);
         let proxy_protocol = r.parse(PROXY_PROTOCOL, false, on_off);
+        let proxy_from = r.parse(PROXY_PROTOCOL_FROM, Vec::new(), |s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(crate::http::proxy::Network::parse)
+                .collect()
+        });
+        if !proxy_from.is_empty() && !proxy_protocol {
+            r.problem(
+                PROXY_PROTOCOL_FROM,
+                format!("is set but {PROXY_PROTOCOL} is not on"),
+            );
+        }
         let heartbeat = Duration::from_secs(r.number(HEARTBEAT_SECS, 15u64, 1, 3600));
         let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
         let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
@@ -512,6 +531,7 @@ impl Config {
                 max_streams,
                 max_stream_opens_per_sec,
                 proxy_protocol,
+                proxy_from,
                 heartbeat,
                 retry_ms,
                 shutdown_grace,
@@ -827,6 +847,16 @@ mod tests {
         assert!(c.proxy_protocol);
         let e = cfg(&[(MAX_STREAMS, "0"), (PROXY_PROTOCOL, "v2")]).unwrap_err();
         assert_eq!(problem_vars(e), vec![MAX_STREAMS, PROXY_PROTOCOL]);
+        let c = cfg(&[
+            (PROXY_PROTOCOL, "on"),
+            (PROXY_PROTOCOL_FROM, "10.0.0.0/8, 2001:db8::/32"),
+        ])
+        .unwrap();
+        assert_eq!(c.proxy_from.len(), 2);
+        let e = cfg(&[(PROXY_PROTOCOL, "on"), (PROXY_PROTOCOL_FROM, "10.0.0.0/40")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![PROXY_PROTOCOL_FROM]);
+        let e = cfg(&[(PROXY_PROTOCOL_FROM, "10.0.0.0/8")]).unwrap_err();
+        assert_eq!(problem_vars(e), vec![PROXY_PROTOCOL_FROM]);
     }
 
     #[test]

@@ -162,3 +162,44 @@ async fn behind_a_proxy_the_client_address_comes_from_the_proxy_protocol_header(
     assert_eq!(rejected("proxy_protocol"), 2.0);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_protocol_header_is_believed_only_from_the_proxies_networks() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("ppp-from");
+    cluster.create_topic(&topic, 1).await;
+    let header = b"PROXY TCP4 203.0.113.7 10.0.0.1 50000 8443\r\n";
+    // The test connects from 127.0.0.1: outside 10.0.0.0/8, it is not the proxy.
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_PROXY_PROTOCOL", "on"),
+            ("KSG_PROXY_PROTOCOL_FROM", "10.0.0.0/8"),
+        ],
+    )
+    .await;
+    assert!(closed_at_once(behind_proxy(&gw, header).await).await);
+    let text = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &text,
+            "ksg_connections_rejected_total{reason=\"proxy_protocol\"}"
+        ),
+        1.0
+    );
+    gw.shutdown().await;
+    // From a listed network, it is.
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_PROXY_PROTOCOL", "on"),
+            ("KSG_PROXY_PROTOCOL_FROM", "10.0.0.0/8, 127.0.0.1"),
+        ],
+    )
+    .await;
+    let tcp = behind_proxy(&gw, header).await;
+    let h2 = h2_handshake(tls_over(&gw, tcp, b"h2").await).await;
+    let (head, _) = get(&h2, &format!("/{topic}"), &[]).await;
+    assert_eq!(head.status, 200);
+    gw.shutdown().await;
+}

@@ -388,10 +388,15 @@ async fn cors_preflight_allows_last_event_id() {
         response.headers()["access-control-allow-origin"],
         "https://app.example"
     );
-    assert!(response.headers()["access-control-allow-headers"]
+    let allowed = response.headers()["access-control-allow-headers"]
         .to_str()
-        .unwrap()
-        .contains("last-event-id"));
+        .unwrap();
+    assert!(allowed.contains("last-event-id") && allowed.contains("authorization"));
+    // A listed origin may send its cookies (a token cookie, with withCredentials).
+    assert_eq!(
+        response.headers()["access-control-allow-credentials"],
+        "true"
+    );
 
     let (head, _) = get(
         &h2,
@@ -410,6 +415,10 @@ async fn cors_preflight_allows_last_event_id() {
     )
     .await;
     assert!(head.headers.get("access-control-allow-origin").is_none());
+    assert!(head
+        .headers
+        .get("access-control-allow-credentials")
+        .is_none());
     gw.shutdown().await;
 }
 

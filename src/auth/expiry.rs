@@ -18,6 +18,9 @@ pub const EVENT_EXPIRING: &str = "expiring";
 /// Event type of the last event of a stream whose token expired.
 pub const EVENT_EXPIRED: &str = "expired";
 
+/// The latest a stream's token clock looks: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 /// What is due on a stream whose token expires.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Due {
@@ -39,7 +42,11 @@ impl Expiry {
     /// The clock of a token expiring at `exp` (seconds since the epoch), `now_unix` being the
     /// wall clock now; a notice `notice` ahead of it (zero: none).
     pub fn new(exp: u64, now_unix: Duration, notice: Duration) -> Expiry {
-        let left = Duration::from_secs(exp).saturating_sub(now_unix);
+        // A token may say it never expires (exp far in the future): the stream's end is then
+        // capped, not an overflow.
+        let left = Duration::from_secs(exp)
+            .saturating_sub(now_unix)
+            .min(FAR_FUTURE);
         let at = Instant::now() + left;
         let notice_pending = !notice.is_zero();
         let first = if notice_pending {
@@ -134,6 +141,17 @@ mod tests {
         let mut e = Expiry::new(1_000_005, Duration::from_secs(1_000_000), Duration::ZERO);
         assert!(matches!(next(&mut e).await, Due::Expired(_)));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exp_at_the_end_of_time_does_not_overflow() {
+        let mut e = Expiry::new(
+            u64::MAX,
+            Duration::from_secs(1_000_000),
+            Duration::from_secs(30),
+        );
+        let early = tokio::time::timeout(Duration::from_secs(86_400), next(&mut e)).await;
+        assert!(early.is_err());
     }
 
     #[tokio::test(start_paused = true)]

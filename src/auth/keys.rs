@@ -5,7 +5,7 @@
 //! RS*/PS*, an EC key only ES256/ES384, an Ed25519 key only EdDSA. `none` is never accepted
 //! (the token library has no such algorithm), and a public key is never used as an HMAC secret.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use thiserror::Error;
 
@@ -144,12 +144,23 @@ fn pem_blocks(text: &str) -> Result<KeySet, KeyError> {
     Ok(KeySet { keys, skipped: 0 })
 }
 
+/// A JWKS document. Each key is read on its own: one the gateway cannot use (P-521, an
+/// encryption algorithm, a key type it does not know) is skipped, and the others still load.
 fn jwks(text: &str) -> Result<KeySet, KeyError> {
-    let set: JwkSet = serde_json::from_str(text).map_err(|e| KeyError::BadJwks(e.to_string()))?;
+    #[derive(serde::Deserialize)]
+    struct Document {
+        keys: Vec<serde_json::Value>,
+    }
+    let document: Document =
+        serde_json::from_str(text).map_err(|e| KeyError::BadJwks(e.to_string()))?;
     let mut keys = Vec::new();
     let mut skipped = 0;
-    for jwk in &set.keys {
-        match jwk_key(jwk) {
+    for value in document.keys {
+        match serde_json::from_value::<Jwk>(value)
+            .ok()
+            .as_ref()
+            .and_then(jwk_key)
+        {
             Some(key) => keys.push(key),
             None => skipped += 1,
         }

@@ -3,7 +3,7 @@
 //! A token comes from `Authorization: Bearer`, else a cookie (`KSG_AUTH_COOKIE`, for browsers:
 //! EventSource cannot set headers), else — only when `KSG_AUTH_QUERY_TOKEN=on` — the
 //! `access_token` query parameter. It is verified with the configured keys ([`keys`]), its
-//! `exp` is required and strict, `nbf` and `iat` are honoured with a small leeway, and `iss`/`aud`
+//! `exp` is required and strict, `nbf` is honoured with a small leeway, and `iss`/`aud`
 //! are checked when configured. Its `ksg.subscribe` claim lists the path patterns the bearer may
 //! stream ([`pattern`]); a stream ends at the token's `exp` ([`expiry`]).
 //!
@@ -30,13 +30,22 @@ use keys::{KeyError, KeySet};
 /// How often a key file is checked for changes.
 pub const KEYS_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-/// Where verification keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where verification keys come from. Its `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// An HS256 shared secret (`KSG_AUTH_JWT_SECRET`).
     Secret(Vec<u8>),
     /// A PEM public key or JWKS file (`KSG_AUTH_JWT_KEYS`), reloaded when it changes.
     File(PathBuf),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Secret(s) => write!(f, "Secret(<{} bytes>)", s.len()),
+            KeySource::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
 }
 
 /// JWT authorization settings (`KSG_AUTH=jwt`).
@@ -52,7 +61,7 @@ pub struct AuthSettings {
     pub cookie: Option<String>,
     /// Whether `?access_token=` is accepted.
     pub query_token: bool,
-    /// Clock skew allowed for `nbf` and `iat`.
+    /// Clock skew allowed for `nbf`.
     pub leeway: Duration,
     /// How long before `exp` a stream announces its end (`event: expiring`); zero: never.
     pub expiry_notice: Duration,
@@ -73,7 +82,7 @@ pub enum Failure {
     UnknownKey,
     /// `exp` is past.
     Expired,
-    /// `nbf` (or `iat`) is in the future.
+    /// `nbf` is in the future.
     NotYetValid,
     /// `iss` is not the configured issuer.
     WrongIssuer,
@@ -291,7 +300,14 @@ impl Authorizer {
 
     /// Verifies `token` at `now` (seconds since the epoch).
     fn verify(&self, token: &str, now: u64) -> Result<Grant, Failure> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| classify(e.kind()))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            if names_an_algorithm(token) {
+                // `none`, or one this gateway never accepts (ES512, HS with no key...).
+                Failure::BadAlgorithm
+            } else {
+                classify(e.kind())
+            }
+        })?;
         let keys = self.current_keys();
         let mut last = None;
         for key in keys.candidates(header.kid.as_deref(), header.alg) {
@@ -386,6 +402,25 @@ fn read_keys(path: &std::path::Path) -> Result<(KeySet, Vec<u8>), String> {
         warn!(path = %path.display(), skipped = keys.skipped, "JWKS keys that cannot verify signatures were skipped");
     }
     Ok((keys, bytes))
+}
+
+/// Whether a token whose header did not parse names an algorithm this gateway does not know
+/// (`none`, ES512, ...): it is then its algorithm that was refused, not its form.
+fn names_an_algorithm(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(json) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()
+        .and_then(|v| {
+            let alg = v.get("alg")?.as_str()?.to_string();
+            Some(alg.parse::<jsonwebtoken::Algorithm>().is_err())
+        })
+        .unwrap_or(false)
 }
 
 fn classify(kind: &ErrorKind) -> Failure {

@@ -135,7 +135,15 @@ fn alg_none_is_refused() {
     let header = B64.encode(br#"{"alg":"none","typ":"JWT"}"#);
     let body = B64.encode(claims(now_secs() + 60).to_string());
     let token = format!("{header}.{body}.");
-    assert!(secret_auth().verify(&token, now_secs()).is_err());
+    assert_eq!(
+        secret_auth().verify(&token, now_secs()).unwrap_err(),
+        Failure::BadAlgorithm
+    );
+    let es512 = format!("{}.{body}.c2ln", B64.encode(br#"{"alg":"ES512"}"#));
+    assert_eq!(
+        secret_auth().verify(&es512, now_secs()).unwrap_err(),
+        Failure::BadAlgorithm
+    );
 }
 
 #[test]
@@ -229,9 +237,19 @@ fn jwks_keys_are_chosen_by_kid_and_pinned_to_their_type() {
         {"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "alg": "EdDSA",
          "x": B64.encode(ed.public_key_raw())},
         {"kty": "oct", "kid": "sym", "k": B64.encode(SECRET)},
+        // Keys this gateway cannot use are skipped, not a reason to refuse the whole set.
+        {"kty": "EC", "crv": "P-521", "kid": "big", "alg": "ES512",
+         "x": "AA", "y": "AA"},
+        {"kty": "RSA", "kid": "enc", "alg": "RSA-OAEP-256", "n": "AQAB", "e": "AQAB"},
+        {"kty": "OKP", "crv": "X25519", "kid": "dh", "x": "AA"},
+        {"kty": "future-kind", "kid": "new"},
     ]});
     let a = file_auth("jwks", jwks.to_string().as_bytes());
-    assert_eq!(a.key_count(), 2, "the symmetric key is skipped");
+    assert_eq!(
+        a.key_count(),
+        2,
+        "the symmetric and unusable keys are skipped"
+    );
 
     let ec_key = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
     let ed_key = EncodingKey::from_ed_pem(ed.serialize_pem().as_bytes()).unwrap();

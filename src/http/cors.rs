@@ -1,7 +1,9 @@
 //! CORS: which browser origins may open streams, and the preflight that lets a cross-origin
 //! EventSource reconnect with `Last-Event-ID`.
 
-use http::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, VARY};
+use http::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, VARY,
+};
 use http::HeaderMap;
 
 /// Allowed origins from `KSG_CORS_ORIGINS`: exact origins, or `*` for any.
@@ -45,9 +47,16 @@ impl Cors {
             .then(|| origin.clone())
     }
 
-    /// Adds the CORS headers of an actual (non-preflight) response.
+    /// Adds the CORS headers of a response. A listed origin (not `*`) may send credentials:
+    /// `EventSource(url, {withCredentials: true})` carries the token cookie across sites.
     pub fn apply(&self, request: &HeaderMap, response: &mut HeaderMap) {
         if let Some(value) = self.allow(request) {
+            if !self.any {
+                response.insert(
+                    ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                );
+            }
             response.insert(ACCESS_CONTROL_ALLOW_ORIGIN, value);
         }
         if !self.any && !self.origins.is_empty() {
@@ -82,6 +91,20 @@ mod tests {
         assert!(Cors::default()
             .allow(&with_origin("https://a.example"))
             .is_none());
+    }
+
+    #[test]
+    fn listed_origins_may_send_credentials_any_may_not() {
+        let mut response = HeaderMap::new();
+        let cors = Cors::parse("https://a.example").unwrap();
+        cors.apply(&with_origin("https://a.example"), &mut response);
+        assert_eq!(response[ACCESS_CONTROL_ALLOW_CREDENTIALS], "true");
+        let mut response = HeaderMap::new();
+        Cors::parse("*")
+            .unwrap()
+            .apply(&with_origin("https://a.example"), &mut response);
+        assert_eq!(response[ACCESS_CONTROL_ALLOW_ORIGIN], "*");
+        assert!(response.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
     }
 
     #[test]

@@ -34,8 +34,8 @@ impl OpenRate {
         if self.rate == 0.0 {
             return Ok(());
         }
-        let now = Instant::now();
         let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
         let (tokens, last) = *bucket;
         let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);
         if tokens >= 1.0 {

@@ -31,9 +31,67 @@ pub enum ProxyError {
     /// The bytes are not a PROXY header.
     #[error("invalid PROXY protocol header")]
     Invalid,
+    /// The peer is not in `KSG_PROXY_PROTOCOL_FROM`.
+    #[error("a connection from outside KSG_PROXY_PROTOCOL_FROM")]
+    Untrusted,
     /// The connection closed or failed first.
     #[error("connection closed before its PROXY protocol header: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A network the PROXY header is trusted from (`KSG_PROXY_PROTOCOL_FROM`): an address and a
+/// prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Network {
+    /// Parses `a.b.c.d/n`, `v6::/n` or a lone address (a network of one).
+    pub fn parse(s: &str) -> Result<Network, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or address/prefix"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+        };
+        Ok(Network { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network (an IPv4-mapped IPv6 peer counts as its IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, true),
+            IpAddr::V6(v6) => (u128::from(v6), false),
+        };
+        let (net, net_v4) = bits(self.addr);
+        let (got, got_v4) = bits(ip);
+        // IPv4 sits in the top 32 bits, so its prefix counts from the top as IPv6's does.
+        let prefix = u32::from(self.prefix);
+        let mask = if prefix == 0 {
+            0
+        } else {
+            u128::MAX << (128 - prefix)
+        };
+        net_v4 == got_v4 && net & mask == got & mask
+    }
 }
 
 /// Reads a PROXY header from `tcp` and returns the client address it names: `None` for a
@@ -126,6 +184,25 @@ fn parse(bytes: &[u8]) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn networks_contain_their_addresses() {
+        let net = |s: &str| Network::parse(s).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(net("10.0.0.0/8").contains(ip("10.200.3.4")));
+        assert!(!net("10.0.0.0/8").contains(ip("11.0.0.1")));
+        assert!(net("10.0.0.0/8").contains(ip("::ffff:10.1.1.1")));
+        assert!(net("192.0.2.10").contains(ip("192.0.2.10")));
+        assert!(!net("192.0.2.10").contains(ip("192.0.2.11")));
+        assert!(net("0.0.0.0/0").contains(ip("203.0.113.1")));
+        assert!(!net("0.0.0.0/0").contains(ip("2001:db8::1")));
+        assert!(net("2001:db8::/32").contains(ip("2001:db8:ffff::1")));
+        assert!(!net("2001:db8::/32").contains(ip("2001:db9::1")));
+        assert!(net("::/0").contains(ip("2001:db8::1")));
+        for bad in ["", "10.0.0.0/33", "2001:db8::/129", "x/8", "10.0.0.0/-1"] {
+            assert!(Network::parse(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn v1_headers_name_the_client() {

@@ -68,6 +68,7 @@ pub struct Server {
     h2: h2conn::Settings,
     per_ip: PerIp,
     proxy_protocol: bool,
+    proxy_from: Vec<proxy::Network>,
 }
 
 /// Connections held by each client address, against `KSG_MAX_CONNECTIONS_PER_IP`.
@@ -83,12 +84,28 @@ struct Held {
     per_ip: PerIp,
 }
 
+/// The client an address stands for: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6
+/// /64 — one subscriber's network, whose addresses a client can change at will.
+fn client_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let network = u128::from(v6) & !((1u128 << 64) - 1);
+                std::net::IpAddr::V6(network.into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
 impl PerIp {
     /// Counts a connection from `ip`, or `None` when the address is at its limit.
     fn admit(&self, ip: std::net::IpAddr) -> Option<Option<Held>> {
         let Some(limit) = self.limit else {
             return Some(None);
         };
+        let ip = client_of(ip);
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let n = held.entry(ip).or_insert(0);
         if *n >= limit {
@@ -143,6 +160,7 @@ impl Server {
                 held: Arc::default(),
             },
             proxy_protocol: config.proxy_protocol,
+            proxy_from: config.proxy_from.clone(),
             h2: h2conn::Settings {
                 max_streams: config.max_streams_per_connection,
                 max_header_list: MAX_HEADER_LIST as u32,
@@ -199,7 +217,14 @@ impl Server {
                 let mut tcp = tcp;
                 let mut per_ip = per_ip;
                 if server.proxy_protocol {
-                    match proxy::read_header(&mut tcp, server.handshake_timeout).await {
+                    let trusted = server.proxy_from.is_empty()
+                        || server.proxy_from.iter().any(|n| n.contains(peer.ip()));
+                    let header = if trusted {
+                        proxy::read_header(&mut tcp, server.handshake_timeout).await
+                    } else {
+                        Err(proxy::ProxyError::Untrusted)
+                    };
+                    match header {
                         Ok(client) => {
                             let ip = client.map_or(peer.ip(), |a| a.ip());
                             match server.admit_ip(ip) {
@@ -430,5 +455,29 @@ impl Server {
             // A client hanging up is not an error worth more than debug.
             debug!("connection ended: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_of;
+
+    #[test]
+    fn clients_are_ipv4_addresses_or_ipv6_networks() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(client_of(ip("203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(client_of(ip("::ffff:203.0.113.7")), ip("203.0.113.7"));
+        assert_eq!(
+            client_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_of(ip("2001:db8:1:2::1")),
+            client_of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_of(ip("2001:db8:1:2::1")),
+            client_of(ip("2001:db8:1:3::1"))
+        );
     }
 }

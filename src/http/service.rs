@@ -196,6 +196,10 @@ impl App {
                 return self.refuse(status, reason, &why);
             }
         };
+        if token_exp.is_some_and(|exp| exp <= crate::auth::now_secs()) {
+            // The token expired while Kafka was asked where the stream starts.
+            return self.refuse_auth(Failure::Expired);
+        }
         if head {
             drop(subscription);
             let mut response = Response::new(ResponseBody::Empty);
@@ -237,7 +241,7 @@ impl App {
             );
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                HeaderValue::from_static("last-event-id, cache-control"),
+                HeaderValue::from_static("last-event-id, cache-control, authorization"),
             );
             h.insert(
                 header::ACCESS_CONTROL_MAX_AGE,
