@@ -607,21 +607,8 @@ const DRIP: Duration = Duration::from_millis(200);
 
 /// The bytes of a real ClientHello (ALPN `h2`) for `gw`.
 fn client_hello(gw: &Handle) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(
-            gw.cert_der.clone().expect("TLS is on"),
-        ))
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut client = rustls::ClientConnection::new(tls_client_config(gw, b"h2"), name).unwrap();
     let mut hello = Vec::new();
     client.write_tls(&mut hello).unwrap();
     hello

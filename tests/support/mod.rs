@@ -371,13 +371,8 @@ pub async fn tls_connect(
     tls_over(handle, tcp, alpn).await
 }
 
-/// TLS (trusting only the gateway's certificate) with the given ALPN protocol over `tcp`, a
-/// connection to the gateway on which something may already have been sent.
-pub async fn tls_over(
-    handle: &Handle,
-    tcp: TcpStream,
-    alpn: &[u8],
-) -> tokio_rustls::client::TlsStream<TcpStream> {
+/// A TLS client configuration that trusts only the gateway's certificate and offers `alpn`.
+pub fn tls_client_config(handle: &Handle, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     let cert = handle.cert_der.clone().expect("TLS is on");
     roots
@@ -390,7 +385,17 @@ pub async fn tls_over(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// TLS (trusting only the gateway's certificate) with the given ALPN protocol over `tcp`, a
+/// connection to the gateway on which something may already have been sent.
+pub async fn tls_over(
+    handle: &Handle,
+    tcp: TcpStream,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector = tokio_rustls::TlsConnector::from(tls_client_config(handle, alpn));
     let tls = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
