@@ -197,6 +197,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
                 .as_ref()
                 .map_or(Duration::ZERO, |a| a.expiry_notice),
         },
+        clock: stream::clock::StreamClock::start(config.heartbeat),
         snapshot_topics: config.snapshot_topics.clone(),
         ready: ready.clone(),
         starter_page: demo

@@ -1,25 +1,29 @@
 //! One SSE response body: the preamble, then events from the stream's bounded queue, with a
-//! heartbeat comment whenever the stream has been quiet for the heartbeat interval.
+//! heartbeat comment whenever the stream has been quiet for the heartbeat interval (kept by the
+//! gateway's one [`clock::StreamClock`], not a timer per stream).
 //!
 //! The body ends when its queue closes: the hub cut the stream off as slow, or the gateway is
 //! shutting down. Queued events are written first, so the client's last id is exact.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prometheus::{Histogram, IntCounter, IntGauge};
-use tokio::time::{Instant, Sleep};
 
 use crate::auth::expiry::{Due, Expiry};
 use crate::http::limits::Slot;
 use crate::hub::Subscription;
 use crate::sse;
+
+pub mod clock;
+
+use clock::{Appointments, StreamClock};
 
 /// Events already queued are written together, up to this many bytes per frame: one HTTP/2 DATA
 /// frame (16 KiB is the default maximum frame size) instead of a flood of tiny ones, which some
@@ -67,11 +71,8 @@ struct TokenClock {
 pub struct SseStream {
     preamble: Option<Bytes>,
     subscription: Subscription,
-    heartbeat_every: Duration,
-    heartbeat: Pin<Box<Sleep>>,
-    /// When the stream last wrote something; a heartbeat is due a heartbeat interval later.
-    last_sent: Instant,
-    expires: Option<Pin<Box<Sleep>>>,
+    /// The heartbeat and the end of the stream's lifetime.
+    appointments: Appointments,
     metrics: StreamMetrics,
     opened: std::time::Instant,
     first_sent: bool,
@@ -86,29 +87,26 @@ pub struct SseStream {
 }
 
 impl SseStream {
-    /// A stream over `subscription` that starts with `retry:` and the start id. `token`: the
-    /// `exp` of the stream's access token (the stream ends there) and the counter of such ends.
+    /// A stream over `subscription` that starts with `retry:` and the start id; its heartbeats
+    /// and lifetime are kept by `clock`. `token`: the `exp` of the stream's access token (the
+    /// stream ends there) and the counter of such ends.
     pub fn new(
         subscription: Subscription,
         settings: StreamSettings,
+        clock: Arc<StreamClock>,
         metrics: StreamMetrics,
         slot: Slot,
         token: Option<(u64, IntCounter)>,
     ) -> Self {
         metrics.open.inc();
-        let expires = settings
-            .max_lifetime
-            .map(|max| Box::pin(tokio::time::sleep(jittered(max))));
+        let lifetime = settings.max_lifetime.map(jittered);
         SseStream {
             preamble: Some(sse::preamble(
                 settings.retry_ms,
                 subscription.start_id.as_deref(),
             )),
             subscription,
-            heartbeat_every: settings.heartbeat,
-            heartbeat: Box::pin(tokio::time::sleep(settings.heartbeat)),
-            last_sent: Instant::now(),
-            expires,
+            appointments: Appointments::new(clock, lifetime),
             metrics,
             opened: std::time::Instant::now(),
             first_sent: false,
@@ -191,6 +189,16 @@ impl SseStream {
     }
 }
 
+impl SseStream {
+    /// Ends the stream at the end of its lifetime. Queued events are not lost: the client
+    /// resumes from the last id it received.
+    fn lifetime_over(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.metrics.expired.inc();
+        self.ended = "its lifetime (KSG_STREAM_MAX_SECS) was over";
+        Poll::Ready(None)
+    }
+}
+
 impl Drop for SseStream {
     fn drop(&mut self) {
         self.metrics.open.dec();
@@ -236,21 +244,15 @@ impl Body for SseStream {
                 Poll::Pending => {}
             }
         }
-        if let Some(expires) = this.expires.as_mut() {
-            if expires.as_mut().poll(cx).is_ready() {
-                // Queued events are not lost: the client resumes from the last id it received.
-                this.metrics.expired.inc();
-                this.ended = "its lifetime (KSG_STREAM_MAX_SECS) was over";
-                return Poll::Ready(None);
-            }
+        if this.appointments.over() {
+            return this.lifetime_over();
         }
         match this.subscription.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
                 // A queue item may hold several events (catch-up and replay batches).
                 let frame = this.batch(event);
                 this.sent(blocks(&frame), frame.len());
-                // The heartbeat timer is moved when it fires, not on every event.
-                this.last_sent = Instant::now();
+                this.appointments.wrote();
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
             Poll::Ready(None) => {
@@ -261,20 +263,14 @@ impl Body for SseStream {
             }
             Poll::Pending => {}
         }
-        while this.heartbeat.as_mut().poll(cx).is_ready() {
-            let due = this.last_sent + this.heartbeat_every;
-            if due > Instant::now() {
-                // Events went out since the timer was set: quiet for less than the interval.
-                this.heartbeat.as_mut().reset(due);
-                continue;
+        match this.appointments.poll(cx.waker()) {
+            clock::Due::Heartbeat => {
+                this.metrics.heartbeats.inc();
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))))
             }
-            this.metrics.heartbeats.inc();
-            this.last_sent = Instant::now();
-            let next = this.last_sent + this.heartbeat_every;
-            this.heartbeat.as_mut().reset(next);
-            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
+            clock::Due::End => this.lifetime_over(),
+            clock::Due::Nothing => Poll::Pending,
         }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

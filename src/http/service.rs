@@ -18,6 +18,7 @@ use crate::http::limits::{retry_after_secs, OpenRate, StreamSlots, FULL_RETRY_AF
 use crate::hub::{Hub, Start, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
+use crate::stream::clock::StreamClock;
 use crate::stream::{SseStream, StreamMetrics, StreamSettings};
 
 /// A refused request's body is read (and dropped) up to this many bytes before the answer, so
@@ -46,6 +47,8 @@ pub struct App {
     pub cors: Cors,
     /// Retry, heartbeat and lifetime of streams.
     pub streams: StreamSettings,
+    /// The one clock of every stream's heartbeat and lifetime.
+    pub clock: Arc<StreamClock>,
     /// Topics whose streams start with a snapshot when the request names no start.
     pub snapshot_topics: crate::routes::TopicFilter,
     /// Latched true once Kafka answered; until then stream requests get `503` at once.
@@ -223,7 +226,14 @@ impl App {
         };
         debug!(topic = %topic, route, "stream opened");
         let token = token_exp.map(|exp| (exp, self.metrics.streams_token_expired.clone()));
-        let stream = SseStream::new(subscription, self.streams, metrics, slot, token);
+        let stream = SseStream::new(
+            subscription,
+            self.streams,
+            self.clock.clone(),
+            metrics,
+            slot,
+            token,
+        );
         let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
         sse_headers(response.headers_mut());
         response

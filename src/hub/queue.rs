@@ -2,17 +2,20 @@
 //! catch-up reader), one receiver (the stream's body).
 //!
 //! Lighter than a general channel for this one use: an idle stream's queue holds no buffer at
-//! all (the buffer grows with what is queued), there is no semaphore, and a send is one
-//! uncontended lock and one wake-up. A full queue refuses the event: the hub then ends the
-//! stream (its client resumes from its last id), so the queue never grows past its bound.
+//! all (the buffer grows with what is queued), there is no semaphore, and a send is one lock and
+//! at most one wake-up. The sender (the Kafka poll thread) and the receiver (a connection task)
+//! run on different cores, so the receiver touches the lock only to take what is queued: it
+//! learns that the queue is empty from a counter, and its waker stays registered across
+//! events (the sender wakes it when the queue stops being empty, without taking it). A full
+//! queue refuses the event: the hub then ends the stream (its client resumes from its last
+//! id), so the queue never grows past its bound.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 
 /// Why an event was not queued; the event comes back.
 #[derive(Debug)]
@@ -25,7 +28,8 @@ pub enum TrySendError {
 
 struct Shared {
     state: Mutex<State>,
-    receiver: AtomicWaker,
+    /// Items queued, readable without the lock (set under it).
+    queued: AtomicUsize,
     senders: AtomicUsize,
     bound: usize,
 }
@@ -34,6 +38,16 @@ struct Shared {
 struct State {
     items: VecDeque<Bytes>,
     closed: bool,
+    /// The receiver's task, woken whenever the queue stops being empty or ends.
+    receiver: Option<Waker>,
+}
+
+impl State {
+    fn wake_receiver(&self) {
+        if let Some(task) = &self.receiver {
+            task.wake_by_ref();
+        }
+    }
 }
 
 impl Shared {
@@ -47,11 +61,17 @@ impl Shared {
 pub fn channel(bound: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
-        receiver: AtomicWaker::new(),
+        queued: AtomicUsize::new(0),
         senders: AtomicUsize::new(1),
         bound: bound.max(1),
     });
-    (Sender(shared.clone()), Receiver(shared))
+    (
+        Sender(shared.clone()),
+        Receiver {
+            shared,
+            registered: None,
+        },
+    )
 }
 
 /// The sending side; the receiver sees the end once every sender is dropped.
@@ -60,17 +80,21 @@ pub struct Sender(Arc<Shared>);
 impl Sender {
     /// Queues `event` unless the queue is full or the receiver is gone.
     pub fn try_send(&self, event: Bytes) -> Result<(), TrySendError> {
-        {
-            let mut state = self.0.lock();
-            if state.closed {
-                return Err(TrySendError::Closed(event));
-            }
-            if state.items.len() >= self.0.bound {
-                return Err(TrySendError::Full(event));
-            }
-            state.items.push_back(event);
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(event));
         }
-        self.0.receiver.wake();
+        let queued = state.items.len();
+        if queued >= self.0.bound {
+            return Err(TrySendError::Full(event));
+        }
+        state.items.push_back(event);
+        self.0.queued.store(queued + 1, Ordering::Release);
+        // A receiver finds what was queued before it polled again: only the first item after
+        // an empty queue needs a wake-up.
+        if queued == 0 {
+            state.wake_receiver();
+        }
         Ok(())
     }
 
@@ -96,13 +120,17 @@ impl Clone for Sender {
 impl Drop for Sender {
     fn drop(&mut self) {
         if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.receiver.wake();
+            self.0.lock().wake_receiver();
         }
     }
 }
 
 /// The receiving side: the stream's body.
-pub struct Receiver(Arc<Shared>);
+pub struct Receiver {
+    shared: Arc<Shared>,
+    /// The waker last registered with the senders, so an unchanged one is not registered again.
+    registered: Option<Waker>,
+}
 
 impl Receiver {
     /// The next item; `None` once the queue is empty and every sender is gone.
@@ -110,7 +138,16 @@ impl Receiver {
         if let Some(ready) = self.ready() {
             return Poll::Ready(ready);
         }
-        self.0.receiver.register(cx.waker());
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|task| task.will_wake(cx.waker()))
+        {
+            // Registered, and the senders wake it when an item comes: nothing to do.
+            return Poll::Pending;
+        }
+        self.shared.lock().receiver = Some(cx.waker().clone());
+        self.registered = Some(cx.waker().clone());
         // A send between the first look and the registration woke nobody: look again.
         match self.ready() {
             Some(ready) => Poll::Ready(ready),
@@ -120,27 +157,46 @@ impl Receiver {
 
     /// The next item if one is queued now.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.0.lock().items.pop_front()
+        if self.shared.queued.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        self.take()
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        let mut state = self.shared.lock();
+        let item = state.items.pop_front();
+        self.shared
+            .queued
+            .store(state.items.len(), Ordering::Release);
+        if state.items.is_empty() && state.items.capacity() > 64 {
+            // A burst is over: give its buffer back.
+            state.items = VecDeque::new();
+        }
+        item
     }
 
     fn ready(&self) -> Option<Option<Bytes>> {
-        let mut state = self.0.lock();
-        if let Some(item) = state.items.pop_front() {
-            if state.items.is_empty() && state.items.capacity() > 64 {
-                // A burst is over: give its buffer back.
-                state.items = VecDeque::new();
+        if self.shared.queued.load(Ordering::Acquire) > 0 {
+            if let Some(item) = self.take() {
+                return Some(Some(item));
             }
-            return Some(Some(item));
         }
-        (self.0.senders.load(Ordering::Acquire) == 0).then_some(None)
+        if self.shared.senders.load(Ordering::Acquire) == 0 {
+            // The last sender may have queued an item just before it went.
+            return Some(self.take());
+        }
+        None
     }
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        let mut state = self.0.lock();
+        let mut state = self.shared.lock();
         state.closed = true;
         state.items = VecDeque::new();
+        state.receiver = None;
+        self.shared.queued.store(0, Ordering::Release);
     }
 }
 
