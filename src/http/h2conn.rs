@@ -26,10 +26,10 @@ use http_body::{Body, Frame};
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use crate::http::activity::Activity;
+use crate::http::activity::{Activity, Open};
 use crate::http::body::ResponseBody;
 use crate::http::service::App;
 use crate::metrics::Metrics;
@@ -206,38 +206,96 @@ type Handling = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
 /// with whatever handling had started: a reset frees the stream's place under
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`, so work that outlived it would be bounded by nothing
 /// (rapid reset).
-async fn answer(
-    mut handling: Handling,
-    mut respond: SendResponse<Bytes>,
+fn answer(
+    handling: Handling,
+    respond: SendResponse<Bytes>,
     resets: IntCounter,
     stall: Duration,
-    open: impl Sized,
-) {
-    let response = poll_fn(|cx| {
-        if let Poll::Ready(response) = handling.as_mut().poll(cx) {
-            return Poll::Ready(Some(response));
-        }
-        respond.poll_reset(cx).map(|reason| {
-            debug!("request dropped: its stream was reset ({reason:?})");
-            None
-        })
-    })
-    .await;
-    let Some(response) = response else { return };
-    drop(handling);
-    let (parts, body) = response.into_parts();
-    let end = body.is_end_stream();
-    let send = match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(send) => send,
-        Err(e) => {
-            debug!("response not sent: {e}");
-            return;
-        }
-    };
-    if !end {
-        pump(send, body, &resets, stall).await;
+    open: Open,
+) -> Answer {
+    Answer {
+        phase: Phase::Handling(handling, respond),
+        resets,
+        stall,
+        _open: open,
     }
-    drop(open);
+}
+
+/// One stream's answer. Written out by hand rather than as an `async fn`: every open stream
+/// keeps one, and the compiler's state machine for the same steps was over five times larger
+/// (792 bytes against about 150).
+struct Answer {
+    phase: Phase,
+    resets: IntCounter,
+    stall: Duration,
+    _open: Open,
+}
+
+enum Phase {
+    /// The app is preparing the response.
+    Handling(Handling, SendResponse<Bytes>),
+    /// The body is being sent.
+    Sending(Sending),
+    /// Over: the stream ended, was reset, or its response could not be sent.
+    Done,
+}
+
+/// The send side of a stream whose response went out.
+struct Sending {
+    send: SendStream<Bytes>,
+    body: ResponseBody,
+    /// Taken from the body, not yet handed to `h2` (empty: take the next frame).
+    data: Bytes,
+    /// Running while the client grants no window and data waits.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Future for Answer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if let Phase::Handling(handling, respond) = &mut this.phase {
+            let response = match handling.as_mut().poll(cx) {
+                Poll::Ready(response) => response,
+                Poll::Pending => {
+                    return match respond.poll_reset(cx) {
+                        Poll::Ready(reason) => {
+                            debug!("request dropped: its stream was reset ({reason:?})");
+                            this.phase = Phase::Done;
+                            Poll::Ready(())
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
+            };
+            let (parts, body) = response.into_parts();
+            let end = body.is_end_stream();
+            this.phase = match respond.send_response(Response::from_parts(parts, ()), end) {
+                Ok(send) if !end => Phase::Sending(Sending {
+                    send,
+                    body,
+                    data: Bytes::new(),
+                    stalled: None,
+                }),
+                Ok(_) => Phase::Done,
+                Err(e) => {
+                    debug!("response not sent: {e}");
+                    Phase::Done
+                }
+            };
+        }
+        let Phase::Sending(sending) = &mut this.phase else {
+            return Poll::Ready(());
+        };
+        match sending.pump(cx, &this.resets, this.stall) {
+            Poll::Ready(()) => {
+                this.phase = Phase::Done;
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// A request body read from `h2`, its window given back as it is read.
@@ -267,82 +325,89 @@ impl Body for RequestBody {
     }
 }
 
-/// Sends `body` on `send`, never more than the client's window allows; resets the stream when
-/// the client grants no window for `stall` while data waits. Ends when the client resets it.
-async fn pump(
-    mut send: SendStream<Bytes>,
-    mut body: ResponseBody,
-    resets: &IntCounter,
-    stall: Duration,
-) {
-    loop {
-        // The body first: a stream with data to send learns of a reset from `send_data`.
-        let next = poll_fn(|cx| {
-            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
-                return Poll::Ready(Some(frame));
+impl Sending {
+    /// Sends the body, never more than the client's window allows; resets the stream when the
+    /// client grants no window for `stall` while data waits. Ready when the stream is over: the
+    /// body ended, or the client reset the stream.
+    fn pump(&mut self, cx: &mut Context<'_>, resets: &IntCounter, stall: Duration) -> Poll<()> {
+        loop {
+            if self.data.is_empty() {
+                // The body first: a stream with data to send learns of a reset from `send_data`.
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.data = data;
+                        }
+                        continue;
+                    }
+                    Poll::Ready(_) => {
+                        // The body ended: END_STREAM needs no window, and nothing is buffered
+                        // before it.
+                        let _ = self.send.send_data(Bytes::new(), true);
+                        return Poll::Ready(());
+                    }
+                    Poll::Pending => {
+                        return self.send.poll_reset(cx).map(|reason| {
+                            debug!("stream reset by the client: {reason:?}");
+                        });
+                    }
+                }
             }
-            send.poll_reset(cx).map(|reason| {
-                debug!("stream reset by the client: {reason:?}");
-                None
-            })
-        })
-        .await;
-        let Some(next) = next else { return };
-        let Some(Ok(frame)) = next else {
-            // The body ended: END_STREAM needs no window, and nothing is buffered before it.
-            let _ = send.send_data(Bytes::new(), true);
-            return;
-        };
-        let Ok(mut data) = frame.into_data() else {
-            continue;
-        };
-        while !data.is_empty() {
             // Reserving capacity wakes whatever waits on the stream: first swap the waker that
             // `poll_reset` left for one that does nothing, or the stream would wake itself and
             // its connection would write after every stream or two instead of once per batch.
-            if send
+            if self
+                .send
                 .poll_reset(&mut Context::from_waker(Waker::noop()))
                 .is_ready()
             {
-                return;
+                return Poll::Ready(());
             }
-            send.reserve_capacity(data.len());
+            self.send.reserve_capacity(self.data.len());
             // Capacity already assigned is used at once (poll_capacity only reports changes).
-            let ready = send.capacity();
+            let ready = self.send.capacity();
             if ready > 0 {
-                let part = data.split_to(ready.min(data.len()));
-                if send.send_data(part, false).is_err() {
-                    return;
+                if !self.send_part(ready) {
+                    return Poll::Ready(());
                 }
                 continue;
             }
-            let granted = tokio::select! {
-                granted = poll_fn(|cx| {
-                    if send.poll_reset(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
-                    send.poll_capacity(cx).map(Some)
-                }) => granted,
-                // Boxed: a stream keeps no timer while it is not waiting for window.
-                _ = Box::pin(tokio::time::sleep(stall)) => {
-                    resets.inc();
-                    debug!("stream reset: its client granted no window for {stall:?}");
-                    send.send_reset(Reason::CANCEL);
-                    return;
-                }
-            };
-            // None: the client reset the stream (or it closed).
-            let Some(granted) = granted else { return };
-            match granted {
-                Some(Ok(0)) => {}
-                Some(Ok(n)) => {
-                    let part = data.split_to(n.min(data.len()));
-                    if send.send_data(part, false).is_err() {
-                        return;
-                    }
-                }
-                Some(Err(_)) | None => return,
+            if self.send.poll_reset(cx).is_ready() {
+                return Poll::Ready(());
             }
+            match self.send.poll_capacity(cx) {
+                Poll::Ready(Some(Ok(granted))) => {
+                    if !self.send_part(granted) {
+                        return Poll::Ready(());
+                    }
+                    continue;
+                }
+                // The stream was reset or closed.
+                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+            // A stream keeps no timer while it is not waiting for window.
+            let timer = self
+                .stalled
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+            if timer.as_mut().poll(cx).is_ready() {
+                resets.inc();
+                debug!("stream reset: its client granted no window for {stall:?}");
+                self.send.send_reset(Reason::CANCEL);
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
         }
+    }
+
+    /// Hands up to `window` bytes of the waiting data to `h2` (the client granted them, so a
+    /// stall timer starts again). False when the stream is gone.
+    fn send_part(&mut self, window: usize) -> bool {
+        self.stalled = None;
+        if window == 0 {
+            return true;
+        }
+        let part = self.data.split_to(window.min(self.data.len()));
+        self.send.send_data(part, false).is_ok()
     }
 }
