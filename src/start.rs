@@ -2,13 +2,97 @@
 //! query parameter (polyfills, first connections), else `from=` (`latest`, the default;
 //! `earliest`; an RFC 3339 time; or epoch milliseconds). Everything is checked here, before any
 //! Kafka work, so a bad request costs nothing but its `400`.
+//!
+//! A [`Start`] becomes one [`PartitionStart`] per partition ([`per_partition`]); the hub
+//! resolves those to offsets where it knows them: [`PartitionStart::Live`] against the live
+//! positions when the stream opens, [`LogStart::Earliest`] against the log start when a
+//! catch-up reader starts.
 
 use http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
 
-use crate::hub::Start;
-use crate::position::{self, TokenError};
+use crate::position::{self, Position, TokenError};
+
+/// Where a new stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Records produced from now on.
+    Live,
+    /// Every record still in Kafka.
+    Earliest,
+    /// Records with a timestamp at or after this many milliseconds since the epoch (never
+    /// negative: Kafka reads negative times as special offsets).
+    Timestamp(i64),
+    /// Right after a resume token's position.
+    Token(Position),
+    /// The latest value of every key, then `event: live`, then live records.
+    Snapshot,
+}
+
+/// Where one partition of a new stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionStart {
+    /// At the partition's live position when the stream opens (the partitions a key stream
+    /// whose ids name only its key's partition does not read).
+    Live,
+    /// At the earliest offset still in the log.
+    Earliest,
+    /// At this offset.
+    Offset(i64),
+}
+
+/// Where one partition of a stream starts in the log, once the live position is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStart {
+    /// At the earliest offset still in the log (known once a catch-up reader asks Kafka).
+    Earliest,
+    /// At this offset.
+    Offset(i64),
+}
+
+impl PartitionStart {
+    /// This start in the log of a partition whose live position is `live`.
+    pub fn in_log(self, live: i64) -> LogStart {
+        match self {
+            PartitionStart::Live => LogStart::Offset(live),
+            PartitionStart::Earliest => LogStart::Earliest,
+            PartitionStart::Offset(offset) => LogStart::Offset(offset),
+        }
+    }
+}
+
+impl LogStart {
+    /// The offset, when it is known without asking Kafka.
+    pub fn offset(self) -> Option<i64> {
+        match self {
+            LogStart::Earliest => None,
+            LogStart::Offset(offset) => Some(offset),
+        }
+    }
+}
+
+/// The start of each of `partitions` partitions for a stream that names `named(p)` for
+/// partition `p`. With `scope` (the key's partition, for a key stream whose ids name only it)
+/// only that partition starts where named, or live where nothing is named, and every other one
+/// starts live; without, a partition where nothing is named starts at its earliest offset.
+pub fn per_partition(
+    partitions: usize,
+    scope: Option<usize>,
+    named: impl Fn(usize) -> Option<PartitionStart>,
+) -> Vec<PartitionStart> {
+    let unnamed = if scope.is_some() {
+        PartitionStart::Live
+    } else {
+        PartitionStart::Earliest
+    };
+    (0..partitions)
+        .map(|p| match scope {
+            Some(s) if s != p => PartitionStart::Live,
+            _ => named(p).unwrap_or(unnamed),
+        })
+        .collect()
+}
 
 /// Why the start of a stream cannot be understood (HTTP 400).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -223,6 +307,31 @@ mod tests {
             from_request(&HeaderMap::new(), Some("from=latest"), "t", Start::Snapshot).unwrap(),
             Start::Live
         );
+    }
+
+    #[test]
+    fn partitions_start_where_named_else_earliest_or_live() {
+        use PartitionStart::{Earliest, Live, Offset};
+        let named = |p: usize| (p == 1).then_some(Offset(7));
+        assert_eq!(
+            per_partition(3, None, named),
+            vec![Earliest, Offset(7), Earliest]
+        );
+        assert_eq!(
+            per_partition(3, Some(1), named),
+            vec![Live, Offset(7), Live]
+        );
+        assert_eq!(per_partition(3, Some(0), named), vec![Live, Live, Live]);
+        assert_eq!(per_partition(0, None, named), vec![]);
+    }
+
+    #[test]
+    fn live_resolves_to_the_live_position_and_earliest_waits_for_kafka() {
+        assert_eq!(PartitionStart::Live.in_log(9), LogStart::Offset(9));
+        assert_eq!(PartitionStart::Offset(3).in_log(9), LogStart::Offset(3));
+        assert_eq!(PartitionStart::Earliest.in_log(9), LogStart::Earliest);
+        assert_eq!(LogStart::Earliest.offset(), None);
+        assert_eq!(LogStart::Offset(0).offset(), Some(0));
     }
 
     #[test]

@@ -26,10 +26,11 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::queue::{self, TrySendError};
-use super::{id_for, HandOver, Hub, TopicHub, EARLIEST};
+use super::{id_for, HandOver, Hub, TopicHub};
 use crate::position;
 use crate::source::Context;
 use crate::sse::{self, Gap};
+use crate::start::LogStart;
 
 /// How long a reader waits for a stream's client to make room before ending the stream.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
@@ -101,8 +102,8 @@ pub(super) struct Job {
     pub(super) topic: Arc<TopicHub>,
     pub(super) id: u64,
     pub(super) key: Option<Vec<u8>>,
-    /// Dense start position; [`EARLIEST`] where the partition starts at its log start.
-    pub(super) from: Vec<i64>,
+    /// Where each partition starts (a partition added since starts at its log start).
+    pub(super) from: Vec<LogStart>,
     pub(super) tx: queue::Sender,
     /// Latest value per key, then `event: live`, instead of every record.
     pub(super) snapshot: bool,
@@ -262,20 +263,23 @@ impl Hub {
     /// Resolves a stream's start against the log start (`earliest`), announcing any gap.
     fn start_position(&self, job: &Job, earliest: &[i64]) -> Option<Vec<i64>> {
         let topic = &job.topic;
-        let mut at = job.from.clone();
-        at.resize(earliest.len(), EARLIEST);
+        let mut from = job.from.clone();
+        from.resize(earliest.len(), LogStart::Earliest);
         let mut gaps = Vec::new();
-        for (p, (pos, first)) in at.iter_mut().zip(earliest).enumerate() {
-            if *pos == EARLIEST {
-                *pos = *first;
-            } else if *pos < *first {
-                gaps.push(Gap {
-                    partition: p as i32,
-                    from: *pos,
-                    to: *first,
-                });
-                *pos = *first;
-            }
+        let mut at = Vec::with_capacity(from.len());
+        for (p, (start, &first)) in from.into_iter().zip(earliest).enumerate() {
+            at.push(match start {
+                LogStart::Earliest => first,
+                LogStart::Offset(offset) if offset < first => {
+                    gaps.push(Gap {
+                        partition: p as i32,
+                        from: offset,
+                        to: first,
+                    });
+                    first
+                }
+                LogStart::Offset(offset) => offset,
+            });
         }
         if !gaps.is_empty() {
             let skipped: i64 = gaps.iter().map(|g| g.to - g.from).sum();

@@ -39,32 +39,11 @@ use crate::partitioner::KeyPartitioner;
 use crate::position::{self, Position};
 use crate::source::{Source, SourceError};
 use crate::sse;
+use crate::start::{self, LogStart, PartitionStart, Start};
 use replay::{Entry, Ring};
 
 /// At most one slow-stream cut-off summary per topic this often.
 const CUTOFF_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Placeholder in a start vector: the partition starts at its earliest available offset.
-pub const EARLIEST: i64 = -1;
-/// Placeholder in a start vector: the partition starts at the live position (a key stream's
-/// partitions other than its key's).
-const LIVE: i64 = -2;
-
-/// Where a new stream starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Start {
-    /// Records produced from now on.
-    Live,
-    /// Every record still in Kafka.
-    Earliest,
-    /// Records with a timestamp at or after this many milliseconds since the epoch (never
-    /// negative: Kafka reads negative times as special offsets).
-    Timestamp(i64),
-    /// Right after a resume token's position.
-    Token(Position),
-    /// The latest value of every key, then `event: live`, then live records.
-    Snapshot,
-}
 
 /// Why a stream could not be opened.
 #[derive(Debug, Error)]
@@ -313,6 +292,32 @@ impl TopicHub {
     }
 }
 
+/// The partition whose offset alone a key stream's ids carry, or `None` for full ids: a
+/// stream of key `key` on a topic of `partitions` partitions whose partitioner promise
+/// (`promise`, while it holds) places the key there. A resumed stream stays short only when
+/// resumed from a short id of its key's own partition; a full id, another partition's, or one
+/// marked "every partition" is read with full-id meaning (partitions it does not name start at
+/// their earliest offset).
+fn key_scope(
+    promise: Option<KeyPartitioner>,
+    partitions: usize,
+    key: Option<&[u8]>,
+    start: &Start,
+) -> Option<usize> {
+    let p = match (key, promise) {
+        (Some(k), Some(promise)) if !k.is_empty() => promise.partition(k, partitions),
+        _ => return None,
+    };
+    match start {
+        Start::Token(token)
+            if token.every || token.entries.len() != 1 || token.offset(p as i32).is_none() =>
+        {
+            None
+        }
+        _ => Some(p),
+    }
+}
+
 /// The id a stream carries for `position`: the whole vector, or only the scoped partition.
 fn id_for(fingerprint: u32, scope: Option<usize>, position: &[i64]) -> String {
     match scope {
@@ -422,55 +427,15 @@ impl Hub {
                 let state = hub.lock();
                 (state.positions.len(), state.key_scoping)
             };
-            // A key stream's ids name only its key's partition when a partitioner is promised.
-            let mut scope = match (key.as_deref(), hub.promise) {
-                (Some(k), Some(promise)) if scoping && !k.is_empty() => {
-                    Some(promise.partition(k, partitions))
-                }
-                _ => None,
-            };
-            if let (Some(p), Start::Token(token)) = (scope, &start) {
-                // Only a short id of the key's own partition resumes as a short-id stream; a
-                // full id, another partition's, or one marked "every partition" is read with
-                // full-id meaning (partitions it does not name start at their earliest offset).
-                let short =
-                    !token.every && token.entries.len() == 1 && token.offset(p as i32).is_some();
-                if !short {
-                    scope = None;
-                }
-            }
-            // Partitions a scoped stream does not care about start live.
-            let other = if scope.is_some() { LIVE } else { EARLIEST };
-            let spread = |at: Option<i64>, p: usize| match scope {
-                Some(s) if s != p => LIVE,
-                _ => at.unwrap_or(other),
-            };
-            let from = match &start {
-                Start::Live => None,
-                Start::Earliest | Start::Snapshot => {
-                    Some((0..partitions).map(|p| spread(Some(EARLIEST), p)).collect())
-                }
-                Start::Token(position) => Some(
-                    (0..partitions)
-                        .map(|p| spread(position.offset(p as i32), p))
-                        .collect(),
-                ),
-                Start::Timestamp(ms) => {
-                    let (source, name, ms) = (self.source.clone(), hub.name.clone(), *ms);
-                    let offsets = tokio::task::spawn_blocking(move || {
-                        source.offsets_at(&name, ms, partitions)
-                    })
-                    .await
-                    .map_err(|e| {
-                        SubscribeError::Unavailable(format!("offset lookup failed: {e}"))
-                    })??;
-                    Some(
-                        (0..partitions)
-                            .map(|p| spread(Some(offsets[p]), p))
-                            .collect(),
-                    )
-                }
-            };
+            let scope = key_scope(
+                hub.promise.filter(|_| scoping),
+                partitions,
+                key.as_deref(),
+                &start,
+            );
+            let from = self
+                .partition_starts(&hub, &start, partitions, scope)
+                .await?;
             let (tx, rx) = queue::channel(self.config.queue);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let opened = {
@@ -524,6 +489,39 @@ impl Hub {
                 _registration: registration,
             });
         }
+    }
+
+    /// Where each partition of a stream from `start` starts; `None` for a live stream. A
+    /// start at a time asks Kafka for the offsets of that time.
+    async fn partition_starts(
+        &self,
+        hub: &TopicHub,
+        start: &Start,
+        partitions: usize,
+        scope: Option<usize>,
+    ) -> Result<Option<Vec<PartitionStart>>, SubscribeError> {
+        let from = match start {
+            Start::Live => return Ok(None),
+            Start::Earliest | Start::Snapshot => {
+                start::per_partition(partitions, scope, |_| Some(PartitionStart::Earliest))
+            }
+            Start::Token(position) => start::per_partition(partitions, scope, |p| {
+                position.offset(p as i32).map(PartitionStart::Offset)
+            }),
+            Start::Timestamp(ms) => {
+                let (source, name, ms) = (self.source.clone(), hub.name.clone(), *ms);
+                let offsets =
+                    tokio::task::spawn_blocking(move || source.offsets_at(&name, ms, partitions))
+                        .await
+                        .map_err(|e| {
+                            SubscribeError::Unavailable(format!("offset lookup failed: {e}"))
+                        })??;
+                start::per_partition(partitions, scope, |p| {
+                    Some(PartitionStart::Offset(offsets[p]))
+                })
+            }
+        };
+        Ok(Some(from))
     }
 
     /// The topic's entry in the registry, attached to the consumer.
@@ -634,7 +632,7 @@ impl Hub {
         hub: &TopicHub,
         state: &mut TopicState,
         spec: Spec<'_>,
-        from: Option<Vec<i64>>,
+        from: Option<Vec<PartitionStart>>,
         tx: queue::Sender,
     ) -> Opened {
         let Spec {
@@ -645,7 +643,7 @@ impl Hub {
         } = spec;
         state.streams += 1;
         state.idle_since = None;
-        let Some(mut from) = from else {
+        let Some(from) = from else {
             state.register(
                 id,
                 key,
@@ -657,13 +655,19 @@ impl Hub {
             );
             return Opened::Ready(id_for(hub.fingerprint, scope, &state.positions));
         };
-        for (start, live) in from.iter_mut().zip(&state.positions) {
-            if *start == LIVE {
-                *start = *live;
-            }
-        }
-        let covered = state.ring.as_ref().is_some_and(|ring| ring.covers(&from));
-        if snapshot || !covered {
+        let from: Vec<LogStart> = from
+            .iter()
+            .zip(&state.positions)
+            .map(|(start, &live)| start.in_log(live))
+            .collect();
+        // A resume is served from memory when every partition's start is known and in the ring.
+        let ring = state.ring.as_ref();
+        let in_memory = from
+            .iter()
+            .map(|start| start.offset())
+            .collect::<Option<Vec<i64>>>()
+            .filter(|at| !snapshot && ring.is_some_and(|ring| ring.covers(at)));
+        let Some(at) = in_memory else {
             state.pending.insert(id);
             let source = if snapshot { "snapshot" } else { "kafka" };
             self.metrics.resumes.with_label_values(&[source]).inc();
@@ -673,16 +677,16 @@ impl Hub {
                 snapshot,
                 scope,
             };
-        }
+        };
         self.metrics.resumes.with_label_values(&["memory"]).inc();
-        let start_id = id_for(hub.fingerprint, scope, &from);
+        let start_id = id_for(hub.fingerprint, scope, &at);
         let mut batch = BytesMut::new();
         let floor = replay(
             hub.fingerprint,
             state.ring.as_ref(),
             key,
             scope,
-            from,
+            at,
             &mut batch,
         );
         if !batch.is_empty() {
@@ -1004,7 +1008,7 @@ struct Spec<'a> {
 enum Opened {
     Ready(String),
     CatchUp {
-        from: Vec<i64>,
+        from: Vec<LogStart>,
         tx: queue::Sender,
         snapshot: bool,
         scope: Option<usize>,
@@ -1020,6 +1024,27 @@ enum HandOver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_scope_is_the_promised_partition_unless_resumed_from_a_full_id() {
+        let promise = Some(KeyPartitioner::Crc32);
+        let p = KeyPartitioner::Crc32.partition(b"k", 4);
+        let key = Some(&b"k"[..]);
+        assert_eq!(key_scope(promise, 4, key, &Start::Live), Some(p));
+        assert_eq!(key_scope(promise, 4, key, &Start::Earliest), Some(p));
+        assert_eq!(key_scope(None, 4, key, &Start::Live), None);
+        assert_eq!(key_scope(promise, 4, None, &Start::Live), None);
+        assert_eq!(key_scope(promise, 4, Some(b""), &Start::Live), None);
+        let token = |entries: Vec<(i32, i64)>, every| Start::Token(Position { entries, every });
+        let short = token(vec![(p as i32, 5)], false);
+        assert_eq!(key_scope(promise, 4, key, &short), Some(p));
+        let every = token(vec![(p as i32, 5)], true);
+        assert_eq!(key_scope(promise, 4, key, &every), None);
+        let other = token(vec![((p as i32 + 1) % 4, 5)], false);
+        assert_eq!(key_scope(promise, 4, key, &other), None);
+        let full = token((0..4).map(|q| (q, 5)).collect(), false);
+        assert_eq!(key_scope(promise, 4, key, &full), None);
+    }
 
     #[test]
     fn floor_skips_below_and_raises_ids_until_covered() {
