@@ -13,10 +13,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use prometheus::IntGauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -63,31 +64,25 @@ impl Readers {
     /// Stops handing out readers: waiting catch-ups end their streams.
     pub(super) fn close(&self) {
         self.permits.close();
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.waiting.lock().clear();
     }
 
     fn take(&self) -> Option<BaseConsumer<Context>> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        self.idle.lock().pop()
     }
 
     fn give_back(&self, consumer: BaseConsumer<Context>) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(consumer);
+        self.idle.lock().push(consumer);
     }
 
     fn wait(&self, job: Job) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = self.waiting.lock();
         waiting.entry(job.topic.name.clone()).or_default().push(job);
     }
 
     /// Every resume of `topic` still waiting (none if another reader took them).
     fn take_waiting(&self, topic: &str) -> Vec<Job> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waiting = self.waiting.lock();
         waiting
             .remove(topic)
             .unwrap_or_default()

@@ -25,11 +25,12 @@ pub mod replay;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
+use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
 use thiserror::Error;
 use tracing::{debug, warn};
@@ -284,11 +285,7 @@ impl TopicState {
 
 impl TopicHub {
     fn lock(&self) -> MutexGuard<'_, TopicState> {
-        // A panic while holding this lock cannot leave the state half-updated in a way that
-        // matters more than losing the gateway, so recover the guard rather than propagate.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock()
     }
 }
 
@@ -768,11 +765,7 @@ impl Hub {
     }
 
     fn new_topic(&self, topic: &str) -> TopicHub {
-        let broken = self
-            .broken_promises
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic);
+        let broken = self.broken_promises.lock().contains(topic);
         let promise = self.config.key_partitioner.filter(|_| !broken);
         // Per-topic series show at zero from the topic's first stream.
         for family in [&self.metrics.gaps, &self.metrics.gap_offsets_skipped] {
@@ -845,10 +838,7 @@ impl Hub {
         hub.mismatches.inc();
         let promise = hub.promise.map_or("", KeyPartitioner::name);
         warn!(topic = %hub.name, partition, seen_by, promise, "a record's key is not on the partition KSG_KEY_PARTITIONER promises: this topic's key streams read every partition and carry full ids from now on (short-id streams end and resume with nothing lost)");
-        self.broken_promises
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(hub.name.clone());
+        self.broken_promises.lock().insert(hub.name.clone());
         state.end_short_streams(hub.fingerprint);
     }
 
