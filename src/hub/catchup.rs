@@ -26,8 +26,11 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use super::floor::id_for;
 use super::queue::{self, TrySendError};
-use super::{id_for, HandOver, Hub, TopicHub};
+use super::subscribe::HandOver;
+use super::topic::Topic;
+use super::Hub;
 use crate::position;
 use crate::source::Context;
 use crate::sse::{self, Gap};
@@ -94,7 +97,7 @@ impl Readers {
 
 /// One stream's catch-up.
 pub(super) struct Job {
-    pub(super) topic: Arc<TopicHub>,
+    pub(super) topic: Arc<Topic>,
     pub(super) id: u64,
     pub(super) key: Option<Vec<u8>>,
     /// Where each partition starts (a partition added since starts at its log start).
@@ -502,7 +505,7 @@ impl Hub {
     fn follow_growth(
         &self,
         consumer: &BaseConsumer<Context>,
-        topic: &TopicHub,
+        topic: &Topic,
         read_at: &mut Vec<i64>,
         at_end: &mut Vec<bool>,
         members: &mut [Member],
@@ -534,7 +537,7 @@ impl Hub {
     /// broke, or partitions were added and short ids ended anyway).
     fn check_promise(
         &self,
-        topic: &TopicHub,
+        topic: &Topic,
         message: &BorrowedMessage<'_>,
         p: usize,
         partitions: usize,
@@ -543,7 +546,7 @@ impl Hub {
         let Some(key) = message.key() else {
             return true;
         };
-        if !Hub::off_promise(topic, key, p, partitions) {
+        if !topic.off_promise(key, p, partitions) {
             return !topic.broken.load(Ordering::Relaxed);
         }
         let mut state = topic.lock();
@@ -557,7 +560,7 @@ impl Hub {
     fn snapshot_record(
         &self,
         latest: &mut Latest,
-        topic: &TopicHub,
+        topic: &Topic,
         partition: usize,
         message: &BorrowedMessage<'_>,
     ) {
@@ -581,7 +584,7 @@ impl Hub {
 }
 
 /// Queues what `batch` holds; false (and counted as a cut-off) when the stream cannot take it.
-fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &TopicHub) -> bool {
+fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &Topic) -> bool {
     if batch.is_empty() || send(tx, batch.split().freeze()) {
         return true;
     }
