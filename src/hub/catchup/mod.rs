@@ -10,15 +10,20 @@
 //! In snapshot mode the reader keeps only the latest record of each key (a tombstone removes the
 //! key) and sends the lot, without ids, at the hand-over, followed by `event: live` whose id is
 //! the position; a map larger than its budget is sent early, so memory stays bounded.
+//!
+//! Layout: this module, the reader pool and the reading loop; `member`, one stream's part in
+//! a reading (its start, its batches, its hand-over); `snapshot`, the latest value per key.
+
+mod member;
+mod snapshot;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
-use prometheus::IntGauge;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -27,26 +32,19 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::floor::id_for;
-use super::queue::{self, TrySendError};
-use super::subscribe::HandOver;
+use super::queue;
 use super::topic::Topic;
 use super::Hub;
-use crate::position;
 use crate::source::Context;
-use crate::sse::{self, Gap};
 use crate::start::LogStart;
+use member::Member;
+use snapshot::Latest;
 
-/// How long a reader waits for a stream's client to make room before ending the stream.
-const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Records read between two hand-over checks (each check takes the topic lock).
 const CHECK_EVERY: usize = 256;
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// How long a partial batch waits for more records before it is queued.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
-/// Catch-up events are queued in chunks of about this many bytes.
-const BATCH_BYTES: usize = 16 * 1024;
-/// Bookkeeping per snapshot entry counted against the snapshot budget.
-const SNAPSHOT_ENTRY_OVERHEAD: usize = 64;
 
 /// The reader pool, and the resumes waiting for a reader, by topic.
 pub(super) struct Readers {
@@ -109,95 +107,6 @@ pub(super) struct Job {
     pub(super) scope: Option<usize>,
 }
 
-/// The latest record of each key, for a snapshot. Within a partition the later offset wins; a
-/// key found on several partitions keeps the record with the latest timestamp.
-#[derive(Default)]
-struct Latest {
-    /// Key → (partition, offset, timestamp ms, event).
-    entries: HashMap<Vec<u8>, (usize, i64, i64, Bytes)>,
-    bytes: usize,
-    sent: usize,
-    /// Gauges of what all snapshots in progress hold (entries, bytes).
-    held: Option<(IntGauge, IntGauge)>,
-}
-
-impl Latest {
-    fn new(held: (IntGauge, IntGauge)) -> Latest {
-        Latest {
-            entries: HashMap::new(),
-            bytes: 0,
-            sent: 0,
-            held: Some(held),
-        }
-    }
-
-    /// Reports the change since `before` (entries, bytes) to the gauges.
-    fn report(&self, before: (usize, usize)) {
-        if let Some((entries, bytes)) = &self.held {
-            entries.add(self.entries.len() as i64 - before.0 as i64);
-            bytes.add(self.bytes as i64 - before.1 as i64);
-        }
-    }
-}
-
-impl Drop for Latest {
-    fn drop(&mut self) {
-        if let Some((entries, bytes)) = &self.held {
-            entries.sub(self.entries.len() as i64);
-            bytes.sub(self.bytes as i64);
-        }
-    }
-}
-
-impl Latest {
-    /// Keeps `event` as the latest of `key`; `None` (a tombstone) forgets the key. A record
-    /// older (by timestamp) than the one held from another partition is ignored.
-    fn record(&mut self, partition: usize, offset: i64, ts: i64, key: &[u8], event: Option<Bytes>) {
-        if let Some((p, _, held_ts, _)) = self.entries.get(key) {
-            if *p != partition && ts < *held_ts {
-                return;
-            }
-        }
-        let before = (self.entries.len(), self.bytes);
-        let removed = match event {
-            Some(event) => {
-                self.bytes += event.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
-                self.entries
-                    .insert(key.to_vec(), (partition, offset, ts, event))
-            }
-            None => self.entries.remove(key),
-        };
-        if let Some((_, _, _, old)) = removed {
-            self.bytes -= old.len() + key.len() + SNAPSHOT_ENTRY_OVERHEAD;
-        }
-        self.report(before);
-    }
-
-    /// Every held event, in partition then offset order, as one chunk; empties the map.
-    fn drain(&mut self) -> BytesMut {
-        let before = (self.entries.len(), self.bytes);
-        let mut all: Vec<(usize, i64, i64, Bytes)> = self.entries.drain().map(|(_, v)| v).collect();
-        all.sort_unstable_by_key(|(p, o, _, _)| (*p, *o));
-        let mut out = BytesMut::with_capacity(self.bytes);
-        for (_, _, _, event) in &all {
-            out.extend_from_slice(event);
-        }
-        self.sent += all.len();
-        self.bytes = 0;
-        self.report(before);
-        out
-    }
-}
-
-/// One stream being caught up by a (possibly shared) reader.
-struct Member {
-    job: Job,
-    /// The stream's own position: what its client has, or will have once `batch` is sent.
-    at: Vec<i64>,
-    batch: BytesMut,
-    latest: Option<Latest>,
-}
-
 impl Hub {
     /// Runs a catch-up: waits for a reader, reads, hands over to live. Resumes of one topic
     /// that wait at the same time share one reader; a snapshot has a reader to itself.
@@ -256,43 +165,6 @@ impl Hub {
             self.metrics.catchup_readers.dec();
         }
         result
-    }
-
-    /// Resolves a stream's start against the log start (`earliest`), announcing any gap.
-    fn start_position(&self, job: &Job, earliest: &[i64]) -> Option<Vec<i64>> {
-        let topic = &job.topic;
-        let mut from = job.from.clone();
-        from.resize(earliest.len(), LogStart::Earliest);
-        let mut gaps = Vec::new();
-        let mut at = Vec::with_capacity(from.len());
-        for (p, (start, &first)) in from.into_iter().zip(earliest).enumerate() {
-            at.push(match start {
-                LogStart::Earliest => first,
-                LogStart::Offset(offset) if offset < first => {
-                    gaps.push(Gap {
-                        partition: p as i32,
-                        from: offset,
-                        to: first,
-                    });
-                    first
-                }
-                LogStart::Offset(offset) => offset,
-            });
-        }
-        if !gaps.is_empty() {
-            let skipped: i64 = gaps.iter().map(|g| g.to - g.from).sum();
-            self.metrics.gaps.with_label_values(&[&topic.name]).inc();
-            self.metrics
-                .gap_offsets_skipped
-                .with_label_values(&[&topic.name])
-                .inc_by(skipped as u64);
-            warn!(topic = %topic.name, skipped, "resume position is older than the log start: sending a gap event");
-            let event = sse::gap_event(&id_for(topic.fingerprint, job.scope, &at), &gaps);
-            if !send(&job.tx, event) {
-                return None;
-            }
-        }
-        Some(at)
     }
 
     fn read_with(
@@ -446,61 +318,6 @@ impl Hub {
         Ok(())
     }
 
-    /// Sends what a member has read when due, and hands it over to live when it has caught up.
-    /// False: the member is done (live now, gone, or cut off).
-    /// `near_live`: the reader has reached the end of every partition at least once, so what
-    /// lies between it and live is recent.
-    fn advance(&self, m: &mut Member, check: bool, waited: bool, near_live: bool) -> bool {
-        let topic = &*m.job.topic;
-        if (check || waited || m.batch.len() >= BATCH_BYTES)
-            && !flush(&m.job.tx, &mut m.batch, topic)
-        {
-            return false;
-        }
-        if let Some(p) = m.job.scope.filter(|_| topic.broken.load(Ordering::Acquire)) {
-            // The promise broke: what was read so far goes out, then an id that tells any
-            // replica to read every partition; the stream ends and its client resumes with it.
-            let every = position::encode_every(topic.fingerprint, &[(p as i32, m.at[p])]);
-            if flush(&m.job.tx, &mut m.batch, topic) {
-                send(&m.job.tx, sse::id_only(&every));
-            }
-            return false;
-        }
-        if let Some(l) = m
-            .latest
-            .as_mut()
-            .filter(|l| l.bytes > self.config.snapshot_bytes)
-        {
-            // Over budget: send what the snapshot holds now; later values follow as records.
-            debug!(topic = %topic.name, "snapshot over KSG_SNAPSHOT_BYTES, sending it early");
-            if !send(&m.job.tx, l.drain().freeze()) {
-                return false;
-            }
-        }
-        if !check {
-            return true;
-        }
-        // A snapshot's last chunk needs a free slot; wait for it no longer than for any send.
-        if m.latest.is_some() && !room(&m.job.tx) {
-            topic.cutoffs.inc();
-            return false;
-        }
-        let (at, scope) = (&m.at, m.job.scope);
-        let handed = match m.latest.as_mut() {
-            // A resume may take the rest from the ring at once; a snapshot only once the reader
-            // is near live, or its clients would get the ring's whole history as updates.
-            None => self.hand_over(&m.job, at, true, || None),
-            Some(l) => self.hand_over(&m.job, at, near_live, || {
-                let mut prefix = l.drain();
-                let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
-                let id = id_for(topic.fingerprint, scope, at);
-                prefix.extend_from_slice(&sse::event(Some(sse::EVENT_LIVE), &id, &marker));
-                Some(prefix.freeze())
-            }),
-        };
-        matches!(handed, HandOver::NotYet)
-    }
-
     /// Partitions added to the topic since this reader started are read from their log start.
     fn follow_growth(
         &self,
@@ -555,72 +372,6 @@ impl Hub {
         }
         false
     }
-
-    /// Records without a key have no latest value to keep: a snapshot leaves them out.
-    fn snapshot_record(
-        &self,
-        latest: &mut Latest,
-        topic: &Topic,
-        partition: usize,
-        message: &BorrowedMessage<'_>,
-    ) {
-        let Some(key) = message.key() else {
-            topic.keyless.inc();
-            return;
-        };
-        let event = message.payload().map(|value| {
-            self.encode(
-                topic,
-                "",
-                partition,
-                message.offset(),
-                Some(key),
-                Some(value),
-            )
-        });
-        let ts = message.timestamp().to_millis().unwrap_or(0);
-        latest.record(partition, message.offset(), ts, key, event);
-    }
-}
-
-/// Queues what `batch` holds; false (and counted as a cut-off) when the stream cannot take it.
-fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &Topic) -> bool {
-    if batch.is_empty() || send(tx, batch.split().freeze()) {
-        return true;
-    }
-    topic.cutoffs.inc();
-    false
-}
-
-/// Waits up to [`STALL_LIMIT`] for a free slot in the stream's queue. False: gone or stalled.
-fn room(tx: &queue::Sender) -> bool {
-    let deadline = Instant::now() + STALL_LIMIT;
-    while tx.capacity() == 0 {
-        if tx.is_closed() || Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    !tx.is_closed()
-}
-
-/// Queues `event` for the stream, waiting up to [`STALL_LIMIT`] for room. False: the stream is
-/// gone or its client stopped reading (the stream ends; the client resumes from its last id).
-fn send(tx: &queue::Sender, mut event: Bytes) -> bool {
-    let deadline = Instant::now() + STALL_LIMIT;
-    loop {
-        match tx.try_send(event) {
-            Ok(()) => return true,
-            Err(TrySendError::Closed(_)) => return false,
-            Err(TrySendError::Full(back)) => {
-                if Instant::now() >= deadline {
-                    return false;
-                }
-                event = back;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
 }
 
 fn into_kafka(e: crate::source::SourceError) -> KafkaError {
@@ -629,43 +380,5 @@ fn into_kafka(e: crate::source::SourceError) -> KafkaError {
         crate::source::SourceError::UnknownTopic(_) => {
             KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn latest_keeps_one_value_per_key_and_drops_deleted_keys() {
-        let mut l = Latest::default();
-        let e = |v: &[u8]| Some(sse::record_event("", None, Some(v)));
-        l.record(0, 1, 0, b"a", e(b"a1"));
-        l.record(1, 1, 0, b"b", e(b"b1"));
-        l.record(0, 2, 0, b"a", e(b"a2"));
-        l.record(1, 2, 0, b"c", e(b"c1"));
-        l.record(1, 3, 0, b"c", None);
-        let text = String::from_utf8(l.drain().to_vec()).unwrap();
-        assert_eq!(text, "data: a2\n\ndata: b1\n\n");
-        assert_eq!((l.bytes, l.sent, l.entries.len()), (0, 2, 0));
-    }
-
-    #[test]
-    fn a_key_on_several_partitions_keeps_its_latest_by_timestamp() {
-        let mut l = Latest::default();
-        let e = |v: &[u8]| Some(sse::record_event("", None, Some(v)));
-        l.record(0, 5, 200, b"k", e(b"new"));
-        l.record(1, 9, 100, b"k", e(b"older, other partition"));
-        l.record(1, 10, 150, b"k", None);
-        assert_eq!(
-            String::from_utf8(l.drain().to_vec()).unwrap(),
-            "data: new\n\n"
-        );
-        l.record(2, 1, 300, b"k", e(b"a"));
-        l.record(2, 2, 100, b"k", e(b"same partition, later offset"));
-        assert_eq!(
-            String::from_utf8(l.drain().to_vec()).unwrap(),
-            "data: same partition, later offset\n\n"
-        );
     }
 }
