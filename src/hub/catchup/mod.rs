@@ -24,10 +24,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -35,7 +31,7 @@ use super::floor::id_for;
 use super::queue;
 use super::topic::Topic;
 use super::Hub;
-use crate::source::Context;
+use crate::source::{Polled, ReadError, Reader, Record};
 use crate::start::LogStart;
 use member::Member;
 use snapshot::Latest;
@@ -49,7 +45,7 @@ const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// The reader pool, and the resumes waiting for a reader, by topic.
 pub(super) struct Readers {
     permits: Semaphore,
-    idle: Mutex<Vec<BaseConsumer<Context>>>,
+    idle: Mutex<Vec<Reader>>,
     waiting: Mutex<HashMap<String, Vec<Job>>>,
 }
 
@@ -68,11 +64,11 @@ impl Readers {
         self.waiting.lock().clear();
     }
 
-    fn take(&self) -> Option<BaseConsumer<Context>> {
+    fn take(&self) -> Option<Reader> {
         self.idle.lock().pop()
     }
 
-    fn give_back(&self, consumer: BaseConsumer<Context>) {
+    fn give_back(&self, consumer: Reader) {
         self.idle.lock().push(consumer);
     }
 
@@ -148,7 +144,7 @@ impl Hub {
         }
     }
 
-    fn read_until_live(&self, jobs: Vec<Job>) -> Result<(), KafkaError> {
+    fn read_until_live(&self, jobs: Vec<Job>) -> Result<(), ReadError> {
         let consumer = match self.readers.take() {
             Some(c) => c,
             None => {
@@ -167,17 +163,10 @@ impl Hub {
         result
     }
 
-    fn read_with(
-        &self,
-        consumer: &BaseConsumer<Context>,
-        jobs: Vec<Job>,
-    ) -> Result<(), KafkaError> {
+    fn read_with(&self, consumer: &Reader, jobs: Vec<Job>) -> Result<(), ReadError> {
         let topic = jobs[0].topic.clone();
         let count = jobs.iter().map(|j| j.from.len()).max().unwrap_or(0);
-        let earliest = self
-            .source
-            .start_offsets(&topic.name, count)
-            .map_err(into_kafka)?;
+        let earliest = self.source.start_offsets(&topic.name, count)?;
         let mut members: Vec<Member> = jobs
             .into_iter()
             .filter_map(|job| {
@@ -200,11 +189,7 @@ impl Hub {
         for (p, slot) in read_at.iter_mut().enumerate() {
             *slot = members.iter().map(|m| m.at[p]).min().unwrap_or(*slot);
         }
-        let mut assignment = TopicPartitionList::new();
-        for (p, &offset) in read_at.iter().enumerate() {
-            assignment.add_partition_offset(&topic.name, p as i32, Offset::Offset(offset))?;
-        }
-        consumer.assign(&assignment)?;
+        consumer.assign(&topic.name, &read_at)?;
         let mut at_end = vec![false; read_at.len()];
         // Partitions whose end the reader has reached at least once.
         let mut reached_end = vec![false; read_at.len()];
@@ -242,7 +227,7 @@ impl Hub {
             match consumer.poll(wait) {
                 // Nothing more right now: partial batches go out.
                 None => waited = true,
-                Some(Ok(message)) => {
+                Some(Polled::Record(message)) => {
                     let Some(p) = usize::try_from(message.partition())
                         .ok()
                         .filter(|p| *p < read_at.len())
@@ -286,7 +271,7 @@ impl Hub {
                         }
                     }
                 }
-                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                Some(Polled::End(partition)) => {
                     let Some(p) = usize::try_from(partition)
                         .ok()
                         .filter(|p| *p < read_at.len())
@@ -297,19 +282,16 @@ impl Hub {
                     reached_end[p] = true;
                     eof_since_check = true;
                     // The fetch position also steps over transaction markers, which no record shows.
-                    let position = consumer.position().ok().and_then(|list| {
-                        list.find_partition(&topic.name, partition)
-                            .map(|e| e.offset())
-                    });
+                    let position = consumer.position(&topic.name, partition);
                     debug!(topic = %topic.name, partition, ?position, read_at = read_at[p], "catch-up reader at a partition end");
-                    if let Some(Offset::Offset(next)) = position {
+                    if let Some(next) = position.as_ref().and_then(|fetch| fetch.offset()) {
                         read_at[p] = read_at[p].max(next);
                         for m in &mut members {
                             m.at[p] = m.at[p].max(next);
                         }
                     }
                 }
-                Some(Err(e)) => {
+                Some(Polled::Failed(e)) => {
                     debug!(topic = %topic.name, "catch-up read error: {e}");
                     members.retain(|m| !m.job.tx.is_closed());
                 }
@@ -321,25 +303,18 @@ impl Hub {
     /// Partitions added to the topic since this reader started are read from their log start.
     fn follow_growth(
         &self,
-        consumer: &BaseConsumer<Context>,
+        consumer: &Reader,
         topic: &Topic,
         read_at: &mut Vec<i64>,
         at_end: &mut Vec<bool>,
         members: &mut [Member],
-    ) -> Result<(), KafkaError> {
+    ) -> Result<(), ReadError> {
         let count = topic.lock().positions.len();
         if count <= read_at.len() {
             return Ok(());
         }
-        let starts = self
-            .source
-            .start_offsets(&topic.name, count)
-            .map_err(into_kafka)?;
-        let mut added = TopicPartitionList::new();
-        for (p, &offset) in starts.iter().enumerate().skip(read_at.len()) {
-            added.add_partition_offset(&topic.name, p as i32, Offset::Offset(offset))?;
-        }
-        consumer.incremental_assign(&added)?;
+        let starts = self.source.start_offsets(&topic.name, count)?;
+        consumer.add(&topic.name, read_at.len(), &starts[read_at.len()..])?;
         read_at.extend_from_slice(&starts[read_at.len()..]);
         at_end.resize(count, false);
         for m in members {
@@ -355,7 +330,7 @@ impl Hub {
     fn check_promise(
         &self,
         topic: &Topic,
-        message: &BorrowedMessage<'_>,
+        message: &Record<'_>,
         p: usize,
         partitions: usize,
         seen_by: &str,
@@ -371,14 +346,5 @@ impl Hub {
             self.promise_broken(topic, &mut state, p, seen_by);
         }
         false
-    }
-}
-
-fn into_kafka(e: crate::source::SourceError) -> KafkaError {
-    match e {
-        crate::source::SourceError::Unavailable(e) => e,
-        crate::source::SourceError::UnknownTopic(_) => {
-            KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
-        }
     }
 }

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use bytes::{Bytes, BytesMut};
 use prometheus::IntGauge;
-use rdkafka::message::{BorrowedMessage, Message};
 
 use crate::hub::topic::Topic;
 use crate::hub::Hub;
+use crate::source::Record;
 
 /// Bookkeeping per snapshot entry counted against the snapshot budget.
 const SNAPSHOT_ENTRY_OVERHEAD: usize = 64;
@@ -102,7 +102,7 @@ impl Hub {
         latest: &mut Latest,
         topic: &Topic,
         partition: usize,
-        message: &BorrowedMessage<'_>,
+        message: &Record<'_>,
     ) {
         let Some(key) = message.key() else {
             topic.keyless.inc();
@@ -118,7 +118,7 @@ impl Hub {
                 Some(value),
             )
         });
-        let ts = message.timestamp().to_millis().unwrap_or(0);
+        let ts = message.timestamp_ms().unwrap_or(0);
         latest.record(partition, message.offset(), ts, key, event);
     }
 }
