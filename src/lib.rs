@@ -17,7 +17,7 @@
 //! - [`start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
 //! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
 //! - [`stream`]: one SSE response body with heartbeats.
-//! - [`source`]: the one Kafka consumer and its poll thread.
+//! - [`source`]: the one Kafka consumer and its poll thread, and the catch-up readers.
 //! - [`embedded`]: the in-process mock Kafka cluster.
 //! - [`demo`]: demo ticker and starter page.
 //! - [`metrics`]: the Prometheus registry.

@@ -2,13 +2,101 @@
 //! query parameter (polyfills, first connections), else `from=` (`latest`, the default;
 //! `earliest`; an RFC 3339 time; or epoch milliseconds). Everything is checked here, before any
 //! Kafka work, so a bad request costs nothing but its `400`.
+//!
+//! A [`Start`] becomes one [`PartitionStart`] per partition ([`per_partition`]); the hub
+//! resolves those to offsets where it knows them: [`PartitionStart::Live`] against the live
+//! positions when the stream opens, [`LogStart::Earliest`] against the log start when a
+//! catch-up reader starts.
+
+use std::borrow::Cow;
 
 use http::HeaderMap;
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
-use crate::hub::Start;
-use crate::position::{self, TokenError};
+use crate::position::{self, Position, TokenError};
+
+/// Where a new stream starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// Records produced from now on.
+    Live,
+    /// Every record still in Kafka.
+    Earliest,
+    /// Records with a timestamp at or after this many milliseconds since the epoch (never
+    /// negative: Kafka reads negative times as special offsets).
+    Timestamp(i64),
+    /// Right after a resume token's position.
+    Token(Position),
+    /// The latest value of every key, then `event: live`, then live records.
+    Snapshot,
+}
+
+/// Where one partition of a new stream starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionStart {
+    /// At the partition's live position when the stream opens (the partitions a key stream
+    /// whose ids name only its key's partition does not read).
+    Live,
+    /// At the earliest offset still in the log.
+    Earliest,
+    /// At this offset.
+    Offset(i64),
+}
+
+/// Where one partition of a stream starts in the log, once the live position is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStart {
+    /// At the earliest offset still in the log (known once a catch-up reader asks Kafka).
+    Earliest,
+    /// At this offset.
+    Offset(i64),
+}
+
+impl PartitionStart {
+    /// This start in the log of a partition whose live position is `live`.
+    pub fn in_log(self, live: i64) -> LogStart {
+        match self {
+            PartitionStart::Live => LogStart::Offset(live),
+            PartitionStart::Earliest => LogStart::Earliest,
+            PartitionStart::Offset(offset) => LogStart::Offset(offset),
+        }
+    }
+}
+
+impl LogStart {
+    /// The offset, when it is known without asking Kafka.
+    pub fn offset(self) -> Option<i64> {
+        match self {
+            LogStart::Earliest => None,
+            LogStart::Offset(offset) => Some(offset),
+        }
+    }
+}
+
+/// The start of each of `partitions` partitions for a stream that names `named(p)` for
+/// partition `p`. With `scope` (the key's partition, for a key stream whose ids name only it)
+/// only that partition starts where named, or live where nothing is named, and every other one
+/// starts live; without, a partition where nothing is named starts at its earliest offset.
+pub fn per_partition(
+    partitions: usize,
+    scope: Option<usize>,
+    named: impl Fn(usize) -> Option<PartitionStart>,
+) -> Vec<PartitionStart> {
+    let unnamed = if scope.is_some() {
+        PartitionStart::Live
+    } else {
+        PartitionStart::Earliest
+    };
+    (0..partitions)
+        .map(|p| match scope {
+            Some(s) if s != p => PartitionStart::Live,
+            _ => named(p).unwrap_or(unnamed),
+        })
+        .collect()
+}
 
 /// Why the start of a stream cannot be understood (HTTP 400).
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -71,82 +159,22 @@ pub fn from_request(
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into milliseconds since the epoch.
+///
+/// The date and time are separated by `T`, `t` or a space, and a leap second (`:60`) reads as
+/// the second before it, at any time of day, its fraction kept: the `time` crate alone takes
+/// any byte as the separator, and a leap second only at a month's end, as its last nanosecond.
 pub fn rfc3339_ms(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(range)?;
-        part.iter()
-            .all(u8::is_ascii_digit)
-            .then(|| part.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
+    if !matches!(s.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
         return None;
     }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let days_in_month = match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        1..=12 => 31,
-        _ => return None,
+    let leap = s.get(17..19) == Some("60");
+    let text = if leap {
+        Cow::Owned(format!("{}59{}", &s[..17], &s[19..]))
+    } else {
+        Cow::Borrowed(s)
     };
-    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(fraction) = rest.strip_prefix('.') {
-        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
-        millis = padded.parse::<i64>().ok()?;
-        rest = &fraction[digits..];
-    }
-    let offset_minutes = match rest.as_bytes() {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let digits = [*h1, *h2, *m1, *m2];
-            if !digits.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let (h, m) = (
-                i64::from(h1 - b'0') * 10 + i64::from(h2 - b'0'),
-                i64::from(m1 - b'0') * 10 + i64::from(m2 - b'0'),
-            );
-            if h > 23 || m > 59 {
-                return None;
-            }
-            if *sign == b'+' {
-                h * 60 + m
-            } else {
-                -(h * 60 + m)
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second.min(59) - offset_minutes * 60;
-    Some(seconds * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let time = OffsetDateTime::parse(&text, &Rfc3339).ok()?;
+    Some(time.unix_timestamp() * 1000 + i64::from(time.millisecond()))
 }
 
 #[cfg(test)]
@@ -226,6 +254,31 @@ mod tests {
     }
 
     #[test]
+    fn partitions_start_where_named_else_earliest_or_live() {
+        use PartitionStart::{Earliest, Live, Offset};
+        let named = |p: usize| (p == 1).then_some(Offset(7));
+        assert_eq!(
+            per_partition(3, None, named),
+            vec![Earliest, Offset(7), Earliest]
+        );
+        assert_eq!(
+            per_partition(3, Some(1), named),
+            vec![Live, Offset(7), Live]
+        );
+        assert_eq!(per_partition(3, Some(0), named), vec![Live, Live, Live]);
+        assert_eq!(per_partition(0, None, named), vec![]);
+    }
+
+    #[test]
+    fn live_resolves_to_the_live_position_and_earliest_waits_for_kafka() {
+        assert_eq!(PartitionStart::Live.in_log(9), LogStart::Offset(9));
+        assert_eq!(PartitionStart::Offset(3).in_log(9), LogStart::Offset(3));
+        assert_eq!(PartitionStart::Earliest.in_log(9), LogStart::Earliest);
+        assert_eq!(LogStart::Earliest.offset(), None);
+        assert_eq!(LogStart::Offset(0).offset(), Some(0));
+    }
+
+    #[test]
     fn rfc3339_edges() {
         assert_eq!(rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(
@@ -241,6 +294,49 @@ mod tests {
             "2023-01-01T00:00:00+1:00",
             "2023-01-01T00:00:00.Z",
             "20230101T000000Z",
+        ] {
+            assert_eq!(rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn rfc3339_leap_seconds_separators_and_long_fractions() {
+        // A leap second reads as the second before it, at any time of day, fraction kept.
+        assert_eq!(
+            rfc3339_ms("2023-01-01T12:30:60.5Z"),
+            Some(1_672_576_259_500)
+        );
+        assert_eq!(rfc3339_ms("2016-12-31T23:59:60Z"), Some(1_483_228_799_000));
+        assert_eq!(
+            rfc3339_ms("2016-12-31 23:59:60.999+01:00"),
+            Some(1_483_225_199_999)
+        );
+        // Milliseconds are the fraction's first three digits, however many follow; before
+        // 1970 too (the milliseconds before the epoch are counted down from the second).
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00.1239999999999Z"), Some(123));
+        assert_eq!(rfc3339_ms("1969-12-31T23:59:59.9995Z"), Some(-1));
+        assert_eq!(
+            rfc3339_ms("0000-03-01T00:00:00Z"),
+            Some(-62_162_035_200_000)
+        );
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00+23:59"), Some(-86_340_000));
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00-23:59"), Some(86_340_000));
+        for bad in [
+            "2023-01-01x00:00:00Z",
+            "2023-01-01_00:00:00Z",
+            "2023-01-01\u{e9}00:00:00Z",
+            "2023-01-01T00:00:61Z",
+            "2023-01-01T00:60:00Z",
+            "2023-01-01T00:00:00+24:00",
+            "2023-01-01T00:00:00+05:60",
+            "2023-01-01T00:00:00+0530",
+            "2023-01-01T00:00:00Z ",
+            "2023-01-01T00:00:00+05:30x",
+            "2023-00-01T00:00:00Z",
+            "2023-01-00T00:00:00Z",
+            "-2023-01-01T00:00:00Z",
+            "+2023-01-01T00:00:00Z",
+            "2023-1-01T00:00:00Z",
         ] {
             assert_eq!(rfc3339_ms(bad), None, "{bad}");
         }

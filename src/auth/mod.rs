@@ -14,12 +14,13 @@ pub mod keys;
 pub mod pattern;
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::Validation;
+use parking_lot::RwLock;
 use serde::Deserialize;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -261,7 +262,7 @@ impl Authorizer {
     }
 
     fn current_keys(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.keys.read().clone()
     }
 
     /// The settings this authorizer was made with.
@@ -382,7 +383,7 @@ impl Authorizer {
             match KeySet::parse(&now) {
                 Ok(keys) => {
                     info!(path = %path.display(), keys = keys.len(), skipped = keys.skipped, "JWT keys reloaded");
-                    *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+                    *self.keys.write() = Arc::new(keys);
                     metrics.auth_key_reloads.with_label_values(&["ok"]).inc();
                 }
                 Err(e) => {

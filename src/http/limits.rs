@@ -3,9 +3,10 @@
 //! `Retry-After`; both are counted in `ksg_streams_refused_total`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 /// How long a client refused for the total stream limit is asked to wait.
@@ -34,7 +35,7 @@ impl OpenRate {
         if self.rate == 0.0 {
             return Ok(());
         }
-        let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bucket = self.bucket.lock();
         let now = Instant::now();
         let (tokens, last) = *bucket;
         let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.rate).min(self.burst);

@@ -75,7 +75,7 @@ pub struct Server {
 #[derive(Clone)]
 struct PerIp {
     limit: Option<usize>,
-    held: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    held: Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
 }
 
 /// One connection counted for its address until dropped.
@@ -106,7 +106,7 @@ impl PerIp {
             return Some(None);
         };
         let ip = client_of(ip);
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.held.lock();
         let n = held.entry(ip).or_insert(0);
         if *n >= limit {
             return None;
@@ -121,7 +121,7 @@ impl PerIp {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut held = self.per_ip.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.per_ip.held.lock();
         if let Some(n) = held.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {

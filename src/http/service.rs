@@ -15,9 +15,10 @@ use crate::auth::{Authorizer, Failure};
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
 use crate::http::limits::{retry_after_secs, OpenRate, StreamSlots, FULL_RETRY_AFTER};
-use crate::hub::{Hub, Start, SubscribeError};
+use crate::hub::{Hub, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
+use crate::start::Start;
 use crate::stream::clock::StreamClock;
 use crate::stream::{SseStream, StreamMetrics, StreamSettings};
 

@@ -8,14 +8,15 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use super::replay::Ring;
-use super::{Hub, SubscribeError, TopicHub};
+use super::topic::Topic;
+use super::{Hub, SubscribeError};
 use crate::source::SourceError;
 use crate::sse;
 
 impl Hub {
     /// Reads the topic's partitions and end offsets and adds them to the consumer. Called with
     /// the assignment lock held.
-    pub(super) async fn attach(&self, hub: &Arc<TopicHub>) -> Result<(), SubscribeError> {
+    pub(super) async fn attach(&self, hub: &Arc<Topic>) -> Result<(), SubscribeError> {
         let source = self.source.clone();
         let topic = hub.clone();
         let replay_bytes = self.config.replay_bytes;
@@ -45,7 +46,7 @@ impl Hub {
     /// Picks up partitions added to attached topics and ends the streams of deleted topics.
     /// Called periodically.
     pub async fn refresh_topics(&self) {
-        let attached: Vec<Arc<TopicHub>> = self
+        let attached: Vec<Arc<Topic>> = self
             .topics
             .iter()
             .filter(|e| e.value().attached.get().is_some())
@@ -65,7 +66,7 @@ impl Hub {
 
     /// Sets `ksg_consumer_lag{topic}`: the records between the partitions' high watermarks and
     /// the gateway's position (one ListOffsets request).
-    async fn measure_lag(&self, hub: &Arc<TopicHub>, count: usize) {
+    async fn measure_lag(&self, hub: &Arc<Topic>, count: usize) {
         let (source, name) = (self.source.clone(), hub.name.clone());
         let Ok(Ok(ends)) =
             tokio::task::spawn_blocking(move || source.end_offsets(&name, count)).await
@@ -87,7 +88,7 @@ impl Hub {
 
     /// Adds partitions up to `count`: positions, ring and floors first, then the assignment,
     /// so no record of a new partition arrives before the hub knows the partition.
-    async fn grow(&self, hub: &Arc<TopicHub>, count: usize) {
+    async fn grow(&self, hub: &Arc<Topic>, count: usize) {
         let _assignment = self.assignment.lock().await;
         let (source, topic) = (self.source.clone(), hub.clone());
         let grown = tokio::task::spawn_blocking(move || -> Result<usize, SourceError> {
@@ -133,7 +134,7 @@ impl Hub {
 
     /// The topic is gone from Kafka: every stream gets `event: end` and ends; the topic is
     /// released, so new requests get `404` and a recreated topic is attached afresh.
-    async fn topic_deleted(&self, hub: &Arc<TopicHub>) {
+    async fn topic_deleted(&self, hub: &Arc<Topic>) {
         let _assignment = self.assignment.lock().await;
         let (partitions, ring_bytes) = {
             let mut guard = hub.lock();
@@ -164,8 +165,7 @@ impl Hub {
 
     /// Releases topics that have had no stream for `idle`. Called periodically.
     pub async fn release_idle(&self, idle: Duration) {
-        let candidates: Vec<Arc<TopicHub>> =
-            self.topics.iter().map(|e| e.value().clone()).collect();
+        let candidates: Vec<Arc<Topic>> = self.topics.iter().map(|e| e.value().clone()).collect();
         for hub in candidates {
             if hub.attached.get().is_none() {
                 continue;

@@ -1,6 +1,9 @@
 //! The Kafka source: ONE rdkafka consumer per gateway, partitions assigned explicitly, no group
 //! commits. A dedicated thread polls it and hands every record to the hub; the blocking
-//! metadata, offset and assignment calls run on tokio's blocking pool.
+//! metadata, offset and assignment calls run on tokio's blocking pool. The hub's catch-ups read
+//! with [`Reader`]s of their own (`reader`).
+
+mod reader;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +20,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+pub use reader::{FetchPosition, Polled, ReadError, Reader, Record};
 
 /// How long one blocking Kafka request may take before the caller gets `503`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -119,15 +123,16 @@ impl Source {
 
     /// A new catch-up reader: the same settings, end-of-partition events on, a smaller
     /// prefetch queue, and out-of-range positions reset to the earliest offset.
-    pub fn reader(&self) -> Result<BaseConsumer<Context>, KafkaError> {
+    pub fn reader(&self) -> Result<Reader, KafkaError> {
         let mut config = self.config.clone();
         config
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("queued.max.messages.kbytes", "4096");
-        config.create_with_context(Context {
+        let consumer = config.create_with_context(Context {
             metrics: self.metrics.clone(),
-        })
+        })?;
+        Ok(Reader::new(consumer))
     }
 
     /// True when the cluster answers a metadata request (blocking).
@@ -207,11 +212,8 @@ impl Source {
     /// Adds partitions `first..first + next.len()` of `topic` to the assignment at the given
     /// offsets.
     pub fn assign(&self, topic: &str, first: usize, next: &[i64]) -> Result<(), SourceError> {
-        let mut list = TopicPartitionList::new();
-        for (p, &offset) in (first..).zip(next) {
-            list.add_partition_offset(topic, p as i32, Offset::Offset(offset))?;
-        }
-        self.consumer.incremental_assign(&list)?;
+        self.consumer
+            .incremental_assign(&partition_list(topic, first, next)?)?;
         self.metrics.partitions_assigned.add(next.len() as i64);
         Ok(())
     }
@@ -268,6 +270,19 @@ impl Source {
             }
         }
     }
+}
+
+/// Partitions `first..first + offsets.len()` of `topic`, at `offsets`.
+fn partition_list(
+    topic: &str,
+    first: usize,
+    offsets: &[i64],
+) -> Result<TopicPartitionList, KafkaError> {
+    let mut list = TopicPartitionList::new();
+    for (p, &offset) in (first..).zip(offsets) {
+        list.add_partition_offset(topic, p as i32, Offset::Offset(offset))?;
+    }
+    Ok(list)
 }
 
 /// Fails when Kafka left a partition without an offset.

@@ -1,0 +1,499 @@
+//! Opening a stream: the topic's entry (attached on its first stream), where each partition
+//! starts, which partition a key stream's ids name, and the registration: live, replayed from
+//! the ring, or pending a catch-up from Kafka that [`Hub::hand_over`] later moves to live.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::floor::{covers, id_for, replay};
+use super::topic::{Sub, Topic, TopicState};
+use super::{catchup, queue, Hub, SubscribeError};
+use crate::partitioner::KeyPartitioner;
+use crate::position::Position;
+use crate::start::{self, LogStart, PartitionStart, Start};
+
+/// An open subscription: the stream's queue and its start position. Dropping it unregisters.
+pub struct Subscription {
+    /// Encoded events, in order.
+    pub events: queue::Receiver,
+    /// The id the preamble carries: the start position, or `None` for a stream catching up
+    /// from Kafka (its first event brings an id; until then the client's own id stands).
+    pub start_id: Option<String>,
+    /// The topic, for metric labels.
+    pub topic: String,
+    _registration: Registration,
+}
+
+/// A stream's place in its topic: dropping it unregisters the stream.
+struct Registration {
+    topic: Arc<Topic>,
+    id: u64,
+    key: Option<Vec<u8>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.topic.lock();
+        let removed = state.pending.remove(&self.id)
+            || match &self.key {
+                None => state.all.remove(&self.id).is_some(),
+                Some(key) => match state.by_key.get_mut(key) {
+                    Some(set) => {
+                        let removed = set.remove(&self.id).is_some();
+                        if set.is_empty() {
+                            state.by_key.remove(key);
+                        }
+                        removed
+                    }
+                    None => false,
+                },
+            };
+        if removed {
+            state.stream_gone();
+        }
+    }
+}
+
+/// What a new stream asks for.
+struct Spec<'a> {
+    id: u64,
+    key: Option<&'a [u8]>,
+    scope: Option<usize>,
+    snapshot: bool,
+}
+
+/// What [`Hub::open`] made of a new stream: ready (live or replayed from the ring), or a
+/// catch-up from Kafka to start.
+enum Opened {
+    Ready(String),
+    CatchUp {
+        from: Vec<LogStart>,
+        tx: queue::Sender,
+        snapshot: bool,
+        scope: Option<usize>,
+    },
+}
+
+/// How a catch-up's hand-over to live went.
+pub(super) enum HandOver {
+    Done,
+    NotYet,
+    Gone,
+}
+
+/// The partition whose offset alone a key stream's ids carry, or `None` for full ids: a
+/// stream of key `key` on a topic of `partitions` partitions whose partitioner promise
+/// (`promise`, while it holds) places the key there. A resumed stream stays short only when
+/// resumed from a short id of its key's own partition; a full id, another partition's, or one
+/// marked "every partition" is read with full-id meaning (partitions it does not name start at
+/// their earliest offset).
+fn key_scope(
+    promise: Option<KeyPartitioner>,
+    partitions: usize,
+    key: Option<&[u8]>,
+    start: &Start,
+) -> Option<usize> {
+    let p = match (key, promise) {
+        (Some(k), Some(promise)) if !k.is_empty() => promise.partition(k, partitions),
+        _ => return None,
+    };
+    match start {
+        Start::Token(token)
+            if token.every || token.entries.len() != 1 || token.offset(p as i32).is_none() =>
+        {
+            None
+        }
+        _ => Some(p),
+    }
+}
+
+impl Hub {
+    /// Opens a stream of `topic` from `start`, optionally only records with key `key`.
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        key: Option<Vec<u8>>,
+        start: Start,
+    ) -> Result<Subscription, SubscribeError> {
+        loop {
+            if self.closed.load(Ordering::Acquire) {
+                return Err(SubscribeError::ShuttingDown);
+            }
+            let hub = self.attached(topic).await?;
+            if let Start::Token(token) = &start {
+                self.check_not_ahead(&hub, token).await?;
+            }
+            let (partitions, scoping) = {
+                let state = hub.lock();
+                (state.positions.len(), state.key_scoping)
+            };
+            let scope = key_scope(
+                hub.promise.filter(|_| scoping),
+                partitions,
+                key.as_deref(),
+                &start,
+            );
+            let from = self
+                .partition_starts(&hub, &start, partitions, scope)
+                .await?;
+            let (tx, rx) = queue::channel(self.config.queue);
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let opened = {
+                let mut state = hub.lock();
+                // A released entry raced with an idle release: the registry gets a new one.
+                let snapshot = start == Start::Snapshot;
+                let scope = scope.filter(|_| state.key_scoping);
+                let spec = Spec {
+                    id,
+                    key: key.as_deref(),
+                    scope,
+                    snapshot,
+                };
+                (!state.released).then(|| self.open(&hub, &mut state, spec, from, tx))
+            };
+            let Some(opened) = opened else {
+                tokio::task::yield_now().await;
+                continue;
+            };
+            let registration = Registration {
+                topic: hub.clone(),
+                id,
+                key,
+            };
+            let start_id = match opened {
+                Opened::Ready(start_id) => Some(start_id),
+                Opened::CatchUp {
+                    from,
+                    tx,
+                    snapshot,
+                    scope,
+                } => {
+                    let key = registration.key.clone();
+                    let job = catchup::Job {
+                        topic: hub.clone(),
+                        id,
+                        key,
+                        from,
+                        tx,
+                        snapshot,
+                        scope,
+                    };
+                    tokio::spawn(self.clone().catch_up(job));
+                    None
+                }
+            };
+            return Ok(Subscription {
+                events: rx,
+                start_id,
+                topic: hub.name.clone(),
+                _registration: registration,
+            });
+        }
+    }
+
+    /// Where each partition of a stream from `start` starts; `None` for a live stream. A
+    /// start at a time asks Kafka for the offsets of that time.
+    async fn partition_starts(
+        &self,
+        hub: &Topic,
+        start: &Start,
+        partitions: usize,
+        scope: Option<usize>,
+    ) -> Result<Option<Vec<PartitionStart>>, SubscribeError> {
+        let from = match start {
+            Start::Live => return Ok(None),
+            Start::Earliest | Start::Snapshot => {
+                start::per_partition(partitions, scope, |_| Some(PartitionStart::Earliest))
+            }
+            Start::Token(position) => start::per_partition(partitions, scope, |p| {
+                position.offset(p as i32).map(PartitionStart::Offset)
+            }),
+            Start::Timestamp(ms) => {
+                let (source, name, ms) = (self.source.clone(), hub.name.clone(), *ms);
+                let offsets =
+                    tokio::task::spawn_blocking(move || source.offsets_at(&name, ms, partitions))
+                        .await
+                        .map_err(|e| {
+                            SubscribeError::Unavailable(format!("offset lookup failed: {e}"))
+                        })??;
+                start::per_partition(partitions, scope, |p| {
+                    Some(PartitionStart::Offset(offsets[p]))
+                })
+            }
+        };
+        Ok(Some(from))
+    }
+
+    /// The topic's entry in the registry, attached to the consumer.
+    ///
+    /// A topic not yet in the registry gets its entry, and is attached, only under the
+    /// assignment lock, and the request waits for its turn at the lock itself: a request that
+    /// is gone (its client reset the stream or closed the connection) leaves nothing behind,
+    /// neither an entry nor an attach queued for it. The attach runs in a task of its own,
+    /// holding the lock, so it completes, or fails and removes the entry with its per-topic
+    /// series, even when the request that started it is gone. So every entry outside the lock
+    /// is attached.
+    async fn attached(self: &Arc<Self>, topic: &str) -> Result<Arc<Topic>, SubscribeError> {
+        let registered = self.topics.get(topic).map(|entry| entry.value().clone());
+        if let Some(hub) = registered.filter(|hub| hub.attached.initialized()) {
+            return Ok(hub);
+        }
+        let assignment = self.assignment.clone().lock_owned().await;
+        let hub = self
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| Arc::new(self.new_topic(topic)))
+            .clone();
+        if hub.attached.initialized() {
+            return Ok(hub);
+        }
+        let (this, topic) = (self.clone(), hub.clone());
+        let attach = tokio::spawn(async move {
+            let attached = this.attach(&topic).await;
+            match &attached {
+                Ok(()) => {
+                    let _ = topic.attached.set(());
+                }
+                Err(_) => this.forget(&topic),
+            }
+            drop(assignment);
+            attached
+        });
+        attach
+            .await
+            .map_err(|e| SubscribeError::Unavailable(format!("attach task failed: {e}")))??;
+        Ok(hub)
+    }
+
+    /// Removes an entry that failed to attach from the registry, with its per-topic series: its
+    /// name came from a request, and names that do not exist must not grow the registry or the
+    /// metrics. Called with the assignment lock held.
+    fn forget(&self, hub: &Arc<Topic>) {
+        if let dashmap::mapref::entry::Entry::Occupied(entry) = self.topics.entry(hub.name.clone())
+        {
+            if Arc::ptr_eq(entry.get(), hub) {
+                // Under the entry's lock: a request for the same name waits, then registers a
+                // new entry and new series.
+                self.metrics.remove_topic(&hub.name);
+                entry.remove();
+            }
+        }
+    }
+
+    /// Refuses a resume id ahead of the log: a partition the topic does not have, or an offset
+    /// past a partition's end. Only ids ahead of what this replica has dispatched ask Kafka
+    /// (another replica may be ahead of this one, but never ahead of the log).
+    async fn check_not_ahead(&self, hub: &Topic, token: &Position) -> Result<(), SubscribeError> {
+        let beyond = {
+            let state = hub.lock();
+            let live = &state.positions;
+            token
+                .entries
+                .iter()
+                .any(|&(p, o)| live.get(p as usize).is_none_or(|&next| o > next))
+        };
+        if !beyond {
+            return Ok(());
+        }
+        let (source, name) = (self.source.clone(), hub.name.clone());
+        let ends = tokio::task::spawn_blocking(move || {
+            let count = source.partition_count(&name)?;
+            source.end_offsets(&name, count)
+        })
+        .await
+        .map_err(|e| SubscribeError::Unavailable(format!("offset lookup failed: {e}")))??;
+        for &(p, offset) in &token.entries {
+            match ends.get(p as usize) {
+                None => {
+                    return Err(SubscribeError::AheadOfLog(format!(
+                        "resume id names partition {p}, but the topic has {} partitions",
+                        ends.len()
+                    )))
+                }
+                Some(&end) if offset > end => {
+                    return Err(SubscribeError::AheadOfLog(format!(
+                        "resume id is ahead of the log: partition {p} ends at offset {end}, the id says {offset} (an id from another cluster, or from a topic recreated under the same name?)"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
+    /// catch-up from Kafka.
+    fn open(
+        &self,
+        hub: &Topic,
+        state: &mut TopicState,
+        spec: Spec<'_>,
+        from: Option<Vec<PartitionStart>>,
+        tx: queue::Sender,
+    ) -> Opened {
+        let Spec {
+            id,
+            key,
+            scope,
+            snapshot,
+        } = spec;
+        state.streams += 1;
+        state.idle_since = None;
+        let Some(from) = from else {
+            state.register(
+                id,
+                key,
+                Sub {
+                    tx,
+                    floor: None,
+                    scope,
+                },
+            );
+            return Opened::Ready(id_for(hub.fingerprint, scope, &state.positions));
+        };
+        let from: Vec<LogStart> = from
+            .iter()
+            .zip(&state.positions)
+            .map(|(start, &live)| start.in_log(live))
+            .collect();
+        // A resume is served from memory when every partition's start is known and in the ring.
+        let ring = state.ring.as_ref();
+        let in_memory = from
+            .iter()
+            .map(|start| start.offset())
+            .collect::<Option<Vec<i64>>>()
+            .filter(|at| !snapshot && ring.is_some_and(|ring| ring.covers(at)));
+        let Some(at) = in_memory else {
+            state.pending.insert(id);
+            let source = if snapshot { "snapshot" } else { "kafka" };
+            self.metrics.resumes.with_label_values(&[source]).inc();
+            return Opened::CatchUp {
+                from,
+                tx,
+                snapshot,
+                scope,
+            };
+        };
+        self.metrics.resumes.with_label_values(&["memory"]).inc();
+        let start_id = id_for(hub.fingerprint, scope, &at);
+        let mut batch = BytesMut::new();
+        let floor = replay(
+            hub.fingerprint,
+            state.ring.as_ref(),
+            key,
+            scope,
+            at,
+            &mut batch,
+        );
+        if !batch.is_empty() {
+            // The queue is new and empty: one slot takes the whole replay.
+            let _ = tx.try_send(batch.freeze());
+        }
+        state.register(id, key, Sub { tx, floor, scope });
+        Opened::Ready(start_id)
+    }
+
+    /// Moves a pending stream to live if `position` is at or after the live position; `prefix`
+    /// (made under the lock, so nothing live can come before it) is queued first.
+    pub(super) fn hand_over(
+        &self,
+        job: &catchup::Job,
+        position: &[i64],
+        ring_ok: bool,
+        prefix: impl FnOnce() -> Option<Bytes>,
+    ) -> HandOver {
+        let (id, tx) = (job.id, &job.tx);
+        let mut state = job.topic.lock();
+        if !state.pending.contains(&id) {
+            return HandOver::Gone;
+        }
+        // Caught up with live, or close enough that the replay ring holds the rest: the reader
+        // need not catch a moving end on every partition at the same instant.
+        let from_ring = !covers(position, &state.positions);
+        if from_ring && !(ring_ok && state.ring.as_ref().is_some_and(|r| r.covers(position))) {
+            return HandOver::NotYet;
+        }
+        // A broken promise ends short-id streams (the reader sent the "every partition" id).
+        if job.scope.is_some() && job.topic.broken.load(Ordering::Acquire) {
+            return HandOver::Gone;
+        }
+        // Scoping may have ended while this stream caught up (partitions added).
+        let scope = job.scope.filter(|_| state.key_scoping);
+        let mut replayed = BytesMut::new();
+        let floor = if from_ring {
+            let ring = state.ring.as_ref();
+            let key = job.key.as_deref();
+            replay(
+                job.topic.fingerprint,
+                ring,
+                key,
+                scope,
+                position.to_vec(),
+                &mut replayed,
+            )
+        } else {
+            Some(position.to_vec())
+        };
+        // The replay needs a slot in the stream's queue: try again at the next check.
+        if !replayed.is_empty() && tx.capacity() == 0 {
+            return HandOver::NotYet;
+        }
+        let mut batch = BytesMut::new();
+        if let Some(prefix) = prefix() {
+            batch.extend_from_slice(&prefix);
+        }
+        batch.extend_from_slice(&replayed);
+        // The caller made room for one chunk; if the client took it back, the stream ends here
+        // (cut off like any stream that falls behind) rather than hold the reader.
+        if !batch.is_empty() && tx.try_send(batch.freeze()).is_err() {
+            return HandOver::Gone;
+        }
+        state.pending.remove(&id);
+        let via = if from_ring { "ring" } else { "live" };
+        self.metrics
+            .catchup_handovers
+            .with_label_values(&[via])
+            .inc();
+        let sub = Sub {
+            tx: tx.clone(),
+            floor,
+            scope,
+        };
+        state.register(id, job.key.as_deref(), sub);
+        HandOver::Done
+    }
+
+    fn new_topic(&self, topic: &str) -> Topic {
+        let broken = self.broken_promises.lock().contains(topic);
+        let promise = self.config.key_partitioner.filter(|_| !broken);
+        Topic::new(topic, promise, broken, &self.metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_scope_is_the_promised_partition_unless_resumed_from_a_full_id() {
+        let promise = Some(KeyPartitioner::Crc32);
+        let p = KeyPartitioner::Crc32.partition(b"k", 4);
+        let key = Some(&b"k"[..]);
+        assert_eq!(key_scope(promise, 4, key, &Start::Live), Some(p));
+        assert_eq!(key_scope(promise, 4, key, &Start::Earliest), Some(p));
+        assert_eq!(key_scope(None, 4, key, &Start::Live), None);
+        assert_eq!(key_scope(promise, 4, None, &Start::Live), None);
+        assert_eq!(key_scope(promise, 4, Some(b""), &Start::Live), None);
+        let token = |entries: Vec<(i32, i64)>, every| Start::Token(Position { entries, every });
+        let short = token(vec![(p as i32, 5)], false);
+        assert_eq!(key_scope(promise, 4, key, &short), Some(p));
+        let every = token(vec![(p as i32, 5)], true);
+        assert_eq!(key_scope(promise, 4, key, &every), None);
+        let other = token(vec![((p as i32 + 1) % 4, 5)], false);
+        assert_eq!(key_scope(promise, 4, key, &other), None);
+        let full = token((0..4).map(|q| (q, 5)).collect(), false);
+        assert_eq!(key_scope(promise, 4, key, &full), None);
+    }
+}

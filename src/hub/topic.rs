@@ -1,0 +1,207 @@
+//! One topic: its live channel, and the state its lock guards: the position of the last
+//! record dispatched, the replay ring, and the registered streams (live by key or for every
+//! record, and those still catching up).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
+use prometheus::IntCounter;
+use tracing::warn;
+
+use super::queue;
+use super::replay::Ring;
+use crate::metrics::Metrics;
+use crate::partitioner::KeyPartitioner;
+use crate::position;
+use crate::sse;
+
+/// At most one slow-stream cut-off summary per topic this often.
+const CUTOFF_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One topic's live channel: its name, its state under one lock, and its per-topic series.
+pub(super) struct Topic {
+    pub(super) name: String,
+    pub(super) fingerprint: u32,
+    pub(super) attached: tokio::sync::OnceCell<()>,
+    pub(super) state: Mutex<TopicState>,
+    /// The partitioner promised for this topic; `None` without a promise or once it broke.
+    pub(super) promise: Option<KeyPartitioner>,
+    /// Set once a record broke the promise (readers check it without the lock).
+    pub(super) broken: AtomicBool,
+    pub(super) mismatches: IntCounter,
+    pub(super) latency: prometheus::Histogram,
+    pub(super) records: IntCounter,
+    pub(super) cutoffs: IntCounter,
+    pub(super) oversize: IntCounter,
+    pub(super) keyless: IntCounter,
+}
+
+/// A registered stream: its queue, while resuming its floor, and for a key stream whose ids
+/// name only its key's partition, that partition.
+pub(super) struct Sub {
+    pub(super) tx: queue::Sender,
+    pub(super) floor: Option<Vec<i64>>,
+    pub(super) scope: Option<usize>,
+}
+
+/// What a topic's lock guards: its position, its ring and its streams.
+#[derive(Default)]
+pub(super) struct TopicState {
+    pub(super) released: bool,
+    /// Key streams' ids name only their key's partition (a partitioner is promised, no record
+    /// broke the promise and no partition was added).
+    pub(super) key_scoping: bool,
+    /// Next offset per partition: the position after the last record dispatched.
+    pub(super) positions: Vec<i64>,
+    pub(super) ring: Option<Ring>,
+    pub(super) all: HashMap<u64, Sub>,
+    pub(super) by_key: HashMap<Vec<u8>, HashMap<u64, Sub>>,
+    /// Streams catching up from Kafka, not yet receiving live records.
+    pub(super) pending: HashSet<u64>,
+    pub(super) streams: usize,
+    pub(super) idle_since: Option<Instant>,
+    /// Slow-stream cut-offs not yet logged, and when the last summary was logged.
+    pub(super) cutoffs_unlogged: u64,
+    pub(super) cutoffs_logged_at: Option<Instant>,
+}
+
+impl TopicState {
+    /// From now on every key stream of the topic carries full ids: those with short ids switch
+    /// in place (partitions were added: keys move, but no record of a key was ever elsewhere).
+    pub(super) fn widen_key_streams(&mut self) {
+        self.key_scoping = false;
+        for sub in self.by_key.values_mut().flat_map(|set| set.values_mut()) {
+            sub.scope = None;
+        }
+    }
+
+    /// A record broke the partitioner promise: records of a key may be on partitions its
+    /// short-id streams never read. Each such stream gets an id-only block whose id tells any
+    /// replica to read every partition (those it never read from their earliest offset), then
+    /// ends; its client resumes with that id and loses nothing.
+    pub(super) fn end_short_streams(&mut self, fingerprint: u32) {
+        self.key_scoping = false;
+        let mut ended = 0;
+        for set in self.by_key.values_mut() {
+            set.retain(|_, sub| {
+                let Some(p) = sub.scope else { return true };
+                let at = sub
+                    .floor
+                    .as_ref()
+                    .map_or(self.positions[p], |f| f[p].max(self.positions[p]));
+                let id = position::encode_every(fingerprint, &[(p as i32, at)]);
+                let _ = sub.tx.try_send(sse::id_only(&id));
+                ended += 1;
+                false
+            });
+        }
+        self.by_key.retain(|_, set| !set.is_empty());
+        for _ in 0..ended {
+            self.stream_gone();
+        }
+    }
+
+    /// Ends every stream of the topic: each gets `last` (if any) after what is already queued,
+    /// then its queue closes; catch-ups in progress stop at their next hand-over check.
+    pub(super) fn end_all(&mut self, last: Option<&Bytes>) {
+        if let Some(last) = last {
+            for sub in self
+                .all
+                .values()
+                .chain(self.by_key.values().flat_map(|m| m.values()))
+            {
+                let _ = sub.tx.try_send(last.clone());
+            }
+        }
+        let count = self.all.len()
+            + self.by_key.values().map(HashMap::len).sum::<usize>()
+            + self.pending.len();
+        self.all.clear();
+        self.by_key.clear();
+        self.pending.clear();
+        for _ in 0..count {
+            self.stream_gone();
+        }
+    }
+
+    /// Counts `cut` slow-stream cut-offs toward a summary logged at most every
+    /// [`CUTOFF_LOG_EVERY`] per topic, so a crowd of stalled clients cannot flood the log.
+    pub(super) fn log_cutoffs(&mut self, topic: &str, cut: u64) {
+        self.cutoffs_unlogged += cut;
+        let due = self
+            .cutoffs_logged_at
+            .is_none_or(|at| at.elapsed() >= CUTOFF_LOG_EVERY);
+        if due {
+            let streams = std::mem::take(&mut self.cutoffs_unlogged);
+            warn!(topic, streams, "streams cut off: their clients fell behind (queue full); they resume from their last id (ksg_slow_stream_cutoffs_total; summarized every 10 s)");
+            self.cutoffs_logged_at = Some(Instant::now());
+        }
+    }
+
+    /// One stream fewer; the topic is idle from when its last stream goes.
+    pub(super) fn stream_gone(&mut self) {
+        self.streams -= 1;
+        if self.streams == 0 {
+            self.idle_since = Some(Instant::now());
+        }
+    }
+
+    /// Registers a live stream: under its key, or among the streams of every record.
+    pub(super) fn register(&mut self, id: u64, key: Option<&[u8]>, sub: Sub) {
+        match key {
+            None => self.all.insert(id, sub),
+            Some(k) => self.by_key.entry(k.to_vec()).or_default().insert(id, sub),
+        };
+    }
+}
+
+impl Topic {
+    /// A topic's entry, with its per-topic series: `promise` is the partitioner promised for it,
+    /// `broken` whether a record already broke that promise in this process.
+    pub(super) fn new(
+        topic: &str,
+        promise: Option<KeyPartitioner>,
+        broken: bool,
+        metrics: &Metrics,
+    ) -> Topic {
+        // Per-topic series show at zero from the topic's first stream.
+        for family in [&metrics.gaps, &metrics.gap_offsets_skipped] {
+            family.with_label_values(&[topic]);
+        }
+        Topic {
+            name: topic.to_string(),
+            fingerprint: position::fingerprint(topic),
+            attached: tokio::sync::OnceCell::new(),
+            state: Mutex::new(TopicState {
+                key_scoping: promise.is_some(),
+                ..TopicState::default()
+            }),
+            promise,
+            broken: AtomicBool::new(broken),
+            mismatches: metrics.key_partition_mismatches.with_label_values(&[topic]),
+            latency: metrics.event_latency.with_label_values(&[topic]),
+            records: metrics.records_consumed.with_label_values(&[topic]),
+            cutoffs: metrics.slow_stream_cutoffs.with_label_values(&[topic]),
+            oversize: metrics.records_oversize.with_label_values(&[topic]),
+            keyless: metrics.snapshot_keyless.with_label_values(&[topic]),
+        }
+    }
+
+    /// The topic's state, locked (never held across an `.await`).
+    pub(super) fn lock(&self) -> MutexGuard<'_, TopicState> {
+        self.state.lock()
+    }
+
+    /// True when `key` on partition `p` of a topic with `partitions` partitions breaks the
+    /// topic's promise. Empty keys are placed at random by every partitioner: never checked.
+    pub(super) fn off_promise(&self, key: &[u8], p: usize, partitions: usize) -> bool {
+        self.promise.is_some_and(|promise| {
+            !key.is_empty()
+                && !self.broken.load(Ordering::Relaxed)
+                && promise.partition(key, partitions) != p
+        })
+    }
+}
