@@ -1,7 +1,7 @@
 //! kafka-sse-gateway: Apache Kafka topics served as Server-Sent Events over HTTP/2.
 //!
 //! `GET /{topic}` streams every record of a topic, `GET /{topic}/{key}` the records with one key;
-//! every event's id is a resume token. [`start`] runs a whole gateway in-process on the
+//! every event's id is a resume token. [`start()`] runs a whole gateway in-process on the
 //! configured addresses (port 0 works) and returns a [`Handle`] with the real addresses.
 //!
 //! # Layout
@@ -14,7 +14,7 @@
 //! - [`sse`]: the SSE wire format, pure.
 //! - [`position`]: the resume-token codec, pure.
 //! - [`partitioner`]: key partitioners an operator may promise (murmur2, crc32), pure.
-//! - [`start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
+//! - [`mod@start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
 //! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
 //! - [`stream`]: one SSE response body with heartbeats.
 //! - [`source`]: the one Kafka consumer and its poll thread, and the catch-up readers.

@@ -286,6 +286,136 @@ impl Body for SseStream {
 mod tests {
     use super::blocks;
 
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use http_body::Body;
+    use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+    use tokio::time::Instant;
+
+    use super::clock::StreamClock;
+    use super::{SseStream, StreamMetrics, StreamSettings};
+    use crate::http::limits::StreamSlots;
+    use crate::hub::queue;
+    use crate::hub::Subscription;
+    use crate::sse;
+
+    fn metrics() -> StreamMetrics {
+        let counter = |n: &str| IntCounter::new(n, n).unwrap();
+        let histogram = |n: &str| Histogram::with_opts(HistogramOpts::new(n, n)).unwrap();
+        StreamMetrics {
+            events: counter("events"),
+            bytes: counter("bytes"),
+            heartbeats: counter("heartbeats"),
+            open: IntGauge::new("open", "open").unwrap(),
+            expired: counter("expired"),
+            first_event: histogram("first"),
+            duration: histogram("duration"),
+        }
+    }
+
+    /// A stream fed by the returned sender, with a heartbeat every `heartbeat` and the given
+    /// lifetime, on a ticking clock.
+    fn stream(heartbeat: Duration, lifetime: Option<Duration>) -> (queue::Sender, SseStream) {
+        let (tx, subscription) = Subscription::detached("t", 16);
+        let settings = StreamSettings {
+            retry_ms: 1000,
+            heartbeat,
+            max_lifetime: lifetime,
+            expiry_notice: Duration::ZERO,
+        };
+        let slot = StreamSlots::new(1).take().unwrap();
+        let clock = StreamClock::start(heartbeat);
+        let stream = SseStream::new(subscription, settings, clock, metrics(), slot, None);
+        (tx, stream)
+    }
+
+    /// The next frame the stream writes (`None`: it ended), and when; a stream that writes
+    /// nothing for ten (paused) minutes fails the test.
+    async fn next(stream: &mut SseStream) -> (Option<Bytes>, Instant) {
+        let poll = poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_frame(cx));
+        let frame = tokio::time::timeout(Duration::from_secs(600), poll)
+            .await
+            .expect("the stream wrote nothing for ten minutes");
+        let data = frame.map(|f| f.unwrap().into_data().unwrap());
+        (data, Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_follow_quiet_and_events_move_them() {
+        let h = Duration::from_secs(16);
+        let (tx, mut stream) = stream(h, None);
+        let opened = Instant::now();
+        let (preamble, _) = next(&mut stream).await;
+        assert!(preamble.unwrap().starts_with(b"retry: 1000\n"));
+        // Quiet from the start: a heartbeat after 7/8 to 8/8 of the interval.
+        let (beat, at) = next(&mut stream).await;
+        assert_eq!(beat.as_deref(), Some(sse::HEARTBEAT));
+        let quiet = at - opened;
+        assert!(quiet >= h * 7 / 8 && quiet <= h, "{quiet:?}");
+        // An event 5 s later moves the next heartbeat to 5 s + 7/8..8/8 of the interval.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tx.try_send(Bytes::from_static(b"data: x\n\n")).unwrap();
+            tx
+        });
+        let (event, sent) = next(&mut stream).await;
+        assert_eq!(event.as_deref(), Some(&b"data: x\n\n"[..]));
+        assert_eq!(sent - at, Duration::from_secs(5));
+        let (beat, at) = next(&mut stream).await;
+        assert_eq!(beat.as_deref(), Some(sse::HEARTBEAT));
+        let quiet = at - sent;
+        assert!(quiet >= h * 7 / 8 && quiet <= h, "{quiet:?}");
+        assert_eq!(stream.metrics.heartbeats.get(), 2);
+        assert_eq!(stream.metrics.events.get(), 1);
+        drop(sender.await.unwrap());
+        // Every sender gone: the stream ends.
+        assert_eq!(next(&mut stream).await.0, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_stream_writes_no_heartbeat_and_ends_at_its_lifetime() {
+        let h = Duration::from_secs(8);
+        let lifetime = Duration::from_secs(60);
+        let (tx, mut stream) = stream(h, Some(lifetime));
+        let opened = Instant::now();
+        next(&mut stream).await;
+        let feeder = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if tx.try_send(Bytes::from_static(b"data: x\n\n")).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut events = 0;
+        let ended = loop {
+            match next(&mut stream).await {
+                (Some(frame), _) => {
+                    assert_ne!(
+                        &frame[..],
+                        sse::HEARTBEAT,
+                        "events keep the stream from quiet"
+                    );
+                    events += 1;
+                }
+                (None, at) => break at,
+            }
+        };
+        // Up to 10% less than the lifetime (jitter), and at most one round more.
+        let lasted = ended - opened;
+        assert!(
+            lasted >= lifetime * 9 / 10 && lasted <= lifetime + h / 8,
+            "{lasted:?}"
+        );
+        assert!(events >= 50, "{events}");
+        assert_eq!(stream.metrics.expired.get(), 1);
+        assert_eq!(stream.metrics.heartbeats.get(), 0);
+        drop(stream);
+        feeder.await.unwrap();
+    }
+
     #[test]
     fn blocks_counts_blank_lines_that_end_blocks() {
         assert_eq!(blocks(b""), 0);

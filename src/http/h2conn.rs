@@ -407,7 +407,12 @@ impl Sending {
         if window == 0 {
             return true;
         }
-        let part = self.data.split_to(window.min(self.data.len()));
+        // The whole of it when it fits: an empty remainder would still hold the event's buffer.
+        let part = if window >= self.data.len() {
+            std::mem::take(&mut self.data)
+        } else {
+            self.data.split_to(window)
+        };
         self.send.send_data(part, false).is_ok()
     }
 }

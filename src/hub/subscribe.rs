@@ -23,7 +23,24 @@ pub struct Subscription {
     pub start_id: Option<String>,
     /// The topic, for metric labels.
     pub topic: String,
-    _registration: Registration,
+    /// `None` only for a stream fed by a test.
+    _registration: Option<Registration>,
+}
+
+impl Subscription {
+    /// A live subscription registered with no hub, fed by the returned sender through a queue
+    /// of `bound` items: for tests of what consumes one.
+    #[cfg(test)]
+    pub(crate) fn detached(topic: &str, bound: usize) -> (queue::Sender, Subscription) {
+        let (tx, events) = queue::channel(bound);
+        let subscription = Subscription {
+            events,
+            start_id: Some(String::from("test-start")),
+            topic: topic.to_string(),
+            _registration: None,
+        };
+        (tx, subscription)
+    }
 }
 
 /// A stream's place in its topic: dropping it unregisters the stream.
@@ -188,7 +205,7 @@ impl Hub {
                 events: rx,
                 start_id,
                 topic: hub.name.clone(),
-                _registration: registration,
+                _registration: Some(registration),
             });
         }
     }

@@ -27,7 +27,9 @@ pub(super) struct Topic {
     pub(super) fingerprint: u32,
     pub(super) attached: tokio::sync::OnceCell<()>,
     pub(super) state: Mutex<TopicState>,
-    /// The partitioner promised for this topic; `None` without a promise or once it broke.
+    /// The partitioner promised for this topic; `None` without a promise, or when an earlier
+    /// entry of the topic in this process saw it broken (a promise that breaks now stays set:
+    /// `broken` says so).
     pub(super) promise: Option<KeyPartitioner>,
     /// Set once a record broke the promise (readers check it without the lock).
     pub(super) broken: AtomicBool,

@@ -11,9 +11,11 @@
 //! early by at most one round, never late, which is what a proxy's idle timeout needs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::Waker;
 use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
 
 /// Rounds per heartbeat interval.
 pub const ROUNDS: u64 = 8;
@@ -99,11 +101,8 @@ impl StreamClock {
         self.now() < due
     }
 
-    fn slot(&self, round: u64) -> std::sync::MutexGuard<'_, Vec<Waker>> {
-        // Pushing and taking a vector cannot panic half-way.
-        self.slots[(round % SLOTS as u64) as usize]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    fn slot(&self, round: u64) -> MutexGuard<'_, Vec<Waker>> {
+        self.slots[(round % SLOTS as u64) as usize].lock()
     }
 }
 
