@@ -8,6 +8,10 @@
 #                             that the benchmark itself works (scripts/test.sh runs it)
 #   scripts/bench.sh report   docs/benchmarks.md again from docs/benchmarks.json and the last
 #                             profile, without running anything
+#   scripts/bench.sh compare NAME=BINARY...
+#                             before/after: W2 at 1,024 and 4,096 streams on each given gateway
+#                             binary in turn, then nchan, BENCH_REPS times (default 3), all in
+#                             one run; results in /tmp/ksg-bench/compare.json and a table
 #
 # Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
@@ -27,6 +31,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="${1:-full}"
+# compare NAME=BINARY...: the binaries to compare.
+compared=("${@:2}")
 SECONDS_=${BENCH_SECONDS:-15}
 WARMUP=${BENCH_WARMUP:-3}
 OUT=${BENCH_OUT:-docs}
@@ -36,6 +42,9 @@ GW_ADMIN=19464
 say() { printf 'bench: %s\n' "$*" >&2; }
 
 mkdir -p "$DATA"
+if [ "$mode" = compare ]; then
+  OUT="$DATA/compare"
+fi
 if [ "$mode" = smoke ]; then
   SECONDS_=3
   WARMUP=1
@@ -104,6 +113,7 @@ nchan_start() { scripts/nchan.sh stop >/dev/null 2>&1 || true; scripts/nchan.sh 
 
 results="$OUT/benchmarks.json"
 [ "$mode" = smoke ] && results="$OUT/smoke.json"
+[ "$mode" = compare ] && results="$DATA/compare.json"
 [ "$mode" = report ] || : >"$results"
 
 # run NAME SERVER ARGS...: one ksg-bench run against a freshly started SERVER.
@@ -168,6 +178,26 @@ write_report() {
 
 if [ "$mode" = report ]; then
   write_report
+  exit 0
+fi
+
+if [ "$mode" = compare ]; then
+  [ ${#compared[@]} -gt 0 ] || { say "compare needs NAME=BINARY arguments"; exit 2; }
+  for spec in "${compared[@]}"; do
+    [ -x "${spec#*=}" ] || { say "not an executable: ${spec#*=}"; exit 2; }
+  done
+  built=$GW_BIN
+  for rep in $(seq 1 "${BENCH_REPS:-3}"); do
+    for conns in 4 16; do
+      for spec in "${compared[@]}"; do
+        GW_BIN="${spec#*=}"
+        run "W2-${spec%%=*}" gateway --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate 100
+      done
+      run W2 nchan --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate 100
+    done
+  done
+  GW_BIN=$built
+  "$BENCH" report "$results"
   exit 0
 fi
 
