@@ -190,7 +190,6 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         cors: config.cors.clone(),
         streams: StreamSettings {
             retry_ms: config.retry_ms,
-            heartbeat: config.heartbeat,
             max_lifetime: config.stream_max_lifetime,
             expiry_notice: config
                 .auth

@@ -53,8 +53,6 @@ pub struct StreamMetrics {
 pub struct StreamSettings {
     /// The `retry:` value.
     pub retry_ms: u64,
-    /// Quiet time before a heartbeat comment.
-    pub heartbeat: Duration,
     /// Streams end after about this long (clients resume elsewhere); `None`: never.
     pub max_lifetime: Option<Duration>,
     /// How long before its token's expiry a stream says so (zero: it does not).
@@ -321,7 +319,6 @@ mod tests {
         let (tx, subscription) = Subscription::detached("t", 16);
         let settings = StreamSettings {
             retry_ms: 1000,
-            heartbeat,
             max_lifetime: lifetime,
             expiry_notice: Duration::ZERO,
         };

@@ -78,23 +78,39 @@ impl Wake for Deferred {
     }
 }
 
+/// A waker that counts its wake-ups, for tests of what wakes tasks.
+#[cfg(test)]
+pub(crate) fn counting_waker() -> (Arc<WakeCount>, Waker) {
+    let count = Arc::new(WakeCount(std::sync::atomic::AtomicUsize::new(0)));
+    (count.clone(), Waker::from(count))
+}
+
+/// The count of a [`counting_waker`].
+#[cfg(test)]
+pub(crate) struct WakeCount(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl WakeCount {
+    /// Wake-ups so far.
+    pub(crate) fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl Wake for WakeCount {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     #[test]
     fn a_batch_wakes_each_connection_once_at_its_end() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let task = Waker::from(count.clone());
+        let (count, task) = counting_waker();
         let deferred = Arc::new(Deferred::default());
         deferred.register(&task);
         let waker = deferred.waker();
@@ -103,16 +119,12 @@ mod tests {
                 waker.wake_by_ref();
             }
             batch(|| waker.wake_by_ref());
-            assert_eq!(
-                count.0.load(Ordering::SeqCst),
-                0,
-                "held until the batch ends"
-            );
+            assert_eq!(count.get(), 0, "held until the batch ends");
         });
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.get(), 1);
         // Outside a batch: at once (once registered again, as a polled task would be).
         deferred.register(&task);
         waker.wake_by_ref();
-        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(count.get(), 2);
     }
 }

@@ -46,9 +46,9 @@ pub struct App {
     pub metrics: Metrics,
     /// Allowed browser origins.
     pub cors: Cors,
-    /// Retry, heartbeat and lifetime of streams.
+    /// Retry, lifetime and token-expiry notice of streams.
     pub streams: StreamSettings,
-    /// The one clock of every stream's heartbeat and lifetime.
+    /// The one clock of every stream's heartbeat (`KSG_HEARTBEAT_SECS`) and lifetime.
     pub clock: Arc<StreamClock>,
     /// Topics whose streams start with a snapshot when the request names no start.
     pub snapshot_topics: crate::routes::TopicFilter,

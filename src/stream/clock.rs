@@ -181,21 +181,7 @@ impl Appointments {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counter() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
+    use crate::wake::counting_waker as counter;
 
     #[test]
     fn a_quiet_stream_gets_a_heartbeat_after_one_interval_of_rounds() {
@@ -211,9 +197,9 @@ mod tests {
         for _ in 0..ROUNDS - 1 {
             clock.advance();
         }
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert_eq!(woken.get(), 0);
         clock.advance();
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1, "woken at the due round");
+        assert_eq!(woken.get(), 1, "woken at the due round");
         assert_eq!(stream.poll(&waker), Due::Heartbeat);
         assert_eq!(
             stream.poll(&waker),
@@ -223,7 +209,7 @@ mod tests {
         for _ in 0..ROUNDS {
             clock.advance();
         }
-        assert_eq!(woken.0.load(Ordering::SeqCst), 2);
+        assert_eq!(woken.get(), 2);
         assert_eq!(stream.poll(&waker), Due::Heartbeat);
     }
 
@@ -240,7 +226,7 @@ mod tests {
         }
         // Parked at rounds 8, 16 and 24, each time after a write: woken three times, no
         // heartbeat.
-        assert_eq!(woken.0.load(Ordering::SeqCst), 3);
+        assert_eq!(woken.get(), 3);
     }
 
     #[test]
@@ -252,9 +238,9 @@ mod tests {
         assert_eq!(stream.poll(&waker), Due::Nothing);
         clock.advance();
         clock.advance();
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0, "2 s is not 2.5 s");
+        assert_eq!(woken.get(), 0, "2 s is not 2.5 s");
         clock.advance();
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.get(), 1);
         assert_eq!(stream.poll(&waker), Due::End);
     }
 
@@ -283,10 +269,10 @@ mod tests {
         let mut stream = Appointments::new(clock.clone(), None);
         assert_eq!(stream.poll(&waker), Due::Nothing);
         tokio::time::sleep(Duration::from_millis(15_900)).await;
-        assert_eq!(woken.0.load(Ordering::SeqCst), 0);
+        assert_eq!(woken.get(), 0);
         assert_eq!(stream.poll(&waker), Due::Nothing);
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert_eq!(woken.get(), 1);
         assert_eq!(stream.poll(&waker), Due::Heartbeat);
         assert_eq!(clock.now(), ROUNDS);
         let weak = Arc::downgrade(&clock);
