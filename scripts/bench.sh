@@ -79,8 +79,10 @@ cleanup() {
 }
 trap cleanup EXIT
 if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
-  scripts/kafka-local.sh start >&2
+  # A broker of its own, on empty storage removed at the stop (see scripts/kafka-local.sh).
+  export KAFKA_LOCAL_DATA="${TMPDIR:-/tmp}/ksg-kafka-bench" KAFKA_LOCAL_EPHEMERAL=1
   started_kafka=1
+  scripts/kafka-local.sh start >&2
 fi
 BROKER="127.0.0.1:${KAFKA_LOCAL_PORT:-9092}"
 for t in "bench-fanout 1" "bench-keys 6"; do

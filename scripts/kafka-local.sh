@@ -26,6 +26,9 @@
 #   KAFKA_LOCAL_HOME             jar cache (default ~/.cache/ksg-kafka); jars in <home>/<version>/libs
 #   KAFKA_LOCAL_DATA             data dir: logs, config, pid, broker log (default /tmp/ksg-kafka-data)
 #   KAFKA_LOCAL_START_TIMEOUT    seconds to wait for the broker (default 90)
+#   KAFKA_LOCAL_EPHEMERAL        1: start stops a broker left running on the data dir and starts
+#                                on empty storage; stop removes the data dir (scripts/test.sh and
+#                                scripts/bench.sh use this, so no run inherits another's topics)
 set -euo pipefail
 
 VERSION="${KAFKA_LOCAL_VERSION:-4.4.0}"
@@ -42,6 +45,7 @@ DATA="${KAFKA_LOCAL_DATA:-/tmp/ksg-kafka-data}"
 PIDFILE="$DATA/kafka.pid"
 LOGFILE="$DATA/kafka.log"
 TIMEOUT="${KAFKA_LOCAL_START_TIMEOUT:-90}"
+EPHEMERAL="${KAFKA_LOCAL_EPHEMERAL:-0}"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
 say() { echo "kafka-local: $*"; }
@@ -215,8 +219,21 @@ wait_ready() {
   die "broker not ready after ${TIMEOUT}s (log: $LOGFILE)"
 }
 
+# Removes the data dir of an ephemeral broker, only if it is one this script wrote.
+remove_data() {
+  [[ -e "$DATA" ]] || return 0
+  [[ "$DATA" == /?* && -f "$DATA/server.properties" ]] &&
+    grep -q '^# Written by scripts/kafka-local.sh' "$DATA/server.properties" ||
+    die "KAFKA_LOCAL_EPHEMERAL: $DATA was not written by kafka-local.sh; not removing it"
+  rm -rf "$DATA"
+}
+
 cmd_start() {
   local pid port
+  if [[ "$EPHEMERAL" == 1 ]]; then
+    cmd_stop >/dev/null
+    remove_data
+  fi
   if pid="$(live_pid)"; then
     port="$(running_port)"
     if port_open "$port"; then say "already running pid $pid on $HOST:$port$(sasl_note)"; return 0; fi
@@ -253,6 +270,7 @@ cmd_stop() {
   fi
   rm -f "$PIDFILE"
   say "stopped pid $pid"
+  if [[ "$EPHEMERAL" == 1 ]]; then remove_data; fi
 }
 
 cmd_status() {

@@ -6,8 +6,9 @@
 #      for h2, hyper, rustls and the bundled librdkafka;
 #   2. unit and integration tests on librdkafka's in-process mock cluster (`cargo test`);
 #   3. the integration suite again against a real Apache Kafka broker (KRaft, single node,
-#      fetched from Maven Central by scripts/kafka-local.sh; a broker already given with
-#      KSG_TEST_KAFKA=host:port is used instead);
+#      fetched from Maven Central by scripts/kafka-local.sh and started on empty storage in
+#      $TMPDIR/ksg-kafka-test, removed afterwards; a broker already running from
+#      scripts/kafka-local.sh start, or given with KSG_TEST_KAFKA=host:port, is used instead);
 #   4. the browser suite: headless Chromium's own EventSource against the starter page;
 #   5. h2spec (pinned, installed with `go install` if missing) against both listeners;
 #   6. the deployment artifacts (scripts/deploy-check.sh): the container image built from a
@@ -30,14 +31,19 @@ count() { grep -E '^test result: ok\.' "$1" | awk -v f="$2" '{for (i = 1; i < NF
 mock_passed=$(count /tmp/ksg-test-mock.log passed)
 mock_ignored=$(count /tmp/ksg-test-mock.log ignored)
 
+# A broker this script starts keeps its data in a directory of its own, empty at the start and
+# removed at the stop (KAFKA_LOCAL_EPHEMERAL): the tests create a few thousand partitions per run,
+# and a broker that kept every earlier run's topics would start, create topics and stop ever more
+# slowly.
 started_kafka=0
 stop_kafka() { if [ "$started_kafka" = 1 ]; then scripts/kafka-local.sh stop || true; fi; }
 trap stop_kafka EXIT
 if [ -z "${KSG_TEST_KAFKA:-}" ]; then
   step "starting a local Apache Kafka broker"
   if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
-    scripts/kafka-local.sh start
+    export KAFKA_LOCAL_DATA="${TMPDIR:-/tmp}/ksg-kafka-test" KAFKA_LOCAL_EPHEMERAL=1
     started_kafka=1
+    scripts/kafka-local.sh start
   fi
   KSG_TEST_KAFKA="127.0.0.1:${KAFKA_LOCAL_PORT:-9092}"
   export KSG_TEST_KAFKA_SASL="127.0.0.1:${KAFKA_LOCAL_SASL_PORT:-$(( ${KAFKA_LOCAL_PORT:-9092} + 2 ))}"
