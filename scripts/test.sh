@@ -41,6 +41,8 @@ trap stop_kafka EXIT
 if [ -z "${KSG_TEST_KAFKA:-}" ]; then
   step "starting a local Apache Kafka broker"
   if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
+    # For this script's own kafka-local.sh calls (and the benchmark's, which finds this broker
+    # running); not for the tests, which start and restart brokers of their own.
     export KAFKA_LOCAL_DATA="${TMPDIR:-/tmp}/ksg-kafka-test" KAFKA_LOCAL_EPHEMERAL=1
     started_kafka=1
     scripts/kafka-local.sh start
@@ -54,7 +56,7 @@ fi
 step "integration suite against $broker at $KSG_TEST_KAFKA"
 # Every integration test, the real-broker ones too, except those that inject faults into a mock
 # cluster of their own (named mock_only_*: the runner counts them as filtered out).
-KSG_TEST_KAFKA="$KSG_TEST_KAFKA" cargo test --locked --test '*' -- --show-output --include-ignored --skip mock_only_ 2>&1 | tee /tmp/ksg-test-real.log
+env -u KAFKA_LOCAL_EPHEMERAL -u KAFKA_LOCAL_DATA KSG_TEST_KAFKA="$KSG_TEST_KAFKA" cargo test --locked --test '*' -- --show-output --include-ignored --skip mock_only_ 2>&1 | tee /tmp/ksg-test-real.log
 real_passed=$(count /tmp/ksg-test-real.log passed)
 real_filtered=$(count /tmp/ksg-test-real.log filtered)
 

@@ -213,6 +213,8 @@ async fn own_broker(command: &'static str, data: std::path::PathBuf) {
             .arg(command)
             .env("KAFKA_LOCAL_PORT", "19192")
             .env("KAFKA_LOCAL_DATA", data)
+            // The broker's data must outlive its stop: the test restarts it.
+            .env_remove("KAFKA_LOCAL_EPHEMERAL")
             .status()
             .expect("kafka-local.sh runs")
     })
