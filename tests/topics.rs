@@ -205,22 +205,36 @@ async fn kafka_properties_pass_through_sasl_plain() {
 }
 
 /// Runs `scripts/kafka-local.sh <command>` for a broker of this test's own (ports 19192-19194).
-async fn own_broker(command: &'static str, data: std::path::PathBuf) {
+fn own_broker_now(command: &str, data: &std::path::Path) -> std::process::ExitStatus {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka-local.sh");
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("bash")
-            .arg(script)
-            .arg(command)
-            .env("KAFKA_LOCAL_PORT", "19192")
-            .env("KAFKA_LOCAL_DATA", data)
-            // The broker's data must outlive its stop: the test restarts it.
-            .env_remove("KAFKA_LOCAL_EPHEMERAL")
-            .status()
-            .expect("kafka-local.sh runs")
-    })
-    .await
-    .unwrap();
+    std::process::Command::new("bash")
+        .arg(script)
+        .arg(command)
+        .env("KAFKA_LOCAL_PORT", "19192")
+        .env("KAFKA_LOCAL_DATA", data)
+        // The broker's data must outlive its stop: the test restarts it.
+        .env_remove("KAFKA_LOCAL_EPHEMERAL")
+        .status()
+        .expect("kafka-local.sh runs")
+}
+
+/// [`own_broker_now`] off the runtime's threads.
+async fn own_broker(command: &'static str, data: std::path::PathBuf) {
+    let status = tokio::task::spawn_blocking(move || own_broker_now(command, &data))
+        .await
+        .unwrap();
     assert!(status.success(), "kafka-local.sh {command} failed");
+}
+
+/// Stops the test's own broker and removes its data when the test ends, failed or not, so no
+/// broker is left holding the ports for the next run.
+struct OwnBrokerGuard(std::path::PathBuf);
+
+impl Drop for OwnBrokerGuard {
+    fn drop(&mut self) {
+        own_broker_now("stop", &self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,6 +242,7 @@ async fn own_broker(command: &'static str, data: std::path::PathBuf) {
 async fn real_broker_stopped_for_30_seconds_then_restarted_streams_continue_without_loss() {
     real_cluster();
     let data = std::env::temp_dir().join(format!("ksg-outage-{}", std::process::id()));
+    let _guard = OwnBrokerGuard(data.clone());
     own_broker("start", data.clone()).await;
     let cluster = Cluster::Real("127.0.0.1:19192".into());
     let topic = unique_topic("outage");
@@ -258,6 +273,4 @@ async fn real_broker_stopped_for_30_seconds_then_restarted_streams_continue_with
     p.produce(&topic, Some("key0"), Some("key0:20")).await;
     seen.check(&sse.next_event().await.unwrap());
     gw.shutdown().await;
-    own_broker("stop", data.clone()).await;
-    let _ = std::fs::remove_dir_all(&data);
 }
