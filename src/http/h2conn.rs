@@ -10,9 +10,17 @@
 //! out to many streams of a connection costs one task wake-up, and `h2`'s connection lock is
 //! never contended), sends keep-alive PINGs, closes the connection when it has had no open
 //! stream for the idle timeout, and says GOAWAY on shutdown.
+//!
+//! Between two of the connection's writes its streams hand `h2` at most [`FRAMES_PER_WRITE`]
+//! frames; a stream over the budget waits for the next write. `h2` holds the frames of a
+//! connection that are not written yet in a table that keeps its largest size for the
+//! connection's life: when every stream of a full connection has something at once (a record
+//! for all of them, their heartbeats falling due together), the budget keeps that table at a
+//! quarter of the streams instead of all of them.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -34,6 +42,33 @@ use crate::http::body::ResponseBody;
 use crate::http::service::App;
 use crate::metrics::Metrics;
 use crate::wake::Deferred;
+
+/// Frames a connection's streams may hand to `h2` between two of the connection's writes.
+pub const FRAMES_PER_WRITE: usize = 64;
+
+/// What is left of a connection's [`FRAMES_PER_WRITE`] until its next write. Only the
+/// connection's task touches it (atomic because the task moves between threads).
+struct Budget(AtomicUsize);
+
+impl Budget {
+    fn full() -> Budget {
+        Budget(AtomicUsize::new(FRAMES_PER_WRITE))
+    }
+
+    /// The connection has written what it could: a full budget again.
+    fn refill(&self) {
+        self.0.store(FRAMES_PER_WRITE, Ordering::Relaxed);
+    }
+
+    fn spent(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == 0
+    }
+
+    fn spend(&self) {
+        let left = self.0.load(Ordering::Relaxed);
+        self.0.store(left.saturating_sub(1), Ordering::Relaxed);
+    }
+}
 
 /// HTTP/2 settings, explicit.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +144,7 @@ where
     let deferred = Arc::new(Deferred::default());
     let opens = Arc::new(app.open_rate());
     let streams_waker = deferred.waker();
+    let budget = Arc::new(Budget::full());
     loop {
         if *open.borrow_and_update() > 0 {
             idle_since = None;
@@ -121,7 +157,12 @@ where
         };
         let grace_until = goodbye.as_ref().map(|(_, until)| *until);
         tokio::select! {
-            accepted = connection.accept() => match accepted {
+            // Polling the connection writes what its streams handed over.
+            accepted = poll_fn(|cx| {
+                let accepted = connection.poll_accept(cx);
+                budget.refill();
+                accepted
+            }) => match accepted {
                 Some(Ok((request, respond))) => {
                     // What a stream keeps while it sends is small: the request and what handling
                     // it needs live in a boxed future, freed once the response is ready.
@@ -131,7 +172,14 @@ where
                         app.handle(request.map(RequestBody), &opens).await
                     });
                     let resets = metrics.stalled_stream_resets.clone();
-                    streams.push(answer(handling, respond, resets, settings.stall, activity.open()));
+                    streams.push(answer(
+                        handling,
+                        respond,
+                        resets,
+                        settings.stall,
+                        activity.open(),
+                        budget.clone(),
+                    ));
                 }
                 // A connection error (h2 has said GOAWAY, or the peer went away): done.
                 Some(Err(e)) => {
@@ -212,11 +260,13 @@ fn answer(
     resets: IntCounter,
     stall: Duration,
     open: Open,
+    budget: Arc<Budget>,
 ) -> Answer {
     Answer {
         phase: Phase::Handling(handling, respond),
         resets,
         stall,
+        budget,
         _open: open,
     }
 }
@@ -228,6 +278,8 @@ struct Answer {
     phase: Phase,
     resets: IntCounter,
     stall: Duration,
+    /// The connection's frame budget.
+    budget: Arc<Budget>,
     _open: Open,
 }
 
@@ -256,6 +308,11 @@ impl Future for Answer {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         if let Phase::Handling(handling, respond) = &mut this.phase {
+            if this.budget.spent() {
+                // The response's HEADERS count too: polled again after the next write.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let response = match handling.as_mut().poll(cx) {
                 Poll::Ready(response) => response,
                 Poll::Pending => {
@@ -271,6 +328,7 @@ impl Future for Answer {
             };
             let (parts, body) = response.into_parts();
             let end = body.is_end_stream();
+            this.budget.spend();
             this.phase = match respond.send_response(Response::from_parts(parts, ()), end) {
                 Ok(send) if !end => Phase::Sending(Sending {
                     send,
@@ -288,7 +346,7 @@ impl Future for Answer {
         let Phase::Sending(sending) = &mut this.phase else {
             return Poll::Ready(());
         };
-        match sending.pump(cx, &this.resets, this.stall) {
+        match sending.pump(cx, &this.resets, this.stall, &this.budget) {
             Poll::Ready(()) => {
                 this.phase = Phase::Done;
                 Poll::Ready(())
@@ -329,8 +387,20 @@ impl Sending {
     /// Sends the body, never more than the client's window allows; resets the stream when the
     /// client grants no window for `stall` while data waits. Ready when the stream is over: the
     /// body ended, or the client reset the stream.
-    fn pump(&mut self, cx: &mut Context<'_>, resets: &IntCounter, stall: Duration) -> Poll<()> {
+    fn pump(
+        &mut self,
+        cx: &mut Context<'_>,
+        resets: &IntCounter,
+        stall: Duration,
+        budget: &Budget,
+    ) -> Poll<()> {
         loop {
+            if budget.spent() {
+                // Polled again once the connection has written (the yield makes the set of
+                // streams hand control back to the connection's task).
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             if self.data.is_empty() {
                 // The body first: a stream with data to send learns of a reset from `send_data`.
                 match Pin::new(&mut self.body).poll_frame(cx) {
@@ -344,6 +414,7 @@ impl Sending {
                         // The body ended: END_STREAM needs no window, and nothing is buffered
                         // before it.
                         let _ = self.send.send_data(Bytes::new(), true);
+                        budget.spend();
                         return Poll::Ready(());
                     }
                     Poll::Pending => {
@@ -367,7 +438,7 @@ impl Sending {
             // Capacity already assigned is used at once (poll_capacity only reports changes).
             let ready = self.send.capacity();
             if ready > 0 {
-                if !self.send_part(ready) {
+                if !self.send_part(ready, budget) {
                     return Poll::Ready(());
                 }
                 continue;
@@ -377,7 +448,7 @@ impl Sending {
             }
             match self.send.poll_capacity(cx) {
                 Poll::Ready(Some(Ok(granted))) => {
-                    if !self.send_part(granted) {
+                    if !self.send_part(granted, budget) {
                         return Poll::Ready(());
                     }
                     continue;
@@ -402,11 +473,12 @@ impl Sending {
 
     /// Hands up to `window` bytes of the waiting data to `h2` (the client granted them, so a
     /// stall timer starts again). False when the stream is gone.
-    fn send_part(&mut self, window: usize) -> bool {
+    fn send_part(&mut self, window: usize, budget: &Budget) -> bool {
         self.stalled = None;
         if window == 0 {
             return true;
         }
+        budget.spend();
         // The whole of it when it fits: an empty remainder would still hold the event's buffer.
         let part = if window >= self.data.len() {
             std::mem::take(&mut self.data)
