@@ -133,8 +133,16 @@ impl Hub {
 }
 
 /// Queues what `batch` holds; false (and counted as a cut-off) when the stream cannot take it.
+/// The queued chunk is a copy of exactly its size, and `batch` keeps its buffer for the next
+/// one: the buffer itself grows by doubling, so queueing it would hold up to twice the bytes
+/// for as long as the chunk waits for a slow client.
 fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &Topic) -> bool {
-    if batch.is_empty() || send(tx, batch.split().freeze()) {
+    if batch.is_empty() {
+        return true;
+    }
+    let chunk = Bytes::copy_from_slice(batch);
+    batch.clear();
+    if send(tx, chunk) {
         return true;
     }
     topic.cutoffs.inc();
