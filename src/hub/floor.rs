@@ -3,7 +3,7 @@
 //! until the shared ids pass the floor and the stream shares bytes again. A key stream whose
 //! ids name only its key's partition (its *scope*) carries that partition's offset alone.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::replay::Ring;
 use crate::position;
@@ -17,15 +17,16 @@ pub(super) fn id_for(fingerprint: u32, scope: Option<usize>, position: &[i64]) -
     }
 }
 
-/// Appends to `batch` the ring's events after `from` for a stream with key filter `key` and
-/// scope `scope`; returns the stream's floor after them (`None` once its ids are shared).
+/// Appends to `events` the ring's events after `from` for a stream with key filter `key` and
+/// scope `scope`, each the ring's own bytes where the stream shares them (no copy); returns the
+/// stream's floor after them (`None` once its ids are shared).
 pub(super) fn replay(
     fingerprint: u32,
     ring: Option<&Ring>,
     key: Option<&[u8]>,
     scope: Option<usize>,
     from: Vec<i64>,
-    batch: &mut BytesMut,
+    events: &mut Vec<Bytes>,
 ) -> Option<Vec<i64>> {
     let mut floor = Some(from);
     for (entry, after) in ring.into_iter().flat_map(Ring::iter_with_positions) {
@@ -45,7 +46,7 @@ pub(super) fn replay(
             &shared,
             fingerprint,
         ) {
-            batch.extend_from_slice(&bytes);
+            events.push(bytes);
         }
     }
     floor
@@ -138,17 +139,21 @@ mod tests {
     fn replay_sends_the_shared_bytes_once_the_floor_is_covered() {
         let fp = position::fingerprint("t");
         let (ring, events) = ring(fp);
-        let mut batch = BytesMut::new();
+        let mut batch = Vec::new();
         assert_eq!(
             replay(fp, Some(&ring), None, None, vec![10, 20], &mut batch),
             None
         );
-        assert_eq!(batch, events.concat()[..]);
-        let mut batch = BytesMut::new();
+        assert_eq!(batch, events);
+        assert!(
+            batch.iter().zip(&events).all(|(a, b)| a.as_ptr() == b.as_ptr()),
+            "the ring's own bytes, not copies"
+        );
+        let mut batch = Vec::new();
         let floor = replay(fp, Some(&ring), Some(b"a"), None, vec![11, 20], &mut batch);
         assert_eq!(floor, None);
-        assert_eq!(batch, events[2][..], "only key a, after offset 10");
-        let mut batch = BytesMut::new();
+        assert_eq!(batch, [events[2].clone()], "only key a, after offset 10");
+        let mut batch = Vec::new();
         assert_eq!(
             replay(fp, None, None, None, vec![3, 4], &mut batch),
             Some(vec![3, 4]),
@@ -163,13 +168,13 @@ mod tests {
         let (ring, events) = ring(fp);
         // Another replica's client has p0 up to 12: p0@10 and p0@11 are skipped, p1@20 goes
         // out with an id that covers both positions, and the floor stays.
-        let mut batch = BytesMut::new();
+        let mut batch = Vec::new();
         let floor = replay(fp, Some(&ring), None, None, vec![12, 20], &mut batch);
         assert_eq!(floor, Some(vec![12, 21]));
         let raised = sse::with_id(&events[1], &position::encode_dense(fp, &[12, 21]));
-        assert_eq!(batch, raised[..]);
+        assert_eq!(batch, [raised]);
         // A short-id stream of key a on partition 0 gets ids naming p0 alone.
-        let mut batch = BytesMut::new();
+        let mut batch = Vec::new();
         let floor = replay(
             fp,
             Some(&ring),
@@ -180,7 +185,7 @@ mod tests {
         );
         assert_eq!(floor, None);
         let short = sse::with_id(&events[2], &position::encode_sparse(fp, &[(0, 12)]));
-        assert_eq!(batch, short[..]);
+        assert_eq!(batch, [short]);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! events (the sender wakes it when the queue stops being empty, without taking it). A full
 //! queue refuses the event: the hub then ends the stream (its client resumes from its last
 //! id), so the queue never grows past its bound.
+//!
+//! A resumed stream's replay takes one slot however many events it holds: the events shared
+//! with the topic's replay ring (a handle each, no copy), taken one by one. Copied into one
+//! buffer, every stream resuming at once would hold its own copy of what it missed.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -35,9 +39,17 @@ struct Shared {
     bound: usize,
 }
 
+/// One slot of a queue.
+enum Item {
+    /// An event, or a chunk of several.
+    One(Bytes),
+    /// Events taken one by one (never empty).
+    Many(VecDeque<Bytes>),
+}
+
 #[derive(Default)]
 struct State {
-    items: VecDeque<Bytes>,
+    items: VecDeque<Item>,
     closed: bool,
     /// The receiver's task, woken whenever the queue stops being empty or ends.
     receiver: Option<Waker>,
@@ -84,18 +96,36 @@ impl Sender {
         if state.closed {
             return Err(TrySendError::Closed(event));
         }
-        let queued = state.items.len();
-        if queued >= self.0.bound {
+        if state.items.len() >= self.0.bound {
             return Err(TrySendError::Full(event));
         }
-        state.items.push_back(event);
-        self.0.queued.store(queued + 1, Ordering::Release);
+        Self::push(&self.0, &mut state, Item::One(event));
+        Ok(())
+    }
+
+    /// Queues `events` in one slot, to be received one by one; false when the queue is full or
+    /// the receiver is gone. No events: nothing queued, true.
+    pub fn try_send_all(&self, events: Vec<Bytes>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let mut state = self.0.lock();
+        if state.closed || state.items.len() >= self.0.bound {
+            return false;
+        }
+        Self::push(&self.0, &mut state, Item::Many(events.into()));
+        true
+    }
+
+    fn push(shared: &Shared, state: &mut State, item: Item) {
+        let queued = state.items.len();
+        state.items.push_back(item);
+        shared.queued.store(queued + 1, Ordering::Release);
         // A receiver finds what was queued before it polled again: only the first item after
         // an empty queue needs a wake-up.
         if queued == 0 {
             state.wake_receiver();
         }
-        Ok(())
     }
 
     /// Items that can be queued now.
@@ -165,7 +195,13 @@ impl Receiver {
 
     fn take(&self) -> Option<Bytes> {
         let mut state = self.shared.lock();
-        let item = state.items.pop_front();
+        let event = match state.items.front_mut()? {
+            Item::Many(events) if events.len() > 1 => events.pop_front(),
+            _ => match state.items.pop_front()? {
+                Item::One(event) => Some(event),
+                Item::Many(mut events) => events.pop_front(),
+            },
+        };
         self.shared
             .queued
             .store(state.items.len(), Ordering::Release);
@@ -173,7 +209,7 @@ impl Receiver {
             // A burst is over: give its buffer back.
             state.items = VecDeque::new();
         }
-        item
+        event
     }
 
     fn ready(&self) -> Option<Option<Bytes>> {
@@ -229,6 +265,28 @@ mod tests {
         drop(tx2);
         assert_eq!(poll(&mut rx), Poll::Ready(Some(Bytes::from_static(b"d"))));
         assert_eq!(poll(&mut rx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_replay_takes_one_slot_and_is_received_event_by_event_without_copies() {
+        let (tx, mut rx) = channel(2);
+        let replay: Vec<Bytes> = [&b"r1"[..], b"r2", b"r3"].map(Bytes::from_static).into();
+        let at = replay[1].as_ptr();
+        assert!(tx.try_send_all(Vec::new()), "nothing to queue");
+        assert!(tx.try_send_all(replay));
+        assert_eq!(tx.capacity(), 1, "one slot for three events");
+        tx.try_send(Bytes::from_static(b"live")).unwrap();
+        assert!(!tx.try_send_all(vec![Bytes::from_static(b"x")]), "full");
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"r1")));
+        let second = rx.try_recv().unwrap();
+        assert_eq!((&second[..], second.as_ptr()), (&b"r2"[..], at));
+        assert_eq!(tx.capacity(), 0, "the slot is held until its last event is taken");
+        assert_eq!(poll(&mut rx), Poll::Ready(Some(Bytes::from_static(b"r3"))));
+        assert_eq!(tx.capacity(), 1);
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"live")));
+        assert_eq!(rx.try_recv(), None);
+        drop(rx);
+        assert!(!tx.try_send_all(vec![Bytes::from_static(b"y")]), "closed");
     }
 
     #[test]

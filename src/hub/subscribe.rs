@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::floor::{covers, id_for, replay};
 use super::topic::{Sub, Topic, TopicState};
@@ -395,19 +395,17 @@ impl Hub {
         };
         self.metrics.resumes.with_label_values(&["memory"]).inc();
         let start_id = id_for(hub.fingerprint, scope, &at);
-        let mut batch = BytesMut::new();
+        let mut replayed = Vec::new();
         let floor = replay(
             hub.fingerprint,
             state.ring.as_ref(),
             key,
             scope,
             at,
-            &mut batch,
+            &mut replayed,
         );
-        if !batch.is_empty() {
-            // The queue is new and empty: one slot takes the whole replay.
-            let _ = tx.try_send(batch.freeze());
-        }
+        // The queue is new and empty: one slot takes the whole replay, the ring's own bytes.
+        let _ = tx.try_send_all(replayed);
         state.register(id, key, Sub { tx, floor, scope });
         Opened::Ready(start_id)
     }
@@ -438,7 +436,7 @@ impl Hub {
         }
         // Scoping may have ended while this stream caught up (partitions added).
         let scope = job.scope.filter(|_| state.key_scoping);
-        let mut replayed = BytesMut::new();
+        let mut replayed = Vec::new();
         let floor = if from_ring {
             let ring = state.ring.as_ref();
             let key = job.key.as_deref();
@@ -457,14 +455,12 @@ impl Hub {
         if !replayed.is_empty() && tx.capacity() == 0 {
             return HandOver::NotYet;
         }
-        let mut batch = BytesMut::new();
-        if let Some(prefix) = prefix() {
-            batch.extend_from_slice(&prefix);
-        }
-        batch.extend_from_slice(&replayed);
-        // The caller made room for one chunk; if the client took it back, the stream ends here
+        let mut events = Vec::with_capacity(1 + replayed.len());
+        events.extend(prefix());
+        events.append(&mut replayed);
+        // The caller made room for one slot; if the client took it back, the stream ends here
         // (cut off like any stream that falls behind) rather than hold the reader.
-        if !batch.is_empty() && tx.try_send(batch.freeze()).is_err() {
+        if !tx.try_send_all(events) {
             return HandOver::Gone;
         }
         state.pending.remove(&id);
