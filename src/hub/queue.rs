@@ -43,8 +43,8 @@ struct Shared {
 enum Item {
     /// An event, or a chunk of several.
     One(Bytes),
-    /// Events taken one by one (never empty).
-    Many(VecDeque<Bytes>),
+    /// Events taken one by one (never empty); boxed, so a slot is no larger than an event.
+    Many(Box<VecDeque<Bytes>>),
 }
 
 #[derive(Default)]
@@ -113,7 +113,7 @@ impl Sender {
         if state.closed || state.items.len() >= self.0.bound {
             return false;
         }
-        Self::push(&self.0, &mut state, Item::Many(events.into()));
+        Self::push(&self.0, &mut state, Item::Many(Box::new(events.into())));
         true
     }
 
@@ -287,6 +287,11 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
         drop(rx);
         assert!(!tx.try_send_all(vec![Bytes::from_static(b"y")]), "closed");
+    }
+
+    #[test]
+    fn a_slot_is_the_size_of_an_event() {
+        assert_eq!(std::mem::size_of::<Item>(), std::mem::size_of::<Bytes>());
     }
 
     #[test]
