@@ -11,7 +11,9 @@
 #   scripts/bench.sh compare NAME=BINARY...
 #                             before/after: W2 at 1,024 and 4,096 streams on each given gateway
 #                             binary in turn, then nchan, BENCH_REPS times (default 3), all in
-#                             one run; results in /tmp/ksg-bench/compare.json and a table
+#                             one run; results in /tmp/ksg-bench/compare.json and a table.
+#                             BENCH_COMPARE="CONNECTIONS:RATE ..." picks other W2 shapes
+#                             (default "4:100 16:100"; "16:800" is past the knee)
 #
 # Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
@@ -190,12 +192,14 @@ if [ "$mode" = compare ]; then
   done
   built=$GW_BIN
   for rep in $(seq 1 "${BENCH_REPS:-3}"); do
-    for conns in 4 16; do
+    for shape in ${BENCH_COMPARE:-4:100 16:100}; do
+      conns=${shape%%:*}
+      rate=${shape#*:}
       for spec in "${compared[@]}"; do
         GW_BIN="${spec#*=}"
-        run "W2-${spec%%=*}" gateway --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate 100
+        run "W2-${spec%%=*}" gateway --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate "$rate"
       done
-      run W2 nchan --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate 100
+      run W2 nchan --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate "$rate"
     done
   done
   GW_BIN=$built
