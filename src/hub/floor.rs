@@ -146,7 +146,10 @@ mod tests {
         );
         assert_eq!(batch, events);
         assert!(
-            batch.iter().zip(&events).all(|(a, b)| a.as_ptr() == b.as_ptr()),
+            batch
+                .iter()
+                .zip(&events)
+                .all(|(a, b)| a.as_ptr() == b.as_ptr()),
             "the ring's own bytes, not copies"
         );
         let mut batch = Vec::new();
