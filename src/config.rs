@@ -369,6 +369,9 @@ impl Config {
         };
 
         let mut kafka_properties = BTreeMap::new();
+        // Which variable set each property: two spellings of one property (the case differs)
+        // would otherwise let one silently win.
+        let mut set_by: BTreeMap<String, String> = BTreeMap::new();
         let names: Vec<String> = r.vars.keys().cloned().collect();
         for name in names {
             if VARIABLES.iter().any(|(known, _)| *known == name) {
@@ -377,7 +380,15 @@ impl Config {
             match name.strip_prefix(KAFKA_PREFIX) {
                 Some(rest) if !rest.is_empty() => {
                     let property = rest.to_ascii_lowercase().replace('_', ".");
-                    kafka_properties.insert(property, r.vars[&name].clone());
+                    if property == "bootstrap.servers" {
+                        r.problem(&name, format!("set the brokers with {KAFKA_BROKERS}"));
+                    } else if let Some(first) = set_by.get(&property) {
+                        let why = format!("{first} already sets librdkafka's {property}");
+                        r.problem(&name, why);
+                    } else {
+                        set_by.insert(property.clone(), name.clone());
+                        kafka_properties.insert(property, r.vars[&name].clone());
+                    }
                 }
                 _ => r.problem(&name, "unknown variable (see the README's table)"),
             }
@@ -879,6 +890,17 @@ mod tests {
         assert_eq!(c.kafka_properties["client.id"], "x");
         let e = cfg(&[("KSG_HEARTBEAT", "5"), ("KSG_KAFKA_", "x")]).unwrap_err();
         assert_eq!(problem_vars(e), vec!["KSG_HEARTBEAT", "KSG_KAFKA_"]);
+        // One property spelled twice, and the brokers outside KSG_KAFKA_BROKERS: refused.
+        let e = cfg(&[
+            ("KSG_KAFKA_CLIENT_ID", "x"),
+            ("KSG_KAFKA_client_id", "y"),
+            ("KSG_KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            problem_vars(e),
+            vec!["KSG_KAFKA_BOOTSTRAP_SERVERS", "KSG_KAFKA_client_id"]
+        );
     }
 
     #[test]
