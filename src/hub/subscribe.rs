@@ -160,15 +160,18 @@ impl Hub {
             let opened = {
                 let mut state = hub.lock();
                 // A released entry raced with an idle release: the registry gets a new one.
+                // Scoping that ended since the starts were worked out (a record broke the
+                // promise, partitions were added) starts over too: the other partitions were
+                // set to start live, and may hold the key's records from before.
                 let snapshot = start == Start::Snapshot;
-                let scope = scope.filter(|_| state.key_scoping);
+                let unscoped = scope.is_some() && !state.key_scoping;
                 let spec = Spec {
                     id,
                     key: key.as_deref(),
                     scope,
                     snapshot,
                 };
-                (!state.released).then(|| self.open(&hub, &mut state, spec, from, tx))
+                (!state.released && !unscoped).then(|| self.open(&hub, &mut state, spec, from, tx))
             };
             let Some(opened) = opened else {
                 tokio::task::yield_now().await;
