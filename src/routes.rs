@@ -169,14 +169,19 @@ impl Template {
         if raw.len() != self.segments.len() {
             return Ok(None);
         }
+        // The literals first: a path this template does not match is left to the next one,
+        // whatever its other segments hold.
+        for (segment, raw) in self.segments.iter().zip(raw) {
+            if let Segment::Literal(lit) = segment {
+                if percent_decode_str(raw).decode_utf8().ok().as_deref() != Some(lit.as_str()) {
+                    return Ok(None);
+                }
+            }
+        }
         let (mut topic, mut key) = (self.topic.clone(), None);
         for (segment, raw) in self.segments.iter().zip(raw) {
             match segment {
-                Segment::Literal(lit) => {
-                    if percent_decode_str(raw).decode_utf8().ok().as_deref() != Some(lit.as_str()) {
-                        return Ok(None);
-                    }
-                }
+                Segment::Literal(_) => {}
                 Segment::Topic => topic = Some(decode_topic(raw)?),
                 Segment::Key => key = Some(decode_key(raw)?),
             }
@@ -407,6 +412,18 @@ mod tests {
             Err(ResolveError::NotFound(_))
         ));
         assert_eq!(r.labels().len(), 4);
+        // A template whose literals do not match passes the path on, even when a segment it
+        // would read as a topic is no topic name.
+        let r = routes("*", "/{topic}/live,/{key}/quote=stock-prices");
+        let t = r.resolve("/GOOG%20A/quote").unwrap();
+        assert_eq!(
+            (t.topic.as_str(), t.key.unwrap()),
+            ("stock-prices", b"GOOG A".to_vec())
+        );
+        assert!(matches!(
+            r.resolve("/GOOG%20A/live"),
+            Err(ResolveError::BadRequest(_))
+        ));
     }
 
     #[test]
