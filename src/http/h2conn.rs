@@ -60,8 +60,15 @@ impl Budget {
         self.0.store(FRAMES_PER_WRITE, Ordering::Relaxed);
     }
 
-    fn spent(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == 0
+    /// True when the budget is spent, and then the caller is woken to be polled again once
+    /// the connection has written (the yield makes the set of streams hand control back to the
+    /// connection's task).
+    fn spent(&self, cx: &Context<'_>) -> bool {
+        let spent = self.0.load(Ordering::Relaxed) == 0;
+        if spent {
+            cx.waker().wake_by_ref();
+        }
+        spent
     }
 
     fn spend(&self) {
@@ -308,9 +315,8 @@ impl Future for Answer {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         if let Phase::Handling(handling, respond) = &mut this.phase {
-            if this.budget.spent() {
-                // The response's HEADERS count too: polled again after the next write.
-                cx.waker().wake_by_ref();
+            // The response's HEADERS count too.
+            if this.budget.spent(cx) {
                 return Poll::Pending;
             }
             let response = match handling.as_mut().poll(cx) {
@@ -395,10 +401,7 @@ impl Sending {
         budget: &Budget,
     ) -> Poll<()> {
         loop {
-            if budget.spent() {
-                // Polled again once the connection has written (the yield makes the set of
-                // streams hand control back to the connection's task).
-                cx.waker().wake_by_ref();
+            if budget.spent(cx) {
                 return Poll::Pending;
             }
             if self.data.is_empty() {
