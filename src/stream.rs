@@ -18,7 +18,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::auth::expiry::{Due, Expiry};
 use crate::http::limits::Slot;
-use crate::hub::Subscription;
+use crate::hub::{Events, Subscription};
 use crate::sse;
 
 pub mod clock;
@@ -128,8 +128,14 @@ impl SseStream {
         if events == 0 {
             return;
         }
-        self.metrics.events.inc_by(events);
-        self.metrics.bytes.inc_by(bytes as u64);
+        match &self.subscription.events {
+            // Counted by the group, into the same series, once per poll of the connection.
+            Events::Group(cursor) => cursor.sent(events, bytes as u64),
+            Events::Queue(_) => {
+                self.metrics.events.inc_by(events);
+                self.metrics.bytes.inc_by(bytes as u64);
+            }
+        }
         if !self.first_sent {
             self.first_sent = true;
             let waited = self.opened.elapsed().as_secs_f64();

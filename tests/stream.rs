@@ -274,60 +274,102 @@ async fn stalled_stream_is_cut_off_while_others_keep_receiving() {
     let gw = gateway(&cluster, &[("KSG_STREAM_QUEUE", "200")]).await;
     // Separate connections: a stalled stream must not hold the other's connection window.
     let (stalled_conn, live_conn) = (h2_connect_small_windows(&gw).await, h2_connect(&gw).await);
-    let (_, mut stalled) = get(&stalled_conn, &format!("/{topic}"), &[]).await;
-    let (_, mut live) = get(&live_conn, &format!("/{topic}"), &[]).await;
-    stalled.next_block().await.unwrap();
-    live.next_block().await.unwrap();
-
-    // 3000 records of 1 KiB in batches of 100 that the live client reads before the next one:
-    // far beyond what the stalled stream's window, send buffer and queue of 200 can hold.
-    let p = cluster.producer();
-    let filler = "x".repeat(1024);
-    let seqs = |events: &[Block]| -> Vec<usize> {
-        events
-            .iter()
-            .map(|e| e.text().split(' ').next().unwrap().parse().unwrap())
-            .collect()
+    let (_, stalled) = get(&stalled_conn, &format!("/{topic}"), &[]).await;
+    let (_, live) = get(&live_conn, &format!("/{topic}"), &[]).await;
+    // 3000 records of 1 KiB: far beyond what the stalled stream's window, send buffer and
+    // queue of 200 can hold.
+    let run = Overrun {
+        topic: &topic,
+        records: 3000,
+        batch: 100,
+        bytes: 1024,
     };
-    let mut received = Vec::new();
-    for batch in 0..30 {
-        for seq in batch * 100..(batch + 1) * 100 {
-            p.send(
-                &topic,
-                None,
-                Some(b"k"),
-                Some(format!("{seq} {filler}").as_bytes()),
-            );
-        }
-        p.flush().await;
-        received.extend(live.events(100).await);
-    }
-    assert_eq!(
-        seqs(&received),
-        (0..3000).collect::<Vec<_>>(),
-        "the live stream got everything"
-    );
-
-    // The stalled stream ended: what it got is a gap-free prefix, then the end.
-    let mut got = Vec::new();
-    while let Some(event) = stalled.next_event().await {
-        got.push(event);
-    }
-    assert!(
-        !got.is_empty() && got.len() < 3000,
-        "{} events before the cut",
-        got.len()
-    );
-    assert_eq!(seqs(&got), (0..got.len()).collect::<Vec<_>>());
-    let text = metrics(&gw).await;
-    assert_eq!(
-        metric(
-            &text,
-            &format!("ksg_slow_stream_cutoffs_total{{topic=\"{topic}\"}}")
-        ),
-        1.0
-    );
+    run.cuts_off(&cluster, &gw, stalled, live).await;
     gw.shutdown().await;
+}
+
+/// Two live streams of one topic on one HTTP/2 connection share the connection's log: the one
+/// whose client stops reading is cut off when it falls `KSG_STREAM_QUEUE` events behind, and
+/// the other goes on with every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_sharing_a_connection_is_cut_off_and_its_neighbour_goes_on() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("shared");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_STREAM_QUEUE", "100")]).await;
+    // Browser-sized windows: the stream left unread takes its 6 MiB window, then stalls while
+    // its neighbour's reads keep the connection's window open.
+    let h2 = h2_connect(&gw).await;
+    let (_, stalled) = get(&h2, &format!("/{topic}"), &[]).await;
+    let (_, live) = get(&h2, &format!("/{topic}"), &[]).await;
+    // 2000 records of 8 KiB (16 MB): far past the unread stream's window and log bound.
+    let run = Overrun {
+        topic: &topic,
+        records: 2000,
+        batch: 50,
+        bytes: 8 * 1024,
+    };
+    run.cuts_off(&cluster, &gw, stalled, live).await;
+    gw.shutdown().await;
+}
+
+/// Records numbered from 0, produced in batches that one stream reads before the next batch
+/// while another stream is not read at all.
+struct Overrun<'a> {
+    topic: &'a str,
+    records: usize,
+    batch: usize,
+    /// Bytes of filler per record.
+    bytes: usize,
+}
+
+impl Overrun<'_> {
+    /// Checks that `live` gets every record in order, that `stalled` (read at last) got a
+    /// gap-free prefix and then its end, and that one cut-off was counted.
+    async fn cuts_off(
+        &self,
+        cluster: &Cluster,
+        gw: &kafka_sse_gateway::Handle,
+        mut stalled: SseReader,
+        mut live: SseReader,
+    ) {
+        stalled.next_block().await.unwrap();
+        live.next_block().await.unwrap();
+        let p = cluster.producer();
+        let filler = "x".repeat(self.bytes);
+        let seqs = |events: &[Block]| -> Vec<usize> {
+            events
+                .iter()
+                .map(|e| e.text().split(' ').next().unwrap().parse().unwrap())
+                .collect()
+        };
+        let mut received = Vec::new();
+        for first in (0..self.records).step_by(self.batch) {
+            for seq in first..first + self.batch {
+                let value = format!("{seq} {filler}");
+                p.send(self.topic, None, Some(b"k"), Some(value.as_bytes()));
+            }
+            p.flush().await;
+            received.extend(live.events(self.batch).await);
+        }
+        assert_eq!(
+            seqs(&received),
+            (0..self.records).collect::<Vec<_>>(),
+            "the reading stream got everything"
+        );
+        let mut got = Vec::new();
+        while let Some(event) = stalled.next_event().await {
+            got.push(event);
+        }
+        assert!(
+            !got.is_empty() && got.len() < self.records,
+            "{} events before the cut",
+            got.len()
+        );
+        assert_eq!(seqs(&got), (0..got.len()).collect::<Vec<_>>());
+        let cutoffs = format!("ksg_slow_stream_cutoffs_total{{topic=\"{}\"}}", self.topic);
+        assert_eq!(metric(&metrics(gw).await, &cutoffs), 1.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

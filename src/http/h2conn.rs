@@ -40,6 +40,7 @@ use tracing::debug;
 use crate::http::activity::{Activity, Open};
 use crate::http::body::ResponseBody;
 use crate::http::service::App;
+use crate::hub::Fanout;
 use crate::metrics::Metrics;
 use crate::wake::Deferred;
 
@@ -151,6 +152,9 @@ where
     let deferred = Arc::new(Deferred::default());
     let opens = Arc::new(app.open_rate());
     let streams_waker = deferred.waker();
+    // The connection's live streams of a topic share one log; the poll thread wakes this task
+    // once for all of them, and the task wakes those that wait.
+    let fanout = Fanout::new(streams_waker.clone());
     let budget = Arc::new(Budget::full());
     loop {
         if *open.borrow_and_update() > 0 {
@@ -170,7 +174,8 @@ where
                 budget.refill();
                 accepted
             }) => match accepted {
-                Some(Ok((request, respond))) => {
+                Some(Ok((mut request, respond))) => {
+                    request.extensions_mut().insert(fanout.clone());
                     // What a stream keeps while it sends is small: the request and what handling
                     // it needs live in a boxed future, freed once the response is ready.
                     let app = app.clone();
@@ -200,7 +205,10 @@ where
             // every stream's events of a batch at once.
             Some(()) = poll_fn(|cx| {
                 deferred.register(cx.waker());
-                streams.poll_next_unpin(&mut Context::from_waker(&streams_waker))
+                fanout.wake_readers();
+                let polled = streams.poll_next_unpin(&mut Context::from_waker(&streams_waker));
+                fanout.count_sent();
+                polled
             }), if !streams.is_empty() => {}
             _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
                 connection.graceful_shutdown();

@@ -15,7 +15,7 @@ use crate::auth::{Authorizer, Failure};
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
 use crate::http::limits::{retry_after_secs, OpenRate, StreamSlots, FULL_RETRY_AFTER};
-use crate::hub::{Hub, SubscribeError};
+use crate::hub::{Fanout, Hub, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::start::Start;
@@ -189,7 +189,13 @@ impl App {
         };
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
-        let subscription = match self.hub.subscribe(&target.topic, target.key, start).await {
+        // HTTP/2 connections group their live streams of a topic.
+        let fanout = request.extensions().get::<Arc<Fanout>>();
+        let subscription = match self
+            .hub
+            .subscribe(&target.topic, target.key, start, fanout)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let (status, reason, why) = refusal(&e);

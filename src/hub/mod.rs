@@ -24,6 +24,7 @@
 
 mod catchup;
 mod floor;
+pub mod group;
 mod lifecycle;
 pub mod queue;
 pub mod replay;
@@ -46,8 +47,9 @@ use crate::position;
 use crate::source::{Source, SourceError};
 use crate::sse;
 use floor::for_stream;
+pub use group::Fanout;
 use replay::Entry;
-pub use subscribe::Subscription;
+pub use subscribe::{Events, Subscription};
 use topic::{Sub, Topic, TopicState};
 
 /// Why a stream could not be opened.
@@ -218,12 +220,13 @@ impl Hub {
             }
         }
         let keyed = key.is_some_and(|k| state.by_key.contains_key(k));
-        if state.all.is_empty() && !keyed && state.ring.is_none() {
+        let live = !state.all.is_empty() || !state.groups.is_empty() || keyed;
+        if !live && state.ring.is_none() {
             return;
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(&hub, &id, p, offset, key, value);
-        if !state.all.is_empty() || keyed {
+        if live {
             // Once per record handed to streams, never per stream.
             if let Some(ms) = timestamp_ms {
                 let now = std::time::SystemTime::now()
@@ -277,6 +280,19 @@ impl Hub {
                 if set.is_empty() {
                     state.by_key.remove(k);
                 }
+            }
+        }
+        // A connection's group takes the event once for all its streams.
+        for group in state.groups.values() {
+            let slow = group.push(&event);
+            if slow > 0 {
+                hub.cutoffs.inc_by(slow);
+                debug!(
+                    topic,
+                    streams = slow,
+                    "streams cut off: their clients fell behind"
+                );
+                cut += slow;
             }
         }
         for _ in 0..gone {

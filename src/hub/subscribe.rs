@@ -4,26 +4,54 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
 use super::floor::{covers, id_for, replay};
+use super::group::{Cursor, Fanout};
 use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
 use crate::partitioner::KeyPartitioner;
 use crate::position::Position;
 use crate::start::{self, LogStart, PartitionStart, Start};
 
-/// An open subscription: the stream's queue and its start position. Dropping it unregisters.
+/// Where a stream's events come from.
+pub enum Events {
+    /// Its own queue.
+    Queue(queue::Receiver),
+    /// Its place in its connection's group (a live stream of every record on HTTP/2).
+    Group(Cursor),
+}
+
+impl Events {
+    /// The next event; `None` once the stream's events are over.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        match self {
+            Events::Queue(queue) => queue.poll_recv(cx),
+            Events::Group(cursor) => cursor.poll_recv(cx),
+        }
+    }
+
+    /// The next event if there is one now.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        match self {
+            Events::Queue(queue) => queue.try_recv(),
+            Events::Group(cursor) => cursor.try_recv(),
+        }
+    }
+}
+
+/// An open subscription: the stream's events and its start position. Dropping it unregisters.
 pub struct Subscription {
     /// Encoded events, in order.
-    pub events: queue::Receiver,
+    pub events: Events,
     /// The id the preamble carries: the start position, or `None` for a stream catching up
     /// from Kafka (its first event brings an id; until then the client's own id stands).
     pub start_id: Option<String>,
     /// The topic, for metric labels.
     pub topic: String,
-    /// `None` only for a stream fed by a test.
+    /// `None` for a stream of a group (its cursor unregisters it) or fed by a test.
     _registration: Option<Registration>,
 }
 
@@ -34,7 +62,7 @@ impl Subscription {
     pub(crate) fn detached(topic: &str, bound: usize) -> (queue::Sender, Subscription) {
         let (tx, events) = queue::channel(bound);
         let subscription = Subscription {
-            events,
+            events: Events::Queue(events),
             start_id: Some(String::from("test-start")),
             topic: topic.to_string(),
             _registration: None,
@@ -127,12 +155,15 @@ fn key_scope(
 }
 
 impl Hub {
-    /// Opens a stream of `topic` from `start`, optionally only records with key `key`.
+    /// Opens a stream of `topic` from `start`, optionally only records with key `key`. A live
+    /// stream of every record on a connection with a `fanout` joins the connection's group for
+    /// the topic.
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         key: Option<Vec<u8>>,
         start: Start,
+        fanout: Option<&Arc<Fanout>>,
     ) -> Result<Subscription, SubscribeError> {
         loop {
             if self.closed.load(Ordering::Acquire) {
@@ -155,6 +186,22 @@ impl Hub {
             let from = self
                 .partition_starts(&hub, &start, partitions, scope)
                 .await?;
+            if let (Some(fanout), None, None) = (fanout, &key, &from) {
+                let joined = {
+                    let mut state = hub.lock();
+                    (!state.released).then(|| self.join(&hub, &mut state, fanout))
+                };
+                let Some((start_id, cursor)) = joined else {
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                return Ok(Subscription {
+                    events: Events::Group(cursor),
+                    start_id: Some(start_id),
+                    topic: hub.name.clone(),
+                    _registration: None,
+                });
+            }
             let (tx, rx) = queue::channel(self.config.queue);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let opened = {
@@ -205,7 +252,7 @@ impl Hub {
                 }
             };
             return Ok(Subscription {
-                events: rx,
+                events: Events::Queue(rx),
                 start_id,
                 topic: hub.name.clone(),
                 _registration: Some(registration),
@@ -341,6 +388,35 @@ impl Hub {
             }
         }
         Ok(())
+    }
+
+    /// Registers a live stream of every record in its connection's group for the topic (made
+    /// and registered with the topic if there is none), under the topic lock; returns its start
+    /// id and its cursor, which reads from the next record dispatched.
+    fn join(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        fanout: &Arc<Fanout>,
+    ) -> (String, Cursor) {
+        state.streams += 1;
+        state.idle_since = None;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let groups = &state.groups;
+        let counters = || {
+            let topic = [hub.name.as_str()];
+            (
+                self.metrics.events_sent.with_label_values(&topic),
+                self.metrics.event_bytes_sent.with_label_values(&topic),
+            )
+        };
+        let registered = |g| groups.contains_key(&g);
+        let (group, new) = fanout.group_for(hub, registered, id, self.config.queue, counters);
+        if new {
+            state.groups.insert(id, group.clone());
+        }
+        let cursor = group.join();
+        (id_for(hub.fingerprint, None, &state.positions), cursor)
     }
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a

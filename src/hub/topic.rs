@@ -1,9 +1,10 @@
 //! One topic: its live channel, and the state its lock guards: the position of the last
 //! record dispatched, the replay ring, and the registered streams (live by key or for every
-//! record, and those still catching up).
+//! record, connections' groups of streams for every record, and those still catching up).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
 use tracing::warn;
 
+use super::group::Group;
 use super::queue;
 use super::replay::Ring;
 use crate::metrics::Metrics;
@@ -61,6 +63,8 @@ pub(super) struct TopicState {
     pub(super) ring: Option<Ring>,
     pub(super) all: HashMap<u64, Sub>,
     pub(super) by_key: HashMap<Vec<u8>, HashMap<u64, Sub>>,
+    /// Connections' groups of live streams that take every record, by id.
+    pub(super) groups: HashMap<u64, Arc<Group>>,
     /// Streams catching up from Kafka, not yet receiving live records.
     pub(super) pending: HashSet<u64>,
     pub(super) streams: usize,
@@ -118,9 +122,12 @@ impl TopicState {
                 let _ = sub.tx.try_send(last.clone());
             }
         }
+        let grouped: usize = self.groups.values().map(|g| g.close(last)).sum();
         let count = self.all.len()
             + self.by_key.values().map(HashMap::len).sum::<usize>()
-            + self.pending.len();
+            + self.pending.len()
+            + grouped;
+        self.groups.clear();
         self.all.clear();
         self.by_key.clear();
         self.pending.clear();

@@ -1,0 +1,616 @@
+//! A connection's live streams of one topic that take every record as it comes (no key, no
+//! resume floor, no catch-up): one shared log, each stream a cursor into it.
+//!
+//! The Kafka poll thread appends each event to the group once, whatever the number of its
+//! streams, and wakes the connection's task at most once per batch of records; the connection's
+//! task then wakes its waiting streams itself (on its own core, where they are polled next).
+//! Without the group, the poll thread queued the event for each stream and woke each stream's
+//! task: a lock, a queue slot and a wake-up per stream and record, each touching memory the
+//! connection's thread read next.
+//!
+//! The log keeps an event until every stream of the group has read it, and at most the stream
+//! queue bound (`KSG_STREAM_QUEUE`) of them: appending past the bound cuts off the streams that
+//! still hold the oldest event, exactly as a full queue does for a stream on its own. A cut-off
+//! stream ends at its next read (its client resumes from the last id it received, so nothing is
+//! lost) and its unread events are released at once.
+//!
+//! Everything a group's streams touch per event is the connection's own: a small event is
+//! copied into the group once (its streams' handles on it then count in memory no other
+//! connection's thread touches), and the events and bytes its streams write are added up in the
+//! group and counted into the topic's series once per poll of the connection.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prometheus::IntCounter;
+
+use super::topic::Topic;
+
+/// One HTTP/2 connection's groups, one per topic it streams.
+pub struct Fanout {
+    /// Wakes the connection's task.
+    connection: Waker,
+    groups: Mutex<Vec<Arc<Group>>>,
+}
+
+impl Fanout {
+    /// The groups of a connection whose task `connection` wakes.
+    pub fn new(connection: Waker) -> Arc<Fanout> {
+        Arc::new(Fanout {
+            connection,
+            groups: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Wakes every stream that waits for an event appended since the last call. The
+    /// connection's task calls it before polling its streams.
+    pub fn wake_readers(&self) {
+        for group in self.groups.lock().iter() {
+            group.wake_readers();
+        }
+    }
+
+    /// Counts what the streams wrote since the last call into the topics' series. The
+    /// connection's task calls it after polling its streams.
+    pub fn count_sent(&self) {
+        for group in self.groups.lock().iter() {
+            group.sent.flush();
+        }
+    }
+
+    /// The connection's group for `topic` still registered under `id`s the topic holds, or
+    /// a new one (the caller registers it). Called under the topic's lock.
+    pub(super) fn group_for(
+        self: &Arc<Self>,
+        topic: &Arc<Topic>,
+        registered: impl Fn(u64) -> bool,
+        new_id: u64,
+        bound: usize,
+        counters: impl FnOnce() -> (IntCounter, IntCounter),
+    ) -> (Arc<Group>, bool) {
+        let mut groups = self.groups.lock();
+        let found = groups
+            .iter()
+            .find(|g| Arc::ptr_eq(&g.topic, topic) && registered(g.id));
+        if let Some(group) = found {
+            return (group.clone(), false);
+        }
+        let group = Arc::new(Group {
+            id: new_id,
+            topic: topic.clone(),
+            fanout: Arc::downgrade(self),
+            connection: self.connection.clone(),
+            bound: bound.max(1),
+            log: Mutex::new(Log::default()),
+            sent: Sent::new(counters()),
+        });
+        groups.push(group.clone());
+        (group, true)
+    }
+
+    fn forget(&self, group: &Arc<Group>) {
+        self.groups.lock().retain(|g| !Arc::ptr_eq(g, group));
+    }
+}
+
+/// A connection's live streams of one topic: the log they share and their cursors.
+pub(super) struct Group {
+    /// Its key among the topic's groups.
+    pub(super) id: u64,
+    pub(super) topic: Arc<Topic>,
+    fanout: Weak<Fanout>,
+    connection: Waker,
+    /// Events kept for the slowest stream at most.
+    bound: usize,
+    log: Mutex<Log>,
+    sent: Sent,
+}
+
+/// Events up to this size are copied into each group that takes them.
+const COPY_MAX: usize = 4096;
+
+/// Events and bytes the group's streams wrote, not yet counted in the topic's series.
+struct Sent {
+    events: AtomicU64,
+    bytes: AtomicU64,
+    /// `ksg_events_sent_total` and `ksg_event_bytes_sent_total` of the topic.
+    counters: (IntCounter, IntCounter),
+}
+
+impl Sent {
+    fn new(counters: (IntCounter, IntCounter)) -> Sent {
+        Sent {
+            events: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            counters,
+        }
+    }
+
+    fn flush(&self) {
+        let events = self.events.swap(0, Ordering::Relaxed);
+        if events > 0 {
+            self.counters.0.inc_by(events);
+            self.counters
+                .1
+                .inc_by(self.bytes.swap(0, Ordering::Relaxed));
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.sent.flush();
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    /// The sequence number of the first entry.
+    base: u64,
+    entries: VecDeque<Entry>,
+    /// Streams by slot; a free slot is reused.
+    members: Vec<Member>,
+    free: Vec<usize>,
+    /// Members that read everything and wait, by slot.
+    waiting: Vec<usize>,
+    /// The connection was woken for the waiting members and has not woken them yet.
+    notified: bool,
+    /// Members still reading (not cut off).
+    readers: u32,
+    /// Members, cut off or not.
+    members_count: usize,
+    /// No more events: members read what is left, then end.
+    closed: bool,
+}
+
+struct Entry {
+    event: Bytes,
+    /// Members that have still to read it.
+    unread: u32,
+}
+
+#[derive(Default)]
+struct Member {
+    /// The sequence number of the next event to read.
+    pos: u64,
+    waker: Option<Waker>,
+    waiting: bool,
+    cut: bool,
+    used: bool,
+}
+
+impl Log {
+    fn head(&self) -> u64 {
+        self.base + self.entries.len() as u64
+    }
+
+    /// Drops the events every member has read.
+    fn trim(&mut self) {
+        while self.entries.front().is_some_and(|e| e.unread == 0) {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+        if self.entries.is_empty() && self.entries.capacity() > 64 {
+            // A burst is over: give its buffer back.
+            self.entries = VecDeque::new();
+        }
+    }
+
+    /// The member at `slot` stops reading: the events it had not read no longer wait for it.
+    fn stop_reading(&mut self, slot: usize) {
+        let pos = self.members[slot].pos.max(self.base);
+        let from = (pos - self.base) as usize;
+        for entry in self.entries.iter_mut().skip(from) {
+            entry.unread -= 1;
+        }
+        self.readers -= 1;
+    }
+
+    /// Cuts off the members still holding the oldest event; returns how many.
+    fn cut_slowest(&mut self) -> u64 {
+        let base = self.base;
+        let mut cut = 0;
+        for slot in 0..self.members.len() {
+            let m = &self.members[slot];
+            if m.used && !m.cut && m.pos <= base {
+                self.stop_reading(slot);
+                let m = &mut self.members[slot];
+                m.cut = true;
+                if let Some(task) = &m.waker {
+                    task.wake_by_ref();
+                }
+                cut += 1;
+            }
+        }
+        self.trim();
+        cut
+    }
+}
+
+impl Group {
+    /// Appends `event` for every member (under the topic's lock, by the poll thread); returns
+    /// the members cut off as slow to make room.
+    pub(super) fn push(&self, event: &Bytes) -> u64 {
+        let mut log = self.log.lock();
+        if log.closed || log.readers == 0 {
+            return 0;
+        }
+        let cut = if log.entries.len() >= self.bound {
+            log.cut_slowest()
+        } else {
+            0
+        };
+        if log.readers == 0 {
+            return cut;
+        }
+        let unread = log.readers;
+        let event = if unread > 1 && event.len() <= COPY_MAX {
+            Bytes::copy_from_slice(event)
+        } else {
+            event.clone()
+        };
+        log.entries.push_back(Entry { event, unread });
+        if !log.waiting.is_empty() && !log.notified {
+            log.notified = true;
+            self.connection.wake_by_ref();
+        }
+        cut
+    }
+
+    /// Appends `last` (if any) for every member and closes the log: members read what is
+    /// left, then end. Returns the members, each still counted as a stream of the topic.
+    pub(super) fn close(&self, last: Option<&Bytes>) -> usize {
+        let mut log = self.log.lock();
+        if let Some(last) = last.filter(|_| log.readers > 0 && !log.closed) {
+            let unread = log.readers;
+            log.entries.push_back(Entry {
+                event: last.clone(),
+                unread,
+            });
+        }
+        log.closed = true;
+        for slot in std::mem::take(&mut log.waiting) {
+            let m = &mut log.members[slot];
+            m.waiting = false;
+            if let Some(task) = &m.waker {
+                task.wake_by_ref();
+            }
+        }
+        log.members_count
+    }
+
+    /// Wakes the members waiting for the events appended since the last call.
+    fn wake_readers(&self) {
+        let mut log = self.log.lock();
+        if !log.notified {
+            return;
+        }
+        log.notified = false;
+        let mut waiting = std::mem::take(&mut log.waiting);
+        for &slot in &waiting {
+            let m = &mut log.members[slot];
+            m.waiting = false;
+            if let Some(task) = &m.waker {
+                task.wake_by_ref();
+            }
+        }
+        waiting.clear();
+        log.waiting = waiting;
+    }
+
+    /// A new member reading from the next event appended (under the topic's lock).
+    pub(super) fn join(self: &Arc<Self>) -> Cursor {
+        let mut log = self.log.lock();
+        let pos = log.head();
+        let member = Member {
+            pos,
+            used: true,
+            ..Member::default()
+        };
+        let slot = match log.free.pop() {
+            Some(slot) => {
+                log.members[slot] = member;
+                slot
+            }
+            None => {
+                log.members.push(member);
+                log.members.len() - 1
+            }
+        };
+        log.readers += 1;
+        log.members_count += 1;
+        Cursor {
+            group: self.clone(),
+            slot,
+        }
+    }
+}
+
+/// A stream's place in its group's log. Dropping it leaves the group.
+pub struct Cursor {
+    group: Arc<Group>,
+    slot: usize,
+}
+
+/// What a cursor read.
+enum Read {
+    Event(Bytes),
+    End,
+    Nothing,
+}
+
+impl Cursor {
+    /// Reads the member's next event from the locked log.
+    fn read(log: &mut Log, slot: usize) -> Read {
+        let base = log.base;
+        let len = log.entries.len();
+        let m = &mut log.members[slot];
+        if m.cut {
+            return Read::End;
+        }
+        let at = (m.pos - base) as usize;
+        if at >= len {
+            return if log.closed { Read::End } else { Read::Nothing };
+        }
+        m.pos += 1;
+        let entry = &mut log.entries[at];
+        entry.unread -= 1;
+        if at == 0 && entry.unread == 0 {
+            // The last reader takes the event itself.
+            let event = log.entries.pop_front().map(|e| e.event);
+            log.base += 1;
+            log.trim();
+            return event.map_or(Read::Nothing, Read::Event);
+        }
+        Read::Event(entry.event.clone())
+    }
+
+    /// The next event; `None` once the stream was cut off as slow, or the log closed and
+    /// everything in it was read.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut log = self.group.log.lock();
+        match Self::read(&mut log, self.slot) {
+            Read::Event(event) => return Poll::Ready(Some(event)),
+            Read::End => return Poll::Ready(None),
+            Read::Nothing => {}
+        }
+        // Under the same lock as the look: an append after it sees this member waiting.
+        let m = &mut log.members[self.slot];
+        if !m.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            m.waker = Some(cx.waker().clone());
+        }
+        if !m.waiting {
+            m.waiting = true;
+            log.waiting.push(self.slot);
+        }
+        Poll::Pending
+    }
+
+    /// Counts `events` events of `bytes` bytes written by the stream (into the topic's series
+    /// at the connection's next [`Fanout::count_sent`]).
+    pub fn sent(&self, events: u64, bytes: u64) {
+        let sent = &self.group.sent;
+        sent.events.fetch_add(events, Ordering::Relaxed);
+        sent.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The next event if there is one now.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        match Self::read(&mut self.group.log.lock(), self.slot) {
+            Read::Event(event) => Some(event),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Cursor {
+    fn drop(&mut self) {
+        let group = &self.group;
+        let mut state = group.topic.lock();
+        let empty = {
+            let mut log = group.log.lock();
+            let m = &log.members[self.slot];
+            if !m.cut {
+                log.stop_reading(self.slot);
+            }
+            log.members[self.slot] = Member::default();
+            log.free.push(self.slot);
+            log.waiting.retain(|&slot| slot != self.slot);
+            log.members_count -= 1;
+            log.trim();
+            log.members_count == 0
+        };
+        let registered = state
+            .groups
+            .get(&group.id)
+            .is_some_and(|g| Arc::ptr_eq(g, group));
+        if registered {
+            state.stream_gone();
+            if empty {
+                state.groups.remove(&group.id);
+            }
+        }
+        if empty {
+            if let Some(fanout) = group.fanout.upgrade() {
+                fanout.forget(group);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::wake::counting_waker;
+
+    fn poll(cursor: &mut Cursor, task: &Waker) -> Poll<Option<Bytes>> {
+        cursor.poll_recv(&mut Context::from_waker(task))
+    }
+
+    fn ev(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    /// A group of a fresh topic on a connection whose wake-ups `connection` counts; the
+    /// group is registered in the topic's state as subscribe would.
+    fn group(bound: usize) -> (Arc<crate::wake::WakeCount>, Arc<Fanout>, Arc<Group>) {
+        let (count, connection) = counting_waker();
+        let metrics = Metrics::new(&[]);
+        let topic = Arc::new(Topic::new("t", None, false, &metrics));
+        let fanout = Fanout::new(connection);
+        let counter = |n: &str| IntCounter::new(n, n).unwrap();
+        let counters = || (counter("events"), counter("bytes"));
+        let (group, new) = fanout.group_for(&topic, |_| true, 7, bound, counters);
+        assert!(new);
+        topic.lock().groups.insert(7, group.clone());
+        (count, fanout, group)
+    }
+
+    fn join(group: &Arc<Group>) -> Cursor {
+        group.topic.lock().streams += 1;
+        group.join()
+    }
+
+    #[test]
+    fn members_read_each_event_once_and_the_log_keeps_only_the_unread() {
+        let (_, _fanout, group) = group(8);
+        let (mut a, mut b) = (join(&group), join(&group));
+        let (_, task) = counting_waker();
+        group.push(&ev("1"));
+        group.push(&ev("2"));
+        let later = join(&group);
+        assert_eq!(poll(&mut a, &task), Poll::Ready(Some(ev("1"))));
+        assert_eq!(a.try_recv(), Some(ev("2")));
+        assert_eq!(a.try_recv(), None);
+        assert_eq!(group.log.lock().entries.len(), 2, "b has read nothing");
+        assert_eq!(b.try_recv(), Some(ev("1")));
+        assert_eq!(group.log.lock().entries.len(), 1);
+        // The last reader gets the event itself, not a new handle on it.
+        let kept = group.log.lock().entries[0].event.as_ptr();
+        let last = b.try_recv().unwrap();
+        assert_eq!(last.as_ptr(), kept);
+        assert!(group.log.lock().entries.is_empty());
+        drop(later);
+    }
+
+    #[test]
+    fn the_connection_is_woken_once_and_it_wakes_the_waiting_members() {
+        let (connection, fanout, group) = group(8);
+        let (mut a, mut b) = (join(&group), join(&group));
+        let (woken_a, task_a) = counting_waker();
+        let (woken_b, task_b) = counting_waker();
+        assert_eq!(poll(&mut a, &task_a), Poll::Pending);
+        assert_eq!(poll(&mut b, &task_b), Poll::Pending);
+        group.push(&ev("1"));
+        group.push(&ev("2"));
+        assert_eq!(
+            connection.get(),
+            1,
+            "one wake-up of the connection per batch"
+        );
+        assert_eq!(
+            woken_a.get() + woken_b.get(),
+            0,
+            "the poll thread wakes no stream"
+        );
+        fanout.wake_readers();
+        assert_eq!((woken_a.get(), woken_b.get()), (1, 1));
+        fanout.wake_readers();
+        assert_eq!((woken_a.get(), woken_b.get()), (1, 1), "nothing new");
+        assert_eq!(poll(&mut a, &task_a), Poll::Ready(Some(ev("1"))));
+        assert_eq!(poll(&mut a, &task_a), Poll::Ready(Some(ev("2"))));
+        assert_eq!(poll(&mut a, &task_a), Poll::Pending);
+        // b is not waiting (it has unread events): only a's wait wakes the connection.
+        group.push(&ev("3"));
+        assert_eq!(connection.get(), 2);
+        fanout.wake_readers();
+        assert_eq!((woken_a.get(), woken_b.get()), (2, 1));
+    }
+
+    #[test]
+    fn past_the_bound_the_slowest_are_cut_off_and_release_their_events() {
+        let (_, _fanout, group) = group(2);
+        let (mut slow, mut fast) = (join(&group), join(&group));
+        let (woken, task) = counting_waker();
+        assert_eq!(poll(&mut slow, &task), Poll::Pending);
+        assert_eq!(group.push(&ev("1")), 0);
+        assert_eq!(fast.try_recv(), Some(ev("1")));
+        assert_eq!(group.push(&ev("2")), 0);
+        assert_eq!(fast.try_recv(), Some(ev("2")));
+        // Two events held for the slow member: the third cuts it off.
+        assert_eq!(group.push(&ev("3")), 1);
+        assert_eq!(woken.get(), 1, "the cut member is woken to end");
+        {
+            let log = group.log.lock();
+            assert_eq!(
+                log.entries.len(),
+                1,
+                "only what the fast member has not read"
+            );
+            assert_eq!(log.entries[0].unread, 1);
+        }
+        assert_eq!(poll(&mut slow, &task), Poll::Ready(None));
+        assert_eq!(fast.try_recv(), Some(ev("3")));
+        assert_eq!(group.push(&ev("4")), 0, "cut once");
+        drop(slow);
+        assert_eq!(group.topic.lock().streams, 1);
+        assert_eq!(fast.try_recv(), Some(ev("4")));
+    }
+
+    #[test]
+    fn a_member_leaving_releases_its_unread_events_and_the_last_one_unregisters() {
+        let (_, fanout, group) = group(8);
+        let (a, mut b) = (join(&group), join(&group));
+        group.push(&ev("1"));
+        group.push(&ev("2"));
+        drop(a);
+        assert_eq!(b.try_recv(), Some(ev("1")));
+        assert_eq!(group.log.lock().entries.len(), 1);
+        drop(b);
+        assert!(group.log.lock().entries.is_empty());
+        let state = group.topic.lock();
+        assert_eq!(state.streams, 0);
+        assert!(state.groups.is_empty());
+        assert!(fanout.groups.lock().is_empty());
+    }
+
+    #[test]
+    fn a_small_event_is_copied_once_per_group_and_sent_counts_are_flushed_by_the_connection() {
+        let (_, fanout, group) = group(8);
+        let (mut a, mut b) = (join(&group), join(&group));
+        let shared = Bytes::from(vec![b'x'; 100]);
+        group.push(&shared);
+        let (ea, eb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+        assert_eq!(ea, shared);
+        assert_ne!(ea.as_ptr(), shared.as_ptr(), "the group's own copy");
+        assert_eq!(ea.as_ptr(), eb.as_ptr(), "one copy for the whole group");
+        a.sent(1, 100);
+        b.sent(2, 300);
+        let (events, bytes) = &group.sent.counters;
+        assert_eq!(events.get(), 0, "counted by the connection's poll");
+        fanout.count_sent();
+        assert_eq!((events.get(), bytes.get()), (3, 400));
+        fanout.count_sent();
+        assert_eq!((events.get(), bytes.get()), (3, 400));
+    }
+
+    #[test]
+    fn a_closed_log_is_read_to_its_end_then_ends() {
+        let (_, _fanout, group) = group(8);
+        let mut a = join(&group);
+        let (woken, task) = counting_waker();
+        group.push(&ev("1"));
+        assert_eq!(poll(&mut a, &task), Poll::Ready(Some(ev("1"))));
+        assert_eq!(poll(&mut a, &task), Poll::Pending);
+        assert_eq!(group.close(Some(&ev("end"))), 1);
+        assert_eq!(woken.get(), 1);
+        assert_eq!(group.push(&ev("2")), 0, "closed: nothing appended");
+        assert_eq!(poll(&mut a, &task), Poll::Ready(Some(ev("end"))));
+        assert_eq!(poll(&mut a, &task), Poll::Ready(None));
+    }
+}
