@@ -166,13 +166,14 @@ impl SseStream {
     /// Appends events already waiting in the queue to `first`, up to [`MAX_BATCH_BYTES`].
     /// A lone event is passed on as the shared bytes, without a copy; a batch is copied into
     /// a buffer of exactly its size (a frame may wait in `h2` while its client reads slowly,
-    /// so a roomy buffer would hold far more memory than its events).
-    fn batch(&mut self, first: Bytes) -> Bytes {
+    /// so a roomy buffer would hold far more memory than its events). Returns the frame and the
+    /// number of items it holds.
+    fn batch(&mut self, first: Bytes) -> (Bytes, u64) {
         if first.len() >= MAX_BATCH_BYTES {
-            return first;
+            return (first, 1);
         }
         let Some(second) = self.subscription.events.try_recv() else {
-            return first;
+            return (first, 1);
         };
         let mut len = first.len() + second.len();
         let mut parts = vec![first, second];
@@ -189,7 +190,7 @@ impl SseStream {
         for part in &parts {
             buf.extend_from_slice(part);
         }
-        buf.freeze()
+        (buf.freeze(), parts.len() as u64)
     }
 }
 
@@ -224,7 +225,7 @@ impl Body for SseStream {
         if let Some(preamble) = this.preamble.take() {
             // Whatever is already queued (a replay) goes out in the same frame.
             let own = (blocks(&preamble), preamble.len());
-            let frame = this.batch(preamble);
+            let (frame, _) = this.batch(preamble);
             let events = blocks(&frame) - own.0;
             this.sent(events, frame.len() - own.1);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
@@ -253,9 +254,14 @@ impl Body for SseStream {
         }
         match this.subscription.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
-                // A queue item may hold several events (catch-up and replay batches).
-                let frame = this.batch(event);
-                this.sent(blocks(&frame), frame.len());
+                let (frame, items) = this.batch(event);
+                let events = match &this.subscription.events {
+                    // An item of a group's log is one event.
+                    Events::Group(_) => items,
+                    // A queue item may hold several (catch-up chunks).
+                    Events::Queue(_) => blocks(&frame),
+                };
+                this.sent(events, frame.len());
                 this.appointments.wrote();
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
