@@ -110,8 +110,12 @@ pub(super) struct Group {
     sent: Sent,
 }
 
-/// Events up to this size are copied into each group that takes them.
+/// Events up to this size are copied into each group that takes them, while the group's log
+/// holds fewer than [`COPY_WHILE_BELOW`] events: a group whose streams keep up (the case that
+/// matters for CPU) gets its own copies, and one that lags holds at most that many copies
+/// (64 × 4 KiB), the rest shared with the topic's ring.
 const COPY_MAX: usize = 4096;
+const COPY_WHILE_BELOW: usize = 64;
 
 /// Events and bytes the group's streams wrote, not yet counted in the topic's series.
 struct Sent {
@@ -210,15 +214,13 @@ impl Log {
         self.readers -= 1;
     }
 
-    /// Cuts off the members still holding the oldest event; returns how many.
+    /// Cuts off the members still holding the oldest event; returns how many. They are all at
+    /// the oldest event, so their unread events are released in one pass over the log.
     fn cut_slowest(&mut self) -> u64 {
         let base = self.base;
         let mut cut = 0;
-        for slot in 0..self.members.len() {
-            let m = &self.members[slot];
+        for m in self.members.iter_mut() {
             if m.used && !m.cut && m.pos <= base {
-                self.stop_reading(slot);
-                let m = &mut self.members[slot];
                 m.cut = true;
                 if let Some(task) = &m.waker {
                     task.wake_by_ref();
@@ -226,8 +228,14 @@ impl Log {
                 cut += 1;
             }
         }
+        if cut > 0 {
+            for entry in self.entries.iter_mut() {
+                entry.unread -= cut;
+            }
+            self.readers -= cut;
+        }
         self.trim();
-        cut
+        u64::from(cut)
     }
 }
 
@@ -248,7 +256,8 @@ impl Group {
             return cut;
         }
         let unread = log.readers;
-        let event = if unread > 1 && event.len() <= COPY_MAX {
+        let copy = unread > 1 && event.len() <= COPY_MAX && log.entries.len() < COPY_WHILE_BELOW;
+        let event = if copy {
             Bytes::copy_from_slice(event)
         } else {
             event.clone()
@@ -536,14 +545,15 @@ mod tests {
     fn past_the_bound_the_slowest_are_cut_off_and_release_their_events() {
         let (_, _fanout, group) = group(2);
         let (mut slow, mut fast) = (join(&group), join(&group));
+        let mut slow2 = join(&group);
         let (woken, task) = counting_waker();
         assert_eq!(poll(&mut slow, &task), Poll::Pending);
         assert_eq!(group.push(&ev("1")), 0);
         assert_eq!(fast.try_recv(), Some(ev("1")));
         assert_eq!(group.push(&ev("2")), 0);
         assert_eq!(fast.try_recv(), Some(ev("2")));
-        // Two events held for the slow member: the third cuts it off.
-        assert_eq!(group.push(&ev("3")), 1);
+        // Two events held for the slow members: the third cuts both off.
+        assert_eq!(group.push(&ev("3")), 2);
         assert_eq!(woken.get(), 1, "the cut member is woken to end");
         {
             let log = group.log.lock();
@@ -555,9 +565,10 @@ mod tests {
             assert_eq!(log.entries[0].unread, 1);
         }
         assert_eq!(poll(&mut slow, &task), Poll::Ready(None));
+        assert_eq!(slow2.try_recv(), None);
         assert_eq!(fast.try_recv(), Some(ev("3")));
         assert_eq!(group.push(&ev("4")), 0, "cut once");
-        drop(slow);
+        drop((slow, slow2));
         assert_eq!(group.topic.lock().streams, 1);
         assert_eq!(fast.try_recv(), Some(ev("4")));
     }
@@ -597,6 +608,21 @@ mod tests {
         assert_eq!((events.get(), bytes.get()), (3, 400));
         fanout.count_sent();
         assert_eq!((events.get(), bytes.get()), (3, 400));
+    }
+
+    #[test]
+    fn a_group_that_lags_holds_few_copies_of_its_own() {
+        let (_, _fanout, group) = group(4 * COPY_WHILE_BELOW);
+        let _members = (join(&group), join(&group));
+        let shared = Bytes::from(vec![b'x'; 100]);
+        for _ in 0..2 * COPY_WHILE_BELOW {
+            group.push(&shared);
+        }
+        let log = group.log.lock();
+        assert_eq!(log.entries.len(), 2 * COPY_WHILE_BELOW);
+        let own = log.entries.iter();
+        let own = own.filter(|e| e.event.as_ptr() != shared.as_ptr()).count();
+        assert_eq!(own, COPY_WHILE_BELOW, "the rest shared with the topic");
     }
 
     #[test]
