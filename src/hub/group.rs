@@ -165,8 +165,6 @@ struct Log {
     notified: bool,
     /// Members still reading (not cut off).
     readers: u32,
-    /// Members, cut off or not.
-    members_count: usize,
     /// No more events: members read what is left, then end.
     closed: bool,
 }
@@ -190,6 +188,26 @@ struct Member {
 impl Log {
     fn head(&self) -> u64 {
         self.base + self.entries.len() as u64
+    }
+
+    /// Members, cut off or not.
+    fn members(&self) -> usize {
+        self.members.len() - self.free.len()
+    }
+
+    /// Wakes the members waiting for an event; they wait no more.
+    fn wake_waiting(&mut self) {
+        let mut waiting = std::mem::take(&mut self.waiting);
+        for &slot in &waiting {
+            let m = &mut self.members[slot];
+            m.waiting = false;
+            if let Some(task) = &m.waker {
+                task.wake_by_ref();
+            }
+        }
+        // The list keeps its buffer.
+        waiting.clear();
+        self.waiting = waiting;
     }
 
     /// Drops the events every member has read.
@@ -282,14 +300,8 @@ impl Group {
             });
         }
         log.closed = true;
-        for slot in std::mem::take(&mut log.waiting) {
-            let m = &mut log.members[slot];
-            m.waiting = false;
-            if let Some(task) = &m.waker {
-                task.wake_by_ref();
-            }
-        }
-        log.members_count
+        log.wake_waiting();
+        log.members()
     }
 
     /// Wakes the members waiting for the events appended since the last call.
@@ -299,16 +311,7 @@ impl Group {
             return;
         }
         log.notified = false;
-        let mut waiting = std::mem::take(&mut log.waiting);
-        for &slot in &waiting {
-            let m = &mut log.members[slot];
-            m.waiting = false;
-            if let Some(task) = &m.waker {
-                task.wake_by_ref();
-            }
-        }
-        waiting.clear();
-        log.waiting = waiting;
+        log.wake_waiting();
     }
 
     /// A new member reading from the next event appended (under the topic's lock).
@@ -331,7 +334,6 @@ impl Group {
             }
         };
         log.readers += 1;
-        log.members_count += 1;
         Cursor {
             group: self.clone(),
             slot,
@@ -429,9 +431,8 @@ impl Drop for Cursor {
             log.members[self.slot] = Member::default();
             log.free.push(self.slot);
             log.waiting.retain(|&slot| slot != self.slot);
-            log.members_count -= 1;
             log.trim();
-            log.members_count == 0
+            log.members() == 0
         };
         let registered = state
             .groups
