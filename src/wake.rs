@@ -6,13 +6,17 @@
 //! a write (and a TLS record) per stream and record. Inside [`batch`], a connection's wake-up
 //! is recorded once and done when the batch ends, so a connection writes the whole batch for
 //! all its streams in one go. Outside a batch (catch-up readers, timers), wake-ups are at once.
+//!
+//! Within a connection, [`Ready`] lists the streams due for a poll by the connection's task.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 
 use futures_util::task::AtomicWaker;
+use parking_lot::Mutex;
 
 thread_local! {
     /// The wake-ups held back by the batch running on this thread, by connection.
@@ -74,6 +78,86 @@ impl Wake for Deferred {
         });
         if !held {
             self.task.wake();
+        }
+    }
+}
+
+/// The streams of one connection that are due for a poll, by their token on the connection,
+/// and the waker of the connection's task, which polls them.
+///
+/// A stream is due when its own waker is woken (by `h2`, a timer, its queue) or when the
+/// connection's task finds it among the members of a shared log that a new event wakes
+/// (`hub::group`): those are marked due in bulk, under one lock, with no waker at all.
+pub struct Ready {
+    due: Mutex<Vec<usize>>,
+    connection: Waker,
+}
+
+impl Ready {
+    /// The due list of the connection whose task `connection` wakes.
+    pub fn new(connection: Waker) -> Arc<Ready> {
+        Arc::new(Ready {
+            due: Mutex::new(Vec::new()),
+            connection,
+        })
+    }
+
+    /// Marks the streams `tokens` due (the caller wakes the connection if it is not the
+    /// connection's task itself).
+    pub fn mark(&self, tokens: impl IntoIterator<Item = usize>) {
+        self.due.lock().extend(tokens);
+    }
+
+    /// Wakes the connection's task.
+    pub fn wake_connection(&self) {
+        self.connection.wake_by_ref();
+    }
+
+    /// Moves the due tokens to the end of `into`, leaving none due.
+    pub fn take_into(&self, into: &mut Vec<usize>) {
+        let mut due = self.due.lock();
+        if into.is_empty() {
+            std::mem::swap(&mut *due, into);
+        } else {
+            into.append(&mut due);
+        }
+    }
+
+    /// The waker of the stream `token`: its wake-ups mark it due once until its next poll,
+    /// and wake the connection's task.
+    pub fn waker(self: &Arc<Self>, token: usize) -> (Arc<StreamWake>, Waker) {
+        let wake = Arc::new(StreamWake {
+            ready: self.clone(),
+            token,
+            queued: AtomicBool::new(false),
+        });
+        (wake.clone(), Waker::from(wake))
+    }
+}
+
+/// One stream's waker (see [`Ready::waker`]).
+pub struct StreamWake {
+    ready: Arc<Ready>,
+    token: usize,
+    queued: AtomicBool,
+}
+
+impl StreamWake {
+    /// The stream is about to be polled: a wake-up from now on marks it due again.
+    pub fn polling(&self) {
+        self.queued.store(false, Ordering::Release);
+    }
+}
+
+impl Wake for StreamWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            self.ready.mark([self.token]);
+            self.ready.wake_connection();
         }
     }
 }

@@ -6,13 +6,14 @@
 //! `END_STREAM` never waits behind unflushed data.
 //!
 //! One task per connection does everything: it accepts streams, answers them and writes their
-//! events (each stream is a future polled by this task, woken on its own, so a record fanned
-//! out to many streams of a connection costs one task wake-up, and `h2`'s connection lock is
-//! never contended), sends keep-alive PINGs, closes the connection when it has had no open
-//! stream for the idle timeout, and says GOAWAY on shutdown.
+//! events (each stream is a future polled by this task when it is due, see
+//! [`crate::http::answers`], so a record fanned out to many streams of a connection costs one
+//! task wake-up, and `h2`'s connection lock is never contended), sends keep-alive PINGs, closes
+//! the connection when it has had no open stream for the idle timeout, and says GOAWAY on
+//! shutdown.
 //!
 //! Between two of the connection's writes its streams hand `h2` at most [`FRAMES_PER_WRITE`]
-//! frames; a stream over the budget waits for the next write. `h2` holds the frames of a
+//! frames; the streams over the budget stay due, and are polled after the next write. `h2` holds the frames of a
 //! connection that are not written yet in a table that keeps its largest size for the
 //! connection's life: when every stream of a full connection has something at once (a record
 //! for all of them, their heartbeats falling due together), the budget keeps that table at a
@@ -26,7 +27,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::{Connection, SendResponse};
 use h2::{Ping, Reason, RecvStream, SendStream};
 use http::Response;
@@ -38,11 +38,12 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::http::activity::{Activity, Open};
+use crate::http::answers::Answers;
 use crate::http::body::ResponseBody;
 use crate::http::service::App;
 use crate::hub::Fanout;
 use crate::metrics::Metrics;
-use crate::wake::Deferred;
+use crate::wake::{Deferred, Ready};
 
 /// Frames a connection's streams may hand to `h2` between two of the connection's writes.
 pub const FRAMES_PER_WRITE: usize = 64;
@@ -70,6 +71,11 @@ impl Budget {
             cx.waker().wake_by_ref();
         }
         spent
+    }
+
+    /// True while some of the budget is left: more streams may be polled before the next write.
+    fn left(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
     }
 
     fn spend(&self) {
@@ -148,13 +154,13 @@ where
     let mut pong_by: Option<Instant> = None;
     let mut goodbye: Option<(Ended, Instant)> = None;
     let mut idle_since = Some(Instant::now());
-    let mut streams = FuturesUnordered::new();
     let deferred = Arc::new(Deferred::default());
+    let ready = Ready::new(deferred.waker());
+    let mut streams = Answers::new(ready.clone());
     let opens = Arc::new(app.open_rate());
-    let streams_waker = deferred.waker();
     // The connection's live streams of a topic share one log; the poll thread wakes this task
-    // once for all of them, and the task wakes those that wait.
-    let fanout = Fanout::new(streams_waker.clone());
+    // once for all of them, and the task marks those that wait due.
+    let fanout = Fanout::new(ready);
     let budget = Arc::new(Budget::full());
     loop {
         if *open.borrow_and_update() > 0 {
@@ -174,8 +180,8 @@ where
                 budget.refill();
                 accepted
             }) => match accepted {
-                Some(Ok((mut request, respond))) => {
-                    request.extensions_mut().insert(fanout.clone());
+                Some(Ok((mut request, respond))) => streams.insert_with(|token| {
+                    request.extensions_mut().insert(fanout.seat(token));
                     // What a stream keeps while it sends is small: the request and what handling
                     // it needs live in a boxed future, freed once the response is ready.
                     let app = app.clone();
@@ -184,15 +190,15 @@ where
                         app.handle(request.map(RequestBody), &opens).await
                     });
                     let resets = metrics.stalled_stream_resets.clone();
-                    streams.push(answer(
+                    answer(
                         handling,
                         respond,
                         resets,
                         settings.stall,
                         activity.open(),
                         budget.clone(),
-                    ));
-                }
+                    )
+                }),
                 // A connection error (h2 has said GOAWAY, or the peer went away): done.
                 Some(Err(e)) => {
                     debug!("HTTP/2 connection ended: {e}");
@@ -202,13 +208,14 @@ where
             },
             // Streams make progress here; one that finishes is simply gone. Their wake-ups
             // during a fan-out are held to its end (crate::wake), so the connection writes
-            // every stream's events of a batch at once.
-            Some(()) = poll_fn(|cx| {
+            // every stream's events of a batch at once. Never ready: the other branches end
+            // the loop's turns.
+            () = poll_fn(|cx| {
                 deferred.register(cx.waker());
                 fanout.wake_readers();
-                let polled = streams.poll_next_unpin(&mut Context::from_waker(&streams_waker));
+                streams.poll_due(|| budget.left());
                 fanout.count_sent();
-                polled
+                Poll::<()>::Pending
             }), if !streams.is_empty() => {}
             _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
                 connection.graceful_shutdown();

@@ -2,6 +2,7 @@
 //! gateway owns each stream's send side), HTTP/1.1 with hyper's connection API.
 
 pub mod activity;
+pub mod answers;
 pub mod body;
 pub mod cors;
 pub mod deadline;

@@ -15,7 +15,7 @@ use crate::auth::{Authorizer, Failure};
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
 use crate::http::limits::{retry_after_secs, OpenRate, StreamSlots, FULL_RETRY_AFTER};
-use crate::hub::{Fanout, Hub, SubscribeError};
+use crate::hub::{Hub, Seat, SubscribeError};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::start::Start;
@@ -190,10 +190,10 @@ impl App {
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
         // HTTP/2 connections group their live streams of a topic.
-        let fanout = request.extensions().get::<Arc<Fanout>>();
+        let seat = request.extensions().get::<Seat>();
         let subscription = match self
             .hub
-            .subscribe(&target.topic, target.key, start, fanout)
+            .subscribe(&target.topic, target.key, start, seat)
             .await
         {
             Ok(s) => s,

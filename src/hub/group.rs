@@ -6,7 +6,9 @@
 //! task then wakes its waiting streams itself (on its own core, where they are polled next).
 //! Without the group, the poll thread queued the event for each stream and woke each stream's
 //! task: a lock, a queue slot and a wake-up per stream and record, each touching memory the
-//! connection's thread read next.
+//! connection's thread read next. The members have no wakers of their own: each is known by its
+//! token on the connection (its [`Seat`]), and the connection's task marks the waiting ones due
+//! in bulk ([`crate::wake::Ready`]) and polls them.
 //!
 //! The log keeps an event until every stream of the group has read it, and at most the stream
 //! queue bound (`KSG_STREAM_QUEUE`) of them: appending past the bound cuts off the streams that
@@ -22,32 +24,49 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use prometheus::IntCounter;
 
 use super::topic::Topic;
+use crate::wake::Ready;
 
 /// One HTTP/2 connection's groups, one per topic it streams.
 pub struct Fanout {
-    /// Wakes the connection's task.
-    connection: Waker,
+    /// The connection's streams due for a poll, and its task's waker.
+    ready: Arc<Ready>,
     groups: Mutex<Vec<Arc<Group>>>,
 }
 
+/// A stream's place on its connection: the connection's groups and the stream's token, by which
+/// the connection polls it. The connection puts it in each request's extensions.
+#[derive(Clone)]
+pub struct Seat {
+    pub(super) fanout: Arc<Fanout>,
+    pub(super) token: usize,
+}
+
 impl Fanout {
-    /// The groups of a connection whose task `connection` wakes.
-    pub fn new(connection: Waker) -> Arc<Fanout> {
+    /// The groups of a connection whose streams `ready` lists when due.
+    pub fn new(ready: Arc<Ready>) -> Arc<Fanout> {
         Arc::new(Fanout {
-            connection,
+            ready,
             groups: Mutex::new(Vec::new()),
         })
     }
 
-    /// Wakes every stream that waits for an event appended since the last call. The
-    /// connection's task calls it before polling its streams.
+    /// The seat of the connection's stream `token`.
+    pub fn seat(self: &Arc<Self>, token: usize) -> Seat {
+        Seat {
+            fanout: self.clone(),
+            token,
+        }
+    }
+
+    /// Marks due every stream that waits for an event appended since the last call. The
+    /// connection's task calls it before polling its due streams.
     pub fn wake_readers(&self) {
         for group in self.groups.lock().iter() {
             group.wake_readers();
@@ -83,7 +102,7 @@ impl Fanout {
             id: new_id,
             topic: topic.clone(),
             fanout: Arc::downgrade(self),
-            connection: self.connection.clone(),
+            ready: self.ready.clone(),
             bound: bound.max(1),
             log: Mutex::new(Log::default()),
             sent: Sent::new(counters()),
@@ -103,7 +122,8 @@ pub(super) struct Group {
     pub(super) id: u64,
     pub(super) topic: Arc<Topic>,
     fanout: Weak<Fanout>,
-    connection: Waker,
+    /// The connection's due list.
+    ready: Arc<Ready>,
     /// Events kept for the slowest stream at most.
     bound: usize,
     log: Mutex<Log>,
@@ -179,7 +199,8 @@ struct Entry {
 struct Member {
     /// The sequence number of the next event to read.
     pos: u64,
-    waker: Option<Waker>,
+    /// The stream's token on its connection.
+    token: usize,
     waiting: bool,
     cut: bool,
     used: bool,
@@ -195,19 +216,14 @@ impl Log {
         self.members.len() - self.free.len()
     }
 
-    /// Wakes the members waiting for an event; they wait no more.
-    fn wake_waiting(&mut self) {
-        let mut waiting = std::mem::take(&mut self.waiting);
-        for &slot in &waiting {
-            let m = &mut self.members[slot];
+    /// Marks the members waiting for an event due; they wait no more.
+    fn wake_waiting(&mut self, ready: &Ready) {
+        let members = &mut self.members;
+        ready.mark(self.waiting.drain(..).map(|slot| {
+            let m = &mut members[slot];
             m.waiting = false;
-            if let Some(task) = &m.waker {
-                task.wake_by_ref();
-            }
-        }
-        // The list keeps its buffer.
-        waiting.clear();
-        self.waiting = waiting;
+            m.token
+        }));
     }
 
     /// Drops the events every member has read.
@@ -232,21 +248,24 @@ impl Log {
         self.readers -= 1;
     }
 
-    /// Cuts off the members still holding the oldest event; returns how many. They are all at
-    /// the oldest event, so their unread events are released in one pass over the log.
-    fn cut_slowest(&mut self) -> u64 {
+    /// Cuts off the members still holding the oldest event and marks them due (to end);
+    /// returns how many. They are all at the oldest event, so their unread events are released
+    /// in one pass over the log.
+    fn cut_slowest(&mut self, ready: &Ready) -> u64 {
         let base = self.base;
         let mut cut = 0;
-        for m in self.members.iter_mut() {
-            if m.used && !m.cut && m.pos <= base {
-                m.cut = true;
-                if let Some(task) = &m.waker {
-                    task.wake_by_ref();
-                }
-                cut += 1;
-            }
-        }
+        let slowest = self.members.iter_mut();
+        ready.mark(
+            slowest
+                .filter(|m| m.used && !m.cut && m.pos <= base)
+                .map(|m| {
+                    m.cut = true;
+                    cut += 1;
+                    m.token
+                }),
+        );
         if cut > 0 {
+            ready.wake_connection();
             for entry in self.entries.iter_mut() {
                 entry.unread -= cut;
             }
@@ -266,7 +285,7 @@ impl Group {
             return 0;
         }
         let cut = if log.entries.len() >= self.bound {
-            log.cut_slowest()
+            log.cut_slowest(&self.ready)
         } else {
             0
         };
@@ -283,7 +302,7 @@ impl Group {
         log.entries.push_back(Entry { event, unread });
         if !log.waiting.is_empty() && !log.notified {
             log.notified = true;
-            self.connection.wake_by_ref();
+            self.ready.wake_connection();
         }
         cut
     }
@@ -300,26 +319,29 @@ impl Group {
             });
         }
         log.closed = true;
-        log.wake_waiting();
+        log.wake_waiting(&self.ready);
+        self.ready.wake_connection();
         log.members()
     }
 
-    /// Wakes the members waiting for the events appended since the last call.
+    /// Marks due the members waiting for the events appended since the last call.
     fn wake_readers(&self) {
         let mut log = self.log.lock();
         if !log.notified {
             return;
         }
         log.notified = false;
-        log.wake_waiting();
+        log.wake_waiting(&self.ready);
     }
 
-    /// A new member reading from the next event appended (under the topic's lock).
-    pub(super) fn join(self: &Arc<Self>) -> Cursor {
+    /// A new member, the connection's stream `token`, reading from the next event appended
+    /// (under the topic's lock).
+    pub(super) fn join(self: &Arc<Self>, token: usize) -> Cursor {
         let mut log = self.log.lock();
         let pos = log.head();
         let member = Member {
             pos,
+            token,
             used: true,
             ..Member::default()
         };
@@ -337,6 +359,7 @@ impl Group {
         Cursor {
             group: self.clone(),
             slot,
+            more: false,
         }
     }
 }
@@ -345,11 +368,14 @@ impl Group {
 pub struct Cursor {
     group: Arc<Group>,
     slot: usize,
+    /// The last read left more events to read (a hint for [`Cursor::try_recv`]).
+    more: bool,
 }
 
 /// What a cursor read.
 enum Read {
-    Event(Bytes),
+    /// An event, and whether more were there after it.
+    Event(Bytes, bool),
     End,
     Nothing,
 }
@@ -368,6 +394,7 @@ impl Cursor {
             return if log.closed { Read::End } else { Read::Nothing };
         }
         m.pos += 1;
+        let more = at + 1 < len;
         let entry = &mut log.entries[at];
         entry.unread -= 1;
         if at == 0 && entry.unread == 0 {
@@ -375,25 +402,27 @@ impl Cursor {
             let event = log.entries.pop_front().map(|e| e.event);
             log.base += 1;
             log.trim();
-            return event.map_or(Read::Nothing, Read::Event);
+            return event.map_or(Read::Nothing, |event| Read::Event(event, more));
         }
-        Read::Event(entry.event.clone())
+        Read::Event(entry.event.clone(), more)
     }
 
     /// The next event; `None` once the stream was cut off as slow, or the log closed and
-    /// everything in it was read.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// everything in it was read. When there is none yet, the stream is marked due on its
+    /// connection (by its token) once there is.
+    pub fn poll_recv(&mut self) -> Poll<Option<Bytes>> {
         let mut log = self.group.log.lock();
+        self.more = false;
         match Self::read(&mut log, self.slot) {
-            Read::Event(event) => return Poll::Ready(Some(event)),
+            Read::Event(event, more) => {
+                self.more = more;
+                return Poll::Ready(Some(event));
+            }
             Read::End => return Poll::Ready(None),
             Read::Nothing => {}
         }
         // Under the same lock as the look: an append after it sees this member waiting.
         let m = &mut log.members[self.slot];
-        if !m.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            m.waker = Some(cx.waker().clone());
-        }
         if !m.waiting {
             m.waiting = true;
             log.waiting.push(self.slot);
@@ -409,10 +438,24 @@ impl Cursor {
         sent.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    /// The next event if there was one after the last event read: what a stream takes along
+    /// with an event just received, without a look at the log when there is nothing (an event
+    /// appended since is read by the next [`Cursor::poll_recv`]).
+    pub fn try_more(&mut self) -> Option<Bytes> {
+        if !self.more {
+            return None;
+        }
+        self.try_recv()
+    }
+
     /// The next event if there is one now.
     pub fn try_recv(&mut self) -> Option<Bytes> {
+        self.more = false;
         match Self::read(&mut self.group.log.lock(), self.slot) {
-            Read::Event(event) => Some(event),
+            Read::Event(event, more) => {
+                self.more = more;
+                Some(event)
+            }
             _ => None,
         }
     }
@@ -456,46 +499,57 @@ impl Drop for Cursor {
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::wake::counting_waker;
+    use crate::wake::{counting_waker, WakeCount};
 
-    fn poll(cursor: &mut Cursor, task: &Waker) -> Poll<Option<Bytes>> {
-        cursor.poll_recv(&mut Context::from_waker(task))
+    fn poll(cursor: &mut Cursor) -> Poll<Option<Bytes>> {
+        cursor.poll_recv()
+    }
+
+    /// The tokens marked due since the last look, sorted.
+    fn due(ready: &Ready) -> Vec<usize> {
+        let mut due = Vec::new();
+        ready.take_into(&mut due);
+        due.sort_unstable();
+        due
     }
 
     fn ev(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
     }
 
-    /// A group of a fresh topic on a connection whose wake-ups `connection` counts; the
-    /// group is registered in the topic's state as subscribe would.
-    fn group(bound: usize) -> (Arc<crate::wake::WakeCount>, Arc<Fanout>, Arc<Group>) {
+    /// A group of a fresh topic on a connection whose wake-ups `connection` counts and whose
+    /// due streams `ready` lists; the group is registered in the topic's state as subscribe
+    /// would.
+    fn group(bound: usize) -> (Arc<WakeCount>, Arc<Ready>, Arc<Fanout>, Arc<Group>) {
         let (count, connection) = counting_waker();
         let metrics = Metrics::new(&[]);
         let topic = Arc::new(Topic::new("t", None, false, &metrics));
-        let fanout = Fanout::new(connection);
+        let ready = Ready::new(connection);
+        let fanout = Fanout::new(ready.clone());
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
         let counters = || (counter("events"), counter("bytes"));
         let (group, new) = fanout.group_for(&topic, |_| true, 7, bound, counters);
         assert!(new);
         topic.lock().groups.insert(7, group.clone());
-        (count, fanout, group)
+        (count, ready, fanout, group)
     }
 
-    fn join(group: &Arc<Group>) -> Cursor {
+    /// A new member, the connection's stream `token`.
+    fn join(group: &Arc<Group>, token: usize) -> Cursor {
         group.topic.lock().streams += 1;
-        group.join()
+        group.join(token)
     }
 
     #[test]
     fn members_read_each_event_once_and_the_log_keeps_only_the_unread() {
-        let (_, _fanout, group) = group(8);
-        let (mut a, mut b) = (join(&group), join(&group));
-        let (_, task) = counting_waker();
+        let (_, _ready, _fanout, group) = group(8);
+        let (mut a, mut b) = (join(&group, 0), join(&group, 1));
         group.push(&ev("1"));
         group.push(&ev("2"));
-        let later = join(&group);
-        assert_eq!(poll(&mut a, &task), Poll::Ready(Some(ev("1"))));
-        assert_eq!(a.try_recv(), Some(ev("2")));
+        let later = join(&group, 2);
+        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("1"))));
+        assert_eq!(a.try_more(), Some(ev("2")));
+        assert_eq!(a.try_more(), None);
         assert_eq!(a.try_recv(), None);
         assert_eq!(group.log.lock().entries.len(), 2, "b has read nothing");
         assert_eq!(b.try_recv(), Some(ev("1")));
@@ -509,13 +563,12 @@ mod tests {
     }
 
     #[test]
-    fn the_connection_is_woken_once_and_it_wakes_the_waiting_members() {
-        let (connection, fanout, group) = group(8);
-        let (mut a, mut b) = (join(&group), join(&group));
-        let (woken_a, task_a) = counting_waker();
-        let (woken_b, task_b) = counting_waker();
-        assert_eq!(poll(&mut a, &task_a), Poll::Pending);
-        assert_eq!(poll(&mut b, &task_b), Poll::Pending);
+    fn the_connection_is_woken_once_and_marks_the_waiting_members_due() {
+        let (connection, ready, fanout, group) = group(8);
+        let (mut a, mut b) = (join(&group, 3), join(&group, 5));
+        assert_eq!(poll(&mut a), Poll::Pending);
+        assert_eq!(poll(&mut b), Poll::Pending);
+        assert_eq!(poll(&mut b), Poll::Pending, "waiting once");
         group.push(&ev("1"));
         group.push(&ev("2"));
         assert_eq!(
@@ -523,39 +576,39 @@ mod tests {
             1,
             "one wake-up of the connection per batch"
         );
-        assert_eq!(
-            woken_a.get() + woken_b.get(),
-            0,
-            "the poll thread wakes no stream"
-        );
+        assert!(due(&ready).is_empty(), "the poll thread marks no stream");
         fanout.wake_readers();
-        assert_eq!((woken_a.get(), woken_b.get()), (1, 1));
+        assert_eq!(due(&ready), [3, 5]);
         fanout.wake_readers();
-        assert_eq!((woken_a.get(), woken_b.get()), (1, 1), "nothing new");
-        assert_eq!(poll(&mut a, &task_a), Poll::Ready(Some(ev("1"))));
-        assert_eq!(poll(&mut a, &task_a), Poll::Ready(Some(ev("2"))));
-        assert_eq!(poll(&mut a, &task_a), Poll::Pending);
+        assert!(due(&ready).is_empty(), "nothing new");
+        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("1"))));
+        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("2"))));
+        assert_eq!(poll(&mut a), Poll::Pending);
         // b is not waiting (it has unread events): only a's wait wakes the connection.
         group.push(&ev("3"));
         assert_eq!(connection.get(), 2);
         fanout.wake_readers();
-        assert_eq!((woken_a.get(), woken_b.get()), (2, 1));
+        assert_eq!(due(&ready), [3]);
     }
 
     #[test]
     fn past_the_bound_the_slowest_are_cut_off_and_release_their_events() {
-        let (_, _fanout, group) = group(2);
-        let (mut slow, mut fast) = (join(&group), join(&group));
-        let mut slow2 = join(&group);
-        let (woken, task) = counting_waker();
-        assert_eq!(poll(&mut slow, &task), Poll::Pending);
+        let (connection, ready, _fanout, group) = group(2);
+        let (mut slow, mut fast) = (join(&group, 0), join(&group, 1));
+        let mut slow2 = join(&group, 2);
+        assert_eq!(poll(&mut slow), Poll::Pending);
         assert_eq!(group.push(&ev("1")), 0);
         assert_eq!(fast.try_recv(), Some(ev("1")));
         assert_eq!(group.push(&ev("2")), 0);
         assert_eq!(fast.try_recv(), Some(ev("2")));
         // Two events held for the slow members: the third cuts both off.
         assert_eq!(group.push(&ev("3")), 2);
-        assert_eq!(woken.get(), 1, "the cut member is woken to end");
+        assert_eq!(due(&ready), [0, 2], "the cut members are due, to end");
+        assert_eq!(
+            connection.get(),
+            2,
+            "the first event and the cut-off woke the connection"
+        );
         {
             let log = group.log.lock();
             assert_eq!(
@@ -565,7 +618,7 @@ mod tests {
             );
             assert_eq!(log.entries[0].unread, 1);
         }
-        assert_eq!(poll(&mut slow, &task), Poll::Ready(None));
+        assert_eq!(poll(&mut slow), Poll::Ready(None));
         assert_eq!(slow2.try_recv(), None);
         assert_eq!(fast.try_recv(), Some(ev("3")));
         assert_eq!(group.push(&ev("4")), 0, "cut once");
@@ -576,8 +629,8 @@ mod tests {
 
     #[test]
     fn a_member_leaving_releases_its_unread_events_and_the_last_one_unregisters() {
-        let (_, fanout, group) = group(8);
-        let (a, mut b) = (join(&group), join(&group));
+        let (_, _ready, fanout, group) = group(8);
+        let (a, mut b) = (join(&group, 0), join(&group, 1));
         group.push(&ev("1"));
         group.push(&ev("2"));
         drop(a);
@@ -593,8 +646,8 @@ mod tests {
 
     #[test]
     fn a_small_event_is_copied_once_per_group_and_sent_counts_are_flushed_by_the_connection() {
-        let (_, fanout, group) = group(8);
-        let (mut a, mut b) = (join(&group), join(&group));
+        let (_, _ready, fanout, group) = group(8);
+        let (mut a, mut b) = (join(&group, 0), join(&group, 1));
         let shared = Bytes::from(vec![b'x'; 100]);
         group.push(&shared);
         let (ea, eb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
@@ -613,8 +666,8 @@ mod tests {
 
     #[test]
     fn a_group_that_lags_holds_few_copies_of_its_own() {
-        let (_, _fanout, group) = group(4 * COPY_WHILE_BELOW);
-        let _members = (join(&group), join(&group));
+        let (_, _ready, _fanout, group) = group(4 * COPY_WHILE_BELOW);
+        let _members = (join(&group, 0), join(&group, 1));
         let shared = Bytes::from(vec![b'x'; 100]);
         for _ in 0..2 * COPY_WHILE_BELOW {
             group.push(&shared);
@@ -628,16 +681,16 @@ mod tests {
 
     #[test]
     fn a_closed_log_is_read_to_its_end_then_ends() {
-        let (_, _fanout, group) = group(8);
-        let mut a = join(&group);
-        let (woken, task) = counting_waker();
+        let (connection, ready, _fanout, group) = group(8);
+        let mut a = join(&group, 4);
         group.push(&ev("1"));
-        assert_eq!(poll(&mut a, &task), Poll::Ready(Some(ev("1"))));
-        assert_eq!(poll(&mut a, &task), Poll::Pending);
+        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("1"))));
+        assert_eq!(poll(&mut a), Poll::Pending);
         assert_eq!(group.close(Some(&ev("end"))), 1);
-        assert_eq!(woken.get(), 1);
+        assert_eq!(due(&ready), [4]);
+        assert_eq!(connection.get(), 1);
         assert_eq!(group.push(&ev("2")), 0, "closed: nothing appended");
-        assert_eq!(poll(&mut a, &task), Poll::Ready(Some(ev("end"))));
-        assert_eq!(poll(&mut a, &task), Poll::Ready(None));
+        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("end"))));
+        assert_eq!(poll(&mut a), Poll::Ready(None));
     }
 }

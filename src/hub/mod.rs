@@ -47,7 +47,7 @@ use crate::position;
 use crate::source::{Source, SourceError};
 use crate::sse;
 use floor::for_stream;
-pub use group::Fanout;
+pub use group::{Fanout, Seat};
 use replay::Entry;
 pub use subscribe::{Events, Subscription};
 use topic::{Sub, Topic, TopicState};

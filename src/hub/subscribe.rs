@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 
 use super::floor::{covers, id_for, replay};
-use super::group::{Cursor, Fanout};
+use super::group::{Cursor, Seat};
 use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
 use crate::partitioner::KeyPartitioner;
@@ -29,15 +29,16 @@ impl Events {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match self {
             Events::Queue(queue) => queue.poll_recv(cx),
-            Events::Group(cursor) => cursor.poll_recv(cx),
+            Events::Group(cursor) => cursor.poll_recv(),
         }
     }
 
-    /// The next event if there is one now.
+    /// The next event if there is one now (for a group's cursor: if there was one at its last
+    /// read), taken along with the one just received.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         match self {
             Events::Queue(queue) => queue.try_recv(),
-            Events::Group(cursor) => cursor.try_recv(),
+            Events::Group(cursor) => cursor.try_more(),
         }
     }
 }
@@ -156,14 +157,14 @@ fn key_scope(
 
 impl Hub {
     /// Opens a stream of `topic` from `start`, optionally only records with key `key`. A live
-    /// stream of every record on a connection with a `fanout` joins the connection's group for
-    /// the topic.
+    /// stream of every record with a `seat` on an HTTP/2 connection joins the connection's group
+    /// for the topic.
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         key: Option<Vec<u8>>,
         start: Start,
-        fanout: Option<&Arc<Fanout>>,
+        seat: Option<&Seat>,
     ) -> Result<Subscription, SubscribeError> {
         loop {
             if self.closed.load(Ordering::Acquire) {
@@ -186,10 +187,10 @@ impl Hub {
             let from = self
                 .partition_starts(&hub, &start, partitions, scope)
                 .await?;
-            if let (Some(fanout), None, None) = (fanout, &key, &from) {
+            if let (Some(seat), None, None) = (seat, &key, &from) {
                 let joined = {
                     let mut state = hub.lock();
-                    (!state.released).then(|| self.join(&hub, &mut state, fanout))
+                    (!state.released).then(|| self.join(&hub, &mut state, seat))
                 };
                 let Some((start_id, cursor)) = joined else {
                     tokio::task::yield_now().await;
@@ -393,12 +394,7 @@ impl Hub {
     /// Registers a live stream of every record in its connection's group for the topic (made
     /// and registered with the topic if there is none), under the topic lock; returns its start
     /// id and its cursor, which reads from the next record dispatched.
-    fn join(
-        &self,
-        hub: &Arc<Topic>,
-        state: &mut TopicState,
-        fanout: &Arc<Fanout>,
-    ) -> (String, Cursor) {
+    fn join(&self, hub: &Arc<Topic>, state: &mut TopicState, seat: &Seat) -> (String, Cursor) {
         state.streams += 1;
         state.idle_since = None;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -411,11 +407,13 @@ impl Hub {
             )
         };
         let registered = |g| groups.contains_key(&g);
-        let (group, new) = fanout.group_for(hub, registered, id, self.config.queue, counters);
+        let (group, new) = seat
+            .fanout
+            .group_for(hub, registered, id, self.config.queue, counters);
         if new {
             state.groups.insert(id, group.clone());
         }
-        let cursor = group.join();
+        let cursor = group.join(seat.token);
         (id_for(hub.fingerprint, None, &state.positions), cursor)
     }
 

@@ -1,0 +1,214 @@
+//! The streams of one HTTP/2 connection, each an answer its task polls when the stream is due.
+//!
+//! Each stream has a token (its slot) and a waker made once, when it opens. A wake-up of that
+//! waker marks the stream due in the connection's [`Ready`] list and wakes the connection's
+//! task; the members of a shared log are marked due in bulk by the task itself
+//! (`hub::group`), with no wake-up at all. Each poll of the set polls the streams due, each once,
+//! with their own wakers: nothing is allocated, cloned or linked per poll.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+
+use slab::Slab;
+
+use crate::wake::{Ready, StreamWake};
+
+/// A connection's streams.
+pub struct Answers<F> {
+    slots: Slab<Slot<F>>,
+    ready: Arc<Ready>,
+    /// The tokens due and not polled yet: those of the poll running, and after it those left
+    /// for the next poll when the connection's write budget ran out.
+    due: Vec<usize>,
+    /// Counts the polls of the set: a stream due twice in one is polled once.
+    round: u64,
+}
+
+struct Slot<F> {
+    answer: F,
+    wake: Arc<StreamWake>,
+    waker: Waker,
+    round: u64,
+}
+
+impl<F: Future<Output = ()> + Unpin> Answers<F> {
+    /// No streams yet; `ready` lists those due.
+    pub fn new(ready: Arc<Ready>) -> Answers<F> {
+        Answers {
+            slots: Slab::new(),
+            ready,
+            due: Vec::new(),
+            round: 0,
+        }
+    }
+
+    /// Adds the answer `make` builds for the stream's token; it is due at once.
+    pub fn insert_with(&mut self, make: impl FnOnce(usize) -> F) {
+        let entry = self.slots.vacant_entry();
+        let token = entry.key();
+        let (wake, waker) = self.ready.waker(token);
+        entry.insert(Slot {
+            answer: make(token),
+            wake,
+            waker,
+            round: 0,
+        });
+        self.ready.mark([token]);
+    }
+
+    /// The streams still open.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no stream is open.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Polls each stream due (once), dropping those that end, while `more` says the
+    /// connection may take more frames before its next write. The streams left then are polled
+    /// first by the next call, and the connection's task is woken (once) for it; streams that
+    /// become due while this runs are polled by the next call.
+    pub fn poll_due(&mut self, mut more: impl FnMut() -> bool) {
+        let mut due = std::mem::take(&mut self.due);
+        self.ready.take_into(&mut due);
+        self.round += 1;
+        let mut polled = 0;
+        for &token in &due {
+            if !more() {
+                break;
+            }
+            polled += 1;
+            // A token may be stale (its stream ended, the slot reused): a spurious poll.
+            let Some(slot) = self.slots.get_mut(token) else {
+                continue;
+            };
+            if slot.round == self.round {
+                continue;
+            }
+            slot.round = self.round;
+            slot.wake.polling();
+            let mut cx = Context::from_waker(&slot.waker);
+            if Pin::new(&mut slot.answer).poll(&mut cx).is_ready() {
+                self.slots.remove(token);
+            }
+        }
+        due.drain(..polled);
+        if !due.is_empty() {
+            self.ready.wake_connection();
+        }
+        self.due = due;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
+
+    use super::*;
+    use crate::wake::counting_waker;
+
+    /// An answer that counts its polls, keeps the last waker it was given, and ends when told.
+    struct Probe {
+        polls: Arc<AtomicUsize>,
+        waker: Arc<parking_lot::Mutex<Option<Waker>>>,
+        end: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Future for Probe {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Ordering::SeqCst);
+            *self.waker.lock() = Some(cx.waker().clone());
+            if self.end.load(Ordering::SeqCst) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    #[test]
+    fn only_due_streams_are_polled_once_each_and_ended_ones_leave() {
+        let (connection, task) = counting_waker();
+        let ready = Ready::new(task);
+        let mut answers = Answers::new(ready.clone());
+        let probes: Vec<_> = (0..3)
+            .map(|_| {
+                let polls = Arc::new(AtomicUsize::new(0));
+                let waker = Arc::new(parking_lot::Mutex::new(None));
+                let end = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let probe = Probe {
+                    polls: polls.clone(),
+                    waker: waker.clone(),
+                    end: end.clone(),
+                };
+                answers.insert_with(|_| probe);
+                (polls, waker, end)
+            })
+            .collect();
+        let polls = |i: usize| probes[i].0.load(Ordering::SeqCst);
+        let all = || true;
+        answers.poll_due(all);
+        assert_eq!(
+            (polls(0), polls(1), polls(2)),
+            (1, 1, 1),
+            "new streams are due"
+        );
+        answers.poll_due(all);
+        assert_eq!((polls(0), polls(1), polls(2)), (1, 1, 1), "nothing due");
+
+        // Woken twice, and marked due in bulk too: polled once, and the connection woken once.
+        let waker = probes[1].1.lock().clone().unwrap();
+        waker.wake_by_ref();
+        waker.wake_by_ref();
+        ready.mark([1]);
+        assert_eq!(connection.get(), 1);
+        answers.poll_due(all);
+        assert_eq!((polls(0), polls(1), polls(2)), (1, 2, 1));
+
+        // A stream that ends leaves the set; a stale wake-up of it polls nothing.
+        probes[2].2.store(true, Ordering::SeqCst);
+        let waker = probes[2].1.lock().clone().unwrap();
+        waker.wake_by_ref();
+        answers.poll_due(all);
+        assert_eq!(polls(2), 2);
+        assert_eq!(answers.len(), 2);
+        waker.wake_by_ref();
+        answers.poll_due(all);
+        assert_eq!(polls(2), 2);
+    }
+
+    #[test]
+    fn streams_over_the_write_budget_wait_for_the_next_poll() {
+        let (connection, task) = counting_waker();
+        let ready = Ready::new(task);
+        let mut answers = Answers::new(ready.clone());
+        let polls = Arc::new(AtomicUsize::new(0));
+        for _ in 0..5 {
+            answers.insert_with(|_| Probe {
+                polls: polls.clone(),
+                waker: Arc::new(parking_lot::Mutex::new(None)),
+                end: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            });
+        }
+        let mut budget = 2_usize;
+        let mut spend = || {
+            let more = budget > 0;
+            budget = budget.saturating_sub(1);
+            more
+        };
+        answers.poll_due(&mut spend);
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert_eq!(connection.get(), 1, "woken once for the rest");
+        answers.poll_due(|| true);
+        assert_eq!(polls.load(Ordering::SeqCst), 5);
+        answers.poll_due(|| true);
+        assert_eq!(polls.load(Ordering::SeqCst), 5, "each polled once");
+        assert_eq!(connection.get(), 1);
+    }
+}
