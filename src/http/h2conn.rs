@@ -13,11 +13,11 @@
 //! shutdown.
 //!
 //! Between two of the connection's writes its streams hand `h2` at most [`FRAMES_PER_WRITE`]
-//! frames; the streams over the budget stay due, and are polled after the next write. `h2` holds the frames of a
-//! connection that are not written yet in a table that keeps its largest size for the
-//! connection's life: when every stream of a full connection has something at once (a record
-//! for all of them, their heartbeats falling due together), the budget keeps that table at a
-//! quarter of the streams instead of all of them.
+//! frames; the streams over the budget stay due, and are polled after the next write. `h2`
+//! holds the frames of a connection that are not written yet in a table that keeps its largest
+//! size for the connection's life: when every stream of a full connection has something at once
+//! (a record for all of them, their heartbeats falling due together), the budget keeps that
+//! table at a quarter of the streams instead of all of them.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -212,7 +212,7 @@ where
             // the loop's turns.
             () = poll_fn(|cx| {
                 deferred.register(cx.waker());
-                fanout.wake_readers();
+                fanout.mark_readers_due();
                 streams.poll_due(|| budget.left());
                 fanout.count_sent();
                 Poll::<()>::Pending

@@ -3,12 +3,12 @@
 //!
 //! The Kafka poll thread appends each event to the group once, whatever the number of its
 //! streams, and wakes the connection's task at most once per batch of records; the connection's
-//! task then wakes its waiting streams itself (on its own core, where they are polled next).
-//! Without the group, the poll thread queued the event for each stream and woke each stream's
-//! task: a lock, a queue slot and a wake-up per stream and record, each touching memory the
-//! connection's thread read next. The members have no wakers of their own: each is known by its
-//! token on the connection (its [`Seat`]), and the connection's task marks the waiting ones due
-//! in bulk ([`crate::wake::Ready`]) and polls them.
+//! task then marks its waiting streams due and polls them (on its own core). The members have
+//! no wakers of their own: each is known by its token on the connection (its [`Seat`]), and
+//! they are marked due in bulk, under one lock ([`crate::wake::Ready`]). Without the group, the
+//! poll thread queued the event for each stream and woke each stream's task: a lock, a queue
+//! slot and a wake-up per stream and record, each touching memory the connection's thread read
+//! next.
 //!
 //! The log keeps an event until every stream of the group has read it, and at most the stream
 //! queue bound (`KSG_STREAM_QUEUE`) of them: appending past the bound cuts off the streams that
@@ -67,9 +67,9 @@ impl Fanout {
 
     /// Marks due every stream that waits for an event appended since the last call. The
     /// connection's task calls it before polling its due streams.
-    pub fn wake_readers(&self) {
+    pub fn mark_readers_due(&self) {
         for group in self.groups.lock().iter() {
-            group.wake_readers();
+            group.mark_readers_due();
         }
     }
 
@@ -217,7 +217,7 @@ impl Log {
     }
 
     /// Marks the members waiting for an event due; they wait no more.
-    fn wake_waiting(&mut self, ready: &Ready) {
+    fn mark_waiting_due(&mut self, ready: &Ready) {
         let members = &mut self.members;
         ready.mark(self.waiting.drain(..).map(|slot| {
             let m = &mut members[slot];
@@ -319,19 +319,19 @@ impl Group {
             });
         }
         log.closed = true;
-        log.wake_waiting(&self.ready);
+        log.mark_waiting_due(&self.ready);
         self.ready.wake_connection();
         log.members()
     }
 
     /// Marks due the members waiting for the events appended since the last call.
-    fn wake_readers(&self) {
+    fn mark_readers_due(&self) {
         let mut log = self.log.lock();
         if !log.notified {
             return;
         }
         log.notified = false;
-        log.wake_waiting(&self.ready);
+        log.mark_waiting_due(&self.ready);
     }
 
     /// A new member, the connection's stream `token`, reading from the next event appended
@@ -368,7 +368,7 @@ impl Group {
 pub struct Cursor {
     group: Arc<Group>,
     slot: usize,
-    /// The last read left more events to read (a hint for [`Cursor::try_recv`]).
+    /// The last read left more events to read (a hint for [`Cursor::try_more`]).
     more: bool,
 }
 
@@ -501,10 +501,6 @@ mod tests {
     use crate::metrics::Metrics;
     use crate::wake::{counting_waker, WakeCount};
 
-    fn poll(cursor: &mut Cursor) -> Poll<Option<Bytes>> {
-        cursor.poll_recv()
-    }
-
     /// The tokens marked due since the last look, sorted.
     fn due(ready: &Ready) -> Vec<usize> {
         let mut due = Vec::new();
@@ -547,7 +543,7 @@ mod tests {
         group.push(&ev("1"));
         group.push(&ev("2"));
         let later = join(&group, 2);
-        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("1"))));
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
         assert_eq!(a.try_more(), Some(ev("2")));
         assert_eq!(a.try_more(), None);
         assert_eq!(a.try_recv(), None);
@@ -566,9 +562,9 @@ mod tests {
     fn the_connection_is_woken_once_and_marks_the_waiting_members_due() {
         let (connection, ready, fanout, group) = group(8);
         let (mut a, mut b) = (join(&group, 3), join(&group, 5));
-        assert_eq!(poll(&mut a), Poll::Pending);
-        assert_eq!(poll(&mut b), Poll::Pending);
-        assert_eq!(poll(&mut b), Poll::Pending, "waiting once");
+        assert_eq!(a.poll_recv(), Poll::Pending);
+        assert_eq!(b.poll_recv(), Poll::Pending);
+        assert_eq!(b.poll_recv(), Poll::Pending, "waiting once");
         group.push(&ev("1"));
         group.push(&ev("2"));
         assert_eq!(
@@ -577,17 +573,17 @@ mod tests {
             "one wake-up of the connection per batch"
         );
         assert!(due(&ready).is_empty(), "the poll thread marks no stream");
-        fanout.wake_readers();
+        fanout.mark_readers_due();
         assert_eq!(due(&ready), [3, 5]);
-        fanout.wake_readers();
+        fanout.mark_readers_due();
         assert!(due(&ready).is_empty(), "nothing new");
-        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("1"))));
-        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("2"))));
-        assert_eq!(poll(&mut a), Poll::Pending);
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("2"))));
+        assert_eq!(a.poll_recv(), Poll::Pending);
         // b is not waiting (it has unread events): only a's wait wakes the connection.
         group.push(&ev("3"));
         assert_eq!(connection.get(), 2);
-        fanout.wake_readers();
+        fanout.mark_readers_due();
         assert_eq!(due(&ready), [3]);
     }
 
@@ -596,7 +592,7 @@ mod tests {
         let (connection, ready, _fanout, group) = group(2);
         let (mut slow, mut fast) = (join(&group, 0), join(&group, 1));
         let mut slow2 = join(&group, 2);
-        assert_eq!(poll(&mut slow), Poll::Pending);
+        assert_eq!(slow.poll_recv(), Poll::Pending);
         assert_eq!(group.push(&ev("1")), 0);
         assert_eq!(fast.try_recv(), Some(ev("1")));
         assert_eq!(group.push(&ev("2")), 0);
@@ -618,7 +614,7 @@ mod tests {
             );
             assert_eq!(log.entries[0].unread, 1);
         }
-        assert_eq!(poll(&mut slow), Poll::Ready(None));
+        assert_eq!(slow.poll_recv(), Poll::Ready(None));
         assert_eq!(slow2.try_recv(), None);
         assert_eq!(fast.try_recv(), Some(ev("3")));
         assert_eq!(group.push(&ev("4")), 0, "cut once");
@@ -684,13 +680,13 @@ mod tests {
         let (connection, ready, _fanout, group) = group(8);
         let mut a = join(&group, 4);
         group.push(&ev("1"));
-        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("1"))));
-        assert_eq!(poll(&mut a), Poll::Pending);
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
+        assert_eq!(a.poll_recv(), Poll::Pending);
         assert_eq!(group.close(Some(&ev("end"))), 1);
         assert_eq!(due(&ready), [4]);
         assert_eq!(connection.get(), 1);
         assert_eq!(group.push(&ev("2")), 0, "closed: nothing appended");
-        assert_eq!(poll(&mut a), Poll::Ready(Some(ev("end"))));
-        assert_eq!(poll(&mut a), Poll::Ready(None));
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("end"))));
+        assert_eq!(a.poll_recv(), Poll::Ready(None));
     }
 }
