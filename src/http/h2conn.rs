@@ -1,29 +1,23 @@
-//! HTTP/2 connections served with the `h2` crate directly (hyper's own HTTP/2 layer), so the
-//! gateway owns each stream's send side: a stream whose client grants no flow-control window
-//! for `KSG_STREAM_STALL_SECS` is reset with `RST_STREAM(CANCEL)` and its memory released, whatever
-//! the client does next. Data is only handed to `h2` within the window the client granted, so
-//! `h2` never buffers more than one frame's worth per stream and an ended stream's
-//! `END_STREAM` never waits behind unflushed data.
+//! HTTP/2 connections served with the `h2` crate directly (hyper's own HTTP/2 layer) for the
+//! protocol, and the responses' DATA frames written by the gateway itself
+//! ([`crate::http::wire`]), within the windows the client granted. A stream whose client grants
+//! no flow-control window for `KSG_STREAM_STALL_SECS` while data waits is reset with
+//! `RST_STREAM(CANCEL)` and its memory released, whatever the client does next. A stream holds
+//! at most one body frame that its window did not take.
 //!
 //! One task per connection does everything: it accepts streams, answers them and writes their
 //! events (each stream is a future polled by this task when it is due, see
 //! [`crate::http::answers`], so a record fanned out to many streams of a connection costs one
-//! task wake-up, and `h2`'s connection lock is never contended), sends keep-alive PINGs, closes
-//! the connection when it has had no open stream for the idle timeout, and says GOAWAY on
-//! shutdown.
+//! task wake-up and one write), sends keep-alive PINGs, closes the connection when it has had
+//! no open stream for the idle timeout, and says GOAWAY on shutdown.
 //!
-//! Between two of the connection's writes its streams hand `h2` at most [`FRAMES_PER_WRITE`]
-//! frames; the streams over the budget stay due, and are polled after the next write. `h2`
-//! holds the frames of a connection that are not written yet in a table that keeps its largest
-//! size for the connection's life: when every stream of a full connection has something at once
-//! (a record for all of them, their heartbeats falling due together), the budget keeps that
-//! table at a quarter of the streams instead of all of them.
+//! Between two of the connection's writes its streams write at most about
+//! [`crate::http::wire::WRITE_BYTES`]; the streams over it stay due, and are polled after the next write.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -41,48 +35,10 @@ use crate::http::activity::{Activity, Open};
 use crate::http::answers::Answers;
 use crate::http::body::ResponseBody;
 use crate::http::service::App;
+use crate::http::wire::{Link, Sent, Splice, StreamOut, Wire};
 use crate::hub::Fanout;
 use crate::metrics::Metrics;
 use crate::wake::{Deferred, Ready};
-
-/// Frames a connection's streams may hand to `h2` between two of the connection's writes.
-pub const FRAMES_PER_WRITE: usize = 64;
-
-/// What is left of a connection's [`FRAMES_PER_WRITE`] until its next write. Only the
-/// connection's task touches it (atomic because the task moves between threads).
-struct Budget(AtomicUsize);
-
-impl Budget {
-    fn full() -> Budget {
-        Budget(AtomicUsize::new(FRAMES_PER_WRITE))
-    }
-
-    /// The connection has written what it could: a full budget again.
-    fn refill(&self) {
-        self.0.store(FRAMES_PER_WRITE, Ordering::Relaxed);
-    }
-
-    /// True when the budget is spent, and then the caller is woken to be polled again once
-    /// the connection has written (the yield makes the set of streams hand control back to the
-    /// connection's task).
-    fn spent(&self, cx: &Context<'_>) -> bool {
-        let spent = self.0.load(Ordering::Relaxed) == 0;
-        if spent {
-            cx.waker().wake_by_ref();
-        }
-        spent
-    }
-
-    /// True while some of the budget is left: more streams may be polled before the next write.
-    fn left(&self) -> bool {
-        self.0.load(Ordering::Relaxed) > 0
-    }
-
-    fn spend(&self) {
-        let left = self.0.load(Ordering::Relaxed);
-        self.0.store(left.saturating_sub(1), Ordering::Relaxed);
-    }
-}
 
 /// HTTP/2 settings, explicit.
 #[derive(Debug, Clone, Copy)]
@@ -136,9 +92,34 @@ pub enum Ended {
     Shutdown,
 }
 
+/// What a connection's task writes with, made before the handshake: `h2` is handed the
+/// [`Splice`] that [`plumb`] returns with it.
+pub struct Plumbing<I> {
+    deferred: Arc<Deferred>,
+    ready: Arc<Ready>,
+    wire: Arc<Wire>,
+    link: Link<I>,
+}
+
+/// The I/O to hand `h2` for `io`, and the rest of the connection's plumbing.
+pub fn plumb<I>(io: I, settings: &Settings) -> (Splice<I>, Plumbing<I>) {
+    let deferred = Arc::new(Deferred::default());
+    let ready = Ready::new(deferred.waker());
+    let wire = Wire::new(ready.clone(), settings.max_streams);
+    let (splice, link) = wire.splice(io);
+    let plumbing = Plumbing {
+        deferred,
+        ready,
+        wire,
+        link,
+    };
+    (splice, plumbing)
+}
+
 /// Serves one HTTP/2 connection whose handshake is done.
 pub async fn serve<I>(
-    mut connection: Connection<I, Bytes>,
+    mut connection: Connection<Splice<I>, Bytes>,
+    plumbing: Plumbing<I>,
     app: Arc<App>,
     metrics: Metrics,
     settings: Settings,
@@ -147,6 +128,12 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Plumbing {
+        deferred,
+        ready,
+        wire,
+        link,
+    } = plumbing;
     let activity = Activity::new();
     let mut open = activity.watch();
     let mut pinger = connection.ping_pong();
@@ -154,14 +141,11 @@ where
     let mut pong_by: Option<Instant> = None;
     let mut goodbye: Option<(Ended, Instant)> = None;
     let mut idle_since = Some(Instant::now());
-    let deferred = Arc::new(Deferred::default());
-    let ready = Ready::new(deferred.waker());
     let mut streams = Answers::new(ready.clone());
     let opens = Arc::new(app.open_rate());
     // The connection's live streams of a topic share one log; the poll thread wakes this task
     // once for all of them, and the task marks those that wait due.
     let fanout = Fanout::new(ready);
-    let budget = Arc::new(Budget::full());
     loop {
         if *open.borrow_and_update() > 0 {
             idle_since = None;
@@ -175,12 +159,9 @@ where
         let grace_until = goodbye.as_ref().map(|(_, until)| *until);
         tokio::select! {
             // Polling the connection writes what its streams handed over.
-            accepted = poll_fn(|cx| {
-                let accepted = connection.poll_accept(cx);
-                budget.refill();
-                accepted
-            }) => match accepted {
+            accepted = poll_fn(|cx| connection.poll_accept(cx)) => match accepted {
                 Some(Ok((mut request, respond))) => streams.insert_with(|token| {
+                    let out = wire.attach(respond.stream_id().as_u32(), token);
                     request.extensions_mut().insert(fanout.seat(token));
                     // What a stream keeps while it sends is small: the request and what handling
                     // it needs live in a boxed future, freed once the response is ready.
@@ -196,7 +177,7 @@ where
                         resets,
                         settings.stall,
                         activity.open(),
-                        budget.clone(),
+                        out,
                     )
                 }),
                 // A connection error (h2 has said GOAWAY, or the peer went away): done.
@@ -210,13 +191,24 @@ where
             // during a fan-out are held to its end (crate::wake), so the connection writes
             // every stream's events of a batch at once. Never ready: the other branches end
             // the loop's turns.
-            () = poll_fn(|cx| {
+            // The streams write into the connection's buffer, and the task writes it out; a
+            // write the socket did not take yet goes first the next time.
+            written = poll_fn(|cx| {
                 deferred.register(cx.waker());
+                if let Poll::Ready(Err(e)) = link.poll_write_out(cx) {
+                    return Poll::Ready(e);
+                }
                 fanout.mark_readers_due();
-                streams.poll_due(|| budget.left());
+                streams.poll_due(|| wire.room());
                 fanout.count_sent();
-                Poll::<()>::Pending
-            }), if !streams.is_empty() => {}
+                match link.poll_write_out(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(e),
+                    _ => Poll::Pending,
+                }
+            }), if !streams.is_empty() => {
+                debug!("HTTP/2 connection ended: {written}");
+                break;
+            }
             _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
                 connection.graceful_shutdown();
                 goodbye = Some((Ended::Shutdown, Instant::now() + settings.close_grace));
@@ -282,13 +274,13 @@ fn answer(
     resets: IntCounter,
     stall: Duration,
     open: Open,
-    budget: Arc<Budget>,
+    out: StreamOut,
 ) -> Answer {
     Answer {
         phase: Phase::Handling(handling, respond),
         resets,
         stall,
-        budget,
+        out,
         _open: open,
     }
 }
@@ -300,8 +292,8 @@ struct Answer {
     phase: Phase,
     resets: IntCounter,
     stall: Duration,
-    /// The connection's frame budget.
-    budget: Arc<Budget>,
+    /// Where the body's DATA frames go.
+    out: StreamOut,
     _open: Open,
 }
 
@@ -316,9 +308,10 @@ enum Phase {
 
 /// The send side of a stream whose response went out.
 struct Sending {
+    /// Kept for the end of the stream (END_STREAM, or a reset), which `h2` sends.
     send: SendStream<Bytes>,
     body: ResponseBody,
-    /// Taken from the body, not yet handed to `h2` (empty: take the next frame).
+    /// Taken from the body, not written yet (empty: take the next frame).
     data: Bytes,
     /// Running while the client grants no window and data waits.
     stalled: Option<Pin<Box<Sleep>>>,
@@ -330,10 +323,6 @@ impl Future for Answer {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
         if let Phase::Handling(handling, respond) = &mut this.phase {
-            // The response's HEADERS count too.
-            if this.budget.spent(cx) {
-                return Poll::Pending;
-            }
             let response = match handling.as_mut().poll(cx) {
                 Poll::Ready(response) => response,
                 Poll::Pending => {
@@ -349,7 +338,6 @@ impl Future for Answer {
             };
             let (parts, body) = response.into_parts();
             let end = body.is_end_stream();
-            this.budget.spend();
             this.phase = match respond.send_response(Response::from_parts(parts, ()), end) {
                 Ok(send) if !end => Phase::Sending(Sending {
                     send,
@@ -367,7 +355,7 @@ impl Future for Answer {
         let Phase::Sending(sending) = &mut this.phase else {
             return Poll::Ready(());
         };
-        match sending.pump(cx, &this.resets, this.stall, &this.budget) {
+        match sending.pump(cx, &this.out, &this.resets, this.stall) {
             Poll::Ready(()) => {
                 this.phase = Phase::Done;
                 Poll::Ready(())
@@ -405,22 +393,23 @@ impl Body for RequestBody {
 }
 
 impl Sending {
-    /// Sends the body, never more than the client's window allows; resets the stream when the
+    /// Writes the body, never more than the client's window allows; resets the stream when the
     /// client grants no window for `stall` while data waits. Ready when the stream is over: the
-    /// body ended, or the client reset the stream.
+    /// body ended, or the stream was reset.
     fn pump(
         &mut self,
         cx: &mut Context<'_>,
+        out: &StreamOut,
         resets: &IntCounter,
         stall: Duration,
-        budget: &Budget,
     ) -> Poll<()> {
         loop {
-            if budget.spent(cx) {
+            if !out.room() {
+                // The connection's write budget is spent: due again after its write.
+                cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
             if self.data.is_empty() {
-                // The body first: a stream with data to send learns of a reset from `send_data`.
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
@@ -429,51 +418,33 @@ impl Sending {
                         continue;
                     }
                     Poll::Ready(_) => {
-                        // The body ended: END_STREAM needs no window, and nothing is buffered
-                        // before it.
+                        // The body ended: `h2` writes END_STREAM after the frames written
+                        // (it takes no window).
                         let _ = self.send.send_data(Bytes::new(), true);
-                        budget.spend();
                         return Poll::Ready(());
                     }
-                    Poll::Pending => {
-                        return self.send.poll_reset(cx).map(|reason| {
-                            debug!("stream reset by the client: {reason:?}");
-                        });
-                    }
+                    // A reset marks the stream due: it ends here.
+                    Poll::Pending if out.is_reset() => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
                 }
             }
-            // Reserving capacity wakes whatever waits on the stream: first swap the waker that
-            // `poll_reset` left for one that does nothing, or the stream would wake itself and
-            // its connection would write after every stream or two instead of once per batch.
-            if self
-                .send
-                .poll_reset(&mut Context::from_waker(Waker::noop()))
-                .is_ready()
-            {
-                return Poll::Ready(());
-            }
-            self.send.reserve_capacity(self.data.len());
-            // Capacity already assigned is used at once (poll_capacity only reports changes).
-            let ready = self.send.capacity();
-            if ready > 0 {
-                if !self.send_part(ready, budget) {
-                    return Poll::Ready(());
-                }
-                continue;
-            }
-            if self.send.poll_reset(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            match self.send.poll_capacity(cx) {
-                Poll::Ready(Some(Ok(granted))) => {
-                    if !self.send_part(granted, budget) {
-                        return Poll::Ready(());
-                    }
+            let waiting = self.data.len();
+            match out.send(&mut self.data) {
+                Sent::All => {
+                    self.stalled = None;
                     continue;
                 }
-                // The stream was reset or closed.
-                Poll::Ready(Some(Err(_)) | None) => return Poll::Ready(()),
-                Poll::Pending => {}
+                Sent::Later => return Poll::Pending,
+                Sent::Reset => {
+                    debug!("stream reset");
+                    return Poll::Ready(());
+                }
+                Sent::Window => {
+                    if self.data.len() < waiting {
+                        // The client granted some: the wait starts again.
+                        self.stalled = None;
+                    }
+                }
             }
             // A stream keeps no timer while it is not waiting for window.
             let timer = self
@@ -487,22 +458,5 @@ impl Sending {
             }
             return Poll::Pending;
         }
-    }
-
-    /// Hands up to `window` bytes of the waiting data to `h2` (the client granted them, so a
-    /// stall timer starts again). False when the stream is gone.
-    fn send_part(&mut self, window: usize, budget: &Budget) -> bool {
-        self.stalled = None;
-        if window == 0 {
-            return true;
-        }
-        budget.spend();
-        // The whole of it when it fits: an empty remainder would still hold the event's buffer.
-        let part = if window >= self.data.len() {
-            std::mem::take(&mut self.data)
-        } else {
-            self.data.split_to(window)
-        };
-        self.send.send_data(part, false).is_ok()
     }
 }

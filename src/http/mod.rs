@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod server;
 pub mod service;
 pub mod sniff;
+pub mod wire;

@@ -341,6 +341,7 @@ impl Server {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let (io, plumbing) = h2conn::plumb(io, &self.h2);
         let handshake = self.h2.builder().handshake::<_, Bytes>(io);
         let connection = match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(connection)) => connection,
@@ -358,7 +359,15 @@ impl Server {
             }
         };
         let app = self.app.clone();
-        let ended = h2conn::serve(connection, app, self.metrics.clone(), self.h2, shutdown).await;
+        let ended = h2conn::serve(
+            connection,
+            plumbing,
+            app,
+            self.metrics.clone(),
+            self.h2,
+            shutdown,
+        )
+        .await;
         let reason = match ended {
             h2conn::Ended::Idle => "idle",
             h2conn::Ended::PingTimeout => "ping_timeout",
