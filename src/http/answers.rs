@@ -70,9 +70,10 @@ impl<F: Future<Output = ()> + Unpin> Answers<F> {
 
     /// Polls each stream due (once), dropping those that end, while `more` says the
     /// connection may take more frames before its next write. The streams left then are polled
-    /// first by the next call, and the connection's task is woken (once) for it; streams that
-    /// become due while this runs are polled by the next call.
-    pub fn poll_due(&mut self, mut more: impl FnMut() -> bool) {
+    /// first by the next call, and true says there are some: the caller polls again once the
+    /// connection has written (nothing else wakes it for them). Streams that become due while
+    /// this runs are polled by the next call.
+    pub fn poll_due(&mut self, mut more: impl FnMut() -> bool) -> bool {
         let mut due = std::mem::take(&mut self.due);
         self.ready.take_into(&mut due);
         self.round += 1;
@@ -97,10 +98,9 @@ impl<F: Future<Output = ()> + Unpin> Answers<F> {
             }
         }
         due.drain(..polled);
-        if !due.is_empty() {
-            self.ready.wake_connection();
-        }
+        let left = !due.is_empty();
         self.due = due;
+        left
     }
 }
 
@@ -202,13 +202,22 @@ mod tests {
             budget = budget.saturating_sub(1);
             more
         };
-        answers.poll_due(&mut spend);
+        assert!(answers.poll_due(&mut spend), "some left");
         assert_eq!(polls.load(Ordering::SeqCst), 2);
-        assert_eq!(connection.get(), 1, "woken once for the rest");
-        answers.poll_due(|| true);
+        assert!(
+            answers.poll_due(|| false),
+            "none polled while no write is done"
+        );
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            connection.get(),
+            0,
+            "the caller polls again once it has written"
+        );
+        assert!(!answers.poll_due(|| true));
         assert_eq!(polls.load(Ordering::SeqCst), 5);
-        answers.poll_due(|| true);
+        assert!(!answers.poll_due(|| true));
         assert_eq!(polls.load(Ordering::SeqCst), 5, "each polled once");
-        assert_eq!(connection.get(), 1);
+        assert_eq!(connection.get(), 0);
     }
 }

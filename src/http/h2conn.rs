@@ -199,11 +199,19 @@ where
                     return Poll::Ready(e);
                 }
                 fanout.mark_readers_due();
-                streams.poll_due(|| wire.room());
+                let left = streams.poll_due(|| wire.room());
                 fanout.count_sent();
                 match link.poll_write_out(cx) {
                     Poll::Ready(Err(e)) => Poll::Ready(e),
-                    _ => Poll::Pending,
+                    Poll::Ready(Ok(())) => {
+                        // Written: the streams left over the budget go next.
+                        if left {
+                            cx.waker().wake_by_ref();
+                        }
+                        Poll::Pending
+                    }
+                    // The socket's wake-up brings the task back.
+                    Poll::Pending => Poll::Pending,
                 }
             }), if !streams.is_empty() => {
                 debug!("HTTP/2 connection ended: {written}");

@@ -61,6 +61,8 @@ const MAX_FRAME: usize = (1 << 24) - 1;
 /// Control frames larger than this are passed to `h2` unread (it refuses frames larger than
 /// its own SETTINGS_MAX_FRAME_SIZE, the default 16,384).
 const LARGEST_READ: usize = MIN_FRAME;
+/// Bytes read from the client at a time (what clients send an SSE gateway is small).
+const READ_BYTES: usize = 4096;
 /// Bytes `h2` may add to an output buffer already this full only once some of it is written.
 const OUT_LIMIT: usize = 4 << 20;
 
@@ -238,6 +240,10 @@ impl State {
         }
         self.out.clear();
         self.written = 0;
+        if self.out.capacity() > 4 * WRITE_BYTES {
+            // A burst (a catch-up, many heartbeats at once) is over: its room is not kept.
+            self.out.shrink_to(WRITE_BYTES);
+        }
         Pin::new(&mut *io).poll_flush(cx)
     }
 
@@ -621,13 +627,14 @@ impl Inbound {
         state.wake_if_marked();
     }
 
-    /// Room for one more read, keeping what is not handed on.
+    /// Room for one more read, keeping what is not handed on (a control frame read whole
+    /// grows the buffer over a few reads).
     fn make_room(&mut self) {
         if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        self.buf.reserve(HEAD_LEN + LARGEST_READ);
+        self.buf.reserve(READ_BYTES);
     }
 }
 
