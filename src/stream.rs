@@ -129,8 +129,9 @@ impl SseStream {
             return;
         }
         match &self.subscription.events {
-            // Counted by the group, into the same series, once per poll of the connection.
-            Events::Group(cursor) => cursor.sent(events, bytes as u64),
+            // Counted by the group as its streams read, into the same series, once per poll
+            // of the connection.
+            Events::Group(_) => {}
             Events::Queue(_) => {
                 self.metrics.events.inc_by(events);
                 self.metrics.bytes.inc_by(bytes as u64);

@@ -6,10 +6,8 @@
 //! (`hub::group`), with no wake-up at all. Each poll of the set polls the streams due, each once,
 //! with their own wakers: nothing is allocated, cloned or linked per poll.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 
 use slab::Slab;
 
@@ -33,7 +31,15 @@ struct Slot<F> {
     round: u64,
 }
 
-impl<F: Future<Output = ()> + Unpin> Answers<F> {
+/// A stream's answer: polled with the stream's waker and what the connection lends its streams
+/// while it polls them (`S`: the connection's output, locked once for all of them); ready when
+/// the stream is over.
+pub trait Answering<S> {
+    /// Makes progress; ready when the stream is over.
+    fn poll_answer(&mut self, cx: &mut Context<'_>, shared: &mut S) -> Poll<()>;
+}
+
+impl<F> Answers<F> {
     /// No streams yet; `ready` lists those due.
     pub fn new(ready: Arc<Ready>) -> Answers<F> {
         Answers {
@@ -68,18 +74,21 @@ impl<F: Future<Output = ()> + Unpin> Answers<F> {
         self.slots.is_empty()
     }
 
-    /// Polls each stream due (once), dropping those that end, while `more` says the
-    /// connection may take more frames before its next write. The streams left then are polled
+    /// Polls each stream due (once) with `shared`, dropping those that end, while `more` says
+    /// the connection may take more frames before its next write. The streams left then are polled
     /// first by the next call, and true says there are some: the caller polls again once the
     /// connection has written (nothing else wakes it for them). Streams that become due while
     /// this runs are polled by the next call.
-    pub fn poll_due(&mut self, mut more: impl FnMut() -> bool) -> bool {
+    pub fn poll_due<S>(&mut self, shared: &mut S, mut more: impl FnMut(&mut S) -> bool) -> bool
+    where
+        F: Answering<S>,
+    {
         let mut due = std::mem::take(&mut self.due);
         self.ready.take_into(&mut due);
         self.round += 1;
         let mut polled = 0;
         for &token in &due {
-            if !more() {
+            if !more(shared) {
                 break;
             }
             polled += 1;
@@ -93,7 +102,7 @@ impl<F: Future<Output = ()> + Unpin> Answers<F> {
             slot.round = self.round;
             slot.wake.polling();
             let mut cx = Context::from_waker(&slot.waker);
-            if Pin::new(&mut slot.answer).poll(&mut cx).is_ready() {
+            if slot.answer.poll_answer(&mut cx, shared).is_ready() {
                 self.slots.remove(token);
             }
         }
@@ -119,9 +128,8 @@ mod tests {
         end: Arc<std::sync::atomic::AtomicBool>,
     }
 
-    impl Future for Probe {
-        type Output = ();
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    impl<S> Answering<S> for Probe {
+        fn poll_answer(&mut self, cx: &mut Context<'_>, _: &mut S) -> Poll<()> {
             self.polls.fetch_add(1, Ordering::SeqCst);
             *self.waker.lock() = Some(cx.waker().clone());
             if self.end.load(Ordering::SeqCst) {
@@ -152,14 +160,13 @@ mod tests {
             })
             .collect();
         let polls = |i: usize| probes[i].0.load(Ordering::SeqCst);
-        let all = || true;
-        answers.poll_due(all);
+        answers.poll_due(&mut (), |_| true);
         assert_eq!(
             (polls(0), polls(1), polls(2)),
             (1, 1, 1),
             "new streams are due"
         );
-        answers.poll_due(all);
+        answers.poll_due(&mut (), |_| true);
         assert_eq!((polls(0), polls(1), polls(2)), (1, 1, 1), "nothing due");
 
         // Woken twice, and marked due in bulk too: polled once, and the connection woken once.
@@ -168,18 +175,18 @@ mod tests {
         waker.wake_by_ref();
         ready.mark([1]);
         assert_eq!(connection.get(), 1);
-        answers.poll_due(all);
+        answers.poll_due(&mut (), |_| true);
         assert_eq!((polls(0), polls(1), polls(2)), (1, 2, 1));
 
         // A stream that ends leaves the set; a stale wake-up of it polls nothing.
         probes[2].2.store(true, Ordering::SeqCst);
         let waker = probes[2].1.lock().clone().unwrap();
         waker.wake_by_ref();
-        answers.poll_due(all);
+        answers.poll_due(&mut (), |_| true);
         assert_eq!(polls(2), 2);
         assert_eq!(answers.len(), 2);
         waker.wake_by_ref();
-        answers.poll_due(all);
+        answers.poll_due(&mut (), |_| true);
         assert_eq!(polls(2), 2);
     }
 
@@ -196,16 +203,15 @@ mod tests {
                 end: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             });
         }
-        let mut budget = 2_usize;
-        let mut spend = || {
-            let more = budget > 0;
-            budget = budget.saturating_sub(1);
+        let spend = |budget: &mut usize| {
+            let more = *budget > 0;
+            *budget = budget.saturating_sub(1);
             more
         };
-        assert!(answers.poll_due(&mut spend), "some left");
+        assert!(answers.poll_due(&mut 2_usize, spend), "some left");
         assert_eq!(polls.load(Ordering::SeqCst), 2);
         assert!(
-            answers.poll_due(|| false),
+            answers.poll_due(&mut (), |_| false),
             "none polled while no write is done"
         );
         assert_eq!(polls.load(Ordering::SeqCst), 2);
@@ -214,9 +220,9 @@ mod tests {
             0,
             "the caller polls again once it has written"
         );
-        assert!(!answers.poll_due(|| true));
+        assert!(!answers.poll_due(&mut (), |_| true));
         assert_eq!(polls.load(Ordering::SeqCst), 5);
-        assert!(!answers.poll_due(|| true));
+        assert!(!answers.poll_due(&mut (), |_| true));
         assert_eq!(polls.load(Ordering::SeqCst), 5, "each polled once");
         assert_eq!(connection.get(), 0);
     }

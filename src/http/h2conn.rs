@@ -32,10 +32,10 @@ use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
 use crate::http::activity::{Activity, Open};
-use crate::http::answers::Answers;
+use crate::http::answers::{Answering, Answers};
 use crate::http::body::ResponseBody;
 use crate::http::service::App;
-use crate::http::wire::{Link, Sent, Splice, StreamOut, Wire};
+use crate::http::wire::{self, Link, Sent, Splice, StreamOut, Wire};
 use crate::hub::Fanout;
 use crate::metrics::Metrics;
 use crate::wake::{Deferred, Ready};
@@ -199,7 +199,8 @@ where
                     return Poll::Ready(e);
                 }
                 fanout.mark_readers_due();
-                let left = streams.poll_due(|| wire.room());
+                // The output is locked once for all the streams polled.
+                let left = streams.poll_due(&mut *wire.lock(), |out| out.room());
                 fanout.count_sent();
                 match link.poll_write_out(cx) {
                     Poll::Ready(Err(e)) => Poll::Ready(e),
@@ -325,11 +326,19 @@ struct Sending {
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl Future for Answer {
-    type Output = ();
+impl Answering<wire::State> for Answer {
+    fn poll_answer(&mut self, cx: &mut Context<'_>, wire: &mut wire::State) -> Poll<()> {
+        let polled = self.poll_steps(cx, wire);
+        if polled.is_ready() {
+            self.out.release(wire);
+        }
+        polled
+    }
+}
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
+impl Answer {
+    fn poll_steps(&mut self, cx: &mut Context<'_>, wire: &mut wire::State) -> Poll<()> {
+        let this = self;
         if let Phase::Handling(handling, respond) = &mut this.phase {
             let response = match handling.as_mut().poll(cx) {
                 Poll::Ready(response) => response,
@@ -363,7 +372,7 @@ impl Future for Answer {
         let Phase::Sending(sending) = &mut this.phase else {
             return Poll::Ready(());
         };
-        match sending.pump(cx, &this.out, &this.resets, this.stall) {
+        match sending.pump(cx, wire, &this.out, &this.resets, this.stall) {
             Poll::Ready(()) => {
                 this.phase = Phase::Done;
                 Poll::Ready(())
@@ -407,12 +416,13 @@ impl Sending {
     fn pump(
         &mut self,
         cx: &mut Context<'_>,
+        wire: &mut wire::State,
         out: &StreamOut,
         resets: &IntCounter,
         stall: Duration,
     ) -> Poll<()> {
         loop {
-            if !out.room() {
+            if !wire.room() {
                 // The connection's write budget is spent: due again after its write.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
@@ -432,12 +442,12 @@ impl Sending {
                         return Poll::Ready(());
                     }
                     // A reset marks the stream due: it ends here.
-                    Poll::Pending if out.is_reset() => return Poll::Ready(()),
+                    Poll::Pending if out.is_reset(wire) => return Poll::Ready(()),
                     Poll::Pending => return Poll::Pending,
                 }
             }
             let waiting = self.data.len();
-            match out.send(&mut self.data) {
+            match out.send(wire, &mut self.data) {
                 Sent::All => {
                     self.stalled = None;
                     continue;

@@ -29,12 +29,11 @@
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -70,15 +69,16 @@ const OUT_LIMIT: usize = 4 << 20;
 /// Streams due when it is spent wait for the next write (see `http::answers`).
 pub const WRITE_BYTES: usize = 64 << 10;
 
-/// The state of one connection's output and flow control.
+/// One connection's output and flow control.
 pub struct Wire {
     state: Mutex<State>,
-    /// What is left of [`WRITE_BYTES`] until the next write (only the connection's task
-    /// touches it: atomic because the task moves between threads).
-    budget: AtomicUsize,
 }
 
-struct State {
+/// A connection's output and the client's windows, locked: the connection's task locks it
+/// once to poll all its due streams.
+pub struct State {
+    /// What is left of [`WRITE_BYTES`] until the next write.
+    budget: usize,
     /// Bytes for the connection, from `written` on not written yet.
     out: Vec<u8>,
     written: usize,
@@ -137,6 +137,7 @@ impl Wire {
     pub fn new(ready: Arc<Ready>, max_streams: u32) -> Arc<Wire> {
         Arc::new(Wire {
             state: Mutex::new(State {
+                budget: WRITE_BYTES,
                 out: Vec::new(),
                 written: 0,
                 head: [0; HEAD_LEN],
@@ -155,7 +156,6 @@ impl Wire {
                 ready,
                 woke: false,
             }),
-            budget: AtomicUsize::new(WRITE_BYTES),
         })
     }
 
@@ -186,15 +186,12 @@ impl Wire {
             // Reset before it was answered: nothing goes out.
             None => None,
         };
-        StreamOut {
-            wire: self.clone(),
-            key,
-        }
+        StreamOut { key }
     }
 
-    /// True while the streams may write before the connection's next write.
-    pub fn room(&self) -> bool {
-        self.budget.load(Ordering::Relaxed) > 0
+    /// The output and windows, for the streams to write.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// Streams open on the wire, for tests.
@@ -218,13 +215,18 @@ impl<I: AsyncWrite + Unpin> Link<I> {
         let mut io = self.io.lock();
         let done = state.write_to(&mut *io, cx);
         if let Poll::Ready(Ok(())) = done {
-            self.wire.budget.store(WRITE_BYTES, Ordering::Relaxed);
+            state.budget = WRITE_BYTES;
         }
         done
     }
 }
 
 impl State {
+    /// True while the streams may write before the connection's next write.
+    pub fn room(&self) -> bool {
+        self.budget > 0
+    }
+
     /// Writes the waiting bytes to `io`, then flushes it.
     fn write_to<I: AsyncWrite + Unpin>(
         &mut self,
@@ -471,22 +473,21 @@ enum Verdict {
     Overflow,
 }
 
-/// One stream's side of the wire: its DATA frames go out through it.
+/// One stream's side of the wire: its DATA frames go out through it. The answer that holds it
+/// releases it with [`StreamOut::release`] when the stream is over (the rest is released with
+/// the connection).
 pub struct StreamOut {
-    wire: Arc<Wire>,
-    /// The stream's entry; none when it was reset before it was answered.
+    /// The stream's entry; none when it was reset before it was answered, or released.
     key: Option<usize>,
 }
 
 impl StreamOut {
     /// Writes as much of `data` as the client's windows allow, in frames no larger than it
     /// takes, and takes what was written off `data`.
-    pub fn send(&self, data: &mut Bytes) -> Sent {
+    pub fn send(&self, state: &mut State, data: &mut Bytes) -> Sent {
         let Some(key) = self.key else {
             return Sent::Reset;
         };
-        let mut guard = self.wire.state.lock();
-        let state = &mut *guard;
         let boundary = state.at_frame_boundary();
         let entry = &mut state.streams[key];
         if entry.reset {
@@ -533,31 +534,21 @@ impl StreamOut {
             state.connection_window -= n as i64;
             wrote += n + HEAD_LEN;
         };
-        let left = self.wire.budget.load(Ordering::Relaxed);
-        self.wire
-            .budget
-            .store(left.saturating_sub(wrote), Ordering::Relaxed);
+        state.budget = state.budget.saturating_sub(wrote);
         sent
     }
 
-    /// True while the connection's streams may write before its next write.
-    pub fn room(&self) -> bool {
-        self.wire.room()
-    }
-
     /// True once the stream was reset, by the client or by `h2`.
-    pub fn is_reset(&self) -> bool {
+    pub fn is_reset(&self, state: &State) -> bool {
         match self.key {
-            Some(key) => self.wire.state.lock().streams[key].reset,
+            Some(key) => state.streams[key].reset,
             None => true,
         }
     }
-}
 
-impl Drop for StreamOut {
-    fn drop(&mut self) {
-        if let Some(key) = self.key {
-            let mut state = self.wire.state.lock();
+    /// The stream is over: its entry goes.
+    pub fn release(&mut self, state: &mut State) {
+        if let Some(key) = self.key.take() {
             let entry = state.streams.remove(key);
             state.ids.remove(&entry.id);
         }
@@ -851,14 +842,18 @@ mod tests {
         ]
         .concat();
         inbound(&wire, &client, client.len());
-        let out = wire.attach(1, 7);
+        let mut out = wire.attach(1, 7);
         let mut data = Bytes::from_static(b"0123456789abcdef");
-        assert_eq!(out.send(&mut data), Sent::Later, "no HEADERS yet");
+        assert_eq!(
+            out.send(&mut wire.lock(), &mut data),
+            Sent::Later,
+            "no HEADERS yet"
+        );
         assert!(wire.state.lock().out.is_empty());
         h2_writes_headers(&wire, 1);
         assert_eq!(due(&ready), vec![7], "due once its HEADERS are out");
         assert_eq!(woken.get(), 1);
-        assert_eq!(out.send(&mut data), Sent::Window);
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::Window);
         assert_eq!(&data[..], b"abcdef", "ten bytes of window");
         let written = wire.state.lock().out.clone();
         let headers_len = HEAD_LEN + 1;
@@ -869,14 +864,14 @@ mod tests {
         // The client grants four more: due, and four bytes go.
         inbound(&wire, &window_update(1, 4), 13);
         assert_eq!(due(&ready), vec![7]);
-        assert_eq!(out.send(&mut data), Sent::Window);
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::Window);
         assert_eq!(&data[..], b"ef");
         // A larger initial window grants the rest.
         inbound(&wire, &settings(&[(0x4, 100)]), 15);
         assert_eq!(due(&ready), vec![7]);
-        assert_eq!(out.send(&mut data), Sent::All);
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::All);
         assert!(data.is_empty());
-        drop(out);
+        out.release(&mut wire.lock());
         assert_eq!(wire.held(), 0, "an answered stream is gone with its answer");
     }
 
@@ -893,14 +888,18 @@ mod tests {
         let out = wire.attach(1, 0);
         h2_writes_headers(&wire, 1);
         let mut data = Bytes::from_static(b"abcdef");
-        assert_eq!(out.send(&mut data), Sent::Window);
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::Window);
         assert_eq!(&data[..], b"def");
         inbound(&wire, &settings(&[(0x4, 2)]), 64);
         inbound(&wire, &window_update(1, 1), 64);
         due(&ready);
-        assert_eq!(out.send(&mut data), Sent::Window, "window 0");
+        assert_eq!(
+            out.send(&mut wire.lock(), &mut data),
+            Sent::Window,
+            "window 0"
+        );
         inbound(&wire, &window_update(1, 1), 64);
-        assert_eq!(out.send(&mut data), Sent::Window);
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::Window);
         assert_eq!(&data[..], b"ef", "one byte of window");
     }
 
@@ -918,7 +917,7 @@ mod tests {
         h2_writes_headers(&wire, 3);
         due(&ready);
         let mut big = Bytes::from(vec![b'x'; 70_000]);
-        assert_eq!(a.send(&mut big), Sent::Window);
+        assert_eq!(a.send(&mut wire.lock(), &mut big), Sent::Window);
         assert_eq!(big.len(), 70_000 - 65_535);
         let frames = wire.state.lock().out.len() - 2 * (HEAD_LEN + 1);
         assert_eq!(
@@ -927,8 +926,12 @@ mod tests {
             "frames of at most 16,384 bytes"
         );
         let mut small = Bytes::from_static(b"y");
-        assert_eq!(b.send(&mut small), Sent::Window);
-        assert_eq!(b.send(&mut small), Sent::Window, "listed once");
+        assert_eq!(b.send(&mut wire.lock(), &mut small), Sent::Window);
+        assert_eq!(
+            b.send(&mut wire.lock(), &mut small),
+            Sent::Window,
+            "listed once"
+        );
         inbound(&wire, &window_update(0, 100_000), 64);
         assert_eq!(due(&ready), vec![10, 11]);
     }
@@ -944,14 +947,14 @@ mod tests {
         client.extend(frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()));
         let out = wire.attach(3, 2);
         assert_eq!(
-            out.send(&mut Bytes::from_static(b"a")),
+            out.send(&mut wire.lock(), &mut Bytes::from_static(b"a")),
             Sent::Reset,
             "never opened"
         );
         let seen = inbound(&wire, &client, 10);
         assert_eq!(seen, client, "resets reach h2");
         assert_eq!(wire.held(), 1, "the unanswered streams reset are gone");
-        let three = wire.attach(3, 2);
+        let mut three = wire.attach(3, 2);
         h2_writes_headers(&wire, 3);
         due(&ready);
         // h2 resets stream 3 (its own RST_STREAM on the way out).
@@ -959,10 +962,13 @@ mod tests {
             .lock()
             .h2_wrote(&frame(RST_STREAM, 0, 3, &2u32.to_be_bytes()));
         assert_eq!(due(&ready), vec![2]);
-        assert!(three.is_reset());
-        assert_eq!(three.send(&mut Bytes::from_static(b"a")), Sent::Reset);
-        assert!(out.is_reset());
-        drop(three);
+        assert!(three.is_reset(&wire.lock()));
+        assert_eq!(
+            three.send(&mut wire.lock(), &mut Bytes::from_static(b"a")),
+            Sent::Reset
+        );
+        assert!(out.is_reset(&wire.lock()));
+        three.release(&mut wire.lock());
         assert_eq!(wire.held(), 0);
     }
 
@@ -982,13 +988,19 @@ mod tests {
         due(&ready);
         // Stream 3's header block in two frames, the second one not yet written.
         wire.state.lock().h2_wrote(&frame(HEADERS, 0, 3, b"ab"));
-        assert_eq!(one.send(&mut Bytes::from_static(b"x")), Sent::Later);
+        assert_eq!(
+            one.send(&mut wire.lock(), &mut Bytes::from_static(b"x")),
+            Sent::Later
+        );
         assert_eq!(due(&ready), vec![0], "due again");
         wire.state
             .lock()
             .h2_wrote(&frame(CONTINUATION, END_HEADERS, 3, b"cd"));
         assert_eq!(due(&ready), vec![1]);
-        assert_eq!(one.send(&mut Bytes::from_static(b"x")), Sent::All);
+        assert_eq!(
+            one.send(&mut wire.lock(), &mut Bytes::from_static(b"x")),
+            Sent::All
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ impl Fanout {
     /// connection's task calls it after polling its streams.
     pub fn count_sent(&self) {
         for group in self.groups.lock().iter() {
-            group.sent.flush();
+            group.sent.flush(&mut group.log.lock());
         }
     }
 
@@ -105,6 +105,7 @@ impl Fanout {
             ready: self.ready.clone(),
             bound: bound.max(1),
             log: Mutex::new(Log::default()),
+            version: AtomicU64::new(0),
             sent: Sent::new(counters()),
         });
         groups.push(group.clone());
@@ -127,6 +128,10 @@ pub(super) struct Group {
     /// Events kept for the slowest stream at most.
     bound: usize,
     log: Mutex<Log>,
+    /// Changed (under the log's lock) by every append, by the close and when waiting members
+    /// are marked due: a member that read everything, waits, and saw this value has nothing
+    /// new and is still listed as waiting while it stays.
+    version: AtomicU64,
     sent: Sent,
 }
 
@@ -137,37 +142,30 @@ pub(super) struct Group {
 const COPY_MAX: usize = 4096;
 const COPY_WHILE_BELOW: usize = 64;
 
-/// Events and bytes the group's streams wrote, not yet counted in the topic's series.
+/// `ksg_events_sent_total` and `ksg_event_bytes_sent_total` of the topic: the events and bytes
+/// the group's streams read are added up in the log, under the lock each read takes anyway, and
+/// counted here once per poll of the connection.
 struct Sent {
-    events: AtomicU64,
-    bytes: AtomicU64,
-    /// `ksg_events_sent_total` and `ksg_event_bytes_sent_total` of the topic.
     counters: (IntCounter, IntCounter),
 }
 
 impl Sent {
     fn new(counters: (IntCounter, IntCounter)) -> Sent {
-        Sent {
-            events: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            counters,
-        }
+        Sent { counters }
     }
 
-    fn flush(&self) {
-        let events = self.events.swap(0, Ordering::Relaxed);
+    fn flush(&self, log: &mut Log) {
+        let events = std::mem::take(&mut log.sent_events);
         if events > 0 {
             self.counters.0.inc_by(events);
-            self.counters
-                .1
-                .inc_by(self.bytes.swap(0, Ordering::Relaxed));
+            self.counters.1.inc_by(std::mem::take(&mut log.sent_bytes));
         }
     }
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
-        self.sent.flush();
+        self.sent.flush(self.log.get_mut());
     }
 }
 
@@ -187,6 +185,9 @@ struct Log {
     readers: u32,
     /// No more events: members read what is left, then end.
     closed: bool,
+    /// Events read by the members, and their bytes, not counted yet.
+    sent_events: u64,
+    sent_bytes: u64,
 }
 
 struct Entry {
@@ -284,6 +285,7 @@ impl Group {
         if log.closed || log.readers == 0 {
             return 0;
         }
+        self.version.fetch_add(1, Ordering::Release);
         let cut = if log.entries.len() >= self.bound {
             log.cut_slowest(&self.ready)
         } else {
@@ -319,6 +321,7 @@ impl Group {
             });
         }
         log.closed = true;
+        self.version.fetch_add(1, Ordering::Release);
         log.mark_waiting_due(&self.ready);
         self.ready.wake_connection();
         log.members()
@@ -332,6 +335,8 @@ impl Group {
         }
         log.notified = false;
         log.mark_waiting_due(&self.ready);
+        // They wait no more: their next look takes the lock (and waits again if need be).
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// A new member, the connection's stream `token`, reading from the next event appended
@@ -360,6 +365,7 @@ impl Group {
             group: self.clone(),
             slot,
             more: false,
+            parked: None,
         }
     }
 }
@@ -370,6 +376,9 @@ pub struct Cursor {
     slot: usize,
     /// The last read left more events to read (a hint for [`Cursor::try_more`]).
     more: bool,
+    /// The member read everything, waits for the next event, and saw this version of the
+    /// group: until it changes, a look finds nothing without taking the log's lock.
+    parked: Option<u64>,
 }
 
 /// What a cursor read.
@@ -381,8 +390,8 @@ enum Read {
 }
 
 impl Cursor {
-    /// Reads the member's next event from the locked log.
-    fn read(log: &mut Log, slot: usize) -> Read {
+    /// Reads the member's next event from the locked log (counted as sent).
+    fn read_locked(log: &mut Log, slot: usize) -> Read {
         let base = log.base;
         let len = log.entries.len();
         let m = &mut log.members[slot];
@@ -397,6 +406,8 @@ impl Cursor {
         let more = at + 1 < len;
         let entry = &mut log.entries[at];
         entry.unread -= 1;
+        log.sent_events += 1;
+        log.sent_bytes += entry.event.len() as u64;
         if at == 0 && entry.unread == 0 {
             // The last reader takes the event itself.
             let event = log.entries.pop_front().map(|e| e.event);
@@ -411,31 +422,36 @@ impl Cursor {
     /// everything in it was read. When there is none yet, the stream is marked due on its
     /// connection (by its token) once there is.
     pub fn poll_recv(&mut self) -> Poll<Option<Bytes>> {
-        let mut log = self.group.log.lock();
-        self.more = false;
-        match Self::read(&mut log, self.slot) {
-            Read::Event(event, more) => {
-                self.more = more;
-                return Poll::Ready(Some(event));
+        if let Some(seen) = self.parked {
+            if self.group.version.load(Ordering::Acquire) == seen {
+                return Poll::Pending;
             }
-            Read::End => return Poll::Ready(None),
-            Read::Nothing => {}
         }
-        // Under the same lock as the look: an append after it sees this member waiting.
-        let m = &mut log.members[self.slot];
-        if !m.waiting {
-            m.waiting = true;
-            log.waiting.push(self.slot);
+        match self.read() {
+            Read::Event(event, _) => Poll::Ready(Some(event)),
+            Read::End => Poll::Ready(None),
+            Read::Nothing => Poll::Pending,
         }
-        Poll::Pending
     }
 
-    /// Counts `events` events of `bytes` bytes written by the stream (into the topic's series
-    /// at the connection's next [`Fanout::count_sent`]).
-    pub fn sent(&self, events: u64, bytes: u64) {
-        let sent = &self.group.sent;
-        sent.events.fetch_add(events, Ordering::Relaxed);
-        sent.bytes.fetch_add(bytes, Ordering::Relaxed);
+    /// Reads the next event under the log's lock. When it was the last one there, or there was
+    /// none, the member waits (under the same lock as the look: an append after it sees the
+    /// member waiting and marks it due).
+    fn read(&mut self) -> Read {
+        let mut log = self.group.log.lock();
+        let read = Self::read_locked(&mut log, self.slot);
+        self.more = matches!(read, Read::Event(_, true));
+        self.parked = None;
+        // A closed log has its end to tell at the next look.
+        if !log.closed && matches!(read, Read::Event(_, false) | Read::Nothing) {
+            let m = &mut log.members[self.slot];
+            if !m.waiting {
+                m.waiting = true;
+                log.waiting.push(self.slot);
+            }
+            self.parked = Some(self.group.version.load(Ordering::Relaxed));
+        }
+        read
     }
 
     /// The next event if there was one after the last event read: what a stream takes along
@@ -450,12 +466,8 @@ impl Cursor {
 
     /// The next event if there is one now.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        self.more = false;
-        match Self::read(&mut self.group.log.lock(), self.slot) {
-            Read::Event(event, more) => {
-                self.more = more;
-                Some(event)
-            }
+        match self.read() {
+            Read::Event(event, _) => Some(event),
             _ => None,
         }
     }
@@ -650,14 +662,21 @@ mod tests {
         assert_eq!(ea, shared);
         assert_ne!(ea.as_ptr(), shared.as_ptr(), "the group's own copy");
         assert_eq!(ea.as_ptr(), eb.as_ptr(), "one copy for the whole group");
-        a.sent(1, 100);
-        b.sent(2, 300);
-        let (events, bytes) = &group.sent.counters;
+        group.push(&Bytes::from(vec![b'y'; 50]));
+        assert!(b.try_recv().is_some());
+        let (events, bytes) = group.sent.counters.clone();
         assert_eq!(events.get(), 0, "counted by the connection's poll");
         fanout.count_sent();
-        assert_eq!((events.get(), bytes.get()), (3, 400));
+        assert_eq!((events.get(), bytes.get()), (3, 250), "each read counts");
         fanout.count_sent();
-        assert_eq!((events.get(), bytes.get()), (3, 400));
+        assert_eq!((events.get(), bytes.get()), (3, 250));
+        assert!(a.try_recv().is_some());
+        drop((a, b, group));
+        assert_eq!(
+            events.get(),
+            4,
+            "what is left is counted when the group goes"
+        );
     }
 
     #[test]
@@ -673,6 +692,35 @@ mod tests {
         let own = log.entries.iter();
         let own = own.filter(|e| e.event.as_ptr() != shared.as_ptr()).count();
         assert_eq!(own, COPY_WHILE_BELOW, "the rest shared with the topic");
+    }
+
+    #[test]
+    fn a_member_that_read_the_last_event_waits_without_another_look() {
+        let (connection, ready, fanout, group) = group(8);
+        let mut a = join(&group, 3);
+        group.push(&ev("1"));
+        assert_eq!(connection.get(), 0, "nobody waited");
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
+        assert!(a.parked.is_some());
+        assert!(
+            group.log.lock().members[a.slot].waiting,
+            "waits from its last read"
+        );
+        assert_eq!(a.poll_recv(), Poll::Pending);
+        assert_eq!(group.log.lock().waiting, [a.slot], "listed once");
+        group.push(&ev("2"));
+        // Read before the connection marked it due (it was polled for something else).
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("2"))));
+        assert_eq!(connection.get(), 1);
+        fanout.mark_readers_due();
+        assert_eq!(due(&ready), [3], "a spurious poll at most");
+        assert_eq!(a.poll_recv(), Poll::Pending);
+        assert_eq!(group.log.lock().waiting, [a.slot], "waits again");
+        group.push(&ev("3"));
+        assert_eq!(connection.get(), 2);
+        fanout.mark_readers_due();
+        assert_eq!(due(&ready), [3]);
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("3"))));
     }
 
     #[test]
