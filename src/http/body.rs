@@ -10,11 +10,15 @@ use http_body::{Body, Frame, SizeHint};
 use crate::stream::SseStream;
 
 /// Every response body the gateway sends.
+#[allow(clippy::large_enum_variant)] // see `Stream`
 pub enum ResponseBody {
     /// A complete body (error reasons, pages, metrics); `None` once sent.
     Full(Option<Bytes>),
-    /// A never-ending SSE stream.
-    Stream(Box<SseStream>),
+    /// A never-ending SSE stream. Held inline, not boxed: an HTTP/2 connection keeps its
+    /// streams' answers side by side (`http::answers`), so a fan-out reads the stream states it
+    /// polls one after the other in memory instead of chasing a pointer (a cache miss) per
+    /// stream and event.
+    Stream(SseStream),
     /// No body at all, length unknown (the answer to `HEAD`: no `content-length: 0` is implied).
     Empty,
 }
@@ -36,7 +40,7 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ResponseBody::Stream(stream) => Pin::new(stream.as_mut()).poll_frame(cx),
+            ResponseBody::Stream(stream) => Pin::new(stream).poll_frame(cx),
             ResponseBody::Empty => Poll::Ready(None),
         }
     }

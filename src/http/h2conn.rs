@@ -306,6 +306,9 @@ struct Answer {
     _open: Open,
 }
 
+// The body is held inline (see `ResponseBody::Stream`); an answer is in the phase that sends
+// it for nearly all of its life.
+#[allow(clippy::large_enum_variant)]
 enum Phase {
     /// The app is preparing the response.
     Handling(Handling, SendResponse<Bytes>),

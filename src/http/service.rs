@@ -241,7 +241,7 @@ impl App {
             slot,
             token,
         );
-        let mut response = Response::new(ResponseBody::Stream(Box::new(stream)));
+        let mut response = Response::new(ResponseBody::Stream(stream));
         sse_headers(response.headers_mut());
         response
     }
