@@ -11,7 +11,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Wake, Waker};
 
@@ -123,30 +122,26 @@ impl Ready {
         }
     }
 
-    /// The waker of the stream `token`: its wake-ups mark it due once until its next poll,
-    /// and wake the connection's task.
-    pub fn waker(self: &Arc<Self>, token: usize) -> (Arc<StreamWake>, Waker) {
-        let wake = Arc::new(StreamWake {
+    /// The waker of the stream `token`: a wake-up marks it due and wakes the connection's
+    /// task.
+    ///
+    /// It keeps no flag to mark the stream due only once until its next poll: the connection
+    /// skips a stream already polled in the same round (`http::answers`), and what wakes a
+    /// stream (a timer, its queue, `h2`) wakes it at most once per registration, that is once
+    /// per poll. A flag would be one more line of memory per stream to clear at every poll,
+    /// which a fan-out paid on each of its streams for every event.
+    pub fn waker(self: &Arc<Self>, token: usize) -> Waker {
+        Waker::from(Arc::new(StreamWake {
             ready: self.clone(),
             token,
-            queued: AtomicBool::new(false),
-        });
-        (wake.clone(), Waker::from(wake))
+        }))
     }
 }
 
 /// One stream's waker (see [`Ready::waker`]).
-pub struct StreamWake {
+struct StreamWake {
     ready: Arc<Ready>,
     token: usize,
-    queued: AtomicBool,
-}
-
-impl StreamWake {
-    /// The stream is about to be polled: a wake-up from now on marks it due again.
-    pub fn polling(&self) {
-        self.queued.store(false, Ordering::Release);
-    }
 }
 
 impl Wake for StreamWake {
@@ -155,10 +150,8 @@ impl Wake for StreamWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if !self.queued.swap(true, Ordering::AcqRel) {
-            self.ready.mark([self.token]);
-            self.ready.wake_connection();
-        }
+        self.ready.mark([self.token]);
+        self.ready.wake_connection();
     }
 }
 
