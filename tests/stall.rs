@@ -1,7 +1,8 @@
-//! A client that never opens its flow-control window cannot hold streams or memory: each of
-//! its streams is reset (`RST_STREAM(CANCEL)`) after `KSG_STREAM_STALL_SECS` with data waiting,
-//! its subscription released, and the connection, left with no stream, closes when idle.
-//! Other clients of the same topic are not held up.
+//! Flow control. A client that never opens its flow-control window cannot hold streams or
+//! memory: each of its streams is reset (`RST_STREAM(CANCEL)`) after `KSG_STREAM_STALL_SECS`
+//! with data waiting, its subscription released, and the connection, left with no stream, closes
+//! when idle. Other clients of the same topic are not held up. A client with small windows gets
+//! every byte, in order, as its window updates come.
 
 mod support;
 
@@ -83,4 +84,37 @@ async fn streams_of_a_client_with_a_zero_window_are_reset_and_released() {
     p.produce(&topic, None, Some("after")).await;
     assert_eq!(healthy.next_event().await.unwrap().text(), "after");
     gw.shutdown().await;
+}
+
+/// Windows far smaller than the events (1,000 bytes per stream; the connection's 64 KiB
+/// default shared by two streams that get about 130 KiB each): the gateway splits events at the
+/// window and goes on as the client's WINDOW_UPDATE frames come, for each stream and for the
+/// connection, and every event arrives whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_windows_get_every_event_whole_and_in_order() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("window");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[]).await;
+    let tls = tls_connect(&gw, b"h2").await;
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1000)
+        .handshake::<_, bytes::Bytes>(tls)
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(connection);
+    let (_, mut a) = get(&client, &format!("/{topic}"), &[]).await;
+    let (_, mut b) = get(&client, &format!("/{topic}"), &[]).await;
+    a.next_block().await.unwrap();
+    b.next_block().await.unwrap();
+    let value = |n: usize| format!("{n:04}-{}", "x".repeat(300));
+    let p = cluster.producer();
+    for n in 0..400 {
+        p.send(&topic, None, None, Some(value(n).as_bytes()));
+    }
+    p.flush().await;
+    for reader in [&mut a, &mut b] {
+        let texts: Vec<String> = reader.events(400).await.iter().map(Block::text).collect();
+        assert_eq!(texts, (0..400).map(value).collect::<Vec<_>>());
+    }
 }

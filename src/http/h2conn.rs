@@ -47,7 +47,8 @@ pub struct Settings {
     pub max_streams: u32,
     /// Largest header block the protocol layer accepts.
     pub max_header_list: u32,
-    /// Bytes `h2` may buffer per stream (the gateway stays within the window anyway).
+    /// Bytes `h2` may buffer per stream (a bound only: `h2` sends no body data, the gateway
+    /// writes the DATA frames itself, see `http::wire`).
     pub send_buffer: usize,
     /// Streams a client may reset before their requests were handled.
     pub max_pending_resets: usize,

@@ -27,7 +27,7 @@ use crate::http::sniff::sniff;
 use crate::metrics::Metrics;
 use bytes::Bytes;
 
-/// HTTP/2 send buffer per stream: bounds memory held for a stream whose client reads slowly.
+/// `h2`'s send buffer per stream, a bound only: bodies do not go through `h2` (`http::wire`).
 const H2_SEND_BUFFER: usize = 64 * 1024;
 /// Largest request header block the protocol layers accept; the service refuses heads over
 /// [`MAX_HEAD_BYTES`](crate::http::service::MAX_HEAD_BYTES) with a reason.
