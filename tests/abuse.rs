@@ -672,3 +672,79 @@ async fn a_dripped_client_hello_is_closed_at_the_handshake_timeout() {
     bystander.still_served(&gw, &cluster, &topic).await;
     Arc::into_inner(gw).expect("one handle").shutdown().await;
 }
+
+/// Reads frames until `done` says so, within [`WAIT`].
+async fn read_until(
+    raw: &mut RawH2<TcpStream>,
+    what: &str,
+    done: impl Fn(&RawH2<TcpStream>) -> bool,
+) {
+    tokio::time::timeout(WAIT, async {
+        while !done(raw) {
+            raw.read_frame().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} in time"));
+}
+
+// Flow-control errors (RFC 9113, 6.9.1 and 6.9.2). The gateway keeps the client's windows and
+// `h2` answers the errors: a WINDOW_UPDATE that takes a stream's window past 2³¹−1 resets that
+// stream with FLOW_CONTROL_ERROR and the connection goes on; a SETTINGS frame whose new initial
+// window would take an open stream's window past 2³¹−1 ends the connection with
+// GOAWAY(FLOW_CONTROL_ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_pushed_past_the_maximum_are_flow_control_errors() {
+    const FLOW_CONTROL_ERROR: u32 = 3;
+    let cluster = Cluster::new();
+    let topic = unique_topic("overflow");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_TLS", "off")]).await;
+    let path = format!("/{topic}");
+    let max = (1u32 << 31) - 1;
+    // RawH2's SETTINGS_INITIAL_WINDOW_SIZE.
+    let initial = 16u32 << 20;
+    let answered =
+        |id: u32| move |raw: &RawH2<TcpStream>| raw.streams.get(&id).is_some_and(|s| s.ok);
+
+    // A stream's window: that stream is reset, the others and the connection go on.
+    let mut raw = raw_h2c(&gw).await;
+    raw.get(1, &path).await;
+    raw.get(3, &path).await;
+    read_until(&mut raw, "two responses", |raw| {
+        answered(1)(raw) && answered(3)(raw)
+    })
+    .await;
+    raw.send_frame(WINDOW_UPDATE, 0, 1, &(max - initial).to_be_bytes())
+        .await;
+    // Past it, whatever the gateway has sent on the stream so far (less than 1 MiB).
+    raw.send_frame(WINDOW_UPDATE, 0, 1, &(1u32 << 20).to_be_bytes())
+        .await;
+    read_until(&mut raw, "the reset", |raw| raw.streams[&1].reset.is_some()).await;
+    assert_eq!(raw.streams[&1].reset, Some(FLOW_CONTROL_ERROR));
+    raw.get(5, &path).await;
+    read_until(&mut raw, "a new response", answered(5)).await;
+    assert_eq!(raw.streams[&3].reset, None);
+
+    // The initial window: the connection ends.
+    let mut raw = raw_h2c(&gw).await;
+    raw.get(1, &path).await;
+    read_until(&mut raw, "a response", answered(1)).await;
+    raw.send_frame(WINDOW_UPDATE, 0, 1, &(max - initial).to_be_bytes())
+        .await;
+    let mut setting = 4u16.to_be_bytes().to_vec();
+    setting.extend_from_slice(&(initial + (1 << 20)).to_be_bytes());
+    raw.send_frame(SETTINGS, 0, 0, &setting).await;
+    let goaway = tokio::time::timeout(WAIT, async {
+        loop {
+            let frame = raw.read_frame().await;
+            if let Some(goaway) = frame.goaway() {
+                return goaway;
+            }
+        }
+    })
+    .await
+    .expect("GOAWAY in time");
+    assert_eq!(goaway.code, FLOW_CONTROL_ERROR, "{goaway:?}");
+    gw.shutdown().await;
+}

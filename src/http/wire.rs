@@ -15,10 +15,13 @@
 //! - WINDOW_UPDATE frames are applied here and not passed on: `h2` sends no data of its own
 //!   (only zero-length DATA frames that end streams, which take no window), so its own windows
 //!   never move. Those that are protocol errors are passed on for `h2` to answer as RFC 9113
-//!   says: a malformed frame or an increment of 0 as it came, one that overflows a window as an
-//!   increment of 2³¹−1, which overflows `h2`'s untouched window in the same way, so `h2` ends
-//!   the stream or the connection with FLOW_CONTROL_ERROR. Frames on streams this module does
-//!   not hold (idle or closed ones) go to `h2` as they came.
+//!   says: a malformed frame or an increment of 0 as it came; one that overflows a window as it
+//!   came, followed by two increments of 2³¹−1 for the same window, which overflow `h2`'s
+//!   untouched window (at most 2³¹−1) in the same way, so `h2` ends the stream or the connection
+//!   with FLOW_CONTROL_ERROR. A SETTINGS frame whose new initial window would take a stream's
+//!   window past 2³¹−1 is followed by two such increments for the connection: the connection
+//!   error RFC 9113 asks for. Frames on streams this module does not hold (idle or closed ones)
+//!   go to `h2` as they came.
 //!
 //! On the way out, the frames `h2` writes are followed header by header: a stream's DATA frame
 //! goes only between two of them (never inside a frame or a header block), and never before its
@@ -355,9 +358,12 @@ impl State {
                         let value =
                             u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
                         match u16::from_be_bytes([setting[0], setting[1]]) {
-                            // h2 refuses a larger one and ends the connection.
-                            0x4 if i64::from(value) <= MAX_WINDOW => {
-                                self.initial_window_now(i64::from(value))
+                            // h2 refuses a value over 2³¹−1 and ends the connection; one
+                            // that takes a stream's window over it is refused here.
+                            0x4 if i64::from(value) <= MAX_WINDOW
+                                && !self.initial_window_now(i64::from(value)) =>
+                            {
+                                return Verdict::Overflow(0);
                             }
                             0x5 if (MIN_FRAME..=MAX_FRAME).contains(&(value as usize)) => {
                                 self.max_frame = value as usize;
@@ -387,7 +393,7 @@ impl State {
                 }
                 if head.id == 0 {
                     if self.connection_window + increment > MAX_WINDOW {
-                        return Verdict::Overflow;
+                        return Verdict::Overflow(0);
                     }
                     self.connection_window += increment;
                     for key in std::mem::take(&mut self.waiting) {
@@ -407,7 +413,7 @@ impl State {
                     return Verdict::Pass;
                 }
                 if entry.window + increment > MAX_WINDOW {
-                    return Verdict::Overflow;
+                    return Verdict::Overflow(head.id);
                 }
                 let was = entry.window;
                 entry.window += increment;
@@ -422,12 +428,21 @@ impl State {
     }
 
     /// SETTINGS_INITIAL_WINDOW_SIZE changed: every open stream's window moves by the change.
-    fn initial_window_now(&mut self, value: i64) {
+    /// False (and nothing changed) when that would take a window past 2³¹−1.
+    fn initial_window_now(&mut self, value: i64) -> bool {
         let change = value - self.initial_window;
-        self.initial_window = value;
         if change == 0 {
-            return;
+            return true;
         }
+        if change > 0
+            && self
+                .streams
+                .iter()
+                .any(|(_, e)| e.window + change > MAX_WINDOW)
+        {
+            return false;
+        }
+        self.initial_window = value;
         let mut due = Vec::new();
         for (_, entry) in self.streams.iter_mut() {
             let was = entry.window;
@@ -440,6 +455,7 @@ impl State {
             self.ready.mark(due);
             self.woke = true;
         }
+        true
     }
 }
 
@@ -469,8 +485,9 @@ enum Verdict {
     Pass,
     /// Applied here; `h2` does not see it.
     Apply,
-    /// A WINDOW_UPDATE that overflows a window: `h2` sees the largest increment instead.
-    Overflow,
+    /// A flow-control error: `h2` reads the frame as it came, then two increments of 2³¹−1
+    /// for the window of this stream (0: the connection's), which it must refuse.
+    Overflow(u32),
 }
 
 /// One stream's side of the wire: its DATA frames go out through it. The answer that holds it
@@ -601,10 +618,26 @@ impl Inbound {
                     match state.control(&head, &avail[HEAD_LEN..whole]) {
                         Verdict::Pass => self.pass = whole,
                         Verdict::Apply => self.start += whole,
-                        Verdict::Overflow => {
-                            let at = self.start + HEAD_LEN;
-                            self.buf[at..at + 4].copy_from_slice(&0x7fff_ffff_u32.to_be_bytes());
-                            self.pass = whole;
+                        Verdict::Overflow(id) => {
+                            let mut update = [
+                                0,
+                                0,
+                                4,
+                                WINDOW_UPDATE,
+                                0,
+                                0,
+                                0,
+                                0,
+                                0,
+                                0x7f,
+                                0xff,
+                                0xff,
+                                0xff,
+                            ];
+                            update[5..9].copy_from_slice(&id.to_be_bytes());
+                            let end = self.start + whole;
+                            self.buf.splice(end..end, update.into_iter().chain(update));
+                            self.pass = whole + 2 * update.len();
                         }
                     }
                 }
@@ -811,15 +844,38 @@ mod tests {
         ]
         .concat();
         let seen = inbound(&wire, &client, 4);
+        let max = 0x7fff_ffff;
         let expected = [
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
             frame(HEADERS, END_HEADERS, 1, b"h"),
-            window_update(0, 0x7fff_ffff),
-            window_update(1, 0x7fff_ffff),
+            window_update(0, 1),
+            window_update(0, max),
+            window_update(0, max),
+            window_update(1, 2),
+            window_update(1, max),
+            window_update(1, max),
         ]
         .concat();
         assert_eq!(seen, expected);
         assert_eq!(wire.state.lock().connection_window, MAX_WINDOW);
+    }
+
+    #[test]
+    fn settings_that_overflow_a_stream_window_reach_h2_with_a_connection_error() {
+        let (wire, _, _) = wire();
+        let opening = [
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+            frame(HEADERS, END_HEADERS, 1, b"h"),
+        ]
+        .concat();
+        let fill = window_update(1, (MAX_WINDOW - DEFAULT_WINDOW) as u32);
+        let raise = settings(&[(0x4, DEFAULT_WINDOW as u32 + 1)]);
+        let seen = inbound(&wire, &[opening.clone(), fill, raise.clone()].concat(), 7);
+        let max = window_update(0, 0x7fff_ffff);
+        assert_eq!(seen, [opening, raise, max.clone(), max].concat());
+        let state = wire.state.lock();
+        assert_eq!(state.initial_window, DEFAULT_WINDOW, "not applied");
+        assert_eq!(state.streams[state.ids[&1]].window, MAX_WINDOW);
     }
 
     /// h2's bytes as it writes them: the response HEADERS of stream `id`, in two writes.
