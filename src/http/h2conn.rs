@@ -6,13 +6,14 @@
 //! at most one body frame that its window did not take.
 //!
 //! One task per connection does everything: it accepts streams, answers them and writes their
-//! events (each stream is a future polled by this task when it is due, see
+//! events (each stream is an answer polled by this task when it is due, see
 //! [`crate::http::answers`], so a record fanned out to many streams of a connection costs one
 //! task wake-up and one write), sends keep-alive PINGs, closes the connection when it has had
 //! no open stream for the idle timeout, and says GOAWAY on shutdown.
 //!
 //! Between two of the connection's writes its streams write at most about
-//! [`crate::http::wire::WRITE_BYTES`]; the streams over it stay due, and are polled after the next write.
+//! [`crate::http::wire::WRITE_BYTES`]; the streams over it stay due, and are polled after the
+//! next write.
 
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -190,10 +191,10 @@ where
             },
             // Streams make progress here; one that finishes is simply gone. Their wake-ups
             // during a fan-out are held to its end (crate::wake), so the connection writes
-            // every stream's events of a batch at once. Never ready: the other branches end
-            // the loop's turns.
-            // The streams write into the connection's buffer, and the task writes it out; a
-            // write the socket did not take yet goes first the next time.
+            // every stream's events of a batch at once. The streams write into the
+            // connection's buffer and the task writes it out; a write the socket did not take
+            // yet goes first the next time. Ready only when a write fails: the other branches
+            // end the loop's turns.
             written = poll_fn(|cx| {
                 deferred.register(cx.waker());
                 if let Poll::Ready(Err(e)) = link.poll_write_out(cx) {

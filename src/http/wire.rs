@@ -760,6 +760,21 @@ mod tests {
         frame(SETTINGS, 0, 0, &payload)
     }
 
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    /// A client's first bytes: the preface, a SETTINGS frame with `pairs` (when there are
+    /// some), and a request's HEADERS on each stream of `ids`.
+    fn opening(pairs: &[(u16, u32)], ids: &[u32]) -> Vec<u8> {
+        let mut bytes = PREFACE.to_vec();
+        if !pairs.is_empty() {
+            bytes.extend(settings(pairs));
+        }
+        for &id in ids {
+            bytes.extend(frame(HEADERS, END_HEADERS, id, b"h"));
+        }
+        bytes
+    }
+
     fn wire() -> (Arc<Wire>, Arc<Ready>, Arc<WakeCount>) {
         let (count, waker) = counting_waker();
         let ready = Ready::new(waker);
@@ -776,7 +791,7 @@ mod tests {
     /// what `h2` reads.
     fn inbound(wire: &Wire, bytes: &[u8], step: usize) -> Vec<u8> {
         let mut filter = Inbound::default();
-        if !bytes.starts_with(b"PRI ") {
+        if !bytes.starts_with(PREFACE) {
             // Later bytes of a connection whose preface went by.
             filter.preface = Some(0);
         }
@@ -799,13 +814,7 @@ mod tests {
 
     #[test]
     fn window_updates_are_kept_here_and_the_rest_reaches_h2_as_it_came() {
-        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        let opening = [
-            preface.clone(),
-            settings(&[(0x4, 100), (0x5, 20_000)]),
-            frame(HEADERS, END_HEADERS, 1, b"hpack"),
-        ]
-        .concat();
+        let opening = opening(&[(0x4, 100), (0x5, 20_000)], &[1]);
         let kept = [window_update(0, 1_000), window_update(1, 50)].concat();
         let errors = [
             window_update(1, 0),
@@ -835,8 +844,7 @@ mod tests {
         let (wire, _, _) = wire();
         let room = (MAX_WINDOW - DEFAULT_WINDOW) as u32;
         let client = [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            frame(HEADERS, END_HEADERS, 1, b"h"),
+            opening(&[], &[1]),
             window_update(0, room),
             window_update(0, 1),
             window_update(1, room),
@@ -846,8 +854,7 @@ mod tests {
         let seen = inbound(&wire, &client, 4);
         let max = 0x7fff_ffff;
         let expected = [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            frame(HEADERS, END_HEADERS, 1, b"h"),
+            opening(&[], &[1]),
             window_update(0, 1),
             window_update(0, max),
             window_update(0, max),
@@ -863,11 +870,7 @@ mod tests {
     #[test]
     fn settings_that_overflow_a_stream_window_reach_h2_with_a_connection_error() {
         let (wire, _, _) = wire();
-        let opening = [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            frame(HEADERS, END_HEADERS, 1, b"h"),
-        ]
-        .concat();
+        let opening = opening(&[], &[1]);
         let fill = window_update(1, (MAX_WINDOW - DEFAULT_WINDOW) as u32);
         let raise = settings(&[(0x4, DEFAULT_WINDOW as u32 + 1)]);
         let seen = inbound(&wire, &[opening.clone(), fill, raise.clone()].concat(), 7);
@@ -891,12 +894,7 @@ mod tests {
     #[test]
     fn data_goes_out_after_its_headers_in_frames_the_windows_allow() {
         let (wire, ready, woken) = wire();
-        let client = [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            settings(&[(0x4, 10)]),
-            frame(HEADERS, END_HEADERS, 1, b"h"),
-        ]
-        .concat();
+        let client = opening(&[(0x4, 10)], &[1]);
         inbound(&wire, &client, client.len());
         let mut out = wire.attach(1, 7);
         let mut data = Bytes::from_static(b"0123456789abcdef");
@@ -934,12 +932,7 @@ mod tests {
     #[test]
     fn a_window_made_negative_by_settings_needs_more_than_it_lost() {
         let (wire, ready, _) = wire();
-        let client = [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            settings(&[(0x4, 3)]),
-            frame(HEADERS, END_HEADERS, 1, b"h"),
-        ]
-        .concat();
+        let client = opening(&[(0x4, 3)], &[1]);
         inbound(&wire, &client, 64);
         let out = wire.attach(1, 0);
         h2_writes_headers(&wire, 1);
@@ -962,11 +955,7 @@ mod tests {
     #[test]
     fn the_connection_window_wakes_the_streams_that_wait_for_it() {
         let (wire, ready, _) = wire();
-        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        client.extend(settings(&[(0x4, 1 << 20)]));
-        for id in [1, 3] {
-            client.extend(frame(HEADERS, END_HEADERS, id, b"h"));
-        }
+        let client = opening(&[(0x4, 1 << 20)], &[1, 3]);
         inbound(&wire, &client, client.len());
         let (a, b) = (wire.attach(1, 10), wire.attach(3, 11));
         h2_writes_headers(&wire, 1);
@@ -995,10 +984,7 @@ mod tests {
     #[test]
     fn resets_end_streams_and_free_unanswered_ones() {
         let (wire, ready, _) = wire();
-        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        for id in [1, 3, 5] {
-            client.extend(frame(HEADERS, END_HEADERS, id, b"h"));
-        }
+        let mut client = opening(&[], &[1, 3, 5]);
         client.extend(frame(RST_STREAM, 0, 1, &8u32.to_be_bytes()));
         client.extend(frame(RST_STREAM, 0, 5, &8u32.to_be_bytes()));
         let out = wire.attach(3, 2);
@@ -1031,12 +1017,7 @@ mod tests {
     #[test]
     fn data_never_goes_inside_a_header_block() {
         let (wire, ready, _) = wire();
-        let client = [
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
-            frame(HEADERS, END_HEADERS, 1, b"h"),
-            frame(HEADERS, END_HEADERS, 3, b"h"),
-        ]
-        .concat();
+        let client = opening(&[], &[1, 3]);
         inbound(&wire, &client, 64);
         let one = wire.attach(1, 0);
         let _three = wire.attach(3, 1);
@@ -1062,10 +1043,8 @@ mod tests {
     #[test]
     fn unanswered_streams_held_are_bounded() {
         let (wire, _, _) = wire();
-        let mut client = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        for id in (1..200).step_by(2) {
-            client.extend(frame(HEADERS, END_HEADERS, id, b"h"));
-        }
+        let ids: Vec<u32> = (1..200).step_by(2).collect();
+        let client = opening(&[], &ids);
         inbound(&wire, &client, 100);
         assert_eq!(wire.held(), 8 + 16);
     }
