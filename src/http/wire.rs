@@ -49,6 +49,7 @@ const SETTINGS: u8 = 0x4;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 
+const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
 
@@ -86,11 +87,11 @@ pub struct State {
     out: Vec<u8>,
     written: usize,
     /// Where `h2`'s output stands: the part of a frame header seen, the bytes of a frame still
-    /// to come, and the stream whose header block is open.
+    /// to come, and the stream whose header block is open (and whether the block ends it).
     head: [u8; HEAD_LEN],
     head_len: usize,
     frame_left: usize,
-    block: Option<u32>,
+    block: Option<(u32, bool)>,
     /// The client's windows and its largest frame.
     connection_window: i64,
     initial_window: i64,
@@ -290,11 +291,17 @@ impl State {
             let head = Head::parse(&self.head);
             self.frame_left = head.len;
             match head.kind {
-                HEADERS if head.flags & END_HEADERS != 0 => self.headers_out(head.id),
-                HEADERS => self.block = Some(head.id),
+                HEADERS => {
+                    let end = head.flags & END_STREAM != 0;
+                    if head.flags & END_HEADERS != 0 {
+                        self.headers_out(head.id, end);
+                    } else {
+                        self.block = Some((head.id, end));
+                    }
+                }
                 CONTINUATION if head.flags & END_HEADERS != 0 => {
-                    if let Some(id) = self.block.take() {
-                        self.headers_out(id);
+                    if let Some((id, end)) = self.block.take() {
+                        self.headers_out(id, end);
                     }
                 }
                 RST_STREAM => self.ended(head.id),
@@ -304,13 +311,27 @@ impl State {
         self.wake_if_marked();
     }
 
-    fn headers_out(&mut self, id: u32) {
-        if let Some(&key) = self.ids.get(&id) {
-            let entry = &mut self.streams[key];
-            entry.headers_out = true;
-            let token = entry.token;
-            self.mark(token);
+    /// `h2` wrote the response HEADERS of stream `id`; `end`: they end the stream.
+    fn headers_out(&mut self, id: u32, end: bool) {
+        let Some(&key) = self.ids.get(&id) else {
+            return;
+        };
+        let entry = &mut self.streams[key];
+        entry.headers_out = true;
+        match entry.token {
+            Some(token) => self.mark(Some(token)),
+            // A response `h2` gave itself (its bare 431 for a header list over its limit): the
+            // stream is over, and no answer will come for it.
+            None if end => self.forget_unanswered(key),
+            None => {}
         }
+    }
+
+    /// Drops the entry `key` of a stream never answered.
+    fn forget_unanswered(&mut self, key: usize) {
+        let entry = self.streams.remove(key);
+        self.ids.remove(&entry.id);
+        self.unanswered -= 1;
     }
 
     /// The stream `id` was reset, by either side.
@@ -323,11 +344,7 @@ impl State {
         match entry.token {
             Some(token) => self.mark(Some(token)),
             // Not answered: nothing will come for it.
-            None => {
-                self.streams.remove(key);
-                self.ids.remove(&id);
-                self.unanswered -= 1;
-            }
+            None => self.forget_unanswered(key),
         }
     }
 
@@ -1038,6 +1055,28 @@ mod tests {
             one.send(&mut wire.lock(), &mut Bytes::from_static(b"x")),
             Sent::All
         );
+    }
+
+    #[test]
+    fn a_stream_h2_answers_itself_is_forgotten() {
+        let (wire, _, _) = wire();
+        inbound(&wire, &opening(&[], &[1, 3, 5]), 64);
+        assert_eq!(wire.held(), 3);
+        // h2's own 431 on stream 1 (HEADERS with END_STREAM), and on stream 3 in a header
+        // block of two frames.
+        let mut state = wire.state.lock();
+        state.h2_wrote(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x8d]));
+        state.h2_wrote(&frame(HEADERS, END_STREAM, 3, &[0x8d]));
+        state.h2_wrote(&frame(CONTINUATION, END_HEADERS, 3, &[]));
+        drop(state);
+        assert_eq!(wire.held(), 1, "only stream 5 is left");
+        // Answered streams are released by their answers, not by their HEADERS.
+        let _five = wire.attach(5, 0);
+        wire.state
+            .lock()
+            .h2_wrote(&frame(HEADERS, END_HEADERS | END_STREAM, 5, &[0x88]));
+        assert_eq!(wire.held(), 1);
+        assert_eq!(wire.state.lock().unanswered, 0);
     }
 
     #[test]
