@@ -49,6 +49,9 @@ pub const RETRY_MS: &str = "KSG_RETRY_MS";
 pub const SHUTDOWN_GRACE_SECS: &str = "KSG_SHUTDOWN_GRACE_SECS";
 /// `KSG_STREAM_QUEUE`: events queued per stream before the stream is cut off as slow.
 pub const STREAM_QUEUE: &str = "KSG_STREAM_QUEUE";
+/// `KSG_STREAM_QUEUE_BYTES`: bytes of its own (catch-up and snapshot chunks) a stream may hold
+/// queued before the reader waits for its client.
+pub const STREAM_QUEUE_BYTES: &str = "KSG_STREAM_QUEUE_BYTES";
 /// `KSG_REPLAY_BYTES`: replay ring budget per topic (0 turns replay from memory off).
 pub const REPLAY_BYTES: &str = "KSG_REPLAY_BYTES";
 /// `KSG_CATCHUP_READERS`: Kafka consumers reading for resumes at most (more resumes wait).
@@ -158,6 +161,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (RETRY_MS, "3000"),
     (SHUTDOWN_GRACE_SECS, "10"),
     (STREAM_QUEUE, "1024"),
+    (STREAM_QUEUE_BYTES, "131072"),
     (REPLAY_BYTES, "4194304"),
     (CATCHUP_READERS, "4"),
     (SNAPSHOT_BYTES, "67108864"),
@@ -218,6 +222,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Events queued per stream before it is cut off as slow.
     pub stream_queue: usize,
+    /// Bytes of its own a stream may hold queued (catch-up and snapshot chunks).
+    pub stream_queue_bytes: usize,
     /// Replay ring budget per topic, bytes.
     pub replay_bytes: usize,
     /// Catch-up readers at most.
@@ -459,6 +465,7 @@ impl Config {
         let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
         let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
         let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
+        let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 128usize << 10, 16 << 10, 1 << 30);
         let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
@@ -547,6 +554,7 @@ impl Config {
                 retry_ms,
                 shutdown_grace,
                 stream_queue,
+                stream_queue_bytes,
                 replay_bytes,
                 catchup_readers,
                 snapshot_bytes,

@@ -155,6 +155,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     )?);
     let hub_config = HubConfig {
         queue: config.stream_queue,
+        queue_bytes: config.stream_queue_bytes,
         replay_bytes: config.replay_bytes,
         catchup_readers: config.catchup_readers,
         snapshot_bytes: config.snapshot_bytes,

@@ -133,6 +133,8 @@ pub struct Metrics {
     pub snapshot_bytes: IntGauge,
     /// Bytes held by the replay rings of all topics.
     pub replay_bytes: IntGauge,
+    /// Streams reading a queue of their own, not their connection's shared log.
+    pub streams_own_queue: IntGauge,
     /// Stream requests refused by authorization, by reason (`ksg_auth_refused_total`).
     pub auth_refused: IntCounterVec,
     /// Reloads of the JWT key file, by result (`ok`, `error`).
@@ -342,6 +344,10 @@ impl Metrics {
             snapshot_entries: gauge("ksg_snapshot_entries", "Keys held by snapshots being built"),
             snapshot_bytes: gauge("ksg_snapshot_bytes", "Bytes held by snapshots being built"),
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
+            streams_own_queue: gauge(
+                "ksg_streams_own_queue",
+                "Streams reading a queue of their own (HTTP/1.1; HTTP/2 while a replay or catch-up is read) rather than their connection's shared log",
+            ),
             auth_refused: counter_vec(
                 "ksg_auth_refused_total",
                 "Stream requests refused by JWT authorization (401, 403), by reason",

@@ -132,7 +132,7 @@ impl SseStream {
             // Counted by the group as its streams read, into the same series, once per poll
             // of the connection.
             Events::Group(_) => {}
-            Events::Queue(_) => {
+            Events::Queue(_) | Events::Then(..) => {
                 self.metrics.events.inc_by(events);
                 self.metrics.bytes.inc_by(bytes as u64);
             }
@@ -260,7 +260,7 @@ impl Body for SseStream {
                     // An item of a group's log is one event.
                     Events::Group(_) => items,
                     // A queue item may hold several (catch-up chunks).
-                    Events::Queue(_) => blocks(&frame),
+                    Events::Queue(_) | Events::Then(..) => blocks(&frame),
                 };
                 this.sent(events, frame.len());
                 this.appointments.wrote();

@@ -9,17 +9,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// Waits (bounded) until a metric reaches `value`.
-async fn wait_metric(gw: &kafka_sse_gateway::Handle, series: &str, value: f64) {
-    for _ in 0..200 {
-        if metric(&metrics(gw).await, series) == value {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{series} never reached {value}: {}", metrics(gw).await);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_first_requests_leave_their_topics_working() {
     let cluster = Cluster::new();

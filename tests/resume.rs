@@ -62,6 +62,8 @@ async fn dropped_connection_resumes_from_memory_then_on_a_second_replica() {
     produce_round(&p, &topic, 30, 5);
     p.flush().await;
     read_checked(&mut sse, 5 * KEYS, &mut seen).await;
+    // Its floor passed, the stream left its own queue for the connection's shared log.
+    wait_metric(&gw2, "ksg_streams_own_queue", 0.0).await;
     let id = sse.last_id.clone().unwrap();
     drop((sse, h2));
 

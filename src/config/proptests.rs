@@ -47,6 +47,9 @@ const NUMBERS: &[Number] = &[
     number(RETRY_MS, 0, DAY * 1000, |c| c.retry_ms),
     number(SHUTDOWN_GRACE_SECS, 0, 3600, |c| c.shutdown_grace.as_secs()),
     number(STREAM_QUEUE, 1, 1_000_000, |c| c.stream_queue as u64),
+    number(STREAM_QUEUE_BYTES, 16 << 10, 1 << 30, |c| {
+        c.stream_queue_bytes as u64
+    }),
     number(REPLAY_BYTES, 0, 1 << 34, |c| c.replay_bytes as u64),
     number(CATCHUP_READERS, 1, 256, |c| c.catchup_readers as u64),
     number(SNAPSHOT_BYTES, 1024, 1 << 36, |c| c.snapshot_bytes as u64),

@@ -1,5 +1,8 @@
-//! A connection's live streams of one topic that take every record as it comes (no key, no
-//! resume floor, no catch-up): one shared log, each stream a cursor into it.
+//! A connection's live streams of one view of a topic (every record, or the records of one key):
+//! one shared log, each stream a cursor into it. Every kind of HTTP/2 stream reads here once it
+//! is live: fresh streams at once; resumed streams after what their own queue holds (the ring's
+//! replay, or what a catch-up reader read) and once the live position covers what their client
+//! already has.
 //!
 //! The Kafka poll thread appends each event to the group once, whatever the number of its
 //! streams, and wakes the connection's task at most once per batch of records; the connection's
@@ -22,7 +25,7 @@
 //! group and counted into the topic's series once per poll of the connection.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 
@@ -33,11 +36,20 @@ use prometheus::IntCounter;
 use super::topic::Topic;
 use crate::wake::Ready;
 
-/// One HTTP/2 connection's groups, one per topic it streams.
+/// One HTTP/2 connection's groups, one per view of a topic it streams.
 pub struct Fanout {
     /// The connection's streams due for a poll, and its task's waker.
     ready: Arc<Ready>,
     groups: Mutex<Vec<Arc<Group>>>,
+}
+
+/// Which records of a topic a group's streams take, and which ids they carry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) struct View<'a> {
+    /// Every record (`None`), or only those of this key.
+    pub(super) key: Option<&'a [u8]>,
+    /// For a key stream whose ids name only its key's partition, that partition.
+    pub(super) scope: Option<usize>,
 }
 
 /// A stream's place on its connection: the connection's groups and the stream's token, by which
@@ -46,6 +58,24 @@ pub struct Fanout {
 pub struct Seat {
     pub(super) fanout: Arc<Fanout>,
     pub(super) token: usize,
+}
+
+/// Where a stream that starts from its own queue (the ring's replay, what a catch-up reader
+/// read) goes once it is live: its seat on the connection, and the slot the hub leaves its
+/// cursor in. The stream reads its queue to the end, then the cursor.
+#[derive(Clone)]
+pub(super) struct Handoff {
+    pub(super) seat: Seat,
+    pub(super) slot: Arc<Mutex<Option<Cursor>>>,
+}
+
+impl Handoff {
+    pub(super) fn new(seat: &Seat) -> Handoff {
+        Handoff {
+            seat: seat.clone(),
+            slot: Arc::new(Mutex::new(None)),
+        }
+    }
 }
 
 impl Fanout {
@@ -66,26 +96,33 @@ impl Fanout {
     }
 
     /// Marks due every stream that waits for an event appended since the last call. The
-    /// connection's task calls it before polling its due streams.
+    /// connection's task calls it before polling its due streams. A group with nothing new
+    /// costs a load of its own flag, not its lock.
     pub fn mark_readers_due(&self) {
         for group in self.groups.lock().iter() {
-            group.mark_readers_due();
+            if group.notified.load(Ordering::Acquire) {
+                group.mark_readers_due();
+            }
         }
     }
 
     /// Counts what the streams wrote since the last call into the topics' series. The
-    /// connection's task calls it after polling its streams.
+    /// connection's task calls it after polling its streams; only groups read since are locked.
     pub fn count_sent(&self) {
         for group in self.groups.lock().iter() {
-            group.sent.flush(&mut group.log.lock());
+            if group.unflushed.swap(false, Ordering::Relaxed) {
+                group.sent.flush(&mut group.log.lock());
+            }
         }
     }
 
-    /// The connection's group for `topic` still registered under `id`s the topic holds, or
-    /// a new one (the caller registers it). Called under the topic's lock.
+    /// The connection's group for `view` of `topic` still registered under `id`s the topic
+    /// holds, or a new one (the caller registers it). Called under the topic's lock.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn group_for(
         self: &Arc<Self>,
         topic: &Arc<Topic>,
+        view: View<'_>,
         registered: impl Fn(u64) -> bool,
         new_id: u64,
         bound: usize,
@@ -94,12 +131,16 @@ impl Fanout {
         let mut groups = self.groups.lock();
         let found = groups
             .iter()
-            .find(|g| Arc::ptr_eq(&g.topic, topic) && registered(g.id));
+            .find(|g| Arc::ptr_eq(&g.topic, topic) && g.view() == view && registered(g.id));
         if let Some(group) = found {
             return (group.clone(), false);
         }
         let group = Arc::new(Group {
             id: new_id,
+            key: view.key.map(<[u8]>::to_vec),
+            scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
+            notified: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
             topic: topic.clone(),
             fanout: Arc::downgrade(self),
             ready: self.ready.clone(),
@@ -117,10 +158,19 @@ impl Fanout {
     }
 }
 
-/// A connection's live streams of one topic: the log they share and their cursors.
+/// A connection's live streams of one view of a topic: the log they share and their cursors.
 pub(super) struct Group {
     /// Its key among the topic's groups.
     pub(super) id: u64,
+    /// The record key its streams take, or `None` for every record.
+    pub(super) key: Option<Vec<u8>>,
+    /// The partition its streams' ids name alone ([`NO_SCOPE`]: full ids); changed only under
+    /// the topic's lock (partitions added widen it).
+    scope: AtomicUsize,
+    /// A copy of the log's `notified`, read without the lock.
+    notified: AtomicBool,
+    /// Its streams read events not yet counted into the topic's series.
+    unflushed: AtomicBool,
     pub(super) topic: Arc<Topic>,
     fanout: Weak<Fanout>,
     /// The connection's due list.
@@ -141,6 +191,9 @@ pub(super) struct Group {
 /// (64 × 4 KiB), the rest shared with the topic's ring.
 const COPY_MAX: usize = 4096;
 const COPY_WHILE_BELOW: usize = 64;
+
+/// A group whose streams carry full ids.
+const NO_SCOPE: usize = usize::MAX;
 
 /// `ksg_events_sent_total` and `ksg_event_bytes_sent_total` of the topic: the events and bytes
 /// the group's streams read are added up in the log, under the lock each read takes anyway, and
@@ -304,9 +357,24 @@ impl Group {
         log.entries.push_back(Entry { event, unread });
         if !log.waiting.is_empty() && !log.notified {
             log.notified = true;
+            self.notified.store(true, Ordering::Release);
             self.ready.wake_connection();
         }
         cut
+    }
+
+    /// The records its streams take and the ids they carry.
+    pub(super) fn view(&self) -> View<'_> {
+        let scope = self.scope.load(Ordering::Relaxed);
+        View {
+            key: self.key.as_deref(),
+            scope: (scope != NO_SCOPE).then_some(scope),
+        }
+    }
+
+    /// Its streams carry full ids from now on (under the topic's lock).
+    pub(super) fn widen(&self) {
+        self.scope.store(NO_SCOPE, Ordering::Relaxed);
     }
 
     /// Appends `last` (if any) for every member and closes the log: members read what is
@@ -334,6 +402,7 @@ impl Group {
             return;
         }
         log.notified = false;
+        self.notified.store(false, Ordering::Relaxed);
         log.mark_waiting_due(&self.ready);
         // They wait no more: their next look takes the lock (and waits again if need be).
         self.version.fetch_add(1, Ordering::Release);
@@ -440,6 +509,9 @@ impl Cursor {
     fn read(&mut self) -> Read {
         let mut log = self.group.log.lock();
         let read = Self::read_locked(&mut log, self.slot);
+        if matches!(read, Read::Event(..)) {
+            self.group.unflushed.store(true, Ordering::Relaxed);
+        }
         self.more = matches!(read, Read::Event(_, true));
         self.parked = None;
         // A closed log has its end to tell at the next look.
@@ -489,14 +561,10 @@ impl Drop for Cursor {
             log.trim();
             log.members() == 0
         };
-        let registered = state
-            .groups
-            .get(&group.id)
-            .is_some_and(|g| Arc::ptr_eq(g, group));
-        if registered {
+        if state.holds_group(group) {
             state.stream_gone();
             if empty {
-                state.groups.remove(&group.id);
+                state.remove_group(group);
             }
         }
         if empty {
@@ -510,8 +578,11 @@ impl Drop for Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::queue;
+    use crate::hub::Events;
     use crate::metrics::Metrics;
     use crate::wake::{counting_waker, WakeCount};
+    use std::task::{Context, Waker};
 
     /// The tokens marked due since the last look, sorted.
     fn due(ready: &Ready) -> Vec<usize> {
@@ -536,9 +607,13 @@ mod tests {
         let fanout = Fanout::new(ready.clone());
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
         let counters = || (counter("events"), counter("bytes"));
-        let (group, new) = fanout.group_for(&topic, |_| true, 7, bound, counters);
+        let all = View {
+            key: None,
+            scope: None,
+        };
+        let (group, new) = fanout.group_for(&topic, all, |_| true, 7, bound, counters);
         assert!(new);
-        topic.lock().groups.insert(7, group.clone());
+        topic.lock().insert_group(group.clone());
         (count, ready, fanout, group)
     }
 
@@ -736,5 +811,71 @@ mod tests {
         assert_eq!(group.push(&ev("2")), 0, "closed: nothing appended");
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("end"))));
         assert_eq!(a.poll_recv(), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_connection_has_one_group_per_view_of_a_topic() {
+        let (_, _ready, fanout, all) = group(8);
+        let topic = all.topic.clone();
+        let counter = |n: &str| IntCounter::new(n, n).unwrap();
+        let find = |key: Option<&[u8]>, scope: Option<usize>, id: u64| {
+            let view = View { key, scope };
+            let counters = || (counter("events"), counter("bytes"));
+            let (group, new) = fanout.group_for(&topic, view, |_| true, id, 8, counters);
+            if new {
+                topic.lock().insert_group(group.clone());
+            }
+            (group, new)
+        };
+        let (a, new) = find(Some(b"a"), None, 8);
+        assert!(new && a.view().key == Some(&b"a"[..]));
+        assert!(!Arc::ptr_eq(&a, &all));
+        let (b, new) = find(Some(b"b"), None, 9);
+        assert!(new && !Arc::ptr_eq(&a, &b));
+        let (short, new) = find(Some(b"a"), Some(1), 10);
+        assert!(
+            new && !Arc::ptr_eq(&a, &short),
+            "short ids: a view of their own"
+        );
+        let (again, new) = find(Some(b"a"), None, 11);
+        assert!(!new && Arc::ptr_eq(&a, &again));
+        let (again, new) = find(None, None, 12);
+        assert!(!new && Arc::ptr_eq(&all, &again));
+        let state = topic.lock();
+        assert!(state.holds_group(&a) && state.holds_group(&short) && state.holds_group(&all));
+        assert_eq!(state.key_groups[&b"a"[..]].len(), 2);
+        drop(state);
+        // Widened (partitions added), the short-id group carries full ids.
+        short.widen();
+        assert_eq!(short.view().scope, None);
+    }
+
+    #[test]
+    fn a_stream_reads_its_queue_to_the_end_then_its_place_in_the_log() {
+        let (_, _ready, _fanout, group) = group(8);
+        let mut cx = Context::from_waker(Waker::noop());
+        let (tx, rx) = queue::channel(8, usize::MAX);
+        let slot = Arc::new(Mutex::new(None));
+        let mut events = Events::Then(rx, slot.clone());
+        tx.try_send(ev("replayed")).unwrap();
+        // The hand-over: its place in the log from the next event on, its queue then ends.
+        *slot.lock() = Some(join(&group, 0));
+        group.push(&ev("live"));
+        assert_eq!(events.poll_recv(&mut cx), Poll::Ready(Some(ev("replayed"))));
+        assert_eq!(events.try_recv(), None, "one source per call");
+        assert_eq!(
+            events.poll_recv(&mut cx),
+            Poll::Pending,
+            "the queue goes on"
+        );
+        drop(tx);
+        assert_eq!(events.poll_recv(&mut cx), Poll::Ready(Some(ev("live"))));
+        assert!(matches!(events, Events::Group(_)));
+        assert!(slot.lock().is_none());
+        // No place left in the slot (cut off before its hand-over): the stream ends.
+        let (tx, rx) = queue::channel(8, usize::MAX);
+        let mut events = Events::Then(rx, Arc::new(Mutex::new(None)));
+        drop(tx);
+        assert_eq!(events.poll_recv(&mut cx), Poll::Ready(None));
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! The poll thread calls [`Hub::dispatch`] for every record. Under the topic's lock it advances
 //! the topic's position vector, encodes the event once (its id is the vector after the record),
-//! keeps it in the topic's replay ring and offers the same [`Bytes`] to every matching stream's
-//! bounded queue. A full queue ends that stream (counted); the consumer and the other streams
-//! never wait. Locks are never held across an `.await`.
+//! keeps it in the topic's replay ring and appends the same [`Bytes`] once to each HTTP/2
+//! connection's shared log of a matching view (every record, or the record's key), where every
+//! live HTTP/2 stream reads at its own place ([`group`]). Streams with no connection log
+//! (HTTP/1.1), and resumed streams until the live position covers their id, get it in their own
+//! bounded queue ([`queue`]). A full queue or log ends the slow stream (counted); the consumer
+//! and the other streams never wait. Locks are never held across an `.await`.
 //!
 //! Key streams read every partition and carry full ids, whatever partitioner the producers use.
 //! When the operator promises a partitioner (`KSG_KEY_PARTITIONER`), a key stream reads only its
@@ -47,6 +50,7 @@ use crate::position;
 use crate::source::{Source, SourceError};
 use crate::sse;
 use floor::for_stream;
+use group::Group;
 pub use group::{Fanout, Seat};
 use replay::Entry;
 pub use subscribe::{Events, Subscription};
@@ -86,6 +90,8 @@ impl From<SourceError> for SubscribeError {
 pub struct HubConfig {
     /// Events queued per stream.
     pub queue: usize,
+    /// Bytes of its own (catch-up and snapshot chunks) a stream may hold queued.
+    pub queue_bytes: usize,
     /// Replay ring budget per topic, bytes.
     pub replay_bytes: usize,
     /// Catch-up readers (Kafka consumers) at most.
@@ -176,8 +182,16 @@ impl Hub {
         if !state.key_scoping {
             return None;
         }
-        let set = state.by_key.get(key)?;
-        if !set.values().any(|sub| sub.scope.is_some()) {
+        let subs = state.by_key.get(key).into_iter().flat_map(HashMap::values);
+        let groups = state
+            .key_groups
+            .get(key)
+            .into_iter()
+            .flat_map(HashMap::values);
+        let any = subs
+            .map(|sub| sub.scope)
+            .chain(groups.map(|g| g.view().scope));
+        if !any.into_iter().any(|scope| scope.is_some()) {
             return None;
         }
         let id = position::encode_sparse(hub.fingerprint, &[(p as i32, offset + 1)]);
@@ -198,6 +212,9 @@ impl Hub {
             return;
         };
         hub.records.inc();
+        // Streams that move to their connection's group: dropped after the lock (a stream that
+        // is gone leaves its cursor to them, and a cursor's drop takes the lock).
+        let mut moved: Vec<Sub> = Vec::new();
         let mut guard = hub.lock();
         let state = &mut *guard;
         let Some(p) = usize::try_from(partition)
@@ -219,7 +236,8 @@ impl Hub {
                 self.promise_broken(&hub, state, p, "live");
             }
         }
-        let keyed = key.is_some_and(|k| state.by_key.contains_key(k));
+        let keyed =
+            key.is_some_and(|k| state.by_key.contains_key(k) || state.key_groups.contains_key(k));
         let live = !state.all.is_empty() || !state.groups.is_empty() || keyed;
         if !live && state.ring.is_none() {
             return;
@@ -240,8 +258,10 @@ impl Hub {
         let after = &state.positions;
         let mut gone = 0;
         let mut cut = 0;
-        let mut offer = |streams: &mut HashMap<u64, Sub>| {
-            streams.retain(|_, sub| {
+        // Streams whose floor this event covered and that have a group to go to.
+        let mut moving: Vec<u64> = Vec::new();
+        let mut offer = |streams: &mut HashMap<u64, Sub>, moving: &mut Vec<u64>| {
+            streams.retain(|id, sub| {
                 let shared = match (&scoped, sub.scope) {
                     (Some(scoped), Some(_)) => scoped,
                     _ => &event,
@@ -258,7 +278,12 @@ impl Hub {
                     return true;
                 };
                 match sub.tx.try_send(bytes) {
-                    Ok(()) => true,
+                    Ok(()) => {
+                        if sub.floor.is_none() && sub.handoff.is_some() {
+                            moving.push(*id);
+                        }
+                        true
+                    }
                     Err(queue::TrySendError::Full(_)) => {
                         hub.cutoffs.inc();
                         debug!(topic, "stream cut off: its client fell behind (queue full)");
@@ -273,18 +298,19 @@ impl Hub {
                 }
             });
         };
-        offer(&mut state.all);
+        offer(&mut state.all, &mut moving);
+        let all_moving = moving.len();
         if let Some(k) = key {
             if let Some(set) = state.by_key.get_mut(k) {
-                offer(set);
+                offer(set, &mut moving);
                 if set.is_empty() {
                     state.by_key.remove(k);
                 }
             }
         }
         // A connection's group takes the event once for all its streams.
-        for group in state.groups.values() {
-            let slow = group.push(&event);
+        let mut push = |group: &Group, event: &Bytes| {
+            let slow = group.push(event);
             if slow > 0 {
                 hub.cutoffs.inc_by(slow);
                 debug!(
@@ -293,6 +319,36 @@ impl Hub {
                     "streams cut off: their clients fell behind"
                 );
                 cut += slow;
+            }
+        };
+        for group in state.groups.values() {
+            push(group, &event);
+        }
+        if let Some(set) = key.and_then(|k| state.key_groups.get(k)) {
+            for group in set.values() {
+                let shared = match (&scoped, group.view().scope) {
+                    (Some(scoped), Some(_)) => scoped,
+                    _ => &event,
+                };
+                push(group, shared);
+            }
+        }
+        // After the groups took this event, so the moved streams read from the next one.
+        for (n, id) in moving.into_iter().enumerate() {
+            let from_all = n < all_moving;
+            let sub = if from_all {
+                state.all.remove(&id)
+            } else {
+                key.and_then(|k| state.by_key.get_mut(k))
+                    .and_then(|set| set.remove(&id))
+            };
+            let Some(sub) = sub else { continue };
+            let stream_key = if from_all { None } else { key };
+            self.move_to_group(&hub, state, stream_key, sub, &mut moved);
+        }
+        if let Some(k) = key {
+            if state.by_key.get(k).is_some_and(HashMap::is_empty) {
+                state.by_key.remove(k);
             }
         }
         for _ in 0..gone {
@@ -310,6 +366,28 @@ impl Hub {
             };
             self.metrics.replay_bytes.add(ring.push(entry) as i64);
         }
+    }
+
+    /// Moves a stream whose floor is covered from its queue to its connection's group (under the
+    /// topic's lock): its queue ends after what it holds, then it reads the group. The stream's
+    /// entry goes to `moved`, to be dropped after the lock.
+    fn move_to_group(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        key: Option<&[u8]>,
+        sub: Sub,
+        moved: &mut Vec<Sub>,
+    ) {
+        if let Some(handoff) = &sub.handoff {
+            let view = group::View {
+                key,
+                scope: sub.scope,
+            };
+            let cursor = self.join_group(hub, state, &handoff.seat, view);
+            *handoff.slot.lock() = Some(cursor);
+        }
+        moved.push(sub);
     }
 
     /// Ends every stream (their queues drain first) and refuses new ones.

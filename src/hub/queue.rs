@@ -13,6 +13,11 @@
 //! A resumed stream's replay takes one slot however many events it holds: the events shared
 //! with the topic's replay ring (a handle each, no copy), taken one by one. Copied into one
 //! buffer, every stream resuming at once would hold its own copy of what it missed.
+//!
+//! The queue is bounded in items and, for what a stream holds of its own (a catch-up reader's
+//! chunks, a snapshot: [`Sender::try_send_owned`]), in bytes: an owned chunk is refused while the
+//! queue holds that many bytes, unless the queue is empty (one chunk larger than the bound still
+//! goes, alone).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +26,7 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
+use prometheus::IntGauge;
 
 /// Why an event was not queued; the event comes back.
 #[derive(Debug)]
@@ -37,6 +43,8 @@ struct Shared {
     queued: AtomicUsize,
     senders: AtomicUsize,
     bound: usize,
+    /// Bytes of single items queued before an owned chunk is refused.
+    max_bytes: usize,
 }
 
 /// One slot of a queue.
@@ -54,6 +62,8 @@ enum Item {
 #[derive(Default)]
 struct State {
     items: VecDeque<Item>,
+    /// Bytes of the single items queued (a replay's shared handles are not counted).
+    bytes: usize,
     closed: bool,
     /// The receiver's task, woken whenever the queue stops being empty or ends.
     receiver: Option<Waker>,
@@ -73,19 +83,22 @@ impl Shared {
     }
 }
 
-/// A queue holding at most `bound` items (each item may carry several events).
-pub fn channel(bound: usize) -> (Sender, Receiver) {
+/// A queue holding at most `bound` items (each item may carry several events), and owned chunks
+/// only while it holds less than `max_bytes`.
+pub fn channel(bound: usize, max_bytes: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         queued: AtomicUsize::new(0),
         senders: AtomicUsize::new(1),
         bound: bound.max(1),
+        max_bytes,
     });
     (
         Sender(shared.clone()),
         Receiver {
             shared,
             registered: None,
+            gauge: None,
         },
     )
 }
@@ -107,6 +120,21 @@ impl Sender {
         Ok(())
     }
 
+    /// Queues `chunk`, bytes the stream holds alone (not shared with the topic), unless the
+    /// queue is full in items or already holds its byte bound, or the receiver is gone.
+    pub fn try_send_owned(&self, chunk: Bytes) -> Result<(), TrySendError> {
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(TrySendError::Closed(chunk));
+        }
+        let over = !state.items.is_empty() && state.bytes + chunk.len() > self.0.max_bytes;
+        if over || state.items.len() >= self.0.bound {
+            return Err(TrySendError::Full(chunk));
+        }
+        Self::push(&self.0, &mut state, Item::One(chunk));
+        Ok(())
+    }
+
     /// Queues `events` in one slot, to be received one by one; false when the queue is full or
     /// the receiver is gone. No events: nothing queued, true.
     pub fn try_send_all(&self, events: Vec<Bytes>) -> bool {
@@ -122,6 +150,9 @@ impl Sender {
     }
 
     fn push(shared: &Shared, state: &mut State, item: Item) {
+        if let Item::One(event) = &item {
+            state.bytes += event.len();
+        }
         let queued = state.items.len();
         state.items.push_back(item);
         shared.queued.store(queued + 1, Ordering::Release);
@@ -132,10 +163,18 @@ impl Sender {
         }
     }
 
-    /// Items that can be queued now.
+    /// Items that can be queued now (an owned chunk also needs the byte bound: see
+    /// [`Sender::has_room_for_owned`]).
     pub fn capacity(&self) -> usize {
         let state = self.0.lock();
         self.0.bound.saturating_sub(state.items.len())
+    }
+
+    /// True when an owned chunk of `len` bytes would be queued now.
+    pub fn has_room_for_owned(&self, len: usize) -> bool {
+        let state = self.0.lock();
+        state.items.len() < self.0.bound
+            && (state.items.is_empty() || state.bytes + len <= self.0.max_bytes)
     }
 
     /// True once the receiver is gone.
@@ -164,9 +203,18 @@ pub struct Receiver {
     shared: Arc<Shared>,
     /// The waker last registered with the senders, so an unchanged one is not registered again.
     registered: Option<Waker>,
+    /// The gauge of streams reading a queue of their own, decremented when this one goes.
+    gauge: Option<IntGauge>,
 }
 
 impl Receiver {
+    /// Counts the receiver in `gauge` for as long as it exists.
+    pub fn counted(mut self, gauge: &IntGauge) -> Receiver {
+        gauge.inc();
+        self.gauge = Some(gauge.clone());
+        self
+    }
+
     /// The next item; `None` once the queue is empty and every sender is gone.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         if let Some(ready) = self.ready() {
@@ -202,7 +250,10 @@ impl Receiver {
         let event = match state.items.front_mut()? {
             Item::Many(events) if events.len() > 1 => events.pop_front(),
             _ => match state.items.pop_front()? {
-                Item::One(event) => Some(event),
+                Item::One(event) => {
+                    state.bytes -= event.len();
+                    Some(event)
+                }
                 Item::Many(mut events) => events.pop_front(),
             },
         };
@@ -232,9 +283,13 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
+        if let Some(gauge) = &self.gauge {
+            gauge.dec();
+        }
         let mut state = self.shared.lock();
         state.closed = true;
         state.items = VecDeque::new();
+        state.bytes = 0;
         state.receiver = None;
         self.shared.queued.store(0, Ordering::Release);
     }
@@ -251,7 +306,7 @@ mod tests {
 
     #[test]
     fn bounded_in_order_and_ends_when_every_sender_is_gone() {
-        let (tx, mut rx) = channel(2);
+        let (tx, mut rx) = channel(2, usize::MAX);
         let tx2 = tx.clone();
         assert!(tx.try_send(Bytes::from_static(b"a")).is_ok());
         assert!(tx2.try_send(Bytes::from_static(b"b")).is_ok());
@@ -273,7 +328,7 @@ mod tests {
 
     #[test]
     fn a_replay_takes_one_slot_and_is_received_event_by_event_without_copies() {
-        let (tx, mut rx) = channel(2);
+        let (tx, mut rx) = channel(2, usize::MAX);
         let replay: Vec<Bytes> = [&b"r1"[..], b"r2", b"r3"].map(Bytes::from_static).into();
         let at = replay[1].as_ptr();
         assert!(tx.try_send_all(Vec::new()), "nothing to queue");
@@ -298,13 +353,37 @@ mod tests {
     }
 
     #[test]
+    fn owned_chunks_are_bounded_in_bytes_and_one_large_chunk_goes_alone() {
+        let (tx, mut rx) = channel(100, 10);
+        let chunk = |n: usize| Bytes::from(vec![b'x'; n]);
+        tx.try_send_owned(chunk(6)).unwrap();
+        assert!(!tx.has_room_for_owned(5));
+        assert!(matches!(
+            tx.try_send_owned(chunk(5)),
+            Err(TrySendError::Full(_))
+        ));
+        // Shared events are bounded by the item count alone, but they count toward the bytes.
+        tx.try_send(chunk(4)).unwrap();
+        assert!(!tx.has_room_for_owned(1));
+        assert_eq!(rx.try_recv().map(|b| b.len()), Some(6));
+        assert!(tx.has_room_for_owned(6));
+        assert!(!tx.has_room_for_owned(7));
+        assert_eq!(rx.try_recv().map(|b| b.len()), Some(4));
+        // Empty: a chunk over the bound still goes, alone.
+        tx.try_send_owned(chunk(50)).unwrap();
+        assert!(!tx.has_room_for_owned(1));
+        assert_eq!(rx.try_recv().map(|b| b.len()), Some(50));
+        assert!(tx.has_room_for_owned(10));
+    }
+
+    #[test]
     fn a_slot_is_the_size_of_an_event() {
         assert_eq!(std::mem::size_of::<Item>(), std::mem::size_of::<Bytes>());
     }
 
     #[test]
     fn a_gone_receiver_closes_the_queue() {
-        let (tx, rx) = channel(4);
+        let (tx, rx) = channel(4, usize::MAX);
         assert!(!tx.is_closed());
         drop(rx);
         assert!(tx.is_closed());
@@ -316,7 +395,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_send_wakes_the_waiting_receiver() {
-        let (tx, mut rx) = channel(4);
+        let (tx, mut rx) = channel(4, usize::MAX);
         let waiting =
             tokio::spawn(async move { std::future::poll_fn(|cx| rx.poll_recv(cx)).await });
         tokio::task::yield_now().await;

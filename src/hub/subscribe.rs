@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 
 use super::floor::{covers, id_for, replay};
-use super::group::{Cursor, Seat};
+use super::group::{Cursor, Handoff, Seat, View};
 use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
 use crate::partitioner::KeyPartitioner;
@@ -18,10 +19,14 @@ use crate::start::{self, LogStart, PartitionStart, Start};
 
 /// Where a stream's events come from.
 pub enum Events {
-    /// Its own queue.
+    /// Its own queue (a stream with no connection's group: HTTP/1.1).
     Queue(queue::Receiver),
-    /// Its place in its connection's group (a live stream of every record on HTTP/2).
+    /// Its place in its connection's group for its view of the topic (a live HTTP/2 stream).
     Group(Cursor),
+    /// Its own queue (the ring's replay, what a catch-up reader read), then, once the queue
+    /// ends, the place in its connection's group that the hub left in the slot; an empty slot
+    /// ends the stream (cut off, or the gateway ended it).
+    Then(queue::Receiver, Arc<Mutex<Option<Cursor>>>),
 }
 
 impl Events {
@@ -30,15 +35,37 @@ impl Events {
         match self {
             Events::Queue(queue) => queue.poll_recv(cx),
             Events::Group(cursor) => cursor.poll_recv(),
+            Events::Then(queue, slot) => match queue.poll_recv(cx) {
+                Poll::Ready(None) => {
+                    let next = slot.lock().take();
+                    match next {
+                        Some(cursor) => {
+                            *self = Events::Group(cursor);
+                            self.poll_recv(cx)
+                        }
+                        None => Poll::Ready(None),
+                    }
+                }
+                other => other,
+            },
         }
     }
 
     /// The next event if there is one now (for a group's cursor: if there was one at its last
-    /// read), taken along with the one just received.
+    /// read), taken along with the one just received. A queue's end is left to
+    /// [`Events::poll_recv`], so what one call returns comes from one place.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         match self {
-            Events::Queue(queue) => queue.try_recv(),
+            Events::Queue(queue) | Events::Then(queue, _) => queue.try_recv(),
             Events::Group(cursor) => cursor.try_more(),
+        }
+    }
+
+    /// Its own queue, then the connection's group if `slot` is given.
+    fn of(queue: queue::Receiver, slot: Option<Arc<Mutex<Option<Cursor>>>>) -> Events {
+        match slot {
+            Some(slot) => Events::Then(queue, slot),
+            None => Events::Queue(queue),
         }
     }
 }
@@ -52,7 +79,8 @@ pub struct Subscription {
     pub start_id: Option<String>,
     /// The topic, for metric labels.
     pub topic: String,
-    /// `None` for a stream of a group (its cursor unregisters it) or fed by a test.
+    /// `None` for a stream that joined its group at once (its cursor unregisters it) or fed by
+    /// a test.
     _registration: Option<Registration>,
 }
 
@@ -61,7 +89,7 @@ impl Subscription {
     /// of `bound` items: for tests of what consumes one.
     #[cfg(test)]
     pub(crate) fn detached(topic: &str, bound: usize) -> (queue::Sender, Subscription) {
-        let (tx, events) = queue::channel(bound);
+        let (tx, events) = queue::channel(bound, usize::MAX);
         let subscription = Subscription {
             events: Events::Queue(events),
             start_id: Some(String::from("test-start")),
@@ -110,15 +138,17 @@ struct Spec<'a> {
     snapshot: bool,
 }
 
-/// What [`Hub::open`] made of a new stream: ready (live or replayed from the ring), or a
-/// catch-up from Kafka to start.
+/// What [`Hub::open`] made of a new stream: live in its connection's group, ready (live or
+/// replayed from the ring), or a catch-up from Kafka to start.
 enum Opened {
+    Joined(String, Cursor),
     Ready(String),
     CatchUp {
         from: Vec<LogStart>,
         tx: queue::Sender,
         snapshot: bool,
         scope: Option<usize>,
+        handoff: Option<Handoff>,
     },
 }
 
@@ -156,9 +186,9 @@ fn key_scope(
 }
 
 impl Hub {
-    /// Opens a stream of `topic` from `start`, optionally only records with key `key`. A live
-    /// stream of every record with a `seat` on an HTTP/2 connection joins the connection's group
-    /// for the topic.
+    /// Opens a stream of `topic` from `start`, optionally only records with key `key`. A stream
+    /// with a `seat` on an HTTP/2 connection reads its connection's group for its view of the
+    /// topic once live: at once when it starts live, after its replay or catch-up otherwise.
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
@@ -187,24 +217,10 @@ impl Hub {
             let from = self
                 .partition_starts(&hub, &start, partitions, scope)
                 .await?;
-            if let (Some(seat), None, None) = (seat, &key, &from) {
-                let joined = {
-                    let mut state = hub.lock();
-                    (!state.released).then(|| self.join(&hub, &mut state, seat))
-                };
-                let Some((start_id, cursor)) = joined else {
-                    tokio::task::yield_now().await;
-                    continue;
-                };
-                return Ok(Subscription {
-                    events: Events::Group(cursor),
-                    start_id: Some(start_id),
-                    topic: hub.name.clone(),
-                    _registration: None,
-                });
-            }
-            let (tx, rx) = queue::channel(self.config.queue);
+            let (tx, rx) = queue::channel(self.config.queue, self.config.queue_bytes);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let handoff = seat.map(Handoff::new);
+            let slot = handoff.as_ref().map(|h| h.slot.clone());
             let opened = {
                 let mut state = hub.lock();
                 // A released entry raced with an idle release: the registry gets a new one.
@@ -219,7 +235,8 @@ impl Hub {
                     scope,
                     snapshot,
                 };
-                (!state.released && !unscoped).then(|| self.open(&hub, &mut state, spec, from, tx))
+                (!state.released && !unscoped)
+                    .then(|| self.open(&hub, &mut state, spec, from, tx, handoff))
             };
             let Some(opened) = opened else {
                 tokio::task::yield_now().await;
@@ -230,13 +247,18 @@ impl Hub {
                 id,
                 key,
             };
-            let start_id = match opened {
-                Opened::Ready(start_id) => Some(start_id),
+            let (events, start_id, registration) = match opened {
+                Opened::Joined(start_id, cursor) => (Events::Group(cursor), Some(start_id), None),
+                Opened::Ready(start_id) => {
+                    let rx = rx.counted(&self.metrics.streams_own_queue);
+                    (Events::of(rx, slot), Some(start_id), Some(registration))
+                }
                 Opened::CatchUp {
                     from,
                     tx,
                     snapshot,
                     scope,
+                    handoff,
                 } => {
                     let key = registration.key.clone();
                     let job = catchup::Job {
@@ -247,16 +269,18 @@ impl Hub {
                         tx,
                         snapshot,
                         scope,
+                        handoff,
                     };
                     tokio::spawn(self.clone().catch_up(job));
-                    None
+                    let rx = rx.counted(&self.metrics.streams_own_queue);
+                    (Events::of(rx, slot), None, Some(registration))
                 }
             };
             return Ok(Subscription {
-                events: Events::Queue(rx),
+                events,
                 start_id,
                 topic: hub.name.clone(),
-                _registration: Some(registration),
+                _registration: registration,
             });
         }
     }
@@ -391,41 +415,78 @@ impl Hub {
         Ok(())
     }
 
-    /// Registers a live stream of every record in its connection's group for the topic (made
-    /// and registered with the topic if there is none), under the topic lock; returns its start
-    /// id and its cursor, which reads from the next record dispatched.
-    fn join(&self, hub: &Arc<Topic>, state: &mut TopicState, seat: &Seat) -> (String, Cursor) {
-        state.streams += 1;
+    /// Places a live stream in its connection's group for `view` of the topic (made and
+    /// registered with the topic if there is none), under the topic lock; returns its cursor,
+    /// which reads from the next record dispatched. The caller counts the stream.
+    pub(super) fn join_group(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        seat: &Seat,
+        view: View<'_>,
+    ) -> Cursor {
         state.idle_since = None;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let groups = &state.groups;
-        let counters = || {
-            let topic = [hub.name.as_str()];
-            (
-                self.metrics.events_sent.with_label_values(&topic),
-                self.metrics.event_bytes_sent.with_label_values(&topic),
-            )
+        let (group, new) = {
+            let state = &*state;
+            let registered = |g| match view.key {
+                None => state.groups.contains_key(&g),
+                Some(key) => state
+                    .key_groups
+                    .get(key)
+                    .is_some_and(|s| s.contains_key(&g)),
+            };
+            let counters = || {
+                let topic = [hub.name.as_str()];
+                (
+                    self.metrics.events_sent.with_label_values(&topic),
+                    self.metrics.event_bytes_sent.with_label_values(&topic),
+                )
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            seat.fanout
+                .group_for(hub, view, registered, id, self.config.queue, counters)
         };
-        let registered = |g| groups.contains_key(&g);
-        let (group, new) = seat
-            .fanout
-            .group_for(hub, registered, id, self.config.queue, counters);
         if new {
-            state.groups.insert(id, group.clone());
+            state.insert_group(group.clone());
         }
-        let cursor = group.join(seat.token);
-        (id_for(hub.fingerprint, None, &state.positions), cursor)
+        group.join(seat.token)
+    }
+
+    /// Registers a stream that goes live with `sub`'s queue holding what comes before (a
+    /// replay, a catch-up): in its connection's group when it has one and no floor (the queue
+    /// then ends after what it holds, and the stream reads the group), otherwise under its key
+    /// with its queue (a floor moves it to the group once covered, see [`Hub::dispatch`]).
+    pub(super) fn go_live(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        id: u64,
+        key: Option<&[u8]>,
+        sub: Sub,
+    ) {
+        match &sub.handoff {
+            Some(handoff) if sub.floor.is_none() => {
+                let view = View {
+                    key,
+                    scope: sub.scope,
+                };
+                let cursor = self.join_group(hub, state, &handoff.seat, view);
+                *handoff.slot.lock() = Some(cursor);
+            }
+            _ => state.register(id, key, sub),
+        }
     }
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
     /// catch-up from Kafka.
     fn open(
         &self,
-        hub: &Topic,
+        hub: &Arc<Topic>,
         state: &mut TopicState,
         spec: Spec<'_>,
         from: Option<Vec<PartitionStart>>,
         tx: queue::Sender,
+        handoff: Option<Handoff>,
     ) -> Opened {
         let Spec {
             id,
@@ -436,16 +497,19 @@ impl Hub {
         state.streams += 1;
         state.idle_since = None;
         let Some(from) = from else {
-            state.register(
-                id,
-                key,
-                Sub {
-                    tx,
-                    floor: None,
-                    scope,
-                },
-            );
-            return Opened::Ready(id_for(hub.fingerprint, scope, &state.positions));
+            let start_id = id_for(hub.fingerprint, scope, &state.positions);
+            if let Some(handoff) = handoff {
+                let cursor = self.join_group(hub, state, &handoff.seat, View { key, scope });
+                return Opened::Joined(start_id, cursor);
+            }
+            let sub = Sub {
+                tx,
+                floor: None,
+                scope,
+                handoff: None,
+            };
+            state.register(id, key, sub);
+            return Opened::Ready(start_id);
         };
         let from: Vec<LogStart> = from
             .iter()
@@ -468,6 +532,7 @@ impl Hub {
                 tx,
                 snapshot,
                 scope,
+                handoff,
             };
         };
         self.metrics.resumes.with_label_values(&["memory"]).inc();
@@ -481,9 +546,17 @@ impl Hub {
             at,
             &mut replayed,
         );
+        // Live positions that cover the floor make it moot: every later event is after it.
+        let floor = floor.filter(|f| !covers(&state.positions, f));
         // The queue is new and empty: one slot takes the whole replay, the ring's own bytes.
         let _ = tx.try_send_all(replayed);
-        state.register(id, key, Sub { tx, floor, scope });
+        let sub = Sub {
+            tx,
+            floor,
+            scope,
+            handoff,
+        };
+        self.go_live(hub, state, id, key, sub);
         Opened::Ready(start_id)
     }
 
@@ -528,6 +601,8 @@ impl Hub {
         } else {
             Some(position.to_vec())
         };
+        // Live positions that cover the floor make it moot: every later event is after it.
+        let floor = floor.filter(|f| !covers(&state.positions, f));
         // The replay needs a slot in the stream's queue: try again at the next check.
         if !replayed.is_empty() && tx.capacity() == 0 {
             return HandOver::NotYet;
@@ -550,8 +625,9 @@ impl Hub {
             tx: tx.clone(),
             floor,
             scope,
+            handoff: job.handoff.clone(),
         };
-        state.register(id, job.key.as_deref(), sub);
+        self.go_live(&job.topic, &mut state, id, job.key.as_deref(), sub);
         HandOver::Done
     }
 

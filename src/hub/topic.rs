@@ -12,7 +12,7 @@ use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
 use tracing::warn;
 
-use super::group::Group;
+use super::group::{Group, Handoff};
 use super::queue;
 use super::replay::Ring;
 use crate::metrics::Metrics;
@@ -44,11 +44,13 @@ pub(super) struct Topic {
 }
 
 /// A registered stream: its queue, while resuming its floor, and for a key stream whose ids
-/// name only its key's partition, that partition.
+/// name only its key's partition, that partition. A stream on an HTTP/2 connection (`handoff`)
+/// is here only until its floor is covered: then it moves to its connection's group.
 pub(super) struct Sub {
     pub(super) tx: queue::Sender,
     pub(super) floor: Option<Vec<i64>>,
     pub(super) scope: Option<usize>,
+    pub(super) handoff: Option<Handoff>,
 }
 
 /// What a topic's lock guards: its position, its ring and its streams.
@@ -65,6 +67,8 @@ pub(super) struct TopicState {
     pub(super) by_key: HashMap<Vec<u8>, HashMap<u64, Sub>>,
     /// Connections' groups of live streams that take every record, by id.
     pub(super) groups: HashMap<u64, Arc<Group>>,
+    /// Connections' groups of live streams of one key, by key, then by id.
+    pub(super) key_groups: HashMap<Vec<u8>, HashMap<u64, Arc<Group>>>,
     /// Streams catching up from Kafka, not yet receiving live records.
     pub(super) pending: HashSet<u64>,
     pub(super) streams: usize,
@@ -81,6 +85,45 @@ impl TopicState {
         self.key_scoping = false;
         for sub in self.by_key.values_mut().flat_map(|set| set.values_mut()) {
             sub.scope = None;
+        }
+        for group in self.key_groups.values().flat_map(HashMap::values) {
+            group.widen();
+        }
+    }
+
+    /// True when `group` is registered with the topic (not closed or replaced).
+    pub(super) fn holds_group(&self, group: &Arc<Group>) -> bool {
+        let set = match &group.key {
+            None => Some(&self.groups),
+            Some(key) => self.key_groups.get(key),
+        };
+        set.and_then(|set| set.get(&group.id))
+            .is_some_and(|g| Arc::ptr_eq(g, group))
+    }
+
+    /// Registers a connection's new group.
+    pub(super) fn insert_group(&mut self, group: Arc<Group>) {
+        let set = match &group.key {
+            None => &mut self.groups,
+            Some(key) => self.key_groups.entry(key.clone()).or_default(),
+        };
+        set.insert(group.id, group);
+    }
+
+    /// Unregisters a group whose last stream went.
+    pub(super) fn remove_group(&mut self, group: &Arc<Group>) {
+        match &group.key {
+            None => {
+                self.groups.remove(&group.id);
+            }
+            Some(key) => {
+                if let Some(set) = self.key_groups.get_mut(key) {
+                    set.remove(&group.id);
+                    if set.is_empty() {
+                        self.key_groups.remove(key);
+                    }
+                }
+            }
         }
     }
 
@@ -105,6 +148,20 @@ impl TopicState {
             });
         }
         self.by_key.retain(|_, set| !set.is_empty());
+        // The groups of short-id streams end the same way: their streams have read everything
+        // up to the live position when they read the last block.
+        let positions = &self.positions;
+        for set in self.key_groups.values_mut() {
+            set.retain(|_, group| {
+                let Some(p) = group.view().scope else {
+                    return true;
+                };
+                let id = position::encode_every(fingerprint, &[(p as i32, positions[p])]);
+                ended += group.close(Some(&sse::id_only(&id)));
+                false
+            });
+        }
+        self.key_groups.retain(|_, set| !set.is_empty());
         for _ in 0..ended {
             self.stream_gone();
         }
@@ -122,12 +179,18 @@ impl TopicState {
                 let _ = sub.tx.try_send(last.clone());
             }
         }
-        let grouped: usize = self.groups.values().map(|g| g.close(last)).sum();
+        let grouped: usize = self
+            .groups
+            .values()
+            .chain(self.key_groups.values().flat_map(HashMap::values))
+            .map(|g| g.close(last))
+            .sum();
         let count = self.all.len()
             + self.by_key.values().map(HashMap::len).sum::<usize>()
             + self.pending.len()
             + grouped;
         self.groups.clear();
+        self.key_groups.clear();
         self.all.clear();
         self.by_key.clear();
         self.pending.clear();

@@ -710,6 +710,23 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
 }
 
+/// Waits, with a deadline ([`WAIT`]), until the series `series` on `/metrics` reads `want`;
+/// fails the test with what it read last otherwise.
+pub async fn wait_metric(gw: &Handle, series: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let seen = metric(&metrics(gw).await, series);
+        if seen == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {seen}, expected {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Where each record of `topic` is: value → (partition, offset), read back from Kafka by a
 /// plain consumer up to each partition's high watermark, so tests know the placement whatever
 /// partitioner the producer used.

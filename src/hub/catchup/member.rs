@@ -152,7 +152,7 @@ fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &Topic) -> bool {
 /// Waits up to [`STALL_LIMIT`] for a free slot in the stream's queue. False: gone or stalled.
 fn room(tx: &queue::Sender) -> bool {
     let deadline = Instant::now() + STALL_LIMIT;
-    while tx.capacity() == 0 {
+    while !tx.has_room_for_owned(0) {
         if tx.is_closed() || Instant::now() >= deadline {
             return false;
         }
@@ -161,12 +161,13 @@ fn room(tx: &queue::Sender) -> bool {
     !tx.is_closed()
 }
 
-/// Queues `event` for the stream, waiting up to [`STALL_LIMIT`] for room. False: the stream is
-/// gone or its client stopped reading (the stream ends; the client resumes from its last id).
+/// Queues `event` (the stream's own bytes, bounded by `KSG_STREAM_QUEUE_BYTES`) for the stream,
+/// waiting up to [`STALL_LIMIT`] for room. False: the stream is gone or its client stopped
+/// reading (the stream ends; the client resumes from its last id).
 fn send(tx: &queue::Sender, mut event: Bytes) -> bool {
     let deadline = Instant::now() + STALL_LIMIT;
     loop {
-        match tx.try_send(event) {
+        match tx.try_send_owned(event) {
             Ok(()) => return true,
             Err(TrySendError::Closed(_)) => return false,
             Err(TrySendError::Full(back)) => {
