@@ -8,12 +8,17 @@
 #                             that the benchmark itself works (scripts/test.sh runs it)
 #   scripts/bench.sh report   docs/benchmarks.md again from docs/benchmarks.json and the last
 #                             profile, without running anything
+#   scripts/bench.sh only W3 [WK ...]
+#                             the named workloads alone, on both servers; results in
+#                             /tmp/ksg-bench/only.json and a table (docs/ untouched)
 #   scripts/bench.sh compare NAME=BINARY...
 #                             before/after: W2 at 1,024 and 4,096 streams on each given gateway
 #                             binary in turn, then nchan, BENCH_REPS times (default 3), all in
 #                             one run; results in /tmp/ksg-bench/compare.json and a table.
 #                             BENCH_COMPARE="CONNECTIONS:RATE ..." picks other W2 shapes
-#                             (default "4:100 16:100"; "16:800" is past the knee)
+#                             (default "4:100 16:100"; "16:800" is past the knee);
+#                             BENCH_PATHS="all key" also runs each shape as key streams (the
+#                             WK pair below; default "all")
 #
 # Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
@@ -22,6 +27,8 @@
 #   W3  keyed: 4,096 streams, one key each, 2,000 records/s spread over the keys
 #   W4  reconnect churn: 1,024 streams, 100 drops/s, each resumed with Last-Event-ID
 #   W5  1% of 4,096 streams stalled (a client that stops reading) on a busy topic
+#   WK  the key path beside the all-keys path, same deliveries: every record has key k0, and
+#       1,024 / 4,096 streams read /bench-fanout (all keys) or /bench-fanout/k0 (one key)
 #
 # Each run restarts the server it measures, so RSS starts clean. Kafka comes from
 # scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
@@ -44,8 +51,8 @@ GW_ADMIN=19464
 say() { printf 'bench: %s\n' "$*" >&2; }
 
 mkdir -p "$DATA"
-if [ "$mode" = compare ]; then
-  OUT="$DATA/compare"
+if [ "$mode" = compare ] || [ "$mode" = only ]; then
+  OUT="$DATA/$mode"
 fi
 if [ "$mode" = smoke ]; then
   SECONDS_=3
@@ -118,6 +125,7 @@ nchan_start() { scripts/nchan.sh stop >/dev/null 2>&1 || true; scripts/nchan.sh 
 results="$OUT/benchmarks.json"
 [ "$mode" = smoke ] && results="$OUT/smoke.json"
 [ "$mode" = compare ] && results="$DATA/compare.json"
+[ "$mode" = only ] && results="$DATA/only.json"
 [ "$mode" = report ] || : >"$results"
 
 # run NAME SERVER ARGS...: one ksg-bench run against a freshly started SERVER.
@@ -137,6 +145,8 @@ run() {
     case "$a" in
       URL_FANOUT) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-fanout" || a="https://127.0.0.1:8743/sub/fanout" ;;
       URL_KEYS) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-keys/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
+      URL_FANOUT_KEY) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-fanout/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
+      PUB_FANOUT_KEY) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/{key}" ;;
       PUB_FANOUT) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/fanout" ;;
       PUB_KEYS) [ "$server" = gateway ] && a="kafka://$BROKER/bench-keys" || a="http://127.0.0.1:8780/pub/{key}" ;;
     esac
@@ -185,6 +195,54 @@ if [ "$mode" = report ]; then
   exit 0
 fi
 
+# path_args PATH: the URL and publisher of W2's shape as all-keys streams ("all") or, with every
+# record keyed k0, as all-keys ("all1") or key streams ("key") with the same deliveries.
+path_args() {
+  case "$1" in
+    all) echo "--url URL_FANOUT --publish PUB_FANOUT" ;;
+    all1) echo "--url URL_FANOUT --publish PUB_FANOUT_KEY --keys 1" ;;
+    key) echo "--url URL_FANOUT_KEY --publish PUB_FANOUT_KEY --keys 1" ;;
+  esac
+}
+
+# workload NAME: one workload of the set, on both servers.
+workload() {
+  case "$1" in
+    W1)
+      both W1 --url URL_FANOUT --idle true --connections 200 --streams 256 --warmup 5
+      both W1 --url URL_FANOUT --idle true --connections 782 --streams 256 --warmup 5
+      ;;
+    W2)
+      both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100
+      both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100
+      for rate in 200 400 800; do
+        both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate "$rate"
+      done
+      ;;
+    W3) both W3 --url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate 2000 ;;
+    W4) both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100 ;;
+    W5) SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01 ;;
+    WK)
+      for conns in 4 16; do
+        # shellcheck disable=SC2046
+        run WK-all gateway $(path_args all1) --connections "$conns" --streams 256 --rate 100
+        # shellcheck disable=SC2046
+        run WK-key gateway $(path_args key) --connections "$conns" --streams 256 --rate 100
+        # shellcheck disable=SC2046
+        run WK-key nchan $(path_args key) --connections "$conns" --streams 256 --rate 100
+      done
+      ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK)"; exit 2 ;;
+  esac
+}
+
+if [ "$mode" = only ]; then
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK)"; exit 2; }
+  for w in "${compared[@]}"; do workload "$w"; done
+  "$BENCH" report "$results"
+  exit 0
+fi
+
 if [ "$mode" = compare ]; then
   [ ${#compared[@]} -gt 0 ] || { say "compare needs NAME=BINARY arguments"; exit 2; }
   for spec in "${compared[@]}"; do
@@ -195,11 +253,22 @@ if [ "$mode" = compare ]; then
     for shape in ${BENCH_COMPARE:-4:100 16:100}; do
       conns=${shape%%:*}
       rate=${shape#*:}
-      for spec in "${compared[@]}"; do
-        GW_BIN="${spec#*=}"
-        run "W2-${spec%%=*}" gateway --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate "$rate"
+      for path in ${BENCH_PATHS:-all}; do
+        # The key pair compares key streams with all-keys streams of the same keyed records.
+        [ "$path" = key ] && paths="all1 key" || paths=all
+        for p in $paths; do
+          name=W2
+          [ "$p" = all1 ] && name=WK-all
+          [ "$p" = key ] && name=WK-key
+          for spec in "${compared[@]}"; do
+            GW_BIN="${spec#*=}"
+            # shellcheck disable=SC2046
+            run "$name-${spec%%=*}" gateway $(path_args "$p") --connections "$conns" --streams 256 --rate "$rate"
+          done
+        done
       done
-      run W2 nchan --url URL_FANOUT --publish PUB_FANOUT --connections "$conns" --streams 256 --rate "$rate"
+      # shellcheck disable=SC2046
+      run W2 nchan $(path_args all) --connections "$conns" --streams 256 --rate "$rate"
     done
   done
   GW_BIN=$built
@@ -218,16 +287,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-both W1 --url URL_FANOUT --idle true --connections 200 --streams 256 --warmup 5
-both W1 --url URL_FANOUT --idle true --connections 782 --streams 256 --warmup 5
-both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100
-both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100
-for rate in 200 400 800; do
-  both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate "$rate"
-done
-both W3 --url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate 2000
-both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100
-SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01
+for w in W1 W2 W3 W4 W5 WK; do workload "$w"; done
 
 # A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
 rm -f "$DATA/perf.data"

@@ -161,7 +161,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (RETRY_MS, "3000"),
     (SHUTDOWN_GRACE_SECS, "10"),
     (STREAM_QUEUE, "1024"),
-    (STREAM_QUEUE_BYTES, "131072"),
+    (STREAM_QUEUE_BYTES, "65536"),
     (REPLAY_BYTES, "4194304"),
     (CATCHUP_READERS, "4"),
     (SNAPSHOT_BYTES, "67108864"),
@@ -465,7 +465,7 @@ impl Config {
         let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
         let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
         let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
-        let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 128usize << 10, 16 << 10, 1 << 30);
+        let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 64usize << 10, 16 << 10, 1 << 30);
         let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
