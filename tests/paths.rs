@@ -9,13 +9,6 @@ use support::*;
 
 const KEYS: usize = 6;
 
-/// Reads `n` events into `seen`, which checks their order per key.
-async fn read(sse: &mut SseReader, n: usize, seen: &mut Continuity) {
-    for event in sse.events(n).await {
-        seen.check(&event);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_http2_stream_reads_the_shared_log_once_live() {
     let cluster = Cluster::new();
@@ -38,8 +31,8 @@ async fn every_kind_of_http2_stream_reads_the_shared_log_once_live() {
     );
     produce_keyed(&p, &topic, KEYS, 5..10);
     p.flush().await;
-    read(&mut all, 5 * KEYS, &mut seen_all).await;
-    read(&mut key, 5, &mut seen_key).await;
+    read_checked(&mut all, 5 * KEYS, &mut seen_all).await;
+    read_checked(&mut key, 5, &mut seen_key).await;
     assert_eq!(
         metric(&metrics(&gw).await, "ksg_streams_own_queue"),
         0.0,
@@ -50,8 +43,8 @@ async fn every_kind_of_http2_stream_reads_the_shared_log_once_live() {
     let id_key = key.last_id.clone().unwrap();
     produce_keyed(&p, &topic, KEYS, 10..15);
     p.flush().await;
-    read(&mut all, 5 * KEYS, &mut seen_all).await;
-    read(&mut key, 5, &mut seen_key).await;
+    read_checked(&mut all, 5 * KEYS, &mut seen_all).await;
+    read_checked(&mut key, 5, &mut seen_key).await;
 
     let h2b = h2_connect(&gw).await;
     let resumed = [("last-event-id", id_all.as_str())];
@@ -64,10 +57,10 @@ async fn every_kind_of_http2_stream_reads_the_shared_log_once_live() {
     let mut seen_ring_key = Continuity::starting_at(["key1".to_string()], 10);
     let mut seen_kafka_all = Continuity::default();
     let mut seen_kafka_key = Continuity::default();
-    read(&mut ring_all, 5 * KEYS, &mut seen_ring_all).await;
-    read(&mut ring_key, 5, &mut seen_ring_key).await;
-    read(&mut kafka_all, 15 * KEYS, &mut seen_kafka_all).await;
-    read(&mut kafka_key, 15, &mut seen_kafka_key).await;
+    read_checked(&mut ring_all, 5 * KEYS, &mut seen_ring_all).await;
+    read_checked(&mut ring_key, 5, &mut seen_ring_key).await;
+    read_checked(&mut kafka_all, 15 * KEYS, &mut seen_kafka_all).await;
+    read_checked(&mut kafka_key, 15, &mut seen_kafka_key).await;
     // Every stream is live: the resumed ones left their own queues for the connection's log.
     wait_metric(&gw, "ksg_streams_own_queue", 0.0).await;
     let m = metrics(&gw).await;
@@ -96,7 +89,7 @@ async fn every_kind_of_http2_stream_reads_the_shared_log_once_live() {
         (&mut kafka_all, &mut seen_kafka_all, 25 * KEYS),
         (&mut kafka_key, &mut seen_kafka_key, 25),
     ] {
-        read(sse, n, seen).await;
+        read_checked(sse, n, seen).await;
     }
     for k in 0..KEYS {
         let k = format!("key{k}");

@@ -15,12 +15,6 @@ fn produce_round(p: &Producer_, topic: &str, first: u64, per_key: u64) {
     produce_keyed(p, topic, KEYS, first..first + per_key);
 }
 
-async fn read_checked(sse: &mut SseReader, n: usize, continuity: &mut Continuity) {
-    for event in sse.events(n).await {
-        continuity.check(&event);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_resumes_from_memory_then_on_a_second_replica() {
     let cluster = Cluster::new();

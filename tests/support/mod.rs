@@ -308,6 +308,13 @@ impl Continuity {
     }
 }
 
+/// Reads `n` events of `sse`, each checked by `continuity` (no gap, no duplicate per key).
+pub async fn read_checked(sse: &mut SseReader, n: usize, continuity: &mut Continuity) {
+    for event in sse.events(n).await {
+        continuity.check(&event);
+    }
+}
+
 /// A topic name no other test uses.
 pub fn unique_topic(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
