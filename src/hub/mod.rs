@@ -258,8 +258,9 @@ impl Hub {
         let after = &state.positions;
         let mut gone = 0;
         let mut cut = 0;
-        // Streams whose floor this event covered and that have a group to go to.
-        let mut moving: Vec<u64> = Vec::new();
+        // Streams whose floor this event covered and that have a group to go to: of every
+        // record, of the record's key.
+        let (mut moving_all, mut moving_key) = (Vec::new(), Vec::new());
         let mut offer = |streams: &mut HashMap<u64, Sub>, moving: &mut Vec<u64>| {
             streams.retain(|id, sub| {
                 let shared = match (&scoped, sub.scope) {
@@ -298,11 +299,10 @@ impl Hub {
                 }
             });
         };
-        offer(&mut state.all, &mut moving);
-        let all_moving = moving.len();
+        offer(&mut state.all, &mut moving_all);
         if let Some(k) = key {
             if let Some(set) = state.by_key.get_mut(k) {
-                offer(set, &mut moving);
+                offer(set, &mut moving_key);
                 if set.is_empty() {
                     state.by_key.remove(k);
                 }
@@ -334,19 +334,19 @@ impl Hub {
             }
         }
         // After the groups took this event, so the moved streams read from the next one.
-        for (n, id) in moving.into_iter().enumerate() {
-            let from_all = n < all_moving;
-            let sub = if from_all {
-                state.all.remove(&id)
-            } else {
-                key.and_then(|k| state.by_key.get_mut(k))
-                    .and_then(|set| set.remove(&id))
-            };
-            let Some(sub) = sub else { continue };
-            let stream_key = if from_all { None } else { key };
-            self.move_to_group(&hub, state, stream_key, sub, &mut moved);
+        for id in moving_all {
+            if let Some(sub) = state.all.remove(&id) {
+                self.hand_to_group(&hub, state, None, &sub);
+                moved.push(sub);
+            }
         }
-        if let Some(k) = key {
+        if let Some(k) = key.filter(|_| !moving_key.is_empty()) {
+            for id in moving_key {
+                if let Some(sub) = state.by_key.get_mut(k).and_then(|set| set.remove(&id)) {
+                    self.hand_to_group(&hub, state, key, &sub);
+                    moved.push(sub);
+                }
+            }
             if state.by_key.get(k).is_some_and(HashMap::is_empty) {
                 state.by_key.remove(k);
             }
@@ -366,28 +366,6 @@ impl Hub {
             };
             self.metrics.replay_bytes.add(ring.push(entry) as i64);
         }
-    }
-
-    /// Moves a stream whose floor is covered from its queue to its connection's group (under the
-    /// topic's lock): its queue ends after what it holds, then it reads the group. The stream's
-    /// entry goes to `moved`, to be dropped after the lock.
-    fn move_to_group(
-        &self,
-        hub: &Arc<Topic>,
-        state: &mut TopicState,
-        key: Option<&[u8]>,
-        sub: Sub,
-        moved: &mut Vec<Sub>,
-    ) {
-        if let Some(handoff) = &sub.handoff {
-            let view = group::View {
-                key,
-                scope: sub.scope,
-            };
-            let cursor = self.join_group(hub, state, &handoff.seat, view);
-            *handoff.slot.lock() = Some(cursor);
-        }
-        moved.push(sub);
     }
 
     /// Ends every stream (their queues drain first) and refuses new ones.

@@ -464,16 +464,31 @@ impl Hub {
         key: Option<&[u8]>,
         sub: Sub,
     ) {
-        match &sub.handoff {
-            Some(handoff) if sub.floor.is_none() => {
-                let view = View {
-                    key,
-                    scope: sub.scope,
-                };
-                let cursor = self.join_group(hub, state, &handoff.seat, view);
-                *handoff.slot.lock() = Some(cursor);
-            }
-            _ => state.register(id, key, sub),
+        if sub.floor.is_none() && sub.handoff.is_some() {
+            self.hand_to_group(hub, state, key, &sub);
+        } else {
+            state.register(id, key, sub);
+        }
+    }
+
+    /// Places `sub`'s stream in its connection's group (under the topic lock): its cursor goes
+    /// to the stream's slot, which the stream reads once its queue has ended. The caller drops
+    /// `sub` (its queue's sender) after the lock when the stream may be gone already, since a
+    /// cursor's drop takes the lock.
+    pub(super) fn hand_to_group(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        key: Option<&[u8]>,
+        sub: &Sub,
+    ) {
+        if let Some(handoff) = &sub.handoff {
+            let view = View {
+                key,
+                scope: sub.scope,
+            };
+            let cursor = self.join_group(hub, state, &handoff.seat, view);
+            *handoff.slot.lock() = Some(cursor);
         }
     }
 
