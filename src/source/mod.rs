@@ -103,8 +103,13 @@ impl Source {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("allow.auto.create.topics", "false")
-            // Low latency: answer fetches quickly, refill the queue quickly.
-            .set("fetch.wait.max.ms", "100")
+            // A fetch is answered after at most 2 ms (or once 64 KiB wait): records that arrive
+            // within those 2 ms reach the gateway as one batch, which wakes its threads and
+            // connections once. With Kafka's defaults (answer at the first byte) every record
+            // costs a fetch round trip and a wake-up of each thread on its way: at 2,000
+            // records/s about 2.5x the CPU, for at most 2 ms less latency (docs/benchmarks.md).
+            .set("fetch.wait.max.ms", "2")
+            .set("fetch.min.bytes", "65536")
             .set("fetch.queue.backoff.ms", "10")
             .set("queued.max.messages.kbytes", "16384")
             .set_log_level(RDKafkaLogLevel::Warning);
