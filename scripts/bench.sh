@@ -24,11 +24,16 @@
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
 #   W2  broadcast fan-out: 1,024 and 4,096 streams of one topic at 100 records/s, then 4,096
 #       streams at higher rates up to the knee
-#   W3  keyed: 4,096 streams, one key each, 2,000 records/s spread over the keys
+#   W3  keyed: 4,096 streams, one key each, 2,000 and 20,000 records/s spread over the keys
 #   W4  reconnect churn: 1,024 streams, 100 drops/s, each resumed with Last-Event-ID
 #   W5  1% of 4,096 streams stalled (a client that stops reading) on a busy topic
 #   WK  the key path beside the all-keys path, same deliveries: every record has key k0, and
 #       1,024 / 4,096 streams read /bench-fanout (all keys) or /bench-fanout/k0 (one key)
+#   W8  ingest: a 12-partition topic at 10,000 to 40,000 records/s of 100 keys, read by 100 key
+#       streams and 10 all-keys streams: CPU per record ingested, and ksg_consumer_lag at the
+#       window's start and end (gateway only: nchan has no Kafka to ingest from)
+#   WM  memory given back: W2 past the knee (4,096 streams, 800 records/s), then every
+#       connection closed and the RSS read 60 s later
 #
 # Each run restarts the server it measures, so RSS starts clean. Kafka comes from
 # scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
@@ -94,7 +99,7 @@ if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
   scripts/kafka-local.sh start >&2
 fi
 BROKER="127.0.0.1:${KAFKA_LOCAL_PORT:-9092}"
-for t in "bench-fanout 1" "bench-keys 6"; do
+for t in "bench-fanout 1" "bench-keys 6" "bench-ingest 12"; do
   set -- $t
   scripts/kafka-local.sh topics --create --if-not-exists --topic "$1" --partitions "$2" >/dev/null
 done
@@ -104,6 +109,7 @@ gw_start() {
   KSG_KAFKA_BROKERS="$BROKER" KSG_TOPICS='bench-*' KSG_AUTH=none KSG_MAX_STREAM_OPENS_PER_SEC=0 KSG_LISTEN="127.0.0.1:$GW_PORT" \
     KSG_ADMIN_LISTEN="127.0.0.1:$GW_ADMIN" KSG_TLS_CERT="$DATA/cert.pem" \
     KSG_TLS_KEY="$DATA/key.pem" KSG_DRAIN_DELAY_SECS=0 KSG_MAX_CONNECTIONS=20000 \
+    KSG_METADATA_REFRESH_SECS=1 \
     "$GW_BIN" >"$DATA/gateway.log" 2>&1 &
   gw_pid=$!
   for _ in $(seq 1 200); do
@@ -149,6 +155,11 @@ run() {
       PUB_FANOUT_KEY) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/{key}" ;;
       PUB_FANOUT) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/fanout" ;;
       PUB_KEYS) [ "$server" = gateway ] && a="kafka://$BROKER/bench-keys" || a="http://127.0.0.1:8780/pub/{key}" ;;
+      # W8 runs on the gateway only.
+      URL_INGEST) a="https://127.0.0.1:$GW_PORT/bench-ingest" ;;
+      URL_INGEST_KEY) a="https://127.0.0.1:$GW_PORT/bench-ingest/{key}" ;;
+      PUB_INGEST) a="kafka://$BROKER/bench-ingest" ;;
+      METRICS) a="http://127.0.0.1:$GW_ADMIN/metrics" ;;
     esac
     args+=("$a")
   done
@@ -219,7 +230,11 @@ workload() {
         both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate "$rate"
       done
       ;;
-    W3) both W3 --url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate 2000 ;;
+    W3)
+      for rate in 2000 20000; do
+        both W3 --url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate "$rate"
+      done
+      ;;
     W4) both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100 ;;
     W5) SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01 ;;
     WK)
@@ -232,12 +247,19 @@ workload() {
         run WK-key nchan $(path_args key) --connections "$conns" --streams 256 --rate 100
       done
       ;;
-    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK)"; exit 2 ;;
+    W8)
+      for rate in 10000 20000 40000; do
+        run W8 gateway --url URL_INGEST_KEY --keys 100 --connections 1 --streams 100 \
+          --extra URL_INGEST --extra-streams 10 --publish PUB_INGEST --rate "$rate" --metrics METRICS
+      done
+      ;;
+    WM) both WM --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 800 --after 60 ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK W8 WM)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK W8 WM)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0
@@ -287,7 +309,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-for w in W1 W2 W3 W4 W5 WK; do workload "$w"; done
+for w in W1 W2 W3 W4 W5 WK W8 WM; do workload "$w"; done
 
 # A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
 rm -f "$DATA/perf.data"

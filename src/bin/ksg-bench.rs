@@ -19,6 +19,14 @@
 //!
 //! `{key}` in `--url` and `--publish` is replaced by the stream's key (`k0`, `k1`, …) when
 //! `--keys N` is given: stream `i` reads key `k{i % N}`, the publisher cycles through the keys.
+//! A keyed record's value names its key's number (`"k":17`), so a stream of several keys (all
+//! keys, `--extra`) checks each key's sequence on its own.
+//!
+//! `--extra URL --extra-streams N` adds one more connection of N streams reading `URL` (for
+//! example all-keys streams beside key streams). `--metrics URL` (the gateway's admin
+//! `/metrics`) adds the summed `ksg_consumer_lag` at the window's start and end. `--after SECS`
+//! closes every connection when the window ends and reads the server's RSS SECS later (memory
+//! given back after a load). The records published in the window give `cpu_us_per_record`.
 //!
 //! Workloads: `--idle true` publishes nothing and reports RSS per open stream; `--stall F` adds
 //! a fraction F of streams that never read (HTTP/2's default 64 KiB windows, on connections of
@@ -57,6 +65,10 @@ run options (defaults in brackets):
   --idle true        publish nothing (RSS per open stream)
   --stall F          add a fraction F of streams that never read [0]
   --churn R          drop and resume R streams per second with Last-Event-ID [0]
+  --extra URL        one more connection, reading URL ...
+  --extra-streams N  ... with N streams [0]
+  --metrics URL      http://host:port/metrics: ksg_consumer_lag at the window's start and end
+  --after SECS       close every connection after the window, read RSS SECS later [0: no]
 ";
 
 fn main() {
@@ -103,6 +115,10 @@ struct Options {
     idle: bool,
     stall: f64,
     churn: f64,
+    extra: Option<String>,
+    extra_streams: usize,
+    metrics: Option<String>,
+    after: f64,
 }
 
 impl Options {
@@ -149,12 +165,24 @@ impl Options {
             idle: num(take("idle"), "idle", false)?,
             stall: num(take("stall"), "stall", 0.0)?,
             churn: num(take("churn"), "churn", 0.0)?,
+            extra: take("extra"),
+            extra_streams: num(take("extra-streams"), "extra-streams", 0)?,
+            metrics: take("metrics"),
+            after: num(take("after"), "after", 0.0)?,
         };
         if let Some(k) = map.keys().next() {
             return Err(format!("unknown option --{k}").into());
         }
         if o.streams == 0 || o.streams > 256 {
             return Err("--streams must be 1..=256 (per connection)".into());
+        }
+        if o.extra_streams > 256 || (o.extra_streams > 0) != o.extra.is_some() {
+            return Err("--extra URL and --extra-streams 1..=256 go together".into());
+        }
+        if let Some(m) = &o.metrics {
+            if !m.starts_with("http://") {
+                return Err("--metrics must be an http:// URL".into());
+            }
         }
         if !o.idle && o.publish.is_none() {
             return Err("--publish is required unless --idle true".into());
@@ -185,6 +213,10 @@ struct Shared {
     resets: AtomicU64,
     opened: AtomicU64,
     failed: AtomicU64,
+    /// Records handed to the publisher's sink.
+    published: AtomicU64,
+    /// The tasks that drive the HTTP/2 connections: aborted to close them (`--after`).
+    drivers: Mutex<Vec<tokio::task::AbortHandle>>,
     /// One latency histogram per connection (its streams are read by one task), merged at
     /// the end.
     latencies: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
@@ -213,6 +245,8 @@ impl Shared {
             resets: AtomicU64::new(0),
             opened: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            drivers: Mutex::new(Vec::new()),
             latencies: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         }
@@ -257,6 +291,7 @@ impl Target {
     async fn connect(
         &self,
         browser_windows: bool,
+        shared: &Shared,
     ) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
         let tcp = TcpStream::connect(&self.authority).await?;
         tcp.set_nodelay(true)?;
@@ -277,9 +312,12 @@ impl Target {
                 .initial_connection_window_size(15 << 20);
         }
         let (send, connection) = builder.handshake::<_, Bytes>(io).await?;
-        tokio::spawn(async move {
+        let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
+        if let Ok(mut drivers) = shared.drivers.lock() {
+            drivers.push(driver.abort_handle());
+        }
         Ok(send)
     }
 }
@@ -299,10 +337,11 @@ struct Sub {
     seed: u64,
 }
 
-/// Sequence state of one stream: the last `s` seen, to find loss and duplicates.
+/// Sequence state of one stream: the last `s` seen of each key (`k`, 0 for unkeyed records),
+/// to find loss and duplicates.
 #[derive(Default)]
 struct Seq {
-    last: Option<u64>,
+    last: HashMap<u64, u64>,
     last_id: Option<String>,
 }
 
@@ -389,17 +428,20 @@ impl Sub {
             let block = buf.split_to(end + 2);
             let mut t = None;
             let mut s = None;
+            let mut k = None;
             for line in block[..end].split(|b| *b == b'\n') {
                 if let Some(id) = line.strip_prefix(b"id: ") {
                     seq.last_id = Some(String::from_utf8_lossy(id).into_owned());
                 } else if let Some(data) = line.strip_prefix(b"data: ") {
                     t = field(data, b"\"t\":");
                     s = field(data, b"\"s\":");
+                    k = field(data, b"\"k\":");
                 }
             }
             let (Some(t), Some(s)) = (t, s) else { continue };
             let shared = &self.shared;
-            match seq.last {
+            let last = seq.last.get(&k.unwrap_or(0)).copied();
+            match last {
                 Some(last) if s <= last => {
                     shared.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -409,7 +451,7 @@ impl Sub {
                 }
                 _ => {}
             }
-            seq.last = Some(s);
+            seq.last.insert(k.unwrap_or(0), s);
             if shared.measuring.load(Ordering::Relaxed) {
                 shared.events.fetch_add(1, Ordering::Relaxed);
                 shared
@@ -472,9 +514,13 @@ fn proc_usage(pids: &[u32]) -> (f64, u64) {
     (cpu, rss)
 }
 
-/// A record's value: publish time, sequence number per key, padding up to `size` bytes.
-fn payload(t: u64, s: u64, size: usize) -> String {
-    let mut v = format!("{{\"t\":{t},\"s\":{s},\"p\":\"");
+/// A record's value: publish time, sequence number per key, the key's number if keyed,
+/// padding up to `size` bytes.
+fn payload(t: u64, s: u64, k: Option<usize>, size: usize) -> String {
+    let mut v = match k {
+        Some(k) => format!("{{\"t\":{t},\"s\":{s},\"k\":{k},\"p\":\""),
+        None => format!("{{\"t\":{t},\"s\":{s},\"p\":\""),
+    };
     while v.len() + 2 < size {
         v.push('x');
     }
@@ -501,10 +547,11 @@ async fn publish(o: Options, shared: Arc<Shared>) -> Result<u64, BoxError> {
         let due = (start.elapsed().as_secs_f64() * o.rate) as u64;
         while sent < due {
             let k = (sent % keys.len() as u64) as usize;
-            let value = payload(now_us(), seqs[k], o.size);
+            let value = payload(now_us(), seqs[k], keys[k].as_ref().map(|_| k), o.size);
             seqs[k] += 1;
             sink.send(keys[k].as_deref(), value).await?;
             sent += 1;
+            shared.published.fetch_add(1, Ordering::Relaxed);
         }
     }
     sink.flush();
@@ -631,15 +678,23 @@ async fn run(o: Options) -> Result<(), BoxError> {
     // Connections open in parallel, their streams one after another.
     let mut openers = Vec::new();
     let stalled_conns = stalled.div_ceil(o.streams);
-    for c in 0..o.connections + stalled_conns {
+    let extra_conns = usize::from(o.extra.is_some());
+    for c in 0..o.connections + stalled_conns + extra_conns {
         let (target, shared, o) = (target.clone(), shared.clone(), o.clone());
-        let is_stalled = c >= o.connections;
+        let is_extra = c == o.connections + stalled_conns;
+        let is_stalled = c >= o.connections && !is_extra;
         openers.push(tokio::spawn(async move {
-            let h2 = target.connect(!is_stalled).await?;
-            let n = if is_stalled {
+            let h2 = target.connect(!is_stalled, &shared).await?;
+            let n = if is_extra {
+                o.extra_streams
+            } else if is_stalled {
                 (stalled - (c - o.connections) * o.streams).min(o.streams)
             } else {
                 o.streams
+            };
+            let url = match (&o.extra, is_extra) {
+                (Some(extra), true) => extra.as_str(),
+                _ => o.url.as_str(),
             };
             // One task reads all the connection's streams, as a browser tab's network thread
             // would; it starts once they are open (browser-sized windows hold what comes first).
@@ -658,7 +713,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
                     }
                 };
                 let sub = Sub {
-                    path: path_of(&o.url),
+                    path: path_of(url),
                     stalled: is_stalled,
                     shared: shared.clone(),
                     latency: latency.clone(),
@@ -695,19 +750,37 @@ async fn run(o: Options) -> Result<(), BoxError> {
         Some(tokio::spawn(publish(o, shared)))
     };
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
+    let lag_start = consumer_lag(o.metrics.as_deref()).await?;
     let start = proc_usage(&o.pids);
     let resumes0 = shared.resumes.load(Ordering::Relaxed);
+    let published0 = shared.published.load(Ordering::Relaxed);
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let window = t0.elapsed().as_secs_f64();
     let end = proc_usage(&o.pids);
+    let records = shared.published.load(Ordering::Relaxed) - published0;
+    let lag_end = consumer_lag(o.metrics.as_deref()).await?;
     let resumes = shared.resumes.load(Ordering::Relaxed) - resumes0;
     shared.stop.store(true, Ordering::Relaxed);
     let published = match publisher {
         Some(p) => p.await??,
         None => 0,
+    };
+    // Read before the connections close (their streams then end, and fail to reopen).
+    let resets = shared.resets.load(Ordering::Relaxed);
+    let failed = shared.failed.load(Ordering::Relaxed);
+    // Memory given back: every connection closed, the server's RSS `after` seconds later.
+    let after = if o.after > 0.0 {
+        for driver in shared.drivers.lock().map_err(|_| "drivers")?.drain(..) {
+            driver.abort();
+        }
+        drop(std::mem::take(&mut connections));
+        tokio::time::sleep(Duration::from_secs_f64(o.after)).await;
+        Some(proc_usage(&o.pids).1)
+    } else {
+        None
     };
     let events = shared.events.load(Ordering::Relaxed);
     let cpu = end.0 - start.0;
@@ -716,8 +789,8 @@ async fn run(o: Options) -> Result<(), BoxError> {
         h.add(&*one.lock().map_err(|_| "histogram")?)?;
     }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let open = total as f64;
-    let result = serde_like(&[
+    let open = (total + o.extra_streams) as f64;
+    let mut fields = vec![
         ("name", Value::S(o.name.clone())),
         ("server", Value::S(o.server.clone())),
         ("connections", Value::N(o.connections as f64)),
@@ -758,19 +831,60 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ),
         ("resumes", Value::N(resumes as f64)),
         ("resumes_per_sec", Value::N(resumes as f64 / window)),
-        (
-            "server_resets",
-            Value::N(shared.resets.load(Ordering::Relaxed) as f64),
-        ),
-        (
-            "failed",
-            Value::N(shared.failed.load(Ordering::Relaxed) as f64),
-        ),
+        ("server_resets", Value::N(resets as f64)),
+        ("failed", Value::N(failed as f64)),
         ("open_seconds", Value::N(opened_in)),
-    ]);
-    println!("{result}");
+        ("records_per_sec", Value::N(records as f64 / window)),
+        (
+            "cpu_us_per_record",
+            Value::N(if records > 0 {
+                cpu * 1e6 / records as f64
+            } else {
+                0.0
+            }),
+        ),
+    ];
+    // Only what was measured: a missing field is an empty cell in the report, not a zero.
+    if let (Some(a), Some(b)) = (lag_start, lag_end) {
+        fields.push(("lag_start", Value::N(a as f64)));
+        fields.push(("lag_end", Value::N(b as f64)));
+    }
+    if let Some(rss) = after {
+        fields.push(("after_seconds", Value::N(o.after)));
+        fields.push(("rss_kib_after", Value::N(rss as f64)));
+    }
+    println!("{}", serde_like(&fields));
     drop(connections);
     Ok(())
+}
+
+/// The sum of the `ksg_consumer_lag` series at `url` (an admin `/metrics`), if asked for.
+/// A missing family is an error, not a zero.
+async fn consumer_lag(url: Option<&str>) -> Result<Option<i64>, BoxError> {
+    let Some(url) = url else { return Ok(None) };
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or("--metrics: http:// only")?;
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut c = TcpStream::connect(addr).await?;
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    c.write_all(request.as_bytes()).await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut text)).await??;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(format!("--metrics: {url} did not answer 200").into());
+    }
+    let mut sum = None;
+    for line in text.lines().filter(|l| l.starts_with("ksg_consumer_lag{")) {
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("--metrics: bad line {line}"))?;
+        sum = Some(sum.unwrap_or(0) + value as i64);
+    }
+    sum.map(Some)
+        .ok_or_else(|| format!("--metrics: no ksg_consumer_lag series at {url}").into())
 }
 
 enum Value {
@@ -811,6 +925,8 @@ fn report(path: &str) -> Result<(), BoxError> {
         ("max_ms", "max ms"),
         ("rss_kib_end", "RSS KiB"),
         ("rss_kib_per_stream", "KiB/stream"),
+        ("cpu_us_per_record", "CPU-µs/record"),
+        ("rss_kib_after", "RSS after KiB"),
         ("resumes_per_sec", "resumes/s"),
         ("lost", "lost"),
         ("duplicates", "dup"),
@@ -852,10 +968,14 @@ mod tests {
 
     #[test]
     fn payload_is_its_size_and_carries_time_and_sequence() {
-        let v = payload(1_234, 56, 100);
+        let v = payload(1_234, 56, None, 100);
         assert_eq!(v.len(), 100);
         assert_eq!(field(v.as_bytes(), b"\"t\":"), Some(1_234));
         assert_eq!(field(v.as_bytes(), b"\"s\":"), Some(56));
+        assert_eq!(field(v.as_bytes(), b"\"k\":"), None);
+        let v = payload(1_234, 56, Some(17), 100);
+        assert_eq!(v.len(), 100);
+        assert_eq!(field(v.as_bytes(), b"\"k\":"), Some(17));
     }
 
     #[test]
