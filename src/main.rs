@@ -3,6 +3,11 @@
 
 use std::process::ExitCode;
 
+/// jemalloc, with its background thread purging freed pages (README, "Memory").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use kafka_sse_gateway::config::Config;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info, warn};
