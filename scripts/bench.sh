@@ -32,6 +32,8 @@
 #   W8  ingest: a 12-partition topic at 10,000 to 40,000 records/s of 100 keys, read by 100 key
 #       streams and 10 all-keys streams: CPU per record ingested, and ksg_consumer_lag at the
 #       window's start and end (gateway only: nchan has no Kafka to ingest from)
+#   WS  256 stalled catch-ups: key streams ?from=earliest on one connection whose client grants
+#       no window, while the key's records keep coming: the RSS growth (gateway only)
 #   WM  memory given back: W2 past the knee (4,096 streams, 800 records/s), then every
 #       connection closed and the RSS read 60 s later
 #
@@ -155,7 +157,8 @@ run() {
       PUB_FANOUT_KEY) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/{key}" ;;
       PUB_FANOUT) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/fanout" ;;
       PUB_KEYS) [ "$server" = gateway ] && a="kafka://$BROKER/bench-keys" || a="http://127.0.0.1:8780/pub/{key}" ;;
-      # W8 runs on the gateway only.
+      # W8 and WS run on the gateway only.
+      URL_FANOUT_KEY_EARLIEST) a="https://127.0.0.1:$GW_PORT/bench-fanout/{key}?from=earliest" ;;
       URL_INGEST) a="https://127.0.0.1:$GW_PORT/bench-ingest" ;;
       URL_INGEST_KEY) a="https://127.0.0.1:$GW_PORT/bench-ingest/{key}" ;;
       PUB_INGEST) a="kafka://$BROKER/bench-ingest" ;;
@@ -253,13 +256,17 @@ workload() {
           --extra URL_INGEST --extra-streams 10 --publish PUB_INGEST --rate "$rate" --metrics METRICS
       done
       ;;
+    WS)
+      run WS gateway --url URL_FANOUT_KEY_EARLIEST --keys 1 --connections 0 --streams 256 \
+        --stalled 256 --stall-window 0 --publish PUB_FANOUT_KEY --rate 1000 --seconds 10
+      ;;
     WM) both WM --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 800 --after 60 ;;
-    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK W8 WM)"; exit 2 ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK W8 WS WM)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK W8 WM)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK W8 WS WM)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0
@@ -309,7 +316,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-for w in W1 W2 W3 W4 W5 WK W8 WM; do workload "$w"; done
+for w in W1 W2 W3 W4 W5 WK W8 WS WM; do workload "$w"; done
 
 # A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
 rm -f "$DATA/perf.data"

@@ -64,6 +64,8 @@ run options (defaults in brackets):
   --pids P1,P2       server processes whose CPU and RSS are read from /proc
   --idle true        publish nothing (RSS per open stream)
   --stall F          add a fraction F of streams that never read [0]
+  --stalled N        add N streams that never read (instead of a fraction; --connections may be 0)
+  --stall-window W   the stalled connections' HTTP/2 stream window [65535]; 0: nothing ever sent
   --churn R          drop and resume R streams per second with Last-Event-ID [0]
   --extra URL        one more connection, reading URL ...
   --extra-streams N  ... with N streams [0]
@@ -114,6 +116,8 @@ struct Options {
     pids: Vec<u32>,
     idle: bool,
     stall: f64,
+    stalled: Option<usize>,
+    stall_window: u32,
     churn: f64,
     extra: Option<String>,
     extra_streams: usize,
@@ -164,6 +168,10 @@ impl Options {
             },
             idle: num(take("idle"), "idle", false)?,
             stall: num(take("stall"), "stall", 0.0)?,
+            stalled: take("stalled")
+                .map(|v| v.parse().map_err(|_| format!("--stalled: bad value {v}")))
+                .transpose()?,
+            stall_window: num(take("stall-window"), "stall-window", 65_535)?,
             churn: num(take("churn"), "churn", 0.0)?,
             extra: take("extra"),
             extra_streams: num(take("extra-streams"), "extra-streams", 0)?,
@@ -290,7 +298,7 @@ impl Target {
 
     async fn connect(
         &self,
-        browser_windows: bool,
+        windows: Windows,
         shared: &Shared,
     ) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
         let tcp = TcpStream::connect(&self.authority).await?;
@@ -306,10 +314,15 @@ impl Target {
             None => Box::new(tcp),
         };
         let mut builder = h2::client::Builder::new();
-        if browser_windows {
-            builder
-                .initial_window_size(6 << 20)
-                .initial_connection_window_size(15 << 20);
+        match windows {
+            Windows::Browser => {
+                builder
+                    .initial_window_size(6 << 20)
+                    .initial_connection_window_size(15 << 20);
+            }
+            Windows::Stalled(window) => {
+                builder.initial_window_size(window);
+            }
         }
         let (send, connection) = builder.handshake::<_, Bytes>(io).await?;
         let driver = tokio::spawn(async move {
@@ -320,6 +333,13 @@ impl Target {
         }
         Ok(send)
     }
+}
+
+/// A connection's HTTP/2 windows: a browser's, or a stalled client's stream window.
+#[derive(Clone, Copy)]
+enum Windows {
+    Browser,
+    Stalled(u32),
 }
 
 trait IoBox: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -673,7 +693,9 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let target = Arc::new(Target::new(&o.url, o.ca.as_deref())?);
     let before = proc_usage(&o.pids);
     let total = o.connections * o.streams;
-    let stalled = (total as f64 * o.stall).round() as usize;
+    let stalled = o
+        .stalled
+        .unwrap_or_else(|| (total as f64 * o.stall).round() as usize);
     let opening = Instant::now();
     // Connections open in parallel, their streams one after another.
     let mut openers = Vec::new();
@@ -684,7 +706,12 @@ async fn run(o: Options) -> Result<(), BoxError> {
         let is_extra = c == o.connections + stalled_conns;
         let is_stalled = c >= o.connections && !is_extra;
         openers.push(tokio::spawn(async move {
-            let h2 = target.connect(!is_stalled, &shared).await?;
+            let windows = if is_stalled {
+                Windows::Stalled(o.stall_window)
+            } else {
+                Windows::Browser
+            };
+            let h2 = target.connect(windows, &shared).await?;
             let n = if is_extra {
                 o.extra_streams
             } else if is_stalled {
@@ -789,7 +816,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         h.add(&*one.lock().map_err(|_| "histogram")?)?;
     }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let open = (total + o.extra_streams) as f64;
+    let open = (total + stalled + o.extra_streams) as f64;
     let mut fields = vec![
         ("name", Value::S(o.name.clone())),
         ("server", Value::S(o.server.clone())),
@@ -816,6 +843,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ("rss_kib_before", Value::N(before.1 as f64)),
         ("rss_kib_start", Value::N(start.1 as f64)),
         ("rss_kib_end", Value::N(end.1 as f64)),
+        ("rss_kib_growth", Value::N(end.1 as f64 - before.1 as f64)),
         (
             "rss_kib_per_stream",
             Value::N(end.1.saturating_sub(before.1) as f64 / open),
@@ -925,6 +953,7 @@ fn report(path: &str) -> Result<(), BoxError> {
         ("max_ms", "max ms"),
         ("rss_kib_end", "RSS KiB"),
         ("rss_kib_per_stream", "KiB/stream"),
+        ("rss_kib_growth", "RSS growth KiB"),
         ("cpu_us_per_record", "CPU-µs/record"),
         ("rss_kib_after", "RSS after KiB"),
         ("resumes_per_sec", "resumes/s"),

@@ -128,12 +128,17 @@ impl Source {
 
     /// A new catch-up reader: the same settings, end-of-partition events on, a smaller
     /// prefetch queue, and out-of-range positions reset to the earliest offset.
+    ///
+    /// The prefetch (512 KiB of records per partition) is what a reader holds while its streams'
+    /// clients are slow. librdkafka's overhead per queued record is larger than a small record,
+    /// so 4 MiB of 100-byte records held about 16 MiB per reader; 512 KiB costs about 15% of
+    /// one reader's speed (171,656 records to live in 1.25 s instead of 1.1 s).
     pub fn reader(&self) -> Result<Reader, KafkaError> {
         let mut config = self.config.clone();
         config
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .set("queued.max.messages.kbytes", "4096");
+            .set("queued.max.messages.kbytes", "512");
         let consumer = config.create_with_context(Context {
             metrics: self.metrics.clone(),
         })?;
