@@ -21,7 +21,8 @@
 #                             WK pair below; default "all")
 #
 # Workloads (each described in docs/benchmarks.md):
-#   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams
+#   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams, and (gateway only, 60 s)
+#       at 1,000,192 streams, with /healthz and /metrics asked once a second throughout
 #   W2  broadcast fan-out: 1,024 and 4,096 streams of one topic at 100 records/s, then 4,096
 #       streams at higher rates up to the knee
 #   W3  keyed: 4,096 streams, one key each, 2,000 and 20,000 records/s spread over the keys
@@ -163,6 +164,7 @@ run() {
       URL_INGEST_KEY) a="https://127.0.0.1:$GW_PORT/bench-ingest/{key}" ;;
       PUB_INGEST) a="kafka://$BROKER/bench-ingest" ;;
       METRICS) a="http://127.0.0.1:$GW_ADMIN/metrics" ;;
+      PROBE) a="http://127.0.0.1:$GW_ADMIN/healthz,http://127.0.0.1:$GW_ADMIN/metrics" ;;
     esac
     args+=("$a")
   done
@@ -225,6 +227,10 @@ workload() {
     W1)
       both W1 --url URL_FANOUT --idle true --connections 200 --streams 256 --warmup 5
       both W1 --url URL_FANOUT --idle true --connections 782 --streams 256 --warmup 5
+      # A million streams (3,907 connections x 256) on the gateway alone: nchan would need about
+      # 10 GiB for them (10.3 KiB per stream above).
+      KSG_MAX_STREAMS=1000192 run W1 gateway --url URL_FANOUT --idle true --connections 3907 \
+        --streams 256 --warmup 5 --seconds 60 --probe PROBE
       ;;
     W2)
       both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100

@@ -27,6 +27,9 @@
 //! `/metrics`) adds the summed `ksg_consumer_lag` at the window's start and end. `--after SECS`
 //! closes every connection when the window ends and reads the server's RSS SECS later (memory
 //! given back after a load). The records published in the window give `cpu_us_per_record`.
+//! Every run counts the heartbeats (comment-only blocks) read in the window and the longest any
+//! stream went without receiving anything (`max_silence_ms`); `--probe URL,...` asks each URL
+//! once a second in the window and reports the slowest answer and the failures.
 //!
 //! Workloads: `--idle true` publishes nothing and reports RSS per open stream; `--stall F` adds
 //! a fraction F of streams that never read (HTTP/2's default 64 KiB windows, on connections of
@@ -71,6 +74,8 @@ run options (defaults in brackets):
   --extra-streams N  ... with N streams [0]
   --metrics URL      http://host:port/metrics: ksg_consumer_lag at the window's start and end
   --after SECS       close every connection after the window, read RSS SECS later [0: no]
+  --probe URL,...    http:// URLs (e.g. /healthz, /metrics) asked once a second in the window:
+                     the slowest answer and the failures
 ";
 
 fn main() {
@@ -123,6 +128,7 @@ struct Options {
     extra_streams: usize,
     metrics: Option<String>,
     after: f64,
+    probe: Vec<String>,
 }
 
 impl Options {
@@ -177,6 +183,9 @@ impl Options {
             extra_streams: num(take("extra-streams"), "extra-streams", 0)?,
             metrics: take("metrics"),
             after: num(take("after"), "after", 0.0)?,
+            probe: take("probe")
+                .map(|v| v.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
         };
         if let Some(k) = map.keys().next() {
             return Err(format!("unknown option --{k}").into());
@@ -223,6 +232,10 @@ struct Shared {
     failed: AtomicU64,
     /// Records handed to the publisher's sink.
     published: AtomicU64,
+    /// Heartbeats (comment-only blocks) read in the window, and the longest a stream went
+    /// without receiving anything, ending in the window (µs).
+    heartbeats: AtomicU64,
+    silence_us: AtomicU64,
     /// The tasks that drive the HTTP/2 connections: aborted to close them (`--after`).
     drivers: Mutex<Vec<tokio::task::AbortHandle>>,
     /// One latency histogram per connection (its streams are read by one task), merged at
@@ -254,6 +267,8 @@ impl Shared {
             opened: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            heartbeats: AtomicU64::new(0),
+            silence_us: AtomicU64::new(0),
             drivers: Mutex::new(Vec::new()),
             latencies: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
@@ -391,6 +406,7 @@ impl Sub {
         let mut seq = Seq::default();
         let mut buf = BytesMut::new();
         let mut rng = self.seed | 1;
+        let mut heard = Instant::now();
         loop {
             let drop_at = self.churn_every.map(|mean| {
                 // Exponential gaps: drops spread evenly over time.
@@ -414,6 +430,11 @@ impl Sub {
                         if self.stalled {
                             continue;
                         }
+                        if self.shared.measuring.load(Ordering::Relaxed) {
+                            let silence = heard.elapsed().as_micros() as u64;
+                            self.shared.silence_us.fetch_max(silence, Ordering::Relaxed);
+                        }
+                        heard = Instant::now();
                         let _ = body.flow_control().release_capacity(data.len());
                         buf.extend_from_slice(&data);
                         self.blocks(&mut buf, &mut seq);
@@ -449,6 +470,9 @@ impl Sub {
             let mut t = None;
             let mut s = None;
             let mut k = None;
+            if &block[..end] == b":" && self.shared.measuring.load(Ordering::Relaxed) {
+                self.shared.heartbeats.fetch_add(1, Ordering::Relaxed);
+            }
             for line in block[..end].split(|b| *b == b'\n') {
                 if let Some(id) = line.strip_prefix(b"id: ") {
                     seq.last_id = Some(String::from_utf8_lossy(id).into_owned());
@@ -783,8 +807,16 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let published0 = shared.published.load(Ordering::Relaxed);
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
+    let probe_stop = Arc::new(AtomicBool::new(false));
+    let prober =
+        (!o.probe.is_empty()).then(|| tokio::spawn(probe(o.probe.clone(), probe_stop.clone())));
     tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
+    probe_stop.store(true, Ordering::Relaxed);
+    let probed = match prober {
+        Some(p) => Some(p.await?),
+        None => None,
+    };
     let window = t0.elapsed().as_secs_f64();
     let end = proc_usage(&o.pids);
     let records = shared.published.load(Ordering::Relaxed) - published0;
@@ -877,6 +909,18 @@ async fn run(o: Options) -> Result<(), BoxError> {
         fields.push(("lag_start", Value::N(a as f64)));
         fields.push(("lag_end", Value::N(b as f64)));
     }
+    fields.push((
+        "heartbeats",
+        Value::N(shared.heartbeats.load(Ordering::Relaxed) as f64),
+    ));
+    fields.push((
+        "max_silence_ms",
+        Value::N(shared.silence_us.load(Ordering::Relaxed) as f64 / 1000.0),
+    ));
+    if let Some((slowest, failures)) = probed {
+        fields.push(("probe_max_ms", Value::N(slowest as f64 / 1000.0)));
+        fields.push(("probe_failures", Value::N(failures as f64)));
+    }
     if let Some(rss) = after {
         fields.push(("after_seconds", Value::N(o.after)));
         fields.push(("rss_kib_after", Value::N(rss as f64)));
@@ -890,18 +934,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
 /// A missing family is an error, not a zero.
 async fn consumer_lag(url: Option<&str>) -> Result<Option<i64>, BoxError> {
     let Some(url) = url else { return Ok(None) };
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("--metrics: http:// only")?;
-    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut c = TcpStream::connect(addr).await?;
-    let request = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    c.write_all(request.as_bytes()).await?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_string(&mut text)).await??;
-    if !text.starts_with("HTTP/1.1 200") {
-        return Err(format!("--metrics: {url} did not answer 200").into());
-    }
+    let text = http_get(url).await?;
     let mut sum = None;
     for line in text.lines().filter(|l| l.starts_with("ksg_consumer_lag{")) {
         let value: f64 = line
@@ -913,6 +946,45 @@ async fn consumer_lag(url: Option<&str>) -> Result<Option<i64>, BoxError> {
     }
     sum.map(Some)
         .ok_or_else(|| format!("--metrics: no ksg_consumer_lag series at {url}").into())
+}
+
+/// The whole answer (head and body) to `GET url` over plain HTTP/1.1, within 5 s; an error
+/// unless it is a 200.
+async fn http_get(url: &str) -> Result<String, BoxError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: http:// only"))?;
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let get = async {
+        let mut c = TcpStream::connect(addr).await?;
+        let request = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        c.write_all(request.as_bytes()).await?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).await?;
+        Ok::<_, BoxError>(text)
+    };
+    let text = tokio::time::timeout(Duration::from_secs(5), get).await??;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(format!("{url} did not answer 200").into());
+    }
+    Ok(text)
+}
+
+/// Asks each of `urls` once a second until `stop`: the slowest answer (µs) and the number of
+/// answers that failed or were not a 200 within 5 s.
+async fn probe(urls: Vec<String>, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let (mut slowest, mut failures) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        for url in &urls {
+            let started = Instant::now();
+            if http_get(url).await.is_err() {
+                failures += 1;
+            }
+            slowest = slowest.max(started.elapsed().as_micros() as u64);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    (slowest, failures)
 }
 
 enum Value {
