@@ -1029,6 +1029,7 @@ fn report(path: &str) -> Result<(), BoxError> {
         ("cpu_us_per_record", "CPU-µs/record"),
         ("rss_kib_after", "RSS after KiB"),
         ("resumes_per_sec", "resumes/s"),
+        ("server_resets", "ended by server"),
         ("lost", "lost"),
         ("duplicates", "dup"),
     ];
