@@ -45,5 +45,6 @@ fn freed_memory_goes_back_to_the_system_without_more_allocation() {
         now <= base + (32 << 10),
         "RSS still {now} KiB 60 s after freeing a {peak} KiB peak (base {base} KiB)"
     );
-    assert_eq!(kept.len(), (256 << 20) / 512 / 1024);
+    // The kept pieces stay alive until here.
+    drop(std::hint::black_box(kept));
 }

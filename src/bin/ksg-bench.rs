@@ -196,11 +196,6 @@ impl Options {
         if o.extra_streams > 256 || (o.extra_streams > 0) != o.extra.is_some() {
             return Err("--extra URL and --extra-streams 1..=256 go together".into());
         }
-        if let Some(m) = &o.metrics {
-            if !m.starts_with("http://") {
-                return Err("--metrics must be an http:// URL".into());
-            }
-        }
         if !o.idle && o.publish.is_none() {
             return Err("--publish is required unless --idle true".into());
         }
