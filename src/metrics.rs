@@ -118,6 +118,8 @@ pub struct Metrics {
     pub gap_offsets_skipped: IntCounterVec,
     /// Resumes that joined a catch-up reader another resume of the same topic had.
     pub catchup_shared: IntCounter,
+    /// Bytes of events catch-up readers encoded and queued (once per cohort).
+    pub catchup_bytes: IntCounter,
     /// HTTP/2 streams reset because their client granted no window for `KSG_STREAM_STALL_SECS`.
     pub stalled_stream_resets: IntCounter,
     /// Catch-ups handed over to live, by how: `live` (the reader reached the live position) or
@@ -332,6 +334,10 @@ impl Metrics {
             catchup_shared: counter(
                 "ksg_catchup_shared_total",
                 "Resumes served by a catch-up reader shared with another resume",
+            ),
+            catchup_bytes: counter(
+                "ksg_catchup_bytes_total",
+                "Bytes of events catch-up readers encoded and queued: once for all the streams of one view at one position, however many they are",
             ),
             catchup_readers_active: gauge(
                 "ksg_catchup_readers_active",

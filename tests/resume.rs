@@ -174,6 +174,102 @@ async fn fifty_resumes_from_far_back_share_a_bounded_set_of_readers() {
     gw.shutdown().await;
 }
 
+/// Reads one resume of `path` from `id` to the end of `rounds` rounds (every key, or `key`
+/// alone), checked; returns the ids the stream carried.
+async fn resume_reading(
+    h2: &H2,
+    path: &str,
+    id: &str,
+    key: Option<usize>,
+    rounds: u64,
+) -> Vec<String> {
+    let (head, mut sse) = get(h2, path, &[("last-event-id", id)]).await;
+    assert_eq!(head.status, 200);
+    let keys: Vec<String> = match key {
+        Some(k) => vec![format!("key{k}")],
+        None => (0..KEYS).map(|k| format!("key{k}")).collect(),
+    };
+    let mut seen = Continuity::starting_at(keys.clone(), 0);
+    let mut ids = Vec::new();
+    for event in sse.events(keys.len() * rounds as usize).await {
+        seen.check(&event);
+        ids.push(event.id.clone().unwrap());
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_at_one_position_share_one_encoding_of_each_event() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("cohort");
+    cluster.create_topic(&topic, 3).await;
+    // No ring: every resume reads from Kafka, through one reader.
+    let gw = gateway(
+        &cluster,
+        &[("KSG_REPLAY_BYTES", "0"), ("KSG_CATCHUP_READERS", "1")],
+    )
+    .await;
+    let (_, mut first) = get(&h2_connect(&gw).await, &format!("/{topic}"), &[]).await;
+    let start_id = first.next_block().await.unwrap().id.unwrap();
+    let p = cluster.producer();
+    produce_round(&p, &topic, 0, 20);
+    p.flush().await;
+    read_checked(&mut first, 20 * KEYS, &mut Continuity::default()).await;
+    let (every, one_key) = (format!("/{topic}"), format!("/{topic}/key3"));
+
+    // What one resume of each view costs the readers, alone.
+    let h2 = h2_connect(&gw).await;
+    let bytes = |text: &str| metric(text, "ksg_catchup_bytes_total");
+    let ids_every = resume_reading(&h2, &every, &start_id, None, 20).await;
+    let after_every = bytes(&metrics(&gw).await);
+    let ids_key = resume_reading(&h2, &one_key, &start_id, Some(3), 20).await;
+    let text = metrics(&gw).await;
+    let (one_every, one_of_key) = (after_every, bytes(&text) - after_every);
+    let shared_before = metric(&text, "ksg_catchup_shared_total");
+    assert!(one_every > 0.0 && one_of_key > 0.0);
+
+    // 40 resumes from the same id, half of every record, half of one key, on one connection.
+    let mut clients = Vec::new();
+    for client in 0..40 {
+        let (h2, id) = (h2.clone(), start_id.clone());
+        let (path, key) = if client % 2 == 0 {
+            (every.clone(), None)
+        } else {
+            (one_key.clone(), Some(3))
+        };
+        clients.push(tokio::spawn(async move {
+            (key, resume_reading(&h2, &path, &id, key, 20).await)
+        }));
+    }
+    // The order of partitions may differ from pass to pass, so the ids along the way may too,
+    // but a stream of each view ends at the lone resume's last id.
+    let mut sequences = std::collections::HashSet::new();
+    for handle in clients {
+        let (key, ids) = handle.await.unwrap();
+        let alone = if key.is_none() { &ids_every } else { &ids_key };
+        assert_eq!(ids.last(), alone.last());
+        sequences.insert(ids);
+    }
+    let text = metrics(&gw).await;
+    let passes = 40.0 - (metric(&text, "ksg_catchup_shared_total") - shared_before);
+    let encoded = bytes(&text) - one_every - one_of_key;
+    eprintln!(
+        "40 resumes: {passes} reader passes, {} distinct id sequences, {encoded} bytes encoded (one of each view: {one_every} + {one_of_key})",
+        sequences.len()
+    );
+    assert!(passes <= 10.0, "40 resumes took {passes} reader passes");
+    // Streams of one view in one pass got the very same events: at most one sequence of ids
+    // per view and pass.
+    assert!(sequences.len() as f64 <= 2.0 * passes);
+    // Each pass encodes each view once, however many streams read it (without sharing: 20 ×
+    // each). Ids differ in length by a byte here and there from pass to pass.
+    assert!(
+        encoded <= 1.1 * passes * (one_every + one_of_key),
+        "{encoded} bytes encoded in {passes} passes"
+    );
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_over_to_live_while_records_keep_coming() {
     // The memory path (the ring holds everything) and the Kafka path (no ring).

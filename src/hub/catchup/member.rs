@@ -1,6 +1,9 @@
-//! One stream's part in a catch-up: where it starts (after a gap event if Kafka no longer has
-//! its position), the batches it is sent, and its hand-over to live.
+//! The streams a catch-up reader serves, in cohorts: streams of one view (every record, or one
+//! key) at one position get the same events with the same ids, so a cohort encodes each event
+//! once and queues one shared chunk for all its streams. Also: where a stream starts (after a
+//! gap event if Kafka no longer has its position), and its hand-over to live.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -26,10 +29,73 @@ const BATCH_BYTES: usize = 16 * 1024;
 /// One stream being caught up by a (possibly shared) reader.
 pub(super) struct Member {
     pub(super) job: Job,
-    /// The stream's own position: what its client has, or will have once `batch` is sent.
-    pub(super) at: Vec<i64>,
-    pub(super) batch: BytesMut,
+    /// A snapshot's latest value per key (a snapshot is a cohort of its own).
     pub(super) latest: Option<Latest>,
+}
+
+/// Streams of one view at one position, served together: one encoding and one queued chunk
+/// for all of them.
+pub(super) struct Cohort {
+    /// The streams' common position: what their clients have, or will have once `batch` is sent.
+    pub(super) at: Vec<i64>,
+    /// The view: a key, or every record.
+    pub(super) key: Option<Vec<u8>>,
+    /// The key's partition, when the streams' ids name only it.
+    pub(super) scope: Option<usize>,
+    /// Events encoded and not queued yet.
+    pub(super) batch: BytesMut,
+    pub(super) members: Vec<Member>,
+}
+
+impl Cohort {
+    pub(super) fn new(member: Member, at: Vec<i64>) -> Cohort {
+        Cohort {
+            at,
+            key: member.job.key.clone(),
+            scope: member.job.scope,
+            batch: BytesMut::new(),
+            members: vec![member],
+        }
+    }
+
+    /// A snapshot: its own cohort, never merged.
+    pub(super) fn snapshot(&mut self) -> Option<&mut Latest> {
+        self.members.first_mut().and_then(|m| m.latest.as_mut())
+    }
+
+    /// True when `record_key` belongs to this cohort's view.
+    pub(super) fn wants(&self, record_key: Option<&[u8]>) -> bool {
+        self.key.is_none() || self.key.as_deref() == record_key
+    }
+}
+
+/// A cohort's view and position: key, scope, position.
+type View = (Option<Vec<u8>>, Option<usize>, Vec<i64>);
+
+/// Merges cohorts of the same view now at the same position (none with events waiting: call it
+/// right after every cohort was flushed). Streams that started apart share from here on.
+pub(super) fn merge(cohorts: &mut Vec<Cohort>) {
+    if cohorts.len() < 2 {
+        return;
+    }
+    let mut index: HashMap<View, usize> = HashMap::new();
+    let mut kept: Vec<Cohort> = Vec::with_capacity(cohorts.len());
+    for mut c in cohorts.drain(..) {
+        let mergeable = c.batch.is_empty() && c.members.iter().all(|m| m.latest.is_none());
+        if !mergeable {
+            kept.push(c);
+            continue;
+        }
+        let view = (c.key.clone(), c.scope, c.at.clone());
+        match index.get(&view) {
+            Some(&i) => kept[i].members.append(&mut c.members),
+            None => {
+                index.insert(view, kept.len());
+                kept.push(c);
+            }
+        }
+    }
+    *cohorts = kept;
 }
 
 impl Hub {
@@ -70,83 +136,113 @@ impl Hub {
         Some(at)
     }
 
-    /// Sends what a member has read when due, and hands it over to live when it has caught up.
-    /// False: the member is done (live now, gone, or cut off).
+    /// Sends what a cohort has read when due, and hands its streams over to live when they have
+    /// caught up. False: the cohort is done (every stream live now, gone, or cut off).
     /// `near_live`: the reader has reached the end of every partition at least once, so what
     /// lies between it and live is recent.
     pub(super) fn advance(
         &self,
-        m: &mut Member,
+        topic: &Topic,
+        c: &mut Cohort,
         check: bool,
         waited: bool,
         near_live: bool,
     ) -> bool {
-        let topic = &*m.job.topic;
-        if (check || waited || m.batch.len() >= BATCH_BYTES)
-            && !flush(&m.job.tx, &mut m.batch, topic)
-        {
+        if check || waited || c.batch.len() >= BATCH_BYTES {
+            self.flush(c, topic);
+        }
+        if c.members.is_empty() {
             return false;
         }
-        if let Some(p) = m.job.scope.filter(|_| topic.broken.load(Ordering::Acquire)) {
-            // The promise broke: what was read so far goes out, then an id that tells any
-            // replica to read every partition; the stream ends and its client resumes with it.
-            let every = position::encode_every(topic.fingerprint, &[(p as i32, m.at[p])]);
-            if flush(&m.job.tx, &mut m.batch, topic) {
-                send(&m.job.tx, sse::id_only(&every));
+        if let Some(p) = c.scope.filter(|_| topic.broken.load(Ordering::Acquire)) {
+            // The promise broke: what was read so far went out; now an id that tells any
+            // replica to read every partition. The streams end and their clients resume with it.
+            let every = sse::id_only(&position::encode_every(
+                topic.fingerprint,
+                &[(p as i32, c.at[p])],
+            ));
+            for m in &c.members {
+                send(&m.job.tx, every.clone());
             }
             return false;
         }
-        if let Some(l) = m
-            .latest
-            .as_mut()
-            .filter(|l| l.bytes > self.config.snapshot_bytes)
-        {
+        let budget = self.config.snapshot_bytes;
+        if let Some(l) = c.snapshot().filter(|l| l.bytes > budget) {
             // Over budget: send what the snapshot holds now; later values follow as records.
             debug!(topic = %topic.name, "snapshot over KSG_SNAPSHOT_BYTES, sending it early");
-            if !send(&m.job.tx, l.drain().freeze()) {
+            let early = l.drain().freeze();
+            if !send(&c.members[0].job.tx, early) {
                 return false;
             }
         }
         if !check {
             return true;
         }
-        // A snapshot's last chunk needs a free slot; wait for it no longer than for any send.
-        if m.latest.is_some() && !room(&m.job.tx) {
-            topic.cutoffs.inc();
-            return false;
+        let (at, scope) = (&c.at, c.scope);
+        c.members.retain_mut(|m| {
+            let handed = match m.latest.as_mut() {
+                // A resume may take the rest from the ring at once; a snapshot only once the
+                // reader is near live, or its clients would get the ring's whole history as
+                // updates. A snapshot's last chunk needs a free slot; it waits for one no
+                // longer than for any send.
+                None => self.hand_over(&m.job, at, true, || None),
+                Some(_) if !room(&m.job.tx) => {
+                    topic.cutoffs.inc();
+                    return false;
+                }
+                Some(l) => self.hand_over(&m.job, at, near_live, || {
+                    let mut prefix = l.drain();
+                    let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
+                    let id = id_for(topic.fingerprint, scope, at);
+                    prefix.extend_from_slice(&sse::event(Some(sse::EVENT_LIVE), &id, &marker));
+                    Some(prefix.freeze())
+                }),
+            };
+            matches!(handed, HandOver::NotYet)
+        });
+        !c.members.is_empty()
+    }
+
+    /// Queues what the cohort's batch holds for every stream of the cohort: one chunk, shared.
+    /// The chunk is a copy of exactly its size, and the batch keeps its buffer for the next
+    /// one: the buffer grows by doubling, so queueing it would hold up to twice the bytes for as
+    /// long as the chunk waits for a slow client. A stream that cannot take the chunk within
+    /// [`STALL_LIMIT`] (one wait for all of the cohort's slow streams) is cut off; a stream
+    /// whose client left is dropped.
+    fn flush(&self, c: &mut Cohort, topic: &Topic) {
+        if c.batch.is_empty() {
+            return;
         }
-        let (at, scope) = (&m.at, m.job.scope);
-        let handed = match m.latest.as_mut() {
-            // A resume may take the rest from the ring at once; a snapshot only once the reader
-            // is near live, or its clients would get the ring's whole history as updates.
-            None => self.hand_over(&m.job, at, true, || None),
-            Some(l) => self.hand_over(&m.job, at, near_live, || {
-                let mut prefix = l.drain();
-                let marker = format!(r#"{{"snapshot_events":{}}}"#, l.sent);
-                let id = id_for(topic.fingerprint, scope, at);
-                prefix.extend_from_slice(&sse::event(Some(sse::EVENT_LIVE), &id, &marker));
-                Some(prefix.freeze())
-            }),
-        };
-        matches!(handed, HandOver::NotYet)
+        let chunk = Bytes::copy_from_slice(&c.batch);
+        c.batch.clear();
+        self.metrics.catchup_bytes.inc_by(chunk.len() as u64);
+        let mut sent = Vec::with_capacity(c.members.len());
+        let mut full = offer(std::mem::take(&mut c.members), &chunk, &mut sent);
+        let deadline = Instant::now() + STALL_LIMIT;
+        while !full.is_empty() {
+            if Instant::now() >= deadline {
+                topic.cutoffs.inc_by(full.len() as u64);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+            full = offer(full, &chunk, &mut sent);
+        }
+        c.members = sent;
     }
 }
 
-/// Queues what `batch` holds; false (and counted as a cut-off) when the stream cannot take it.
-/// The queued chunk is a copy of exactly its size, and `batch` keeps its buffer for the next
-/// one: the buffer itself grows by doubling, so queueing it would hold up to twice the bytes
-/// for as long as the chunk waits for a slow client.
-fn flush(tx: &queue::Sender, batch: &mut BytesMut, topic: &Topic) -> bool {
-    if batch.is_empty() {
-        return true;
+/// Queues `chunk` for each of `members`: those that took it go to `sent`, those whose client
+/// left are dropped, and those with a full queue are returned.
+fn offer(members: Vec<Member>, chunk: &Bytes, sent: &mut Vec<Member>) -> Vec<Member> {
+    let mut full = Vec::new();
+    for m in members {
+        match m.job.tx.try_send_owned(chunk.clone()) {
+            Ok(()) => sent.push(m),
+            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Full(_)) => full.push(m),
+        }
     }
-    let chunk = Bytes::copy_from_slice(batch);
-    batch.clear();
-    if send(tx, chunk) {
-        return true;
-    }
-    topic.cutoffs.inc();
-    false
+    full
 }
 
 /// Waits up to [`STALL_LIMIT`] for a free slot in the stream's queue. False: gone or stalled.

@@ -1,9 +1,12 @@
 //! Catch-up from Kafka: resumes older than the replay ring, `from=earliest`/time, snapshots.
 //!
 //! A bounded pool of reader consumers (`KSG_CATCHUP_READERS`), reused across requests: many
-//! simultaneous resumes wait for a reader rather than each opening a consumer. A reader starts at
-//! the stream's position (after an `event: gap` if part of it is gone from Kafka), queues every
-//! matching record with an id computed from its own position, and hands the stream over to live
+//! simultaneous resumes wait for a reader rather than each opening a consumer, and a resume that
+//! starts where a running reader has not read yet joins it. A reader starts at the earliest of
+//! its streams' positions (after an `event: gap` if part of one is gone from Kafka). Streams of
+//! one view at one position form a cohort (`member`): every matching record is encoded once for
+//! the cohort, with the id of its position, and one chunk is queued to all of them. It hands a
+//! stream over to live
 //! under the topic lock as soon as its position is at or after the live position; from there the
 //! stream's floor removes any overlap, so the hand-over has no gap and no duplicate.
 //!
@@ -11,8 +14,8 @@
 //! key) and sends the lot, without ids, at the hand-over, followed by `event: live` whose id is
 //! the position; a map larger than its budget is sent early, so memory stays bounded.
 //!
-//! Layout: this module, the reader pool and the reading loop; `member`, one stream's part in
-//! a reading (its start, its batches, its hand-over); `snapshot`, the latest value per key.
+//! Layout: this module, the reader pool and the reading loop; `member`, the cohorts of streams
+//! in a reading (their start, their batches, their hand-over); `snapshot`, the latest value per key.
 
 mod member;
 mod snapshot;
@@ -22,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
@@ -33,7 +36,7 @@ use super::topic::Topic;
 use super::Hub;
 use crate::source::{Polled, ReadError, Reader, Record};
 use crate::start::LogStart;
-use member::Member;
+use member::{Cohort, Member};
 use snapshot::Latest;
 
 /// Records read between two hand-over checks (each check takes the topic lock).
@@ -75,6 +78,22 @@ impl Readers {
     fn wait(&self, job: Job) {
         let mut waiting = self.waiting.lock();
         waiting.entry(job.topic.name.clone()).or_default().push(job);
+    }
+
+    /// The resumes of `topic` still waiting that `pick` accepts (the others go on waiting).
+    fn take_waiting_if(&self, topic: &str, pick: impl Fn(&Job) -> bool) -> Vec<Job> {
+        let mut waiting = self.waiting.lock();
+        let Some(jobs) = waiting.get_mut(topic) else {
+            return Vec::new();
+        };
+        jobs.retain(|j| !j.tx.is_closed());
+        let (taken, left): (Vec<Job>, Vec<Job>) = std::mem::take(jobs).into_iter().partition(pick);
+        if left.is_empty() {
+            waiting.remove(topic);
+        } else {
+            *jobs = left;
+        }
+        taken
     }
 
     /// Every resume of `topic` still waiting (none if another reader took them).
@@ -169,27 +188,15 @@ impl Hub {
         let topic = jobs[0].topic.clone();
         let count = jobs.iter().map(|j| j.from.len()).max().unwrap_or(0);
         let earliest = self.source.start_offsets(&topic.name, count)?;
-        let mut members: Vec<Member> = jobs
+        let mut cohorts: Vec<Cohort> = jobs
             .into_iter()
-            .filter_map(|job| {
-                let at = self.start_position(&job, &earliest)?;
-                let held = (
-                    self.metrics.snapshot_entries.clone(),
-                    self.metrics.snapshot_bytes.clone(),
-                );
-                let latest = job.snapshot.then(|| Latest::new(held));
-                Some(Member {
-                    job,
-                    at,
-                    batch: BytesMut::new(),
-                    latest,
-                })
-            })
+            .filter_map(|job| self.cohort(job, &earliest))
             .collect();
+        member::merge(&mut cohorts);
         // The reader starts where the furthest-behind stream starts.
         let mut read_at = earliest.clone();
         for (p, slot) in read_at.iter_mut().enumerate() {
-            *slot = members.iter().map(|m| m.at[p]).min().unwrap_or(*slot);
+            *slot = cohorts.iter().map(|c| c.at[p]).min().unwrap_or(*slot);
         }
         consumer.assign(&topic.name, &read_at)?;
         let mut at_end = vec![false; read_at.len()];
@@ -197,7 +204,7 @@ impl Hub {
         let mut reached_end = vec![false; read_at.len()];
         // Every keyed record read is checked against the partitioner promise, while it holds.
         let mut check_promise = topic.promise.is_some();
-        let seen_by = if members.iter().any(|m| m.latest.is_some()) {
+        let seen_by = if cohorts.iter_mut().any(|c| c.snapshot().is_some()) {
             "snapshot"
         } else {
             "catch-up"
@@ -205,7 +212,7 @@ impl Hub {
         let mut since_check = 0;
         let mut waited = false;
         let mut eof_since_check = false;
-        while !members.is_empty() {
+        while !cohorts.is_empty() {
             // Hand-over checks (each takes the topic lock): every CHECK_EVERY records, and
             // whenever the reader reached the end of a partition or found nothing to read: the
             // ring may already hold the rest, so the reader need not catch every moving end.
@@ -214,13 +221,19 @@ impl Hub {
                 || std::mem::take(&mut eof_since_check)
                 || waited;
             let near_live = reached_end.iter().all(|e| *e);
-            members.retain_mut(|m| self.advance(m, check, waited, near_live));
+            cohorts.retain_mut(|c| self.advance(&topic, c, check, waited, near_live));
             if check {
                 since_check = 0;
-                self.follow_growth(consumer, &topic, &mut read_at, &mut at_end, &mut members)?;
+                self.follow_growth(consumer, &topic, &mut read_at, &mut at_end, &mut cohorts)?;
                 reached_end.resize(read_at.len(), false);
+                // Every batch was just queued: resumes waiting for a reader join this one if
+                // they start where it has not read yet, and streams now at one position share.
+                if seen_by == "catch-up" {
+                    self.join(&topic, &read_at, &mut cohorts);
+                }
+                member::merge(&mut cohorts);
             }
-            let wait = if members.iter().all(|m| m.batch.is_empty()) {
+            let wait = if cohorts.iter().all(|c| c.batch.is_empty()) {
                 POLL_TIMEOUT
             } else {
                 BATCH_WAIT
@@ -244,34 +257,7 @@ impl Hub {
                         check_promise =
                             self.check_promise(&topic, &message, p, read_at.len(), seen_by);
                     }
-                    // After a broken promise, short-id streams take no more records: they end
-                    // at their next check with an id that reads every partition.
-                    let broken = topic.broken.load(Ordering::Acquire);
-                    let members = members
-                        .iter_mut()
-                        .filter(|m| !(broken && m.job.scope.is_some()));
-                    for m in members.filter(|m| offset >= m.at[p]) {
-                        m.at[p] = offset + 1;
-                        let key = m.job.key.as_deref();
-                        if key.is_some() && message.key() != key {
-                            continue;
-                        }
-                        match m.latest.as_mut() {
-                            Some(l) => self.snapshot_record(l, &topic, p, &message),
-                            None => {
-                                let id = id_for(topic.fingerprint, m.job.scope, &m.at);
-                                let event = self.encode(
-                                    &topic,
-                                    &id,
-                                    p,
-                                    offset,
-                                    message.key(),
-                                    message.payload(),
-                                );
-                                m.batch.extend_from_slice(&event);
-                            }
-                        }
-                    }
+                    self.deal(&topic, &mut cohorts, p, &message);
                 }
                 Some(Polled::End(partition)) => {
                     let Some(p) = usize::try_from(partition)
@@ -288,18 +274,94 @@ impl Hub {
                     debug!(topic = %topic.name, partition, ?position, read_at = read_at[p], "catch-up reader at a partition end");
                     if let Some(next) = position.as_ref().and_then(|fetch| fetch.offset()) {
                         read_at[p] = read_at[p].max(next);
-                        for m in &mut members {
-                            m.at[p] = m.at[p].max(next);
+                        for c in &mut cohorts {
+                            c.at[p] = c.at[p].max(next);
                         }
                     }
                 }
                 Some(Polled::Failed(e)) => {
                     debug!(topic = %topic.name, "catch-up read error: {e}");
-                    members.retain(|m| !m.job.tx.is_closed());
+                    for c in &mut cohorts {
+                        c.members.retain(|m| !m.job.tx.is_closed());
+                    }
+                    cohorts.retain(|c| !c.members.is_empty());
                 }
             }
         }
         Ok(())
+    }
+
+    /// A stream's cohort of one, at its start (after a gap event if part of it is gone).
+    fn cohort(&self, job: Job, earliest: &[i64]) -> Option<Cohort> {
+        let at = self.start_position(&job, earliest)?;
+        let latest = job.snapshot.then(|| {
+            Latest::new((
+                self.metrics.snapshot_entries.clone(),
+                self.metrics.snapshot_bytes.clone(),
+            ))
+        });
+        Some(Cohort::new(Member { job, latest }, at))
+    }
+
+    /// Resumes of `topic` waiting for a reader that start at or after `read_at` on every
+    /// partition join this reader: it has not read past them, so nothing is read twice.
+    fn join(&self, topic: &Arc<Topic>, read_at: &[i64], cohorts: &mut Vec<Cohort>) {
+        let ahead = |job: &Job| {
+            job.from.len() <= read_at.len()
+                && read_at
+                    .iter()
+                    .enumerate()
+                    .all(|(p, &r)| matches!(job.from.get(p), Some(LogStart::Offset(o)) if *o >= r))
+        };
+        let joined = self.readers.take_waiting_if(&topic.name, ahead);
+        if joined.is_empty() {
+            return;
+        }
+        self.metrics.catchup_shared.inc_by(joined.len() as u64);
+        cohorts.extend(
+            joined
+                .into_iter()
+                .filter_map(|job| self.cohort(job, read_at)),
+        );
+    }
+
+    /// Gives a record to every cohort that has not had it: encoded once for all the cohorts
+    /// that want it at the same position and with the same ids, appended to their batches.
+    fn deal(&self, topic: &Topic, cohorts: &mut [Cohort], p: usize, message: &Record<'_>) {
+        let offset = message.offset();
+        // After a broken promise, short-id streams take no more records: they end at their
+        // next check with an id that reads every partition.
+        let broken = topic.broken.load(Ordering::Acquire);
+        // The last event encoded, and the cohort whose position and ids it carries.
+        let mut encoded: Option<(usize, Bytes)> = None;
+        for i in 0..cohorts.len() {
+            let c = &mut cohorts[i];
+            if (broken && c.scope.is_some()) || offset < c.at[p] {
+                continue;
+            }
+            c.at[p] = offset + 1;
+            if !c.wants(message.key()) {
+                continue;
+            }
+            if let Some(l) = c.snapshot() {
+                self.snapshot_record(l, topic, p, message);
+                continue;
+            }
+            let same = encoded
+                .as_ref()
+                .filter(|(j, _)| {
+                    cohorts[*j].scope == cohorts[i].scope && cohorts[*j].at == cohorts[i].at
+                })
+                .map(|(_, event)| event.clone());
+            let c = &mut cohorts[i];
+            let event = same.unwrap_or_else(|| {
+                let id = id_for(topic.fingerprint, c.scope, &c.at);
+                let event = self.encode(topic, &id, p, offset, message.key(), message.payload());
+                encoded = Some((i, event.clone()));
+                event
+            });
+            c.batch.extend_from_slice(&event);
+        }
     }
 
     /// Partitions added to the topic since this reader started are read from their log start.
@@ -309,7 +371,7 @@ impl Hub {
         topic: &Topic,
         read_at: &mut Vec<i64>,
         at_end: &mut Vec<bool>,
-        members: &mut [Member],
+        cohorts: &mut [Cohort],
     ) -> Result<(), ReadError> {
         let count = topic.lock().positions.len();
         if count <= read_at.len() {
@@ -319,9 +381,9 @@ impl Hub {
         consumer.add(&topic.name, read_at.len(), &starts[read_at.len()..])?;
         read_at.extend_from_slice(&starts[read_at.len()..]);
         at_end.resize(count, false);
-        for m in members {
-            let known = m.at.len();
-            m.at.extend_from_slice(&starts[known..]);
+        for c in cohorts {
+            let known = c.at.len();
+            c.at.extend_from_slice(&starts[known..]);
         }
         Ok(())
     }
