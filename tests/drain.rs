@@ -17,8 +17,12 @@ async fn drain_then_resume_on_another_replica_loses_nothing() {
     let staying = gateway(&cluster, &[]).await;
     assert_eq!(admin_get(&leaving, "/readyz").await.0, 200);
     assert_eq!(metric(&metrics(&leaving).await, "ksg_ready"), 1.0);
-    let (_, mut sse) = get(&h2_connect(&leaving).await, &format!("/{topic}"), &[]).await;
+    let to_leaving = h2_connect(&leaving).await;
+    let (_, mut sse) = get(&to_leaving, &format!("/{topic}"), &[]).await;
     sse.next_block().await.unwrap();
+    // A key stream too: its key's last record is not the topic's.
+    let (_, mut key0) = get(&to_leaving, &format!("/{topic}/key0"), &[]).await;
+    key0.next_block().await.unwrap();
     let p = cluster.producer();
     produce_keyed(&p, &topic, 4, 0..5);
     p.flush().await;
@@ -55,8 +59,23 @@ async fn drain_then_resume_on_another_replica_loses_nothing() {
             seen.check(&block);
         }
     }
+    let mut seen_key0 = Continuity::default();
+    while let Some(block) = key0.next_block().await {
+        if !block.data.is_empty() {
+            seen_key0.check(&block);
+        }
+    }
     assert!(stopping.await.unwrap(), "drained in time");
     let id = sse.last_id.clone().unwrap();
+    // Every stream ended with the live position: the key stream's last id is the topic's,
+    // not that of key0's last record.
+    assert_eq!(key0.last_id.as_ref(), Some(&id));
+    let (_, mut key0) = get(
+        &h2_connect(&staying).await,
+        &format!("/{topic}/key0"),
+        &[("last-event-id", &id)],
+    )
+    .await;
     let (_, mut resumed) = get(
         &h2_connect(&staying).await,
         &format!("/{topic}"),
@@ -69,6 +88,9 @@ async fn drain_then_resume_on_another_replica_loses_nothing() {
     assert!((0..4).all(|k| seen.next_of(&format!("key{k}")) == 15));
     p.produce(&topic, Some("key0"), Some("key0:15")).await;
     seen.check(&resumed.next_event().await.unwrap());
+    // The key stream lost nothing either: key0's next record is the first it gets.
+    assert_eq!(seen_key0.next_of("key0"), 15);
+    seen_key0.check(&key0.next_event().await.unwrap());
     staying.shutdown().await;
 }
 

@@ -388,19 +388,29 @@ async fn shutdown_ends_streams_and_returns() {
         .producer()
         .produce(&topic, Some("k"), Some("before"))
         .await;
-    assert_eq!(a.next_event().await.unwrap().text(), "before");
+    let before = a.next_event().await.unwrap();
+    assert_eq!(before.text(), "before");
     let started = std::time::Instant::now();
     let drained = tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
         .await
         .expect("shutdown returns");
     assert!(drained, "every connection closed within the grace period");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // Each stream's last block is an id-only block with the live position: here the id of
+    // the one record (the key stream's too, its key being the topic's last).
+    let last = |block: Option<Block>| {
+        let block = block.expect("an id-only block before the end");
+        assert!(block.data.is_empty() && block.event.is_none(), "{block:?}");
+        block.id
+    };
+    assert_eq!(last(a.next_block().await), before.id);
     assert_eq!(a.next_block().await, None, "stream A ended");
     assert_eq!(b.next_event().await.unwrap().text(), "before");
+    assert_eq!(last(b.next_block().await), before.id);
     assert_eq!(
         b.next_block().await,
         None,
-        "stream B ended after its queued event"
+        "stream B ended after its queued event and its last id"
     );
     assert!(
         tokio::net::TcpStream::connect(addr).await.is_err(),

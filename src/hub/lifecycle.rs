@@ -144,7 +144,7 @@ impl Hub {
             }
             state.released = true;
             let end = sse::event(Some(sse::EVENT_END), "", r#"{"reason":"topic-deleted"}"#);
-            state.end_all(Some(&end));
+            state.end_all(|_, _| end.clone());
             (
                 state.positions.len(),
                 state.ring.take().map_or(0, |r| r.bytes()),

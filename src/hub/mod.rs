@@ -368,12 +368,14 @@ impl Hub {
         }
     }
 
-    /// Ends every stream (their queues drain first) and refuses new ones.
+    /// Ends every stream (their queues drain first, then an id of the live position) and
+    /// refuses new ones.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.readers.close();
         for entry in self.topics.iter() {
-            entry.value().lock().end_all(None);
+            let topic = entry.value();
+            topic.lock().end_all_at_live(topic.fingerprint);
         }
     }
 }

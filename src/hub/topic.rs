@@ -12,6 +12,7 @@ use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
 use tracing::warn;
 
+use super::floor::id_for;
 use super::group::{Group, Handoff};
 use super::queue;
 use super::replay::Ring;
@@ -167,23 +168,22 @@ impl TopicState {
         }
     }
 
-    /// Ends every stream of the topic: each gets `last` (if any) after what is already queued,
-    /// then its queue closes; catch-ups in progress stop at their next hand-over check.
-    pub(super) fn end_all(&mut self, last: Option<&Bytes>) {
-        if let Some(last) = last {
-            for sub in self
-                .all
-                .values()
-                .chain(self.by_key.values().flat_map(|m| m.values()))
-            {
-                let _ = sub.tx.try_send(last.clone());
-            }
+    /// Ends every stream of the topic: each live stream gets `last(scope, floor)` after what
+    /// is already queued for it, then its queue closes; catch-ups in progress stop at their next
+    /// hand-over check.
+    pub(super) fn end_all(&mut self, last: impl Fn(Option<usize>, Option<&[i64]>) -> Bytes) {
+        for sub in self
+            .all
+            .values()
+            .chain(self.by_key.values().flat_map(|m| m.values()))
+        {
+            let _ = sub.tx.try_send(last(sub.scope, sub.floor.as_deref()));
         }
         let grouped: usize = self
             .groups
             .values()
             .chain(self.key_groups.values().flat_map(HashMap::values))
-            .map(|g| g.close(last))
+            .map(|g| g.close(Some(&last(g.view().scope, None))))
             .sum();
         let count = self.all.len()
             + self.by_key.values().map(HashMap::len).sum::<usize>()
@@ -197,6 +197,23 @@ impl TopicState {
         for _ in 0..count {
             self.stream_gone();
         }
+    }
+
+    /// Ends every stream at shutdown: a live stream's last block is an id-only block with the
+    /// live position (beyond its own floor, in its own id form). So a key stream's client
+    /// resumes from where the topic was, not from its key's last record, and the clients of
+    /// one view resume from the same id: after a restart one catch-up cohort reads for all of
+    /// them, and only what came after.
+    pub(super) fn end_all_at_live(&mut self, fingerprint: u32) {
+        let positions = self.positions.clone();
+        let scoping = self.key_scoping;
+        self.end_all(|scope, floor| {
+            let mut at = positions.clone();
+            for (slot, f) in at.iter_mut().zip(floor.unwrap_or_default()) {
+                *slot = (*slot).max(*f);
+            }
+            sse::id_only(&id_for(fingerprint, scope.filter(|_| scoping), &at))
+        });
     }
 
     /// Counts `cut` slow-stream cut-offs toward a summary logged at most every
