@@ -37,13 +37,21 @@
 #       no window, while the key's records keep coming: the RSS growth (gateway only)
 #   WM  memory given back: W2 past the knee (4,096 streams, 800 records/s), then every
 #       connection closed and the RSS read 60 s later
+#   W9  rolling restart: 51,200 streams (half all-keys, half one key each of 4,096) on one
+#       gateway; a second one starts, the first gets SIGTERM, and every stream resumes on the
+#       second as EventSource does (retry: plus jitter, Last-Event-ID, one new connection per
+#       old one): time until every stream is back, each resume's answer time, refusals, loss,
+#       and the new process's CPU and RSS beside the old one's (gateway only); then
+#       W9-outage: 10,240 streams at 20 records/s, the second gateway starting 30 s after the
+#       first stopped: its peak RSS and the time until every stream is back
 #
 # Each run restarts the server it measures, so RSS starts clean. Kafka comes from
 # scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
 # CPU and RSS are the server's own, from /proc; the load generator runs on the same cores.
 #
 # Environment: BENCH_SECONDS (measured window, default 15), BENCH_WARMUP (default 3),
-# BENCH_OUT (default docs), BENCH_PERF=0 to skip the profile.
+# BENCH_OUT (default docs), BENCH_PERF=0 to skip the profile, BENCH_GW_BIN (another gateway
+# binary to measure, e.g. an older build), W9_CONNECTIONS and W9_RATE (W9's size).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +79,7 @@ mkdir -p "$OUT"
 
 cargo build --release --locked --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
-GW_BIN="$TARGET/release/kafka-sse-gateway"
+GW_BIN="${BENCH_GW_BIN:-$TARGET/release/kafka-sse-gateway}"
 BENCH="$TARGET/release/ksg-bench"
 
 # One CA and one server certificate for both servers (rustls refuses a CA as a server cert).
@@ -89,8 +97,10 @@ export NCHAN_CERT="$DATA/cert.pem" NCHAN_KEY="$DATA/key.pem"
 
 started_kafka=0
 gw_pid=""
+gw2_pid=""
 cleanup() {
   [ -n "$gw_pid" ] && kill "$gw_pid" 2>/dev/null || true
+  [ -n "$gw2_pid" ] && kill "$gw2_pid" 2>/dev/null || true
   scripts/nchan.sh stop >/dev/null 2>&1 || true
   if [ "$started_kafka" = 1 ]; then scripts/kafka-local.sh stop >/dev/null 2>&1 || true; fi
 }
@@ -107,20 +117,47 @@ for t in "bench-fanout 1" "bench-keys 6" "bench-ingest 12"; do
   scripts/kafka-local.sh topics --create --if-not-exists --topic "$1" --partitions "$2" >/dev/null
 done
 
-gw_start() {
-  gw_stop
-  KSG_KAFKA_BROKERS="$BROKER" KSG_TOPICS='bench-*' KSG_AUTH=none KSG_MAX_STREAM_OPENS_PER_SEC=0 KSG_LISTEN="127.0.0.1:$GW_PORT" \
-    KSG_ADMIN_LISTEN="127.0.0.1:$GW_ADMIN" KSG_TLS_CERT="$DATA/cert.pem" \
+# gw_launch PORT ADMIN_PORT LOG [stopped]: starts a gateway in the background ($! is its pid);
+# "stopped": a shell that stops itself (SIGSTOP) and, once continued, becomes the gateway.
+gw_launch() {
+  local cmd=("$GW_BIN")
+  [ "${4:-}" = stopped ] && cmd=(sh -c 'kill -STOP $$; exec "$0"' "$GW_BIN")
+  KSG_KAFKA_BROKERS="$BROKER" KSG_TOPICS='bench-*' KSG_AUTH=none KSG_MAX_STREAM_OPENS_PER_SEC=0 KSG_LISTEN="127.0.0.1:$1" \
+    KSG_ADMIN_LISTEN="127.0.0.1:$2" KSG_TLS_CERT="$DATA/cert.pem" \
     KSG_TLS_KEY="$DATA/key.pem" KSG_DRAIN_DELAY_SECS=0 KSG_MAX_CONNECTIONS=20000 \
     KSG_METADATA_REFRESH_SECS=1 \
-    "$GW_BIN" >"$DATA/gateway.log" 2>&1 &
-  gw_pid=$!
+    "${cmd[@]}" >"$3" 2>&1 &
+}
+# gw_ready ADMIN_PORT LOG: waits for /readyz.
+gw_ready() {
   for _ in $(seq 1 200); do
-    curl -sf "127.0.0.1:$GW_ADMIN/readyz" >/dev/null && return 0
+    curl -sf "127.0.0.1:$1/readyz" >/dev/null && return 0
     sleep 0.1
   done
-  cat "$DATA/gateway.log" >&2
+  cat "$2" >&2
   return 1
+}
+gw_start() {
+  gw_stop
+  gw_launch "$GW_PORT" "$GW_ADMIN" "$DATA/gateway.log"
+  gw_pid=$!
+  gw_ready "$GW_ADMIN" "$DATA/gateway.log"
+}
+# The second gateway of a rolling restart (W9), beside the first; "stopped": it starts only
+# when continued (W9-outage).
+gw2_start() {
+  gw2_stop
+  gw_launch "$((GW_PORT + 1))" "$((GW_ADMIN + 1))" "$DATA/gateway2.log" "${1:-}"
+  gw2_pid=$!
+  [ "${1:-}" = stopped ] || gw_ready "$((GW_ADMIN + 1))" "$DATA/gateway2.log"
+}
+gw2_stop() {
+  if [ -n "$gw2_pid" ]; then
+    kill "$gw2_pid" 2>/dev/null || true
+    kill -CONT "$gw2_pid" 2>/dev/null || true
+    wait "$gw2_pid" 2>/dev/null || true
+    gw2_pid=""
+  fi
 }
 gw_stop() {
   if [ -n "$gw_pid" ]; then
@@ -153,6 +190,10 @@ run() {
   for a in "$@"; do
     case "$a" in
       URL_FANOUT) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-fanout" || a="https://127.0.0.1:8743/sub/fanout" ;;
+      URL_KEYS_ALL) a="https://127.0.0.1:$GW_PORT/bench-keys" ;;
+      RESTART_URL) a="https://127.0.0.1:$((GW_PORT + 1))/" ;;
+      NEW_PID) gw2_start; a=$gw2_pid ;;
+      NEW_PID_STOPPED) gw2_start stopped; a=$gw2_pid ;;
       URL_KEYS) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-keys/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
       URL_FANOUT_KEY) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-fanout/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
       PUB_FANOUT_KEY) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/{key}" ;;
@@ -171,6 +212,7 @@ run() {
   say "$name on $server: ${args[*]}"
   "$BENCH" run --name "$name" --server "$server" --ca "$DATA/ca.pem" --pids "$pids" \
     --warmup "$WARMUP" --seconds "$SECONDS_" "${args[@]}" | tee -a "$results"
+  gw2_stop
 }
 
 both() { run "$1" gateway "${@:2}"; run "$1" nchan "${@:2}"; }
@@ -267,12 +309,20 @@ workload() {
         --stalled 256 --stall-window 0 --publish PUB_FANOUT_KEY --rate 1000 --seconds 10
       ;;
     WM) both WM --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 800 --after 60 ;;
-    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK W8 WS WM)"; exit 2 ;;
+    W9)
+      run W9 gateway --url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections "${W9_CONNECTIONS:-200}" \
+        --streams 256 --publish PUB_KEYS --rate "${W9_RATE:-10}" --warmup 10 \
+        --restart RESTART_URL --new-pid NEW_PID
+      run W9-outage gateway --url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections 40 \
+        --streams 256 --publish PUB_KEYS --rate 20 --warmup 10 \
+        --restart RESTART_URL --new-pid NEW_PID_STOPPED --outage 30
+      ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK W8 WS WM W9)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK W8 WS WM)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK W8 WS WM W9)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0
@@ -322,7 +372,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-for w in W1 W2 W3 W4 W5 WK W8 WS WM; do workload "$w"; done
+for w in W1 W2 W3 W4 W5 WK W8 WS WM W9; do workload "$w"; done
 
 # A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
 rm -f "$DATA/perf.data"

@@ -34,6 +34,19 @@
 //! Workloads: `--idle true` publishes nothing and reports RSS per open stream; `--stall F` adds
 //! a fraction F of streams that never read (HTTP/2's default 64 KiB windows, on connections of
 //! their own); `--churn R` drops R streams per second and resumes each with `Last-Event-ID`.
+//!
+//! `--restart URL --new-pid P` (W9, a rolling restart): after the window the old process (the
+//! one `--pids`) gets SIGTERM. Every stream it ends resumes as a browser's EventSource does:
+//! after its `retry:` time plus up to 200 ms of jitter, with `Last-Event-ID`, on one new
+//! connection per old connection (a browser shares one per origin) to URL, sent once the
+//! server's SETTINGS arrived; a `429` is retried after its `Retry-After`, a `503` after the
+//! retry time, a lost connection on a new one. Reported: the time from SIGTERM until every
+//! stream was answered again, each resume's request→response time (p99, max), the refusals, the
+//! new process's peak RSS, and its CPU and RSS over a window once every stream is back, beside
+//! the old process's in the first window. Loss and duplicates are counted across the restart.
+//! `--outage SECS`: the new process waits stopped (SIGSTOP, e.g. a shell that stops itself and
+//! then `exec`s the gateway) and is continued SECS after the SIGTERM; the times are then counted
+//! from its continuation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,6 +89,12 @@ run options (defaults in brackets):
   --after SECS       close every connection after the window, read RSS SECS later [0: no]
   --probe URL,...    http:// URLs (e.g. /healthz, /metrics) asked once a second in the window:
                      the slowest answer and the failures
+  --mix URL          every second connection reads URL instead of --url
+  --restart URL      a rolling restart after the window: SIGTERM to the --pids process; every
+                     stream that ends resumes on URL as EventSource does (see below) ...
+  --new-pid P        ... whose process P is then measured for another window
+  --outage SECS      ... and which is stopped (SIGSTOP) until SECS after the SIGTERM, then
+                     continued (SIGCONT): an outage between the two [0]
 ";
 
 fn main() {
@@ -129,6 +148,10 @@ struct Options {
     metrics: Option<String>,
     after: f64,
     probe: Vec<String>,
+    mix: Option<String>,
+    restart: Option<String>,
+    new_pid: Option<u32>,
+    outage: f64,
 }
 
 impl Options {
@@ -186,6 +209,12 @@ impl Options {
             probe: take("probe")
                 .map(|v| v.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
+            mix: take("mix"),
+            restart: take("restart"),
+            new_pid: take("new-pid")
+                .map(|v| v.parse().map_err(|_| format!("--new-pid: bad value {v}")))
+                .transpose()?,
+            outage: num(take("outage"), "outage", 0.0)?,
         };
         if let Some(k) = map.keys().next() {
             return Err(format!("unknown option --{k}").into());
@@ -195,6 +224,12 @@ impl Options {
         }
         if o.extra_streams > 256 || (o.extra_streams > 0) != o.extra.is_some() {
             return Err("--extra URL and --extra-streams 1..=256 go together".into());
+        }
+        if o.restart.is_some() != o.new_pid.is_some() || (o.restart.is_some() && o.pids.len() != 1)
+        {
+            return Err(
+                "--restart URL needs --new-pid and exactly one --pids (the old process)".into(),
+            );
         }
         if !o.idle && o.publish.is_none() {
             return Err("--publish is required unless --idle true".into());
@@ -237,6 +272,14 @@ struct Shared {
     /// the end.
     latencies: Mutex<Vec<Arc<Mutex<Histogram<u64>>>>>,
     stop: AtomicBool,
+    /// A rolling restart is under way: ended streams resume on the new server.
+    restarting: AtomicBool,
+    /// Streams answered 200 by the new server, and the refusals on the way.
+    moved: AtomicU64,
+    refused_429: AtomicU64,
+    refused_503: AtomicU64,
+    /// Request → response time of each resume on the new server (µs).
+    answer: Mutex<Option<Histogram<u64>>>,
 }
 
 impl Shared {
@@ -267,6 +310,11 @@ impl Shared {
             drivers: Mutex::new(Vec::new()),
             latencies: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            restarting: AtomicBool::new(false),
+            moved: AtomicU64::new(0),
+            refused_429: AtomicU64::new(0),
+            refused_503: AtomicU64::new(0),
+            answer: Mutex::new(Histogram::new_with_bounds(1, 100_000_000, 3).ok()),
         }
     }
 }
@@ -365,6 +413,36 @@ struct Sub {
     /// Mean seconds between this stream's drops (churn), if any.
     churn_every: Option<f64>,
     seed: u64,
+    /// Where the stream resumes in a rolling restart (`--restart`).
+    moving: Option<Arc<Moving>>,
+}
+
+/// Where one connection's streams go in a rolling restart: one new connection to the new
+/// server, opened by the first stream that needs it and shared by the others, as a browser
+/// shares one connection per origin.
+struct Moving {
+    target: Arc<Target>,
+    conn: tokio::sync::Mutex<Option<h2::client::SendRequest<Bytes>>>,
+}
+
+impl Moving {
+    async fn connection(
+        &self,
+        shared: &Shared,
+    ) -> Result<h2::client::SendRequest<Bytes>, BoxError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(h2) = slot.as_ref() {
+            return Ok(h2.clone());
+        }
+        let h2 = self.target.connect(Windows::Browser, shared).await?;
+        *slot = Some(h2.clone());
+        Ok(h2)
+    }
+
+    /// The connection failed: the next stream that needs one opens a new one.
+    async fn forget(&self) {
+        *self.conn.lock().await = None;
+    }
 }
 
 /// Sequence state of one stream: the last `s` seen of each key (`k`, 0 for unkeyed records),
@@ -373,14 +451,16 @@ struct Sub {
 struct Seq {
     last: HashMap<u64, u64>,
     last_id: Option<String>,
+    /// The server's `retry:` (ms), the wait before a browser reconnects.
+    retry_ms: Option<u64>,
 }
 
 impl Sub {
-    async fn open(
+    async fn request(
         &self,
         h2: &h2::client::SendRequest<Bytes>,
         last_id: Option<&str>,
-    ) -> Result<h2::RecvStream, BoxError> {
+    ) -> Result<http::Response<h2::RecvStream>, BoxError> {
         let mut request = http::Request::get(format!("https://{}{}", self.authority, self.path))
             .header("accept", "text/event-stream");
         if let Some(id) = last_id {
@@ -388,7 +468,15 @@ impl Sub {
         }
         let mut h2 = h2.clone().ready().await?;
         let (response, _) = h2.send_request(request.body(())?, true)?;
-        let response = tokio::time::timeout(Duration::from_secs(60), response).await??;
+        Ok(tokio::time::timeout(Duration::from_secs(60), response).await??)
+    }
+
+    async fn open(
+        &self,
+        h2: &h2::client::SendRequest<Bytes>,
+        last_id: Option<&str>,
+    ) -> Result<h2::RecvStream, BoxError> {
+        let response = self.request(h2, last_id).await?;
         if response.status() != 200 {
             return Err(format!("{} answered {}", self.path, response.status()).into());
         }
@@ -396,7 +484,76 @@ impl Sub {
     }
 
     /// Reads the stream until the run stops; drops and resumes it when churning.
-    async fn read(self, h2: h2::client::SendRequest<Bytes>, first: h2::RecvStream) {
+    /// A rolling restart ended the stream: resumes it on the new server as EventSource does
+    /// (see the module's documentation). `None`: the run ended, or the stream was refused for
+    /// good.
+    async fn move_over(
+        &self,
+        moving: &Moving,
+        seq: &Seq,
+    ) -> Option<(h2::client::SendRequest<Bytes>, h2::RecvStream)> {
+        let mut rng = (self.seed ^ now_us()) | 1;
+        let mut jitter = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            Duration::from_millis(rng % 201)
+        };
+        let retry = Duration::from_millis(seq.retry_ms.unwrap_or(3000));
+        let mut wait = retry + jitter();
+        let shared = &self.shared;
+        loop {
+            tokio::time::sleep(wait).await;
+            if shared.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            wait = retry + jitter();
+            let Ok(h2) = moving.connection(shared).await else {
+                continue;
+            };
+            let asked = Instant::now();
+            let response = match self.request(&h2, seq.last_id.as_deref()).await {
+                Ok(response) => response,
+                Err(_) => {
+                    moving.forget().await;
+                    wait = jitter();
+                    continue;
+                }
+            };
+            match response.status().as_u16() {
+                200 => {
+                    let took = asked.elapsed().as_micros() as u64;
+                    if let Ok(mut h) = shared.answer.lock() {
+                        if let Some(h) = h.as_mut() {
+                            let _ = h.record(took.max(1));
+                        }
+                    }
+                    shared.moved.fetch_add(1, Ordering::Relaxed);
+                    return Some((h2, response.into_body()));
+                }
+                429 => {
+                    shared.refused_429.fetch_add(1, Ordering::Relaxed);
+                    let after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                    if let Some(secs) = after {
+                        wait = Duration::from_secs(secs) + jitter();
+                    }
+                }
+                503 => {
+                    shared.refused_503.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {
+                    // EventSource closes for good on any other answer.
+                    shared.failed.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            }
+        }
+    }
+
+    async fn read(self, mut h2: h2::client::SendRequest<Bytes>, first: h2::RecvStream) {
         let mut body = first;
         let mut seq = Seq::default();
         let mut buf = BytesMut::new();
@@ -446,6 +603,20 @@ impl Sub {
             }
             drop(body);
             buf.clear();
+            let moving = self
+                .moving
+                .as_ref()
+                .filter(|_| !dropped && self.shared.restarting.load(Ordering::Relaxed));
+            if let Some(moving) = moving {
+                match self.move_over(moving, &seq).await {
+                    Some((conn, b)) => {
+                        h2 = conn;
+                        body = b;
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             match self.open(&h2, seq.last_id.as_deref()).await {
                 Ok(b) => {
                     self.shared.resumes.fetch_add(1, Ordering::Relaxed);
@@ -471,6 +642,8 @@ impl Sub {
             for line in block[..end].split(|b| *b == b'\n') {
                 if let Some(id) = line.strip_prefix(b"id: ") {
                     seq.last_id = Some(String::from_utf8_lossy(id).into_owned());
+                } else if let Some(ms) = line.strip_prefix(b"retry: ") {
+                    seq.retry_ms = std::str::from_utf8(ms).ok().and_then(|v| v.parse().ok());
                 } else if let Some(data) = line.strip_prefix(b"data: ") {
                     t = field(data, b"\"t\":");
                     s = field(data, b"\"s\":");
@@ -710,6 +883,10 @@ async fn read_http_response(c: &mut TcpStream) -> Result<(), BoxError> {
 async fn run(o: Options) -> Result<(), BoxError> {
     let shared = Arc::new(Shared::new());
     let target = Arc::new(Target::new(&o.url, o.ca.as_deref())?);
+    let new_target = match &o.restart {
+        Some(url) => Some(Arc::new(Target::new(url, o.ca.as_deref())?)),
+        None => None,
+    };
     let before = proc_usage(&o.pids);
     let total = o.connections * o.streams;
     let stalled = o
@@ -722,6 +899,12 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let extra_conns = usize::from(o.extra.is_some());
     for c in 0..o.connections + stalled_conns + extra_conns {
         let (target, shared, o) = (target.clone(), shared.clone(), o.clone());
+        let moving = new_target.as_ref().map(|target| {
+            Arc::new(Moving {
+                target: target.clone(),
+                conn: tokio::sync::Mutex::new(None),
+            })
+        });
         let is_extra = c == o.connections + stalled_conns;
         let is_stalled = c >= o.connections && !is_extra;
         openers.push(tokio::spawn(async move {
@@ -738,8 +921,9 @@ async fn run(o: Options) -> Result<(), BoxError> {
             } else {
                 o.streams
             };
-            let url = match (&o.extra, is_extra) {
-                (Some(extra), true) => extra.as_str(),
+            let url = match (&o.extra, &o.mix, is_extra) {
+                (Some(extra), _, true) => extra.as_str(),
+                (_, Some(mix), false) if !is_stalled && c % 2 == 1 => mix.as_str(),
                 _ => o.url.as_str(),
             };
             // One task reads all the connection's streams, as a browser tab's network thread
@@ -766,6 +950,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
                     authority: target.authority.clone(),
                     churn_every: (o.churn > 0.0 && !is_stalled).then(|| total as f64 / o.churn),
                     seed: (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                    moving: moving.clone().filter(|_| !is_stalled),
                 };
                 let body = sub.open(&h2, None).await?;
                 shared.opened.fetch_add(1, Ordering::Relaxed);
@@ -817,6 +1002,16 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let records = shared.published.load(Ordering::Relaxed) - published0;
     let lag_end = consumer_lag(o.metrics.as_deref()).await?;
     let resumes = shared.resumes.load(Ordering::Relaxed) - resumes0;
+    let events = shared.events.load(Ordering::Relaxed);
+    let h = merged(&shared)?;
+    let open = (total + stalled + o.extra_streams) as f64;
+    let restarted = match o.new_pid {
+        Some(new_pid) => {
+            let moving = (total + o.extra_streams) as u64;
+            Some(restart(&o, &shared, new_pid, moving).await?)
+        }
+        None => None,
+    };
     shared.stop.store(true, Ordering::Relaxed);
     let published = match publisher {
         Some(p) => p.await??,
@@ -836,14 +1031,8 @@ async fn run(o: Options) -> Result<(), BoxError> {
     } else {
         None
     };
-    let events = shared.events.load(Ordering::Relaxed);
     let cpu = end.0 - start.0;
-    let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3)?;
-    for one in shared.latencies.lock().map_err(|_| "histograms")?.iter() {
-        h.add(&*one.lock().map_err(|_| "histogram")?)?;
-    }
     let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let open = (total + stalled + o.extra_streams) as f64;
     let mut fields = vec![
         ("name", Value::S(o.name.clone())),
         ("server", Value::S(o.server.clone())),
@@ -920,9 +1109,128 @@ async fn run(o: Options) -> Result<(), BoxError> {
         fields.push(("after_seconds", Value::N(o.after)));
         fields.push(("rss_kib_after", Value::N(rss as f64)));
     }
+    fields.extend(restarted.into_iter().flatten());
     println!("{}", serde_like(&fields));
     drop(connections);
     Ok(())
+}
+
+/// Every connection's latency histogram merged.
+fn merged(shared: &Shared) -> Result<Histogram<u64>, BoxError> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 100_000_000, 3)?;
+    for one in shared.latencies.lock().map_err(|_| "histograms")?.iter() {
+        h.add(&*one.lock().map_err(|_| "histogram")?)?;
+    }
+    Ok(h)
+}
+
+/// The rolling restart (`--restart`): SIGTERM to the old process, every stream resumed on the
+/// new one, then a window measuring it. `streams`: the streams that must come back.
+async fn restart(
+    o: &Options,
+    shared: &Arc<Shared>,
+    new_pid: u32,
+    streams: u64,
+) -> Result<Vec<(&'static str, Value)>, BoxError> {
+    const LIMIT: Duration = Duration::from_secs(300);
+    shared.restarting.store(true, Ordering::Relaxed);
+    let old = o.pids[0].to_string();
+    if !std::process::Command::new("kill")
+        .args(["-TERM", &old])
+        .status()?
+        .success()
+    {
+        return Err(format!("kill -TERM {old} failed").into());
+    }
+    let mut signalled = Instant::now();
+    if o.outage > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(o.outage)).await;
+        let new = new_pid.to_string();
+        if !std::process::Command::new("kill")
+            .args(["-CONT", &new])
+            .status()?
+            .success()
+        {
+            return Err(format!("kill -CONT {new} failed").into());
+        }
+        signalled = Instant::now();
+    }
+    let mut peak = 0;
+    let sample_until = |until: Instant, all_back: bool| {
+        let shared = shared.clone();
+        async move {
+            let mut peak = 0;
+            while Instant::now() < until
+                && !(all_back && shared.moved.load(Ordering::Relaxed) >= streams)
+            {
+                peak = peak.max(proc_usage(&[new_pid]).1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        }
+    };
+    peak = peak.max(sample_until(signalled + LIMIT, true).await);
+    let moved = shared.moved.load(Ordering::Relaxed);
+    let back_in = signalled.elapsed().as_secs_f64();
+    eprintln!(
+        "ksg-bench {}: {moved} of {streams} streams back in {back_in:.1}s",
+        o.name
+    );
+    // Catch-up over, then a window on the new process alone.
+    let settled = Instant::now() + Duration::from_secs_f64(o.warmup.max(5.0));
+    peak = peak.max(sample_until(settled, false).await);
+    for one in shared.latencies.lock().map_err(|_| "histograms")?.iter() {
+        one.lock().map_err(|_| "histogram")?.reset();
+    }
+    let (cpu0, _) = proc_usage(&[new_pid]);
+    let events0 = shared.events.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    shared.measuring.store(true, Ordering::Relaxed);
+    peak = peak.max(sample_until(t0 + Duration::from_secs_f64(o.seconds), false).await);
+    shared.measuring.store(false, Ordering::Relaxed);
+    let window = t0.elapsed().as_secs_f64();
+    let (cpu1, rss) = proc_usage(&[new_pid]);
+    let events = shared.events.load(Ordering::Relaxed) - events0;
+    let cpu = cpu1 - cpu0;
+    let h = merged(shared)?;
+    let answers = shared
+        .answer
+        .lock()
+        .map_err(|_| "answers")?
+        .clone()
+        .ok_or("answers")?;
+    let ms = |v: u64| v as f64 / 1000.0;
+    Ok(vec![
+        ("restart_streams_back", Value::N(moved as f64)),
+        ("outage_seconds", Value::N(o.outage)),
+        ("restart_seconds", Value::N(back_in)),
+        (
+            "restart_answer_p99_ms",
+            Value::N(ms(answers.value_at_quantile(0.99))),
+        ),
+        ("restart_answer_max_ms", Value::N(ms(answers.max()))),
+        (
+            "restart_refused_429",
+            Value::N(shared.refused_429.load(Ordering::Relaxed) as f64),
+        ),
+        (
+            "restart_refused_503",
+            Value::N(shared.refused_503.load(Ordering::Relaxed) as f64),
+        ),
+        ("new_peak_rss_kib", Value::N(peak as f64)),
+        ("new_rss_kib", Value::N(rss as f64)),
+        ("new_cpu_percent", Value::N(cpu * 100.0 / window)),
+        ("new_events_per_sec", Value::N(events as f64 / window)),
+        (
+            "new_cpu_us_per_event",
+            Value::N(if events > 0 {
+                cpu * 1e6 / events as f64
+            } else {
+                0.0
+            }),
+        ),
+        ("new_p99_ms", Value::N(ms(h.value_at_quantile(0.99)))),
+    ])
 }
 
 /// The sum of the `ksg_consumer_lag` series at `url` (an admin `/metrics`), if asked for.
@@ -1006,38 +1314,74 @@ fn serde_like(fields: &[(&str, Value)]) -> String {
 /// Reads the flat JSON objects `run` printed (one per line) and prints a Markdown table.
 fn report(path: &str) -> Result<(), BoxError> {
     let text = std::fs::read_to_string(path)?;
-    let columns = [
-        ("name", "workload"),
-        ("server", "server"),
-        ("streams", "streams"),
-        ("rate", "records/s"),
-        ("events_per_sec", "events/s"),
-        ("cpu_us_per_event", "CPU-µs/event"),
-        ("cpu_percent", "CPU %"),
-        ("p50_ms", "p50 ms"),
-        ("p99_ms", "p99 ms"),
-        ("p999_ms", "p99.9 ms"),
-        ("max_ms", "max ms"),
-        ("rss_kib_end", "RSS KiB"),
-        ("rss_kib_per_stream", "KiB/stream"),
-        ("rss_kib_growth", "RSS growth KiB"),
-        ("cpu_us_per_record", "CPU-µs/record"),
-        ("rss_kib_after", "RSS after KiB"),
-        ("resumes_per_sec", "resumes/s"),
-        ("server_resets", "ended by server"),
-        ("lost", "lost"),
-        ("duplicates", "dup"),
-    ];
+    table(
+        &text,
+        &[
+            ("name", "workload"),
+            ("server", "server"),
+            ("streams", "streams"),
+            ("rate", "records/s"),
+            ("events_per_sec", "events/s"),
+            ("cpu_us_per_event", "CPU-µs/event"),
+            ("cpu_percent", "CPU %"),
+            ("p50_ms", "p50 ms"),
+            ("p99_ms", "p99 ms"),
+            ("p999_ms", "p99.9 ms"),
+            ("max_ms", "max ms"),
+            ("rss_kib_end", "RSS KiB"),
+            ("rss_kib_per_stream", "KiB/stream"),
+            ("rss_kib_growth", "RSS growth KiB"),
+            ("cpu_us_per_record", "CPU-µs/record"),
+            ("rss_kib_after", "RSS after KiB"),
+            ("resumes_per_sec", "resumes/s"),
+            ("server_resets", "ended by server"),
+            ("lost", "lost"),
+            ("duplicates", "dup"),
+        ],
+        |_| true,
+    );
+    // Rolling restarts (W9): the old process in the window above, the new one here.
+    let restarts = |line: &str| line.contains("\"restart_seconds\":");
+    if text.lines().any(restarts) {
+        println!();
+        table(
+            &text,
+            &[
+                ("name", "restart"),
+                ("streams", "streams"),
+                ("rate", "records/s"),
+                ("outage_seconds", "outage s"),
+                ("restart_seconds", "all back in s"),
+                ("restart_answer_p99_ms", "answer p99 ms"),
+                ("restart_answer_max_ms", "answer max ms"),
+                ("restart_refused_429", "429"),
+                ("restart_refused_503", "503"),
+                ("cpu_percent", "old CPU %"),
+                ("new_cpu_percent", "new CPU %"),
+                ("rss_kib_end", "old RSS KiB"),
+                ("new_rss_kib", "new RSS KiB"),
+                ("new_peak_rss_kib", "new peak RSS KiB"),
+                ("new_p99_ms", "new p99 ms"),
+                ("lost", "lost"),
+                ("duplicates", "dup"),
+            ],
+            restarts,
+        );
+    }
+    Ok(())
+}
+
+/// A Markdown table of the runs (`{` lines of `text`) that `pick` accepts.
+fn table(text: &str, columns: &[(&str, &str)], pick: impl Fn(&str) -> bool) {
     println!(
         "| {} |",
         columns.iter().map(|c| c.1).collect::<Vec<_>>().join(" | ")
     );
     println!("|{}", "---|".repeat(columns.len()));
-    for line in text.lines().filter(|l| l.starts_with('{')) {
+    for line in text.lines().filter(|l| l.starts_with('{') && pick(l)) {
         let cells: Vec<String> = columns.iter().map(|(k, _)| cell(line, k)).collect();
         println!("| {} |", cells.join(" | "));
     }
-    Ok(())
 }
 
 /// The value of `"key":` in a flat JSON line, formatted for a table.
