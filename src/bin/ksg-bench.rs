@@ -1155,6 +1155,9 @@ async fn restart(
         }
         signalled = Instant::now();
     }
+    // Who was busy while the streams came back: the new server, and this client.
+    let me = std::process::id();
+    let (busy0, client0) = (proc_usage(&[new_pid]).0, proc_usage(&[me]).0);
     let mut peak = 0;
     let sample_until = |until: Instant, all_back: bool| {
         let shared = shared.clone();
@@ -1172,6 +1175,10 @@ async fn restart(
     peak = peak.max(sample_until(signalled + LIMIT, true).await);
     let moved = shared.moved.load(Ordering::Relaxed);
     let back_in = signalled.elapsed().as_secs_f64();
+    let (busy, client) = (
+        proc_usage(&[new_pid]).0 - busy0,
+        proc_usage(&[me]).0 - client0,
+    );
     eprintln!(
         "ksg-bench {}: {moved} of {streams} streams back in {back_in:.1}s",
         o.name
@@ -1209,6 +1216,8 @@ async fn restart(
             Value::N(ms(answers.value_at_quantile(0.99))),
         ),
         ("restart_answer_max_ms", Value::N(ms(answers.max()))),
+        ("restart_server_cpu_seconds", Value::N(busy)),
+        ("restart_client_cpu_seconds", Value::N(client)),
         (
             "restart_refused_429",
             Value::N(shared.refused_429.load(Ordering::Relaxed) as f64),
@@ -1354,6 +1363,8 @@ fn report(path: &str) -> Result<(), BoxError> {
                 ("restart_seconds", "all back in s"),
                 ("restart_answer_p99_ms", "answer p99 ms"),
                 ("restart_answer_max_ms", "answer max ms"),
+            ("restart_server_cpu_seconds", "server CPU-s until back"),
+            ("restart_client_cpu_seconds", "client CPU-s until back"),
                 ("restart_refused_429", "429"),
                 ("restart_refused_503", "503"),
                 ("cpu_percent", "old CPU %"),
