@@ -77,8 +77,9 @@ pub const IDLE_TIMEOUT_SECS: &str = "KSG_IDLE_TIMEOUT_SECS";
 /// `KSG_DRAIN_DELAY_SECS`: on SIGTERM, `/readyz` answers 503 and streams go on for this long
 /// (load balancers stop routing here) before GOAWAY and the end of every stream.
 pub const DRAIN_DELAY_SECS: &str = "KSG_DRAIN_DELAY_SECS";
-/// `KSG_STREAM_STALL_SECS`: an HTTP/2 stream whose client grants no flow-control window for this
-/// long while data waits is reset (`RST_STREAM(CANCEL)`) and its memory released.
+/// `KSG_STREAM_STALL_SECS`: an HTTP/2 stream whose client grants it no flow-control window of its
+/// own for this long while data waits is reset (`RST_STREAM(CANCEL)`) and its memory released; a
+/// connection whose window stays at zero this long while streams wait is closed (GOAWAY).
 pub const STREAM_STALL_SECS: &str = "KSG_STREAM_STALL_SECS";
 /// `KSG_TOPIC_IDLE_SECS`: a topic without streams is released after this long.
 pub const TOPIC_IDLE_SECS: &str = "KSG_TOPIC_IDLE_SECS";

@@ -49,7 +49,7 @@ pub const KAFKA_ERROR_CODES: &[&str] = &[
     "catch_up",
 ];
 /// Why a served connection was closed by the gateway (label `reason`).
-pub const CONNECTION_CLOSE_REASONS: &[&str] = &["idle", "ping_timeout"];
+pub const CONNECTION_CLOSE_REASONS: &[&str] = &["idle", "ping_timeout", "stalled"];
 
 /// Every metric of one gateway, registered in its own [`Registry`].
 #[derive(Clone)]

@@ -8,6 +8,7 @@ mod support;
 
 use std::time::Duration;
 
+use support::h2raw::{self, RawH2};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,4 +118,122 @@ async fn small_windows_get_every_event_whole_and_in_order() {
         let texts: Vec<String> = reader.events(400).await.iter().map(Block::text).collect();
         assert_eq!(texts, (0..400).map(value).collect::<Vec<_>>());
     }
+}
+
+/// A client whose connection window is far smaller than what its streams are offered: 24
+/// streams with 1 MiB windows each, on a connection the client grants 2,000 bytes every 50 ms
+/// (40 KB/s, against about 65 KB/s offered). The streams share the connection's window: every
+/// one of them gets data in every second, none is reset as stalled, and the connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_share_a_scarce_connection_window_and_none_is_reset() {
+    const STREAMS: u32 = 24;
+    let cluster = Cluster::new();
+    let topic = unique_topic("share");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_STREAM_STALL_SECS", "2")]).await;
+    let tls = tls_connect(&gw, b"h2").await;
+    let mut raw = RawH2::handshake_with(tls, 1 << 20, 0).await;
+    for n in 0..STREAMS {
+        raw.get(1 + 2 * n, &format!("/{topic}")).await;
+    }
+    // 20 records a second of about 100 bytes: 24 × 20 events of about 140 bytes a second.
+    let p = cluster.producer();
+    let producing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for n in 0..200u32 {
+            tick.tick().await;
+            p.send(
+                &topic,
+                None,
+                None,
+                Some(format!("{n:05}-{}", "x".repeat(94)).as_bytes()),
+            );
+        }
+        p.flush().await;
+    });
+    // 8 seconds of 50-ms grants; the bytes each stream got in each second.
+    let mut per_second: Vec<Vec<usize>> = Vec::new();
+    let mut grant = tokio::time::interval(Duration::from_millis(50));
+    let started = tokio::time::Instant::now();
+    let mut last: Vec<usize> = vec![0; STREAMS as usize];
+    for tick in 1..=160u32 {
+        grant.tick().await;
+        let increment = 2000u32.to_be_bytes();
+        raw.send_frame(h2raw::WINDOW_UPDATE, 0, 0, &increment).await;
+        // Read what came until the next grant is due.
+        let next = started + Duration::from_millis(50 * u64::from(tick));
+        while let Ok(Some(frame)) = tokio::time::timeout_at(next, raw.try_read_frame()).await {
+            if frame.kind == h2raw::PING && frame.flags & h2raw::FLAG_ACK == 0 {
+                raw.send_frame(h2raw::PING, h2raw::FLAG_ACK, 0, &frame.payload)
+                    .await;
+            }
+            assert_ne!(frame.kind, h2raw::GOAWAY, "the connection was closed");
+        }
+        if tick % 20 == 0 {
+            let now: Vec<usize> = (0..STREAMS)
+                .map(|n| raw.streams.get(&(1 + 2 * n)).map_or(0, |s| s.data.len()))
+                .collect();
+            per_second.push(now.iter().zip(&last).map(|(a, b)| a - b).collect());
+            last = now;
+        }
+    }
+    producing.await.unwrap();
+    for (n, seen) in &raw.streams {
+        assert_eq!(seen.reset, None, "stream {n} was reset");
+    }
+    // After the first second (the initial 64 KiB window), every stream progresses in every
+    // second, and the shares are even.
+    for (second, got) in per_second.iter().enumerate().skip(1) {
+        let (min, max) = (got.iter().min().unwrap(), got.iter().max().unwrap());
+        assert!(*min > 0, "second {second}: a stream got nothing: {got:?}");
+        assert!(min * 3 >= *max, "second {second}: uneven shares: {got:?}");
+    }
+    let text = metrics(&gw).await;
+    assert_eq!(metric(&text, "ksg_stalled_stream_resets_total"), 0.0);
+    assert_eq!(
+        metric(&text, "ksg_connections_closed_total{reason=\"stalled\"}"),
+        0.0
+    );
+    gw.shutdown().await;
+}
+
+/// A client that keeps its connection window at zero while its streams have window of their
+/// own: the connection as a whole is closed after the stall time (GOAWAY), not its streams one
+/// by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_window_kept_at_zero_closes_the_connection_once() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("starve");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_STREAM_STALL_SECS", "1")]).await;
+    let tls = tls_connect(&gw, b"h2").await;
+    let mut raw = RawH2::handshake_with(tls, 1 << 20, 0).await;
+    for n in 0..4u32 {
+        raw.get(1 + 2 * n, &format!("/{topic}")).await;
+    }
+    // 100 KB of events: more than the connection's 65,535 bytes.
+    let p = cluster.producer();
+    for n in 0..1000 {
+        p.send(
+            &topic,
+            None,
+            None,
+            Some(format!("{n:05}-{}", "x".repeat(94)).as_bytes()),
+        );
+    }
+    p.flush().await;
+    let kinds = tokio::time::timeout(Duration::from_secs(20), raw.read_until_closed())
+        .await
+        .expect("the connection closes");
+    assert!(kinds.contains(&h2raw::GOAWAY), "{kinds:?}");
+    assert!(
+        !kinds.contains(&h2raw::RST_STREAM),
+        "no stream reset one by one: {kinds:?}"
+    );
+    wait_metric(&gw, "ksg_connections_closed_total{reason=\"stalled\"}", 1.0).await;
+    assert_eq!(
+        metric(&metrics(&gw).await, "ksg_stalled_stream_resets_total"),
+        0.0
+    );
+    gw.shutdown().await;
 }

@@ -63,7 +63,8 @@ pub struct Settings {
     pub idle_timeout: Option<Duration>,
     /// How long an idle or shut-down connection may take to say goodbye.
     pub close_grace: Duration,
-    /// A stream whose client grants no window for this long while data waits is reset.
+    /// A stream whose client grants no window of its own for this long while data waits is
+    /// reset; a connection whose window stays at zero this long while streams wait is closed.
     pub stall: Duration,
 }
 
@@ -92,6 +93,8 @@ pub enum Ended {
     PingTimeout,
     /// The gateway is shutting down.
     Shutdown,
+    /// Its streams waited for a connection window the client kept at zero for the stall time.
+    Stalled,
 }
 
 /// What a connection's task writes with, made before the handshake: `h2` is handed the
@@ -148,6 +151,8 @@ where
     // The connection's live streams of a topic share one log; the poll thread wakes this task
     // once for all of them, and the task marks those that wait due.
     let fanout = Fanout::new(ready);
+    // Runs while the connection's window is at zero with streams waiting for it.
+    let mut starved: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)> = None;
     loop {
         if *open.borrow_and_update() > 0 {
             idle_since = None;
@@ -198,14 +203,36 @@ where
             written = poll_fn(|cx| {
                 deferred.register(cx.waker());
                 if let Poll::Ready(Err(e)) = link.poll_write_out(cx) {
-                    return Poll::Ready(e);
+                    return Poll::Ready(Stop::Failed(e));
                 }
                 fanout.mark_readers_due();
-                // The output is locked once for all the streams polled.
-                let left = streams.poll_due(&mut *wire.lock(), |out| out.room());
+                // The output is locked once for all the streams polled; what is left of the
+                // connection's window then goes to the streams waiting for it.
+                let mut state = wire.lock();
+                let left = streams.poll_due(&mut *state, |out| out.room());
+                state.start_round();
+                let since = state.starved_since();
+                drop(state);
                 fanout.count_sent();
+                // A connection stall: the window stayed at zero with streams waiting (once:
+                // a connection saying goodbye has no stall left to find).
+                match since.filter(|_| goodbye.is_none()) {
+                    Some(since) => {
+                        let timer = match &mut starved {
+                            Some((at, timer)) if *at == since => timer,
+                            _ => {
+                                let sleep = Box::pin(tokio::time::sleep_until(since + settings.stall));
+                                &mut starved.insert((since, sleep)).1
+                            }
+                        };
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Stop::Starved);
+                        }
+                    }
+                    None => starved = None,
+                }
                 match link.poll_write_out(cx) {
-                    Poll::Ready(Err(e)) => Poll::Ready(e),
+                    Poll::Ready(Err(e)) => Poll::Ready(Stop::Failed(e)),
                     Poll::Ready(Ok(())) => {
                         // Written: the streams left over the budget go next.
                         if left {
@@ -216,10 +243,19 @@ where
                     // The socket's wake-up brings the task back.
                     Poll::Pending => Poll::Pending,
                 }
-            }), if !streams.is_empty() => {
-                debug!("HTTP/2 connection ended: {written}");
-                break;
-            }
+            }), if !streams.is_empty() => match written {
+                Stop::Failed(e) => {
+                    debug!("HTTP/2 connection ended: {e}");
+                    break;
+                }
+                // Closed once, as a whole: its streams end and their clients resume.
+                Stop::Starved => {
+                    debug!("closing an HTTP/2 connection: its client kept the connection window at zero for {:?}", settings.stall);
+                    starved = None;
+                    connection.graceful_shutdown();
+                    goodbye = Some((Ended::Stalled, Instant::now() + settings.close_grace));
+                }
+            },
             _ = crate::stopped(&mut shutdown), if goodbye.is_none() => {
                 connection.graceful_shutdown();
                 goodbye = Some((Ended::Shutdown, Instant::now() + settings.close_grace));
@@ -259,6 +295,14 @@ where
         }
     }
     goodbye.map_or(Ended::Closed, |(why, _)| why)
+}
+
+/// Why the connection's writing stopped.
+enum Stop {
+    /// A write failed.
+    Failed(std::io::Error),
+    /// The client kept the connection window at zero for the stall time.
+    Starved,
 }
 
 /// Sleeps until `until`, or forever when there is none.
@@ -458,6 +502,12 @@ impl Sending {
                     continue;
                 }
                 Sent::Later => return Poll::Pending,
+                // Waiting for its turn at the connection's window: a stall of the connection,
+                // if any, is the connection's (see `serve`), not this stream's.
+                Sent::Connection => {
+                    self.stalled = None;
+                    return Poll::Pending;
+                }
                 Sent::Reset => {
                     debug!("stream reset");
                     return Poll::Ready(());

@@ -371,6 +371,7 @@ impl Server {
         let reason = match ended {
             h2conn::Ended::Idle => "idle",
             h2conn::Ended::PingTimeout => "ping_timeout",
+            h2conn::Ended::Stalled => "stalled",
             h2conn::Ended::Closed | h2conn::Ended::Shutdown => return,
         };
         self.metrics

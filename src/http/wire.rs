@@ -69,6 +69,10 @@ const READ_BYTES: usize = 4096;
 /// Bytes `h2` may add to an output buffer already this full only once some of it is written.
 const OUT_LIMIT: usize = 4 << 20;
 
+/// The smallest share of the connection's window a stream waiting for it is given in a round
+/// (a smaller window goes whole to the first in line, the next round to the next ones).
+const MIN_SHARE: i64 = 512;
+
 /// The bytes a connection's streams may write between two of the connection's writes.
 /// Streams due when it is spent wait for the next write (see `http::answers`).
 pub const WRITE_BYTES: usize = 64 << 10;
@@ -103,8 +107,13 @@ pub struct State {
     /// Streams not answered yet that may be held (more are left to `h2`, which refuses them).
     max_unanswered: usize,
     unanswered: usize,
-    /// Streams waiting for the connection's window.
+    /// Streams waiting for the connection's window, in turn order.
     waiting: Vec<usize>,
+    /// The connection's window ran out with streams wanting it: until they are all served,
+    /// it is shared out in rounds (see [`State::start_round`]).
+    rationed: bool,
+    /// Since when streams have waited for a connection window at zero (a connection stall).
+    starved_since: Option<tokio::time::Instant>,
     ready: Arc<Ready>,
     /// A stream was marked due while `h2` wrote or read: wake the connection's task.
     woke: bool,
@@ -118,6 +127,9 @@ struct Entry {
     headers_out: bool,
     reset: bool,
     waits_connection: bool,
+    /// What the stream may still write of the connection's window in this round, while the
+    /// window is rationed.
+    allowance: i64,
 }
 
 /// What [`StreamOut::send`] did.
@@ -125,9 +137,12 @@ struct Entry {
 pub enum Sent {
     /// All of the data is written.
     All,
-    /// Part or none of it: the client's window is spent. The stream is due again when the
+    /// Part or none of it: the stream's own window is spent. The stream is due again when the
     /// client grants more.
     Window,
+    /// Part or none of it: the stream waits for its turn at the connection's window, which
+    /// the streams that want it share in rounds. It is due again at its turn.
+    Connection,
     /// None of it: the response's HEADERS are not written yet. The stream is due again once
     /// they are.
     Later,
@@ -157,6 +172,8 @@ impl Wire {
                 max_unanswered: max_streams as usize + 16,
                 unanswered: 0,
                 waiting: Vec::new(),
+                rationed: false,
+                starved_since: None,
                 ready,
                 woke: false,
             }),
@@ -361,6 +378,7 @@ impl State {
             headers_out: false,
             reset: false,
             waits_connection: false,
+            allowance: 0,
         });
         self.ids.insert(id, key);
         self.unanswered += 1;
@@ -413,13 +431,8 @@ impl State {
                         return Verdict::Overflow(0);
                     }
                     self.connection_window += increment;
-                    for key in std::mem::take(&mut self.waiting) {
-                        if let Some(entry) = self.streams.get_mut(key) {
-                            entry.waits_connection = false;
-                            let token = entry.token;
-                            self.mark(token);
-                        }
-                    }
+                    self.starved_since = None;
+                    self.start_round();
                     return Verdict::Apply;
                 }
                 let Some(&key) = self.ids.get(&head.id) else {
@@ -442,6 +455,43 @@ impl State {
             }
             _ => Verdict::Pass,
         }
+    }
+
+    /// Shares what the connection's window holds among the streams waiting for it, in turn
+    /// order: each gets an equal share (at least [`MIN_SHARE`], or the whole window if it is
+    /// smaller; those the window does not reach stay first in line) and is marked due. So
+    /// every stream that has a window of its own progresses whenever the client grants the
+    /// connection some, and none is passed over twice in a row. Called when the client grants
+    /// the connection window, and after each poll of the connection's due streams (a round
+    /// may leave window over: the next round shares it). With no stream waiting, the window
+    /// is no longer rationed.
+    pub fn start_round(&mut self) {
+        if self.connection_window <= 0 {
+            return;
+        }
+        if self.waiting.is_empty() {
+            self.rationed = false;
+            return;
+        }
+        let share = (self.connection_window / self.waiting.len() as i64)
+            .max(MIN_SHARE.min(self.connection_window));
+        let reached = (self.connection_window / share).max(1) as usize;
+        let rest = self.waiting.split_off(reached.min(self.waiting.len()));
+        for key in std::mem::replace(&mut self.waiting, rest) {
+            if let Some(entry) = self.streams.get_mut(key) {
+                entry.waits_connection = false;
+                entry.allowance = share;
+                let token = entry.token;
+                self.mark(token);
+            }
+        }
+        self.wake_if_marked();
+    }
+
+    /// Since when the connection's window has been at zero with streams waiting for it (the
+    /// connection stalls as a whole: its task closes it after the stall time).
+    pub fn starved_since(&self) -> Option<tokio::time::Instant> {
+        self.starved_since
     }
 
     /// SETTINGS_INITIAL_WINDOW_SIZE changed: every open stream's window moves by the change.
@@ -541,13 +591,29 @@ impl StreamOut {
             if data.is_empty() {
                 break Sent::All;
             }
-            let window = entry.window.min(state.connection_window);
+            if entry.window <= 0 {
+                break Sent::Window;
+            }
+            let turn = if state.rationed {
+                entry.allowance
+            } else {
+                i64::MAX
+            };
+            let window = entry.window.min(state.connection_window).min(turn);
             if window <= 0 {
-                if state.connection_window <= 0 && !entry.waits_connection {
+                // The connection's window, or this stream's share of it, is spent: it waits
+                // for its turn.
+                if !entry.waits_connection {
                     entry.waits_connection = true;
                     state.waiting.push(key);
                 }
-                break Sent::Window;
+                if state.connection_window <= 0 {
+                    state.rationed = true;
+                    state
+                        .starved_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                }
+                break Sent::Connection;
             }
             let n = data.len().min(window as usize).min(state.max_frame);
             let id = entry.id.to_be_bytes();
@@ -565,6 +631,7 @@ impl StreamOut {
             state.out.extend_from_slice(&data[..n]);
             data.advance(n);
             entry.window -= n as i64;
+            entry.allowance -= n as i64;
             state.connection_window -= n as i64;
             wrote += n + HEAD_LEN;
         };
@@ -979,7 +1046,7 @@ mod tests {
         h2_writes_headers(&wire, 3);
         due(&ready);
         let mut big = Bytes::from(vec![b'x'; 70_000]);
-        assert_eq!(a.send(&mut wire.lock(), &mut big), Sent::Window);
+        assert_eq!(a.send(&mut wire.lock(), &mut big), Sent::Connection);
         assert_eq!(big.len(), 70_000 - 65_535);
         let frames = wire.state.lock().out.len() - 2 * (HEAD_LEN + 1);
         assert_eq!(
@@ -988,14 +1055,75 @@ mod tests {
             "frames of at most 16,384 bytes"
         );
         let mut small = Bytes::from_static(b"y");
-        assert_eq!(b.send(&mut wire.lock(), &mut small), Sent::Window);
+        assert_eq!(b.send(&mut wire.lock(), &mut small), Sent::Connection);
         assert_eq!(
             b.send(&mut wire.lock(), &mut small),
-            Sent::Window,
+            Sent::Connection,
             "listed once"
         );
         inbound(&wire, &window_update(0, 100_000), 64);
         assert_eq!(due(&ready), vec![10, 11]);
+    }
+
+    #[test]
+    fn a_scarce_connection_window_is_shared_in_turns() {
+        let (wire, ready, _) = wire();
+        let client = opening(&[(0x4, 1 << 20)], &[1, 3, 5]);
+        inbound(&wire, &client, client.len());
+        let outs = [wire.attach(1, 10), wire.attach(3, 11), wire.attach(5, 12)];
+        for id in [1, 3, 5] {
+            h2_writes_headers(&wire, id);
+        }
+        due(&ready);
+        let mut data: Vec<Bytes> = (0..3).map(|_| Bytes::from(vec![b'x'; 100_000])).collect();
+        // The first takes the connection's whole first window; all three then wait in turn.
+        for (out, data) in outs.iter().zip(&mut data) {
+            assert_eq!(out.send(&mut wire.lock(), data), Sent::Connection);
+        }
+        assert_eq!(data[0].len(), 100_000 - 65_535);
+        let sent =
+            |data: &[Bytes]| -> Vec<usize> { data.iter().map(|d| 100_000 - d.len()).collect() };
+        // A grant of 3,000 goes to all three, 1,000 each, in turn order.
+        inbound(&wire, &window_update(0, 3_000), 64);
+        assert_eq!(due(&ready), vec![10, 11, 12]);
+        for (out, data) in outs.iter().zip(&mut data) {
+            assert_eq!(out.send(&mut wire.lock(), data), Sent::Connection);
+        }
+        assert_eq!(sent(&data), vec![65_535 + 1_000, 1_000, 1_000]);
+        // 600: a share is at least 512 bytes, so the first in line gets 512; the 88 left over
+        // go to the next in line once the round is over; the third is first the next time.
+        inbound(&wire, &window_update(0, 600), 64);
+        assert_eq!(due(&ready), vec![10]);
+        assert_eq!(
+            outs[0].send(&mut wire.lock(), &mut data[0]),
+            Sent::Connection
+        );
+        wire.lock().start_round();
+        assert_eq!(due(&ready), vec![11]);
+        assert_eq!(
+            outs[1].send(&mut wire.lock(), &mut data[1]),
+            Sent::Connection
+        );
+        wire.lock().start_round();
+        assert_eq!(due(&ready), Vec::<usize>::new(), "the window is spent");
+        assert_eq!(sent(&data), vec![65_535 + 1_512, 1_088, 1_000]);
+        inbound(&wire, &window_update(0, 512), 64);
+        assert_eq!(due(&ready), vec![12], "the one passed over goes first");
+        assert!(
+            wire.lock().starved_since().is_none(),
+            "a grant ends a connection stall"
+        );
+        assert_eq!(
+            outs[2].send(&mut wire.lock(), &mut data[2]),
+            Sent::Connection
+        );
+        assert_eq!(sent(&data), vec![65_535 + 1_512, 1_088, 1_512]);
+        assert!(
+            wire.lock().starved_since().is_some(),
+            "the connection's window is at zero again"
+        );
+        inbound(&wire, &window_update(0, 1 << 20), 64);
+        assert!(wire.lock().starved_since().is_none());
     }
 
     #[test]

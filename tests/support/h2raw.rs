@@ -88,17 +88,26 @@ pub struct RawH2<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> RawH2<T> {
     /// Sends the preface and large windows, reads the server's SETTINGS and acknowledges them.
-    pub async fn handshake(mut io: T) -> Self {
+    pub async fn handshake(io: T) -> Self {
+        // Streams 16 MiB each, the connection + 1 GiB.
+        Self::handshake_with(io, 16 << 20, 1 << 30).await
+    }
+
+    /// The handshake with stream windows of `stream_window` bytes and the connection's
+    /// window raised by `connection_increment` (0: left at 65,535).
+    pub async fn handshake_with(mut io: T, stream_window: u32, connection_increment: u32) -> Self {
         io.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
             .await
             .unwrap();
-        // SETTINGS: INITIAL_WINDOW_SIZE (4) = 16 MiB.
+        // SETTINGS: INITIAL_WINDOW_SIZE (4).
         let mut settings = Vec::new();
         settings.extend_from_slice(&4u16.to_be_bytes());
-        settings.extend_from_slice(&(16u32 << 20).to_be_bytes());
+        settings.extend_from_slice(&stream_window.to_be_bytes());
         write_frame(&mut io, SETTINGS, 0, 0, &settings).await;
-        // Connection window + 1 GiB.
-        write_frame(&mut io, WINDOW_UPDATE, 0, 0, &(1u32 << 30).to_be_bytes()).await;
+        if connection_increment > 0 {
+            let increment = connection_increment.to_be_bytes();
+            write_frame(&mut io, WINDOW_UPDATE, 0, 0, &increment).await;
+        }
         let mut raw = RawH2 {
             io,
             max_concurrent_streams: None,
