@@ -127,15 +127,7 @@ async fn small_windows_get_every_event_whole_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_share_a_scarce_connection_window_and_none_is_reset() {
     const STREAMS: u32 = 24;
-    let cluster = Cluster::new();
-    let topic = unique_topic("share");
-    cluster.create_topic(&topic, 1).await;
-    let gw = gateway(&cluster, &[("KSG_STREAM_STALL_SECS", "2")]).await;
-    let tls = tls_connect(&gw, b"h2").await;
-    let mut raw = RawH2::handshake_with(tls, 1 << 20, 0).await;
-    for n in 0..STREAMS {
-        raw.get(1 + 2 * n, &format!("/{topic}")).await;
-    }
+    let (cluster, topic, gw, mut raw) = scarce_connection_window("share", "2", STREAMS).await;
     // 20 records a second of about 100 bytes: 24 × 20 events of about 140 bytes a second.
     let p = cluster.producer();
     let producing = tokio::spawn(async move {
@@ -202,15 +194,7 @@ async fn streams_share_a_scarce_connection_window_and_none_is_reset() {
 /// by one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_window_kept_at_zero_closes_the_connection_once() {
-    let cluster = Cluster::new();
-    let topic = unique_topic("starve");
-    cluster.create_topic(&topic, 1).await;
-    let gw = gateway(&cluster, &[("KSG_STREAM_STALL_SECS", "1")]).await;
-    let tls = tls_connect(&gw, b"h2").await;
-    let mut raw = RawH2::handshake_with(tls, 1 << 20, 0).await;
-    for n in 0..4u32 {
-        raw.get(1 + 2 * n, &format!("/{topic}")).await;
-    }
+    let (cluster, topic, gw, mut raw) = scarce_connection_window("starve", "1", 4).await;
     // 100 KB of events: more than the connection's 65,535 bytes.
     let p = cluster.producer();
     for n in 0..1000 {
@@ -236,4 +220,28 @@ async fn a_connection_window_kept_at_zero_closes_the_connection_once() {
         0.0
     );
     gw.shutdown().await;
+}
+
+/// A gateway with `KSG_STREAM_STALL_SECS=stall` and a raw client of `streams` streams of a new
+/// topic, each with a 1 MiB window, on a connection whose window stays at 65,535 bytes.
+async fn scarce_connection_window(
+    prefix: &str,
+    stall: &str,
+    streams: u32,
+) -> (
+    Cluster,
+    String,
+    kafka_sse_gateway::Handle,
+    RawH2<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+) {
+    let cluster = Cluster::new();
+    let topic = unique_topic(prefix);
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_STREAM_STALL_SECS", stall)]).await;
+    let tls = tls_connect(&gw, b"h2").await;
+    let mut raw = RawH2::handshake_with(tls, 1 << 20, 0).await;
+    for n in 0..streams {
+        raw.get(1 + 2 * n, &format!("/{topic}")).await;
+    }
+    (cluster, topic, gw, raw)
 }
