@@ -74,6 +74,8 @@ impl Settings {
         let mut builder = h2::server::Builder::new();
         builder
             .max_concurrent_streams(self.max_streams)
+            // The wire reads the client's control frames up to this size itself.
+            .max_frame_size(wire::LARGEST_READ as u32)
             .max_header_list_size(self.max_header_list)
             .max_send_buffer_size(self.send_buffer)
             .max_pending_accept_reset_streams(self.max_pending_resets)
@@ -367,7 +369,7 @@ enum Phase {
 /// The send side of a stream whose response went out.
 struct Sending {
     /// Kept for the end of the stream (END_STREAM, or a reset), which `h2` sends.
-    send: SendStream<Bytes>,
+    send: Ending,
     body: ResponseBody,
     /// Taken from the body, not written yet (empty: take the next frame).
     data: Bytes,
@@ -406,7 +408,7 @@ impl Answer {
             let end = body.is_end_stream();
             this.phase = match respond.send_response(Response::from_parts(parts, ()), end) {
                 Ok(send) if !end => Phase::Sending(Sending {
-                    send,
+                    send: Ending(send),
                     body,
                     data: Bytes::new(),
                     stalled: None,
@@ -428,6 +430,22 @@ impl Answer {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// The end of a stream whose body the wire writes. `h2` may only end it (a zero-length DATA
+/// frame with END_STREAM, which takes no window: `h2` sends it even when its own window, frozen
+/// at the client's initial one, is 0) or reset it; never send a payload, which would take window
+/// the wire does not count. `tests/h2_contract.rs` checks both.
+struct Ending(SendStream<Bytes>);
+
+impl Ending {
+    fn end(&mut self) {
+        let _ = self.0.send_data(Bytes::new(), true);
+    }
+
+    fn reset(&mut self, reason: Reason) {
+        self.0.send_reset(reason);
     }
 }
 
@@ -487,7 +505,7 @@ impl Sending {
                     Poll::Ready(_) => {
                         // The body ended: `h2` writes END_STREAM after the frames written
                         // (it takes no window).
-                        let _ = self.send.send_data(Bytes::new(), true);
+                        self.send.end();
                         return Poll::Ready(());
                     }
                     // A reset marks the stream due: it ends here.
@@ -526,7 +544,7 @@ impl Sending {
             if timer.as_mut().poll(cx).is_ready() {
                 resets.inc();
                 debug!("stream reset: its client granted no window for {stall:?}");
-                self.send.send_reset(Reason::CANCEL);
+                self.send.reset(Reason::CANCEL);
                 return Poll::Ready(());
             }
             return Poll::Pending;

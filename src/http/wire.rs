@@ -46,6 +46,7 @@ const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
 const WINDOW_UPDATE: u8 = 0x8;
 const CONTINUATION: u8 = 0x9;
 
@@ -61,9 +62,9 @@ const MAX_WINDOW: i64 = (1 << 31) - 1;
 /// The smallest SETTINGS_MAX_FRAME_SIZE, and the default.
 const MIN_FRAME: usize = 16_384;
 const MAX_FRAME: usize = (1 << 24) - 1;
-/// Control frames larger than this are passed to `h2` unread (it refuses frames larger than
-/// its own SETTINGS_MAX_FRAME_SIZE, the default 16,384).
-const LARGEST_READ: usize = MIN_FRAME;
+/// Control frames larger than this are passed to `h2` unread: it refuses frames larger than
+/// its own SETTINGS_MAX_FRAME_SIZE, which `h2conn::Settings::builder` sets to this value.
+pub const LARGEST_READ: usize = MIN_FRAME;
 /// Bytes read from the client at a time (what clients send an SSE gateway is small).
 const READ_BYTES: usize = 4096;
 /// Bytes `h2` may add to an output buffer already this full only once some of it is written.
@@ -106,6 +107,10 @@ pub struct State {
     last_opened: u32,
     /// Streams not answered yet that may be held (more are left to `h2`, which refuses them).
     max_unanswered: usize,
+    /// The last stream `h2`'s GOAWAY said it takes (it ignores later ones, with no frame), and
+    /// the start of a GOAWAY's payload being read from `h2`'s output.
+    goaway_last: Option<u32>,
+    goaway_bytes: Option<Vec<u8>>,
     unanswered: usize,
     /// Streams waiting for the connection's window, in turn order.
     waiting: Vec<usize>,
@@ -170,6 +175,8 @@ impl Wire {
                 ids: HashMap::new(),
                 last_opened: 0,
                 max_unanswered: max_streams as usize + 16,
+                goaway_last: None,
+                goaway_bytes: None,
                 unanswered: 0,
                 waiting: Vec::new(),
                 rationed: false,
@@ -215,9 +222,9 @@ impl Wire {
         self.state.lock()
     }
 
-    /// Streams open on the wire, for tests.
-    #[cfg(test)]
-    fn held(&self) -> usize {
+    /// Streams the wire holds an entry for (open, or not released yet): for tests, including
+    /// the contract tests with `h2` (`tests/h2_contract.rs`).
+    pub fn held(&self) -> usize {
         self.state.lock().streams.len()
     }
 }
@@ -293,6 +300,13 @@ impl State {
         while !bytes.is_empty() {
             if self.frame_left > 0 {
                 let n = self.frame_left.min(bytes.len());
+                if let Some(mut read) = self.goaway_bytes.take() {
+                    read.extend(bytes[..n].iter().take(4 - read.len()));
+                    match <[u8; 4]>::try_from(read.as_slice()) {
+                        Ok(last) => self.goaway(u32::from_be_bytes(last) & 0x7fff_ffff),
+                        Err(_) => self.goaway_bytes = Some(read),
+                    }
+                }
                 self.frame_left -= n;
                 bytes = &bytes[n..];
                 continue;
@@ -322,6 +336,21 @@ impl State {
                     }
                 }
                 RST_STREAM => self.ended(head.id),
+                GOAWAY => self.goaway_bytes = Some(Vec::with_capacity(4)),
+                // `h2` sends no payload of its own (`h2conn::Ending` only ends or resets a
+                // stream): its zero-length END_STREAM takes no window. Were it ever to send
+                // one, the windows are charged for it, so the client's are never exceeded.
+                DATA if head.len > 0 => {
+                    debug_assert!(
+                        false,
+                        "h2 sent {} bytes of DATA on stream {}",
+                        head.len, head.id
+                    );
+                    self.connection_window -= head.len as i64;
+                    if let Some(&key) = self.ids.get(&head.id) {
+                        self.streams[key].window -= head.len as i64;
+                    }
+                }
                 _ => {}
             }
         }
@@ -351,6 +380,23 @@ impl State {
         self.unanswered -= 1;
     }
 
+    /// `h2` said GOAWAY, taking no stream after `last`: it ignores later ones without a
+    /// frame (RFC 9113, 6.8), so the wire holds none of them, and lets go of those it held
+    /// that `h2` has not answered.
+    fn goaway(&mut self, last: u32) {
+        let last = self.goaway_last.map_or(last, |l| l.min(last));
+        self.goaway_last = Some(last);
+        let ignored: Vec<usize> = self
+            .streams
+            .iter()
+            .filter(|(_, e)| e.id > last && e.token.is_none())
+            .map(|(key, _)| key)
+            .collect();
+        for key in ignored {
+            self.forget_unanswered(key);
+        }
+    }
+
     /// The stream `id` was reset, by either side.
     fn ended(&mut self, id: u32) {
         let Some(&key) = self.ids.get(&id) else {
@@ -367,7 +413,11 @@ impl State {
 
     /// The client opened the stream `id` (its HEADERS are on their way to `h2`).
     fn opened(&mut self, id: u32) {
-        if id <= self.last_opened || id % 2 == 0 || self.unanswered >= self.max_unanswered {
+        if id <= self.last_opened
+            || id % 2 == 0
+            || self.unanswered >= self.max_unanswered
+            || self.goaway_last.is_some_and(|last| id > last)
+        {
             return;
         }
         self.last_opened = id;
