@@ -642,6 +642,9 @@ impl StreamOut {
                 break Sent::All;
             }
             if entry.window <= 0 {
+                // Its turn at the connection's window ends with its own window: it waits in
+                // line again once the client grants it more.
+                entry.allowance = 0;
                 break Sent::Window;
             }
             let turn = if state.rationed {
@@ -869,11 +872,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Splice<I> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::wake::{counting_waker, WakeCount};
 
-    fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
+    pub(super) fn frame(kind: u8, flags: u8, id: u32, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
         let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
         f.extend_from_slice(&id.to_be_bytes());
@@ -881,11 +887,11 @@ mod tests {
         f
     }
 
-    fn window_update(id: u32, increment: u32) -> Vec<u8> {
+    pub(super) fn window_update(id: u32, increment: u32) -> Vec<u8> {
         frame(WINDOW_UPDATE, 0, id, &increment.to_be_bytes())
     }
 
-    fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
+    pub(super) fn settings(pairs: &[(u16, u32)]) -> Vec<u8> {
         let mut payload = Vec::new();
         for (id, value) in pairs {
             payload.extend_from_slice(&id.to_be_bytes());
@@ -898,7 +904,7 @@ mod tests {
 
     /// A client's first bytes: the preface, a SETTINGS frame with `pairs` (when there are
     /// some), and a request's HEADERS on each stream of `ids`.
-    fn opening(pairs: &[(u16, u32)], ids: &[u32]) -> Vec<u8> {
+    pub(super) fn opening(pairs: &[(u16, u32)], ids: &[u32]) -> Vec<u8> {
         let mut bytes = PREFACE.to_vec();
         if !pairs.is_empty() {
             bytes.extend(settings(pairs));
@@ -909,13 +915,13 @@ mod tests {
         bytes
     }
 
-    fn wire() -> (Arc<Wire>, Arc<Ready>, Arc<WakeCount>) {
+    pub(super) fn wire() -> (Arc<Wire>, Arc<Ready>, Arc<WakeCount>) {
         let (count, waker) = counting_waker();
         let ready = Ready::new(waker);
         (Wire::new(ready.clone(), 8), ready, count)
     }
 
-    fn due(ready: &Ready) -> Vec<usize> {
+    pub(super) fn due(ready: &Ready) -> Vec<usize> {
         let mut due = Vec::new();
         ready.take_into(&mut due);
         due
@@ -923,7 +929,7 @@ mod tests {
 
     /// Runs the client's bytes through the inbound filter, `step` bytes at a time, and returns
     /// what `h2` reads.
-    fn inbound(wire: &Wire, bytes: &[u8], step: usize) -> Vec<u8> {
+    pub(super) fn inbound(wire: &Wire, bytes: &[u8], step: usize) -> Vec<u8> {
         let mut filter = Inbound::default();
         if !bytes.starts_with(PREFACE) {
             // Later bytes of a connection whose preface went by.
@@ -1016,7 +1022,7 @@ mod tests {
     }
 
     /// h2's bytes as it writes them: the response HEADERS of stream `id`, in two writes.
-    fn h2_writes_headers(wire: &Wire, id: u32) {
+    pub(super) fn h2_writes_headers(wire: &Wire, id: u32) {
         let headers = frame(HEADERS, END_HEADERS, id, &[0x88]);
         let mut state = wire.state.lock();
         state.h2_wrote(&headers[..4]);
