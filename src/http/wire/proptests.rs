@@ -37,7 +37,12 @@ enum Op {
 /// Stream windows from none to far more than the connection's, so that the connection's
 /// window is often what the streams wait for.
 fn stream_window() -> impl Strategy<Value = u32> {
-    prop_oneof![Just(0u32), 1u32..2_000, 2_000u32..200_000, (1u32 << 20)..(1u32 << 24)]
+    prop_oneof![
+        Just(0u32),
+        1u32..2_000,
+        2_000u32..200_000,
+        (1u32 << 20)..(1u32 << 24)
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
