@@ -77,7 +77,7 @@ if [ "$mode" = smoke ]; then
 fi
 mkdir -p "$OUT"
 
-cargo build --release --locked --bins >&2
+cargo build --release --locked --workspace --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 GW_BIN="${BENCH_GW_BIN:-$TARGET/release/kafka-sse-gateway}"
 BENCH="$TARGET/release/ksg-bench"

@@ -19,7 +19,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step's wall time is printed when the next one starts and listed in the summary.
+step_names=()
+step_secs=()
+step_name=""
+step_start=$SECONDS
+step() {
+  if [ -n "$step_name" ]; then
+    step_names+=("$step_name")
+    step_secs+=($((SECONDS - step_start)))
+    printf '=== (%d s)\n' $((SECONDS - step_start))
+  fi
+  step_name="$*"
+  step_start=$SECONDS
+  printf '\n=== %s\n' "$*"
+}
 
 step "supply chain: cargo-deny (licenses, bans, sources, advisories) and version floors"
 scripts/supply-chain.sh
@@ -27,6 +41,8 @@ scripts/supply-chain.sh
 step "unit + integration tests on the in-process mock cluster"
 # Tests that need a real broker are #[ignore]d here, and the runner counts them as ignored.
 cargo test --locked -- --show-output 2>&1 | tee /tmp/ksg-test-mock.log
+# The benchmark's load generator, a crate of its own (its report and payload tests).
+cargo test --locked -p ksg-bench 2>&1 | tail -3
 count() { grep -E '^test result: ok\.' "$1" | awk -v f="$2" '{for (i = 1; i < NF; i++) if ($(i + 1) ~ "^" f) s += $i} END {print s + 0}'; }
 mock_passed=$(count /tmp/ksg-test-mock.log passed)
 mock_ignored=$(count /tmp/ksg-test-mock.log ignored)
@@ -81,3 +97,7 @@ echo "browser: see the node test runner's summary above"
 echo "h2spec: see the per-listener results above (allowed failures: scripts/h2spec-allowlist.txt)"
 echo "deployment: scripts/deploy-check.sh passed (see its steps above)"
 echo "benchmark: the smoke run delivered on both servers with nothing lost (table above)"
+echo "time per step (wall clock, $SECONDS s in all):"
+for i in "${!step_names[@]}"; do
+  printf '  %5d s  %s\n' "${step_secs[$i]}" "${step_names[$i]}"
+done

@@ -1110,7 +1110,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         fields.push(("rss_kib_after", Value::N(rss as f64)));
     }
     fields.extend(restarted.into_iter().flatten());
-    println!("{}", serde_like(&fields));
+    println!("{}", json_line(&fields));
     drop(connections);
     Ok(())
 }
@@ -1304,20 +1304,20 @@ enum Value {
     N(f64),
 }
 
-/// One flat JSON object (strings here never need escaping beyond quotes and backslashes).
-fn serde_like(fields: &[(&str, Value)]) -> String {
-    let parts: Vec<String> = fields
+/// One flat JSON object, its fields in order: whole numbers as integers, others to 3 decimals.
+fn json_line(fields: &[(&str, Value)]) -> String {
+    let object: serde_json::Map<String, serde_json::Value> = fields
         .iter()
-        .map(|(k, v)| match v {
-            Value::S(s) => format!(
-                "\"{k}\":\"{}\"",
-                s.replace('\\', "\\\\").replace('"', "\\\"")
-            ),
-            Value::N(n) if n.fract() == 0.0 && n.abs() < 1e15 => format!("\"{k}\":{}", *n as i64),
-            Value::N(n) => format!("\"{k}\":{n:.3}"),
+        .map(|(k, v)| {
+            let value = match v {
+                Value::S(s) => serde_json::Value::from(s.as_str()),
+                Value::N(n) if n.fract() == 0.0 && n.abs() < 1e15 => (*n as i64).into(),
+                Value::N(n) => ((n * 1000.0).round() / 1000.0).into(),
+            };
+            (k.to_string(), value)
         })
         .collect();
-    format!("{{{}}}", parts.join(","))
+    serde_json::Value::Object(object).to_string()
 }
 
 /// Reads the flat JSON objects `run` printed (one per line) and prints a Markdown table.
@@ -1390,27 +1390,24 @@ fn table(text: &str, columns: &[(&str, &str)], pick: impl Fn(&str) -> bool) {
     );
     println!("|{}", "---|".repeat(columns.len()));
     for line in text.lines().filter(|l| l.starts_with('{') && pick(l)) {
-        let cells: Vec<String> = columns.iter().map(|(k, _)| cell(line, k)).collect();
+        let run: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let cells: Vec<String> = columns.iter().map(|(k, _)| cell(&run, k)).collect();
         println!("| {} |", cells.join(" | "));
     }
 }
 
-/// The value of `"key":` in a flat JSON line, formatted for a table.
-fn cell(line: &str, key: &str) -> String {
-    let Some(at) = line.find(&format!("\"{key}\":")) else {
-        return String::new();
-    };
-    let rest = &line[at + key.len() + 3..];
-    if let Some(s) = rest.strip_prefix('"') {
-        return s.split('"').next().unwrap_or_default().to_string();
-    }
-    let raw = rest.split([',', '}']).next().unwrap_or_default();
-    match raw.parse::<f64>() {
-        Ok(n) if n.fract() == 0.0 => format!("{}", n as i64),
-        Ok(n) if n.abs() >= 100.0 => format!("{n:.0}"),
-        Ok(n) if n.abs() >= 10.0 => format!("{n:.1}"),
-        Ok(n) => format!("{n:.2}"),
-        Err(_) => raw.to_string(),
+/// The field `key` of a run, formatted for a table (empty when the run has none).
+fn cell(run: &serde_json::Value, key: &str) -> String {
+    match &run[key] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) => match n.as_f64() {
+            Some(n) if n.fract() == 0.0 => format!("{}", n as i64),
+            Some(n) if n.abs() >= 100.0 => format!("{n:.0}"),
+            Some(n) if n.abs() >= 10.0 => format!("{n:.1}"),
+            Some(n) => format!("{n:.2}"),
+            None => n.to_string(),
+        },
+        _ => String::new(),
     }
 }
 
@@ -1432,9 +1429,15 @@ mod tests {
 
     #[test]
     fn report_cells_read_the_json_run_prints() {
-        let line = serde_like(&[("name", Value::S("W2".into())), ("p99_ms", Value::N(3.25))]);
-        assert_eq!(cell(&line, "name"), "W2");
-        assert_eq!(cell(&line, "p99_ms"), "3.25");
-        assert_eq!(cell(&line, "missing"), "");
+        let line = json_line(&[
+            ("name", Value::S("W\"2".into())),
+            ("p99_ms", Value::N(3.2504)),
+            ("events", Value::N(7.0)),
+        ]);
+        assert_eq!(line, r#"{"name":"W\"2","p99_ms":3.25,"events":7}"#);
+        let run = serde_json::from_str(&line).unwrap();
+        assert_eq!(cell(&run, "name"), "W\"2");
+        assert_eq!(cell(&run, "p99_ms"), "3.25");
+        assert_eq!(cell(&run, "missing"), "");
     }
 }
