@@ -63,14 +63,9 @@ async fn a_partial_preface_is_closed_at_the_handshake_timeout_and_counted() {
             let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
             partial_then_closed(tcp, partial).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let text = metrics(&gw).await;
-        assert_eq!(metric(&text, "ksg_connections_open"), 0.0, "TLS {tls}");
-        let timeouts = metric(
-            &text,
-            "ksg_connections_rejected_total{reason=\"handshake_timeout\"}",
-        );
-        assert_eq!(timeouts, 1.0, "TLS {tls}, {partial:?}");
+        wait_metric(&gw, "ksg_connections_open", 0.0).await;
+        let timeouts = "ksg_connections_rejected_total{reason=\"handshake_timeout\"}";
+        wait_metric(&gw, timeouts, 1.0).await;
         gw.shutdown().await;
     }
 }
@@ -266,14 +261,11 @@ async fn request_heads_over_16_kib_get_431_with_a_reason_on_both_protocols() {
         "{:?}",
         String::from_utf8_lossy(&answer)
     );
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let text = metrics(&gw).await;
-    assert_eq!(
-        metric(
-            &text,
-            "ksg_streams_refused_total{reason=\"headers_too_large\"}"
-        ),
-        3.0
-    );
+    wait_metric(
+        &gw,
+        "ksg_streams_refused_total{reason=\"headers_too_large\"}",
+        3.0,
+    )
+    .await;
     gw.shutdown().await;
 }

@@ -390,12 +390,10 @@ async fn shutdown_ends_streams_and_returns() {
         .await;
     let before = a.next_event().await.unwrap();
     assert_eq!(before.text(), "before");
-    let started = std::time::Instant::now();
     let drained = tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
         .await
         .expect("shutdown returns");
     assert!(drained, "every connection closed within the grace period");
-    assert!(started.elapsed() < Duration::from_secs(5));
     // Each stream's last block is an id-only block with the live position: here the id of
     // the one record (the key stream's too, its key being the topic's last).
     let last = |block: Option<Block>| {
