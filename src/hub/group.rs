@@ -30,9 +30,10 @@ use std::sync::{Arc, Weak};
 use std::task::Poll;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
 
+use super::order::{Level, Ordered};
 use super::topic::Topic;
 use crate::wake::Ready;
 
@@ -99,7 +100,7 @@ impl Fanout {
     /// connection's task calls it before polling its due streams. A group with nothing new
     /// costs a load of its own flag, not its lock.
     pub fn mark_readers_due(&self) {
-        for group in self.groups.lock().iter() {
+        for group in self.groups().iter() {
             if group.notified.load(Ordering::Acquire) {
                 group.mark_readers_due();
             }
@@ -109,9 +110,9 @@ impl Fanout {
     /// Counts what the streams wrote since the last call into the topics' series. The
     /// connection's task calls it after polling its streams; only groups read since are locked.
     pub fn count_sent(&self) {
-        for group in self.groups.lock().iter() {
+        for group in self.groups().iter() {
             if group.unflushed.swap(false, Ordering::Relaxed) {
-                group.sent.flush(&mut group.log.lock());
+                group.sent.flush(&mut group.log());
             }
         }
     }
@@ -128,10 +129,12 @@ impl Fanout {
         bound: usize,
         counters: impl FnOnce() -> (IntCounter, IntCounter),
     ) -> (Arc<Group>, bool) {
-        let mut groups = self.groups.lock();
-        let found = groups
-            .iter()
-            .find(|g| Arc::ptr_eq(&g.topic, topic) && g.view() == view && registered(g.id));
+        let mut groups = self.groups();
+        let found = groups.iter().find(|g| {
+            std::ptr::eq(g.topic.as_ptr(), Arc::as_ptr(topic))
+                && g.view() == view
+                && registered(g.id)
+        });
         if let Some(group) = found {
             return (group.clone(), false);
         }
@@ -141,7 +144,7 @@ impl Fanout {
             scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
             notified: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
-            topic: topic.clone(),
+            topic: Arc::downgrade(topic),
             fanout: Arc::downgrade(self),
             ready: self.ready.clone(),
             bound: bound.max(1),
@@ -154,7 +157,12 @@ impl Fanout {
     }
 
     fn forget(&self, group: &Arc<Group>) {
-        self.groups.lock().retain(|g| !Arc::ptr_eq(g, group));
+        self.groups().retain(|g| !Arc::ptr_eq(g, group));
+    }
+
+    /// The list of groups, locked (see `hub::order`).
+    fn groups(&self) -> Ordered<MutexGuard<'_, Vec<Arc<Group>>>> {
+        Ordered::new(Level::Groups, self.groups.lock())
     }
 }
 
@@ -171,7 +179,9 @@ pub(super) struct Group {
     notified: AtomicBool,
     /// Its streams read events not yet counted into the topic's series.
     unflushed: AtomicBool,
-    pub(super) topic: Arc<Topic>,
+    /// Its topic, not kept alive by it: the topic's state holds its groups, and a strong
+    /// reference back would be a cycle.
+    pub(super) topic: Weak<Topic>,
     fanout: Weak<Fanout>,
     /// The connection's due list.
     ready: Arc<Ready>,
@@ -331,10 +341,15 @@ impl Log {
 }
 
 impl Group {
+    /// The log, locked (see `hub::order`).
+    fn log(&self) -> Ordered<MutexGuard<'_, Log>> {
+        Ordered::new(Level::Log, self.log.lock())
+    }
+
     /// Appends `event` for every member (under the topic's lock, by the poll thread); returns
     /// the members cut off as slow to make room.
     pub(super) fn push(&self, event: &Bytes) -> u64 {
-        let mut log = self.log.lock();
+        let mut log = self.log();
         if log.closed || log.readers == 0 {
             return 0;
         }
@@ -380,7 +395,7 @@ impl Group {
     /// Appends `last` (if any) for every member and closes the log: members read what is
     /// left, then end. Returns the members, each still counted as a stream of the topic.
     pub(super) fn close(&self, last: Option<&Bytes>) -> usize {
-        let mut log = self.log.lock();
+        let mut log = self.log();
         if let Some(last) = last.filter(|_| log.readers > 0 && !log.closed) {
             let unread = log.readers;
             log.entries.push_back(Entry {
@@ -397,7 +412,7 @@ impl Group {
 
     /// Marks due the members waiting for the events appended since the last call.
     fn mark_readers_due(&self) {
-        let mut log = self.log.lock();
+        let mut log = self.log();
         if !log.notified {
             return;
         }
@@ -411,7 +426,7 @@ impl Group {
     /// A new member, the connection's stream `token`, reading from the next event appended
     /// (under the topic's lock).
     pub(super) fn join(self: &Arc<Self>, token: usize) -> Cursor {
-        let mut log = self.log.lock();
+        let mut log = self.log();
         let pos = log.head();
         let member = Member {
             pos,
@@ -507,7 +522,7 @@ impl Cursor {
     /// none, the member waits (under the same lock as the look: an append after it sees the
     /// member waiting and marks it due).
     fn read(&mut self) -> Read {
-        let mut log = self.group.log.lock();
+        let mut log = self.group.log();
         let read = Self::read_locked(&mut log, self.slot);
         if matches!(read, Read::Event(..)) {
             self.group.unflushed.store(true, Ordering::Relaxed);
@@ -548,9 +563,11 @@ impl Cursor {
 impl Drop for Cursor {
     fn drop(&mut self) {
         let group = &self.group;
-        let mut state = group.topic.lock();
+        // A topic already gone has no streams left to count.
+        let topic = group.topic.upgrade();
+        let mut state = topic.as_ref().map(|topic| topic.lock());
         let empty = {
-            let mut log = group.log.lock();
+            let mut log = group.log();
             let m = &log.members[self.slot];
             if !m.cut {
                 log.stop_reading(self.slot);
@@ -561,7 +578,7 @@ impl Drop for Cursor {
             log.trim();
             log.members() == 0
         };
-        if state.holds_group(group) {
+        if let Some(state) = state.as_mut().filter(|state| state.holds_group(group)) {
             state.stream_gone();
             if empty {
                 state.remove_group(group);
@@ -596,10 +613,20 @@ mod tests {
         Bytes::from_static(s.as_bytes())
     }
 
+    /// What [`group`] makes: the connection's wake count, its due list, its fanout, the group
+    /// and its topic.
+    type Fixture = (
+        Arc<WakeCount>,
+        Arc<Ready>,
+        Arc<Fanout>,
+        Arc<Group>,
+        Arc<Topic>,
+    );
+
     /// A group of a fresh topic on a connection whose wake-ups `connection` counts and whose
     /// due streams `ready` lists; the group is registered in the topic's state as subscribe
-    /// would.
-    fn group(bound: usize) -> (Arc<WakeCount>, Arc<Ready>, Arc<Fanout>, Arc<Group>) {
+    /// would. The topic is returned too: the group does not keep it alive.
+    fn group(bound: usize) -> Fixture {
         let (count, connection) = counting_waker();
         let metrics = Metrics::new(&[]);
         let topic = Arc::new(Topic::new("t", None, false, &metrics));
@@ -614,18 +641,18 @@ mod tests {
         let (group, new) = fanout.group_for(&topic, all, |_| true, 7, bound, counters);
         assert!(new);
         topic.lock().insert_group(group.clone());
-        (count, ready, fanout, group)
+        (count, ready, fanout, group, topic)
     }
 
     /// A new member, the connection's stream `token`.
     fn join(group: &Arc<Group>, token: usize) -> Cursor {
-        group.topic.lock().streams += 1;
+        group.topic.upgrade().unwrap().lock().streams += 1;
         group.join(token)
     }
 
     #[test]
     fn members_read_each_event_once_and_the_log_keeps_only_the_unread() {
-        let (_, _ready, _fanout, group) = group(8);
+        let (_, _ready, _fanout, group, _topic) = group(8);
         let (mut a, mut b) = (join(&group, 0), join(&group, 1));
         group.push(&ev("1"));
         group.push(&ev("2"));
@@ -634,20 +661,20 @@ mod tests {
         assert_eq!(a.try_more(), Some(ev("2")));
         assert_eq!(a.try_more(), None);
         assert_eq!(a.try_recv(), None);
-        assert_eq!(group.log.lock().entries.len(), 2, "b has read nothing");
+        assert_eq!(group.log().entries.len(), 2, "b has read nothing");
         assert_eq!(b.try_recv(), Some(ev("1")));
-        assert_eq!(group.log.lock().entries.len(), 1);
+        assert_eq!(group.log().entries.len(), 1);
         // The last reader gets the event itself, not a new handle on it.
-        let kept = group.log.lock().entries[0].event.as_ptr();
+        let kept = group.log().entries[0].event.as_ptr();
         let last = b.try_recv().unwrap();
         assert_eq!(last.as_ptr(), kept);
-        assert!(group.log.lock().entries.is_empty());
+        assert!(group.log().entries.is_empty());
         drop(later);
     }
 
     #[test]
     fn the_connection_is_woken_once_and_marks_the_waiting_members_due() {
-        let (connection, ready, fanout, group) = group(8);
+        let (connection, ready, fanout, group, _topic) = group(8);
         let (mut a, mut b) = (join(&group, 3), join(&group, 5));
         assert_eq!(a.poll_recv(), Poll::Pending);
         assert_eq!(b.poll_recv(), Poll::Pending);
@@ -676,7 +703,7 @@ mod tests {
 
     #[test]
     fn past_the_bound_the_slowest_are_cut_off_and_release_their_events() {
-        let (connection, ready, _fanout, group) = group(2);
+        let (connection, ready, _fanout, group, _topic) = group(2);
         let (mut slow, mut fast) = (join(&group, 0), join(&group, 1));
         let mut slow2 = join(&group, 2);
         assert_eq!(slow.poll_recv(), Poll::Pending);
@@ -693,7 +720,7 @@ mod tests {
             "the first event and the cut-off woke the connection"
         );
         {
-            let log = group.log.lock();
+            let log = group.log();
             assert_eq!(
                 log.entries.len(),
                 1,
@@ -706,30 +733,31 @@ mod tests {
         assert_eq!(fast.try_recv(), Some(ev("3")));
         assert_eq!(group.push(&ev("4")), 0, "cut once");
         drop((slow, slow2));
-        assert_eq!(group.topic.lock().streams, 1);
+        assert_eq!(group.topic.upgrade().unwrap().lock().streams, 1);
         assert_eq!(fast.try_recv(), Some(ev("4")));
     }
 
     #[test]
     fn a_member_leaving_releases_its_unread_events_and_the_last_one_unregisters() {
-        let (_, _ready, fanout, group) = group(8);
+        let (_, _ready, fanout, group, _topic) = group(8);
         let (a, mut b) = (join(&group, 0), join(&group, 1));
         group.push(&ev("1"));
         group.push(&ev("2"));
         drop(a);
         assert_eq!(b.try_recv(), Some(ev("1")));
-        assert_eq!(group.log.lock().entries.len(), 1);
+        assert_eq!(group.log().entries.len(), 1);
         drop(b);
-        assert!(group.log.lock().entries.is_empty());
-        let state = group.topic.lock();
+        assert!(group.log().entries.is_empty());
+        let topic = group.topic.upgrade().unwrap();
+        let state = topic.lock();
         assert_eq!(state.streams, 0);
         assert!(state.groups.is_empty());
-        assert!(fanout.groups.lock().is_empty());
+        assert!(fanout.groups().is_empty());
     }
 
     #[test]
     fn a_small_event_is_copied_once_per_group_and_sent_counts_are_flushed_by_the_connection() {
-        let (_, _ready, fanout, group) = group(8);
+        let (_, _ready, fanout, group, _topic) = group(8);
         let (mut a, mut b) = (join(&group, 0), join(&group, 1));
         let shared = Bytes::from(vec![b'x'; 100]);
         group.push(&shared);
@@ -756,13 +784,13 @@ mod tests {
 
     #[test]
     fn a_group_that_lags_holds_few_copies_of_its_own() {
-        let (_, _ready, _fanout, group) = group(4 * COPY_WHILE_BELOW);
+        let (_, _ready, _fanout, group, _topic) = group(4 * COPY_WHILE_BELOW);
         let _members = (join(&group, 0), join(&group, 1));
         let shared = Bytes::from(vec![b'x'; 100]);
         for _ in 0..2 * COPY_WHILE_BELOW {
             group.push(&shared);
         }
-        let log = group.log.lock();
+        let log = group.log();
         assert_eq!(log.entries.len(), 2 * COPY_WHILE_BELOW);
         let own = log.entries.iter();
         let own = own.filter(|e| e.event.as_ptr() != shared.as_ptr()).count();
@@ -771,18 +799,18 @@ mod tests {
 
     #[test]
     fn a_member_that_read_the_last_event_waits_without_another_look() {
-        let (connection, ready, fanout, group) = group(8);
+        let (connection, ready, fanout, group, _topic) = group(8);
         let mut a = join(&group, 3);
         group.push(&ev("1"));
         assert_eq!(connection.get(), 0, "nobody waited");
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
         assert!(a.parked.is_some());
         assert!(
-            group.log.lock().members[a.slot].waiting,
+            group.log().members[a.slot].waiting,
             "waits from its last read"
         );
         assert_eq!(a.poll_recv(), Poll::Pending);
-        assert_eq!(group.log.lock().waiting, [a.slot], "listed once");
+        assert_eq!(group.log().waiting, [a.slot], "listed once");
         group.push(&ev("2"));
         // Read before the connection marked it due (it was polled for something else).
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("2"))));
@@ -790,7 +818,7 @@ mod tests {
         fanout.mark_readers_due();
         assert_eq!(due(&ready), [3], "a spurious poll at most");
         assert_eq!(a.poll_recv(), Poll::Pending);
-        assert_eq!(group.log.lock().waiting, [a.slot], "waits again");
+        assert_eq!(group.log().waiting, [a.slot], "waits again");
         group.push(&ev("3"));
         assert_eq!(connection.get(), 2);
         fanout.mark_readers_due();
@@ -800,7 +828,7 @@ mod tests {
 
     #[test]
     fn a_closed_log_is_read_to_its_end_then_ends() {
-        let (connection, ready, _fanout, group) = group(8);
+        let (connection, ready, _fanout, group, _topic) = group(8);
         let mut a = join(&group, 4);
         group.push(&ev("1"));
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
@@ -815,8 +843,8 @@ mod tests {
 
     #[test]
     fn a_connection_has_one_group_per_view_of_a_topic() {
-        let (_, _ready, fanout, all) = group(8);
-        let topic = all.topic.clone();
+        let (_, _ready, fanout, all, _topic) = group(8);
+        let topic = all.topic.upgrade().unwrap();
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
         let find = |key: Option<&[u8]>, scope: Option<usize>, id: u64| {
             let view = View { key, scope };
@@ -852,7 +880,7 @@ mod tests {
 
     #[test]
     fn a_stream_reads_its_queue_to_the_end_then_its_place_in_the_log() {
-        let (_, _ready, _fanout, group) = group(8);
+        let (_, _ready, _fanout, group, _topic) = group(8);
         let mut cx = Context::from_waker(Waker::noop());
         let (tx, rx) = queue::channel(8, usize::MAX);
         let slot = Arc::new(Mutex::new(None));

@@ -7,7 +7,9 @@
 //! live HTTP/2 stream reads at its own place ([`group`]). Streams with no connection log
 //! (HTTP/1.1), and resumed streams until the live position covers their id, get it in their own
 //! bounded queue ([`queue`]). A full queue or log ends the slow stream (counted); the consumer
-//! and the other streams never wait. Locks are never held across an `.await`.
+//! and the other streams never wait. Locks are never held across an `.await`, and are taken in
+//! one order, written and checked in `order`: a topic's state, then a connection's groups, then
+//! a group's log.
 //!
 //! Key streams read every partition and carry full ids, whatever partitioner the producers use.
 //! When the operator promises a partitioner (`KSG_KEY_PARTITIONER`), a key stream reads only its
@@ -29,6 +31,7 @@ mod catchup;
 mod floor;
 pub mod group;
 mod lifecycle;
+mod order;
 pub mod queue;
 pub mod replay;
 mod subscribe;
@@ -47,10 +50,9 @@ use tracing::{debug, warn};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
 use crate::position;
-use crate::source::{Source, SourceError};
+use crate::source::{Deliver, LiveRecord, RecordSink, Source, SourceError};
 use crate::sse;
 use floor::for_stream;
-use group::Group;
 pub use group::{Fanout, Seat};
 use replay::Entry;
 pub use subscribe::{Events, Subscription};
@@ -198,17 +200,13 @@ impl Hub {
         Some(sse::with_id(event, &id))
     }
 
-    /// Fans one record out to the matching streams. Called by the poll thread only.
-    pub fn dispatch(
-        &self,
-        topic: &str,
-        partition: i32,
-        offset: i64,
-        key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        timestamp_ms: Option<i64>,
-    ) {
-        let Some(hub) = self.topics.get(topic).map(|e| e.value().clone()) else {
+    /// Fans one record of the live consumer out to the matching streams, in steps: advance the
+    /// topic's position, encode the event once, offer it to the streams with queues of their
+    /// own, push it to the connections' groups, move the streams it carried past their floor
+    /// into their groups, and keep it in the ring. Called by the poll thread only, under the
+    /// topic's lock.
+    fn dispatch(&self, record: LiveRecord<'_>) {
+        let Some(hub) = self.topics.get(record.topic).map(|e| e.value().clone()) else {
             return;
         };
         hub.records.inc();
@@ -217,25 +215,10 @@ impl Hub {
         let mut moved: Vec<Sub> = Vec::new();
         let mut guard = hub.lock();
         let state = &mut *guard;
-        let Some(p) = usize::try_from(partition)
-            .ok()
-            .filter(|p| *p < state.positions.len())
-        else {
+        let Some(p) = self.advance_position(&hub, state, &record) else {
             return;
         };
-        if offset < state.positions[p] {
-            debug!(
-                topic,
-                partition, offset, "record before the position, skipped"
-            );
-            return;
-        }
-        state.positions[p] = offset + 1;
-        if let Some(k) = key.filter(|_| state.key_scoping) {
-            if hub.off_promise(k, p, state.positions.len()) {
-                self.promise_broken(&hub, state, p, "live");
-            }
-        }
+        let key = record.key;
         let keyed =
             key.is_some_and(|k| state.by_key.contains_key(k) || state.key_groups.contains_key(k));
         let live = !state.all.is_empty() || !state.groups.is_empty() || keyed;
@@ -243,110 +226,32 @@ impl Hub {
             return;
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
-        let event = self.encode(&hub, &id, p, offset, key, value);
+        let event = self.encode(&hub, &id, p, record.offset, key, record.value);
         if live {
-            // Once per record handed to streams, never per stream.
-            if let Some(ms) = timestamp_ms {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as i64);
-                hub.latency.observe((now - ms).max(0) as f64 / 1000.0);
-            }
+            observe_latency(&hub, record.timestamp_ms);
         }
         // Key streams whose ids name only their key's partition share a second encoding.
-        let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, offset, &event));
-        let after = &state.positions;
-        let mut gone = 0;
-        let mut cut = 0;
-        // Streams whose floor this event covered and that have a group to go to: of every
-        // record, of the record's key.
-        let (mut moving_all, mut moving_key) = (Vec::new(), Vec::new());
-        let mut offer = |streams: &mut HashMap<u64, Sub>, moving: &mut Vec<u64>| {
-            streams.retain(|id, sub| {
-                let shared = match (&scoped, sub.scope) {
-                    (Some(scoped), Some(_)) => scoped,
-                    _ => &event,
-                };
-                let Some(bytes) = for_stream(
-                    &mut sub.floor,
-                    sub.scope,
-                    p,
-                    offset,
-                    after,
-                    shared,
-                    hub.fingerprint,
-                ) else {
-                    return true;
-                };
-                match sub.tx.try_send(bytes) {
-                    Ok(()) => {
-                        if sub.floor.is_none() && sub.handoff.is_some() {
-                            moving.push(*id);
-                        }
-                        true
-                    }
-                    Err(queue::TrySendError::Full(_)) => {
-                        hub.cutoffs.inc();
-                        debug!(topic, "stream cut off: its client fell behind (queue full)");
-                        cut += 1;
-                        gone += 1;
-                        false
-                    }
-                    Err(queue::TrySendError::Closed(_)) => {
-                        gone += 1;
-                        false
-                    }
-                }
-            });
+        let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, record.offset, &event));
+        let mut fan = Fan {
+            hub: &hub,
+            p,
+            offset: record.offset,
+            event: &event,
+            scoped: scoped.as_ref(),
+            gone: 0,
+            cut: 0,
         };
-        offer(&mut state.all, &mut moving_all);
-        if let Some(k) = key {
-            if let Some(set) = state.by_key.get_mut(k) {
-                offer(set, &mut moving_key);
-                if set.is_empty() {
-                    state.by_key.remove(k);
-                }
-            }
-        }
-        // A connection's group takes the event once for all its streams.
-        let mut push = |group: &Group, event: &Bytes| {
-            let slow = group.push(event);
-            if slow > 0 {
-                hub.cutoffs.inc_by(slow);
-                debug!(
-                    topic,
-                    streams = slow,
-                    "streams cut off: their clients fell behind"
-                );
-                cut += slow;
-            }
+        let moving_all = fan.offer(&mut state.all, &state.positions);
+        let moving_key = match key.and_then(|k| state.by_key.get_mut(k)) {
+            Some(set) => fan.offer(set, &state.positions),
+            None => Vec::new(),
         };
-        for group in state.groups.values() {
-            push(group, &event);
-        }
-        if let Some(set) = key.and_then(|k| state.key_groups.get(k)) {
-            for group in set.values() {
-                let shared = match (&scoped, group.view().scope) {
-                    (Some(scoped), Some(_)) => scoped,
-                    _ => &event,
-                };
-                push(group, shared);
-            }
-        }
+        fan.push_to_groups(state, key);
+        let (gone, cut) = (fan.gone, fan.cut);
         // After the groups took this event, so the moved streams read from the next one.
-        for id in moving_all {
-            if let Some(sub) = state.all.remove(&id) {
-                self.hand_to_group(&hub, state, None, &sub);
-                moved.push(sub);
-            }
-        }
-        if let Some(k) = key.filter(|_| !moving_key.is_empty()) {
-            for id in moving_key {
-                if let Some(sub) = state.by_key.get_mut(k).and_then(|set| set.remove(&id)) {
-                    self.hand_to_group(&hub, state, key, &sub);
-                    moved.push(sub);
-                }
-            }
+        self.move_to_groups(&hub, state, None, moving_all, &mut moved);
+        if let Some(k) = key {
+            self.move_to_groups(&hub, state, Some(k), moving_key, &mut moved);
             if state.by_key.get(k).is_some_and(HashMap::is_empty) {
                 state.by_key.remove(k);
             }
@@ -355,8 +260,72 @@ impl Hub {
             state.stream_gone();
         }
         if cut > 0 {
-            state.log_cutoffs(topic, cut);
+            state.log_cutoffs(record.topic, cut);
         }
+        self.keep_in_ring(state, p, record.offset, key, event);
+    }
+
+    /// Advances the topic's position past the record and checks it against the partitioner
+    /// promise; the record's partition, or `None` when the record is not for the stream (an
+    /// unknown partition, or before the position).
+    fn advance_position(
+        &self,
+        hub: &Topic,
+        state: &mut TopicState,
+        record: &LiveRecord<'_>,
+    ) -> Option<usize> {
+        let p = usize::try_from(record.partition)
+            .ok()
+            .filter(|p| *p < state.positions.len())?;
+        if record.offset < state.positions[p] {
+            debug!(
+                topic = record.topic,
+                partition = record.partition,
+                offset = record.offset,
+                "record before the position, skipped"
+            );
+            return None;
+        }
+        state.positions[p] = record.offset + 1;
+        if let Some(k) = record.key.filter(|_| state.key_scoping) {
+            if hub.off_promise(k, p, state.positions.len()) {
+                self.promise_broken(hub, state, p, "live");
+            }
+        }
+        Some(p)
+    }
+
+    /// Hands the streams of `key` (every record: `None`) listed in `ids` over to their
+    /// connection's group; they are dropped into `moved`, after the lock.
+    fn move_to_groups(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        key: Option<&[u8]>,
+        ids: Vec<u64>,
+        moved: &mut Vec<Sub>,
+    ) {
+        for id in ids {
+            let sub = match key {
+                None => state.all.remove(&id),
+                Some(k) => state.by_key.get_mut(k).and_then(|set| set.remove(&id)),
+            };
+            if let Some(sub) = sub {
+                self.hand_to_group(hub, state, key, &sub);
+                moved.push(sub);
+            }
+        }
+    }
+
+    /// Keeps the event in the topic's replay ring, if it has one.
+    fn keep_in_ring(
+        &self,
+        state: &mut TopicState,
+        p: usize,
+        offset: i64,
+        key: Option<&[u8]>,
+        event: Bytes,
+    ) {
         if let Some(ring) = &mut state.ring {
             let entry = Entry {
                 partition: p,
@@ -376,6 +345,111 @@ impl Hub {
         for entry in self.topics.iter() {
             let topic = entry.value();
             topic.lock().end_all_at_live(topic.fingerprint);
+        }
+    }
+}
+
+impl RecordSink for Hub {
+    /// A batch of records: every connection its streams wake is woken once, at the end.
+    fn batch(&self, records: &mut dyn FnMut(&mut Deliver<'_>)) {
+        crate::wake::batch(|| records(&mut |record| self.dispatch(record)));
+    }
+}
+
+/// Observes the produce-to-dispatch latency of a record handed to streams (once per record,
+/// never per stream).
+fn observe_latency(hub: &Topic, timestamp_ms: Option<i64>) {
+    if let Some(ms) = timestamp_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        hub.latency.observe((now - ms).max(0) as f64 / 1000.0);
+    }
+}
+
+/// One record's event on its way to the streams, and what the way cost (streams gone, and
+/// of those, streams cut off as too slow).
+struct Fan<'a> {
+    hub: &'a Topic,
+    p: usize,
+    offset: i64,
+    event: &'a Bytes,
+    /// The event with an id naming only its partition, for short-id key streams.
+    scoped: Option<&'a Bytes>,
+    gone: usize,
+    cut: u64,
+}
+
+impl Fan<'_> {
+    /// The bytes a stream (or group) of `scope` shares.
+    fn shared(&self, scope: Option<usize>) -> &Bytes {
+        match (self.scoped, scope) {
+            (Some(scoped), Some(_)) => scoped,
+            _ => self.event,
+        }
+    }
+
+    /// Offers the event to streams with queues of their own (HTTP/1.1 streams, and resumed
+    /// ones until the live position `after` covers their floor); a full queue cuts its stream
+    /// off. Returns the streams whose floor the event covered and that have a group to go to.
+    fn offer(&mut self, streams: &mut HashMap<u64, Sub>, after: &[i64]) -> Vec<u64> {
+        let mut moving = Vec::new();
+        streams.retain(|id, sub| {
+            let shared = self.shared(sub.scope).clone();
+            let Some(bytes) = for_stream(
+                &mut sub.floor,
+                sub.scope,
+                self.p,
+                self.offset,
+                after,
+                &shared,
+                self.hub.fingerprint,
+            ) else {
+                return true;
+            };
+            match sub.tx.try_send(bytes) {
+                Ok(()) => {
+                    if sub.floor.is_none() && sub.handoff.is_some() {
+                        moving.push(*id);
+                    }
+                    true
+                }
+                Err(queue::TrySendError::Full(_)) => {
+                    self.hub.cutoffs.inc();
+                    debug!(topic = %self.hub.name, "stream cut off: its client fell behind (queue full)");
+                    self.cut += 1;
+                    self.gone += 1;
+                    false
+                }
+                Err(queue::TrySendError::Closed(_)) => {
+                    self.gone += 1;
+                    false
+                }
+            }
+        });
+        moving
+    }
+
+    /// Pushes the event to every connection's group of the topic's records and of the
+    /// record's key: once per group, for all its streams; the slowest past the bound are cut
+    /// off.
+    fn push_to_groups(&mut self, state: &TopicState, key: Option<&[u8]>) {
+        let keyed = key.and_then(|k| state.key_groups.get(k));
+        let groups = state
+            .groups
+            .values()
+            .chain(keyed.into_iter().flat_map(HashMap::values));
+        for group in groups {
+            let slow = group.push(self.shared(group.view().scope));
+            if slow > 0 {
+                self.hub.cutoffs.inc_by(slow);
+                debug!(
+                    topic = %self.hub.name,
+                    streams = slow,
+                    "streams cut off: their clients fell behind"
+                );
+                self.cut += slow;
+            }
         }
     }
 }

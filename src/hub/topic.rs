@@ -14,6 +14,7 @@ use tracing::warn;
 
 use super::floor::id_for;
 use super::group::{Group, Handoff};
+use super::order::{Level, Ordered};
 use super::queue;
 use super::replay::Ring;
 use crate::metrics::Metrics;
@@ -280,8 +281,8 @@ impl Topic {
     }
 
     /// The topic's state, locked (never held across an `.await`).
-    pub(super) fn lock(&self) -> MutexGuard<'_, TopicState> {
-        self.state.lock()
+    pub(super) fn lock(&self) -> Ordered<MutexGuard<'_, TopicState>> {
+        Ordered::new(Level::Topic, self.state.lock())
     }
 
     /// True when `key` on partition `p` of a topic with `partitions` partitions breaks the

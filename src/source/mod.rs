@@ -1,7 +1,8 @@
 //! The Kafka source: ONE rdkafka consumer per gateway, partitions assigned explicitly, no group
-//! commits. A dedicated thread polls it and hands every record to the hub; the blocking
-//! metadata, offset and assignment calls run on tokio's blocking pool. The hub's catch-ups read
-//! with [`Reader`]s of their own (`reader`).
+//! commits. A dedicated thread polls it and hands every record to a [`RecordSink`] (the hub,
+//! which this module knows nothing else of), a fetched batch at a time; the blocking metadata,
+//! offset and assignment calls run on tokio's blocking pool. The hub's catch-ups read with
+//! [`Reader`]s of their own (`reader`).
 
 mod reader;
 
@@ -18,7 +19,6 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
 
-use crate::hub::Hub;
 use crate::metrics::Metrics;
 pub use reader::{FetchPosition, Polled, ReadError, Reader, Record};
 
@@ -28,6 +28,34 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Records dispatched at most between two rounds of connection wake-ups.
 const DISPATCH_BATCH: usize = 256;
+
+/// A record of the live consumer, borrowed from it for the length of one call.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveRecord<'a> {
+    /// The record's topic.
+    pub topic: &'a str,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its key, if any.
+    pub key: Option<&'a [u8]>,
+    /// `None`: a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// Milliseconds since the epoch, when the record has a timestamp.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What a batch hands each record to.
+pub type Deliver<'a> = dyn FnMut(LiveRecord<'_>) + 'a;
+
+/// Where the live consumer's records go.
+pub trait RecordSink: Send + Sync {
+    /// One batch of the records already fetched: `records` hands each of them, in order, to
+    /// the function it is given. The sink may hold back what the records cause (the hub wakes
+    /// each connection once per batch) until `records` returns.
+    fn batch(&self, records: &mut dyn FnMut(&mut Deliver<'_>));
+}
 
 /// A Kafka problem, classified by who is at fault.
 #[derive(Debug, Error)]
@@ -239,18 +267,21 @@ impl Source {
         Ok(())
     }
 
-    /// Polls until `stop` is set, handing every record to `hub`. Runs on its own thread.
-    pub fn poll_loop(&self, hub: &Hub, stop: &AtomicBool) {
+    /// Polls until `stop` is set, handing every record to `sink`. Runs on its own thread.
+    pub fn poll_loop(&self, sink: &dyn RecordSink, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
             let Some(first) = self.consumer.poll(POLL_TIMEOUT) else {
                 continue;
             };
-            // What is already fetched goes out as one batch: each connection is woken once.
-            crate::wake::batch(|| {
-                self.handle(hub, first);
+            // What is already fetched (up to DISPATCH_BATCH records) goes out as one batch.
+            let mut first = Some(first);
+            sink.batch(&mut |deliver| {
+                if let Some(first) = first.take() {
+                    self.handle(deliver, first);
+                }
                 for _ in 1..DISPATCH_BATCH {
                     match self.consumer.poll(Duration::ZERO) {
-                        Some(next) => self.handle(hub, next),
+                        Some(next) => self.handle(deliver, next),
                         None => break,
                     }
                 }
@@ -258,17 +289,17 @@ impl Source {
         }
     }
 
-    /// Hands one polled record to `hub`; counts and logs consume errors.
-    fn handle(&self, hub: &Hub, polled: KafkaResult<BorrowedMessage<'_>>) {
+    /// Hands one polled record to `deliver`; counts and logs consume errors.
+    fn handle(&self, deliver: &mut Deliver<'_>, polled: KafkaResult<BorrowedMessage<'_>>) {
         match polled {
-            Ok(message) => hub.dispatch(
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.key(),
-                message.payload(),
-                message.timestamp().to_millis(),
-            ),
+            Ok(message) => deliver(LiveRecord {
+                topic: message.topic(),
+                partition: message.partition(),
+                offset: message.offset(),
+                key: message.key(),
+                value: message.payload(),
+                timestamp_ms: message.timestamp().to_millis(),
+            }),
             // Reaching the end of a partition is not an error.
             Err(KafkaError::PartitionEOF(_)) => {}
             Err(e) => {
@@ -303,13 +334,13 @@ fn all_known(offsets: Vec<i64>) -> Result<Vec<i64>, SourceError> {
     Ok(offsets)
 }
 
-/// Starts the poll thread; it ends when `stop` is set.
+/// Starts the poll thread, handing the records to `sink`; it ends when `stop` is set.
 pub fn spawn_poller(
     source: Arc<Source>,
-    hub: Arc<Hub>,
+    sink: Arc<dyn RecordSink>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("ksg-kafka-poll".into())
-        .spawn(move || source.poll_loop(&hub, &stop))
+        .spawn(move || source.poll_loop(&*sink, &stop))
 }
