@@ -13,6 +13,7 @@
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use proptest::collection::vec;
 use proptest::prelude::*;
 

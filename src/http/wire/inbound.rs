@@ -1,0 +1,240 @@
+//! The way in: the client's bytes on their way to `h2`, read frame by frame; SETTINGS,
+//! RST_STREAM and new streams noted, WINDOW_UPDATEs applied here (see the module's text).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::frame::*;
+use super::{Entry, Splice, State};
+
+impl State {
+    /// The client opened the stream `id` (its HEADERS are on their way to `h2`).
+    pub(super) fn opened(&mut self, id: u32) {
+        if id <= self.last_opened
+            || id % 2 == 0
+            || self.unanswered >= self.max_unanswered
+            || self.goaway_last.is_some_and(|last| id > last)
+        {
+            return;
+        }
+        self.last_opened = id;
+        let key = self.streams.insert(Entry {
+            id,
+            window: self.initial_window,
+            token: None,
+            headers_out: false,
+            reset: false,
+            waits_connection: false,
+            allowance: 0,
+        });
+        self.ids.insert(id, key);
+        self.unanswered += 1;
+    }
+
+    /// A control frame from the client, whole: what to do with it.
+    pub(super) fn control(&mut self, head: &Head, payload: &[u8]) -> Verdict {
+        match head.kind {
+            SETTINGS => {
+                if head.flags & ACK == 0 && head.id == 0 && payload.len() % 6 == 0 {
+                    for setting in payload.chunks_exact(6) {
+                        let value =
+                            u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]);
+                        match u16::from_be_bytes([setting[0], setting[1]]) {
+                            // h2 refuses a value over 2³¹−1 and ends the connection; one
+                            // that takes a stream's window over it is refused here.
+                            0x4 if i64::from(value) <= MAX_WINDOW
+                                && !self.initial_window_now(i64::from(value)) =>
+                            {
+                                return Verdict::Overflow(0);
+                            }
+                            0x5 if (MIN_FRAME..=MAX_FRAME).contains(&(value as usize)) => {
+                                self.max_frame = value as usize;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                Verdict::Pass
+            }
+            RST_STREAM => {
+                if payload.len() == 4 {
+                    self.ended(head.id);
+                }
+                Verdict::Pass
+            }
+            WINDOW_UPDATE => {
+                if payload.len() != 4 {
+                    return Verdict::Pass;
+                }
+                let increment = i64::from(
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & 0x7fff_ffff,
+                );
+                if increment == 0 {
+                    return Verdict::Pass;
+                }
+                if head.id == 0 {
+                    if self.connection_window + increment > MAX_WINDOW {
+                        return Verdict::Overflow(0);
+                    }
+                    self.connection_window += increment;
+                    self.starved_since = None;
+                    self.start_round();
+                    return Verdict::Apply;
+                }
+                let Some(&key) = self.ids.get(&head.id) else {
+                    return Verdict::Pass;
+                };
+                let entry = &mut self.streams[key];
+                if entry.reset {
+                    return Verdict::Pass;
+                }
+                if entry.window + increment > MAX_WINDOW {
+                    return Verdict::Overflow(head.id);
+                }
+                let was = entry.window;
+                entry.window += increment;
+                let token = entry.token;
+                if was <= 0 {
+                    self.mark(token);
+                }
+                Verdict::Apply
+            }
+            _ => Verdict::Pass,
+        }
+    }
+}
+
+pub(super) enum Verdict {
+    /// `h2` reads it as it came.
+    Pass,
+    /// Applied here; `h2` does not see it.
+    Apply,
+    /// A flow-control error: `h2` reads the frame as it came, then two increments of 2³¹−1
+    /// for the window of this stream (0: the connection's), which it must refuse.
+    Overflow(u32),
+}
+
+/// The client's bytes on their way to `h2` (see the module's text).
+#[derive(Default)]
+pub(super) struct Inbound {
+    /// Read, not yet handed on, from `start`.
+    pub(super) buf: Vec<u8>,
+    pub(super) start: usize,
+    /// Bytes of the preface still to hand on, once the first read set it.
+    pub(super) preface: Option<usize>,
+    /// Bytes of the current frame still to hand on as they are.
+    pub(super) pass: usize,
+}
+
+impl Inbound {
+    /// Hands on what is read and decided, as much as `out` takes.
+    pub(super) fn filter(&mut self, state: &mut State, out: &mut ReadBuf<'_>) {
+        let preface = self.preface.get_or_insert(PREFACE_LEN);
+        loop {
+            let avail = &self.buf[self.start..];
+            if avail.is_empty() || out.remaining() == 0 {
+                break;
+            }
+            let through = if *preface > 0 {
+                &mut *preface
+            } else {
+                &mut self.pass
+            };
+            if *through > 0 {
+                let n = (*through).min(avail.len()).min(out.remaining());
+                out.put_slice(&avail[..n]);
+                *through -= n;
+                self.start += n;
+                continue;
+            }
+            if avail.len() < HEAD_LEN {
+                break;
+            }
+            let head = Head::parse(avail);
+            let whole = HEAD_LEN + head.len;
+            match head.kind {
+                SETTINGS | RST_STREAM | WINDOW_UPDATE if head.len <= LARGEST_READ => {
+                    if avail.len() < whole {
+                        break;
+                    }
+                    match state.control(&head, &avail[HEAD_LEN..whole]) {
+                        Verdict::Pass => self.pass = whole,
+                        Verdict::Apply => self.start += whole,
+                        Verdict::Overflow(id) => {
+                            let mut update = [
+                                0,
+                                0,
+                                4,
+                                WINDOW_UPDATE,
+                                0,
+                                0,
+                                0,
+                                0,
+                                0,
+                                0x7f,
+                                0xff,
+                                0xff,
+                                0xff,
+                            ];
+                            update[5..9].copy_from_slice(&id.to_be_bytes());
+                            let end = self.start + whole;
+                            self.buf.splice(end..end, update.into_iter().chain(update));
+                            self.pass = whole + 2 * update.len();
+                        }
+                    }
+                }
+                HEADERS => {
+                    state.opened(head.id);
+                    self.pass = whole;
+                }
+                _ => self.pass = whole,
+            }
+        }
+        state.wake_if_marked();
+    }
+
+    /// Room for one more read, keeping what is not handed on (a control frame read whole
+    /// grows the buffer over a few reads).
+    pub(super) fn make_room(&mut self) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.reserve(READ_BYTES);
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Splice<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            let before = out.filled().len();
+            this.inbound.filter(&mut this.wire.state.lock(), out);
+            if out.filled().len() > before || out.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.inbound.make_room();
+            let buf = &mut this.inbound.buf;
+            let len = buf.len();
+            buf.resize(buf.capacity(), 0);
+            let mut read = ReadBuf::new(&mut buf[len..]);
+            let polled = Pin::new(&mut *this.io.lock()).poll_read(cx, &mut read);
+            let got = read.filled().len();
+            buf.truncate(len + got);
+            match polled {
+                Poll::Ready(Ok(())) if got == 0 => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
