@@ -122,60 +122,20 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
             warn!("TLS: no KSG_TLS_CERT/KSG_TLS_KEY given, serving a self-signed certificate for localhost");
         }
     }
-    let auth = match &config.auth {
-        Some(settings) => {
-            let auth = Arc::new(auth::Authorizer::new(settings.clone())?);
-            info!(keys = auth.key_count(), "streams need a JWT (KSG_AUTH=jwt)");
-            Some(auth)
-        }
-        None if config.is_demo() => None,
-        None => {
-            warn!(
-                "KSG_AUTH=none: every client that reaches the gateway may read every served topic"
-            );
-            None
-        }
-    };
-    let (demo, brokers) = match &config.kafka_brokers {
-        Some(brokers) => (None, brokers.clone()),
-        None => {
-            let ticks = config.demo_ticks_per_sec;
-            let demo = tokio::task::spawn_blocking(move || Demo::start(ticks))
-                .await
-                .map_err(|e| StartError::Demo(e.to_string()))?
-                .map_err(StartError::Demo)?;
-            let brokers = demo.bootstrap_servers().to_string();
-            (Some(demo), brokers)
-        }
-    };
+    let auth = authorizer(&config)?;
+    let (demo, brokers) = kafka_cluster(&config).await?;
     let source = Arc::new(Source::new(
         &brokers,
         &config.kafka_properties,
         metrics.clone(),
     )?);
-    let hub_config = HubConfig {
-        queue: config.stream_queue,
-        queue_bytes: config.stream_queue_bytes,
-        replay_bytes: config.replay_bytes,
-        catchup_readers: config.catchup_readers,
-        snapshot_bytes: config.snapshot_bytes,
-        max_event_bytes: config.max_event_bytes,
-        key_partitioner: config.key_partitioner,
-    };
-    let hub = Arc::new(Hub::new(source.clone(), metrics.clone(), hub_config));
-
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| StartError::Bind(config.listen, e))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| StartError::Bind(config.listen, e))?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|e| StartError::Bind(config.admin_listen, e))?;
+    let hub = Arc::new(Hub::new(
+        source.clone(),
+        metrics.clone(),
+        hub_config(&config),
+    ));
+    let (listener, addr) = bind(config.listen).await?;
+    let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
 
     let stop_poll = Arc::new(AtomicBool::new(false));
     let poller = source::spawn_poller(source.clone(), hub.clone(), stop_poll.clone())
@@ -276,6 +236,64 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     })
 }
 
+/// The JWT authorizer, when `KSG_AUTH=jwt`; `KSG_AUTH=none` outside the demo is logged.
+fn authorizer(config: &Config) -> Result<Option<Arc<auth::Authorizer>>, StartError> {
+    match &config.auth {
+        Some(settings) => {
+            let auth = Arc::new(auth::Authorizer::new(settings.clone())?);
+            info!(keys = auth.key_count(), "streams need a JWT (KSG_AUTH=jwt)");
+            Ok(Some(auth))
+        }
+        None if config.is_demo() => Ok(None),
+        None => {
+            warn!(
+                "KSG_AUTH=none: every client that reaches the gateway may read every served topic"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The brokers to read: `KSG_KAFKA_BROKERS`, or the embedded demo cluster started here.
+async fn kafka_cluster(config: &Config) -> Result<(Option<Demo>, String), StartError> {
+    match &config.kafka_brokers {
+        Some(brokers) => Ok((None, brokers.clone())),
+        None => {
+            let ticks = config.demo_ticks_per_sec;
+            let demo = tokio::task::spawn_blocking(move || Demo::start(ticks))
+                .await
+                .map_err(|e| StartError::Demo(e.to_string()))?
+                .map_err(StartError::Demo)?;
+            let brokers = demo.bootstrap_servers().to_string();
+            Ok((Some(demo), brokers))
+        }
+    }
+}
+
+/// The hub's part of the configuration.
+fn hub_config(config: &Config) -> HubConfig {
+    HubConfig {
+        queue: config.stream_queue,
+        queue_bytes: config.stream_queue_bytes,
+        replay_bytes: config.replay_bytes,
+        catchup_readers: config.catchup_readers,
+        snapshot_bytes: config.snapshot_bytes,
+        max_event_bytes: config.max_event_bytes,
+        key_partitioner: config.key_partitioner,
+    }
+}
+
+/// A listener on `addr`, and the address it got (port 0: one the system chose).
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Bind(addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| StartError::Bind(addr, e))?;
+    Ok((listener, bound))
+}
+
 /// Resolves once the shutdown signal is true (or its sender is gone).
 pub(crate) async fn stopped(signal: &mut watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
@@ -351,17 +369,19 @@ impl Handle {
     /// connections get `KSG_SHUTDOWN_GRACE_SECS` to close. True when all closed in time.
     pub async fn shutdown(mut self) -> bool {
         info!("shutting down: no new connections, ending streams");
-        let _ = self.shutdown.send(true);
-        self.hub.close();
+        self.stop();
         let drained = self.server.drained(self.grace).await;
         if !drained {
             warn!("grace period over with connections still open; closing them");
         }
+        // The same steps as a drop, waited for.
         for task in self.tasks.drain(..) {
             task.abort();
             let _ = task.await;
         }
-        self.stop_poller().await;
+        if let Some(poller) = self.poller.take() {
+            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        }
         // The Kafka clients (consumer, catch-up readers) close before the embedded cluster
         // goes away, so they never log errors about a cluster that vanished under them.
         let demo = self.demo.take();
@@ -372,19 +392,20 @@ impl Handle {
         drained
     }
 
-    async fn stop_poller(&mut self) {
+    /// What both a shutdown and a drop do first: the listeners and connections are told to
+    /// stop, every stream ends, and the Kafka poll thread stops at its next poll.
+    fn stop(&self) {
+        let _ = self.shutdown.send(true);
+        self.hub.close();
         self.stop_poll.store(true, Ordering::Relaxed);
-        if let Some(poller) = self.poller.take() {
-            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-        }
     }
 }
 
 impl Drop for Handle {
+    /// Stops without waiting: the steps of [`Handle::shutdown`], with its tasks aborted and its
+    /// poll thread left to end by itself (a shutdown has taken them already).
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        self.hub.close();
-        self.stop_poll.store(true, Ordering::Relaxed);
+        self.stop();
         for task in &self.tasks {
             task.abort();
         }
