@@ -182,6 +182,15 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (LOG_FORMAT, "text"),
 ];
 
+/// The default of `name` as [`VARIABLES`] lists it.
+fn default_of(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|(known, _)| *known == name)
+        .map(|(_, default)| *default)
+        .unwrap_or_else(|| panic!("{name} is not in VARIABLES"))
+}
+
 /// The validated configuration of one gateway.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -330,13 +339,24 @@ impl Reader {
         }
     }
 
+    /// A setting whose default is the value [`VARIABLES`] lists, parsed as any value is.
+    fn listed<T>(&mut self, name: &str, parse: impl Fn(&str) -> Result<T, String>) -> T {
+        let default = parse(default_of(name))
+            .unwrap_or_else(|e| panic!("{name}: the default in VARIABLES does not parse: {e}"));
+        self.parse(name, default, parse)
+    }
+
+    /// A whole number between `min` and `max`; unset, the default in [`VARIABLES`] (written
+    /// there once, for the parser, the README and its test).
     fn number<T: std::str::FromStr + PartialOrd + Copy + fmt::Display>(
         &mut self,
         name: &str,
-        default: T,
         min: T,
         max: T,
     ) -> T {
+        let default = default_of(name)
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}: the default in VARIABLES is not a number"));
         self.parse(name, default, |s| {
             let v: T = s.parse().map_err(|_| "not a whole number".to_string())?;
             if v < min || v > max {
@@ -405,14 +425,14 @@ impl Config {
             s.parse::<SocketAddr>()
                 .map_err(|_| "not a host:port address".to_string())
         };
-        let listen = r.parse(LISTEN, ([0, 0, 0, 0], 8443).into(), addr);
-        let admin_listen = r.parse(ADMIN_LISTEN, ([0, 0, 0, 0], 8081).into(), addr);
+        let listen = r.listed(LISTEN, addr);
+        let admin_listen = r.listed(ADMIN_LISTEN, addr);
         let kafka_brokers = r
             .raw(KAFKA_BROKERS)
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
 
-        let tls_on = r.parse(TLS, true, |s| match s {
+        let tls_on = r.listed(TLS, |s| match s {
             "on" => Ok(true),
             "off" => Ok(false),
             _ => Err("must be on or off".into()),
@@ -431,10 +451,10 @@ impl Config {
         }
         let tls = tls_on.then_some(TlsFiles { cert, key });
 
-        let max_streams_per_connection = r.number(MAX_STREAMS_PER_CONNECTION, 256u32, 1, 65_535);
-        let max_connections = r.number(MAX_CONNECTIONS, 10_000usize, 1, 1_000_000);
+        let max_streams_per_connection = r.number(MAX_STREAMS_PER_CONNECTION, 1u32, 65_535);
+        let max_connections = r.number(MAX_CONNECTIONS, 1usize, 1_000_000);
         let max_connections_per_ip =
-            Some(r.number(MAX_CONNECTIONS_PER_IP, 0usize, 0, 1_000_000)).filter(|n| *n > 0);
+            Some(r.number(MAX_CONNECTIONS_PER_IP, 0usize, 1_000_000)).filter(|n| *n > 0);
         let admin_token = r.raw(ADMIN_TOKEN).map(str::to_string);
         if admin_token
             .as_deref()
@@ -446,9 +466,9 @@ impl Config {
             );
         }
         let auth = read_auth(&mut r, kafka_brokers.is_some());
-        let max_streams = r.number(MAX_STREAMS, 250_000usize, 1, 100_000_000);
-        let max_stream_opens_per_sec = r.number(MAX_STREAM_OPENS_PER_SEC, 20u32, 0, 1_000_000);
-        let proxy_protocol = r.parse(PROXY_PROTOCOL, false, on_off);
+        let max_streams = r.number(MAX_STREAMS, 1usize, 100_000_000);
+        let max_stream_opens_per_sec = r.number(MAX_STREAM_OPENS_PER_SEC, 0u32, 1_000_000);
+        let proxy_protocol = r.listed(PROXY_PROTOCOL, on_off);
         let proxy_from = r.parse(PROXY_PROTOCOL_FROM, Vec::new(), |s| {
             s.split(',')
                 .map(str::trim)
@@ -462,39 +482,38 @@ impl Config {
                 format!("is set but {PROXY_PROTOCOL} is not on"),
             );
         }
-        let heartbeat = Duration::from_secs(r.number(HEARTBEAT_SECS, 15u64, 1, 3600));
-        let retry_ms = r.number(RETRY_MS, 3000u64, 0, 86_400_000);
-        let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 10u64, 0, 3600));
-        let stream_queue = r.number(STREAM_QUEUE, 1024usize, 1, 1_000_000);
-        let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 64usize << 10, 16 << 10, 1 << 30);
-        let replay_bytes = r.number(REPLAY_BYTES, 4usize << 20, 0, 1 << 34);
-        let catchup_readers = r.number(CATCHUP_READERS, 4usize, 1, 256);
-        let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 10u64, 1, 3600));
-        let max_event_bytes = r.number(MAX_EVENT_BYTES, 4usize << 20, 1, 1 << 30);
-        let key_partitioner = r.parse(KEY_PARTITIONER, None, |s| match s {
+        let heartbeat = Duration::from_secs(r.number(HEARTBEAT_SECS, 1u64, 3600));
+        let retry_ms = r.number(RETRY_MS, 0u64, 86_400_000);
+        let shutdown_grace = Duration::from_secs(r.number(SHUTDOWN_GRACE_SECS, 0u64, 3600));
+        let stream_queue = r.number(STREAM_QUEUE, 1usize, 1_000_000);
+        let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 16usize << 10, 1 << 30);
+        let replay_bytes = r.number(REPLAY_BYTES, 0usize, 1 << 34);
+        let catchup_readers = r.number(CATCHUP_READERS, 1usize, 256);
+        let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 1u64, 3600));
+        let max_event_bytes = r.number(MAX_EVENT_BYTES, 1usize, 1 << 30);
+        let key_partitioner = r.listed(KEY_PARTITIONER, |s| match s {
             "none" => Ok(None),
             "murmur2" => Ok(Some(KeyPartitioner::Murmur2)),
             "crc32" => Ok(Some(KeyPartitioner::Crc32)),
             _ => Err("must be none, murmur2 or crc32".into()),
         });
-        let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 0, 30 * 86_400);
+        let stream_max_secs = r.number(STREAM_MAX_SECS, 0u64, 30 * 86_400);
         let stream_max_lifetime =
             (stream_max_secs > 0).then(|| Duration::from_secs(stream_max_secs));
-        let snapshot_bytes = r.number(SNAPSHOT_BYTES, 64usize << 20, 1024, 1 << 36);
+        let snapshot_bytes = r.number(SNAPSHOT_BYTES, 1024usize, 1 << 36);
         let snapshot_topics = r.parse(SNAPSHOT_TOPICS, TopicFilter::none(), |s| {
             TopicFilter::parse(s).map_err(|e| e.to_string())
         });
-        let handshake_timeout =
-            Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 10u64, 1, 300));
-        let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 30u64, 0, 86_400));
-        let stream_stall = Duration::from_secs(r.number(STREAM_STALL_SECS, 30u64, 1, 3600));
-        let drain_delay = Duration::from_secs(r.number(DRAIN_DELAY_SECS, 5u64, 0, 3600));
-        let idle_timeout = match r.number(IDLE_TIMEOUT_SECS, 60u64, 0, 86_400) {
+        let handshake_timeout = Duration::from_secs(r.number(HANDSHAKE_TIMEOUT_SECS, 1u64, 300));
+        let topic_idle = Duration::from_secs(r.number(TOPIC_IDLE_SECS, 0u64, 86_400));
+        let stream_stall = Duration::from_secs(r.number(STREAM_STALL_SECS, 1u64, 3600));
+        let drain_delay = Duration::from_secs(r.number(DRAIN_DELAY_SECS, 0u64, 3600));
+        let idle_timeout = match r.number(IDLE_TIMEOUT_SECS, 0u64, 86_400) {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
-        let demo_ticks_per_sec = r.number(DEMO_TICKS_PER_SEC, 2u32, 1, 1000);
-        let log = r.raw(LOG).unwrap_or("info").trim().to_string();
+        let demo_ticks_per_sec = r.number(DEMO_TICKS_PER_SEC, 1u32, 1000);
+        let log = r.raw(LOG).unwrap_or(default_of(LOG)).trim().to_string();
         if !is_log_filter(&log) {
             r.problem(
                 LOG,
@@ -502,7 +521,7 @@ impl Config {
             );
         }
 
-        let log_json = r.parse(LOG_FORMAT, false, |s| match s {
+        let log_json = r.listed(LOG_FORMAT, |s| match s {
             "text" => Ok(false),
             "json" => Ok(true),
             _ => Err("must be text or json".into()),
@@ -690,9 +709,9 @@ fn read_auth(r: &mut Reader, real_cluster: bool) -> Option<AuthSettings> {
             "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~)",
         );
     }
-    let query_token = r.parse(AUTH_QUERY_TOKEN, false, on_off);
-    let leeway = Duration::from_secs(r.number(AUTH_LEEWAY_SECS, 30u64, 0, 600));
-    let expiry_notice = Duration::from_secs(r.number(AUTH_EXPIRY_NOTICE_SECS, 30u64, 0, 3600));
+    let query_token = r.listed(AUTH_QUERY_TOKEN, on_off);
+    let leeway = Duration::from_secs(r.number(AUTH_LEEWAY_SECS, 0u64, 600));
+    let expiry_notice = Duration::from_secs(r.number(AUTH_EXPIRY_NOTICE_SECS, 0u64, 3600));
     Some(AuthSettings {
         keys,
         issuer,
