@@ -34,7 +34,6 @@ use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
 
 use super::order::{Level, Ordered};
-use super::topic::Topic;
 use crate::wake::Ready;
 
 /// One HTTP/2 connection's groups, one per view of a topic it streams.
@@ -122,7 +121,7 @@ impl Fanout {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn group_for(
         self: &Arc<Self>,
-        topic: &Arc<Topic>,
+        owner: &Arc<dyn Owner>,
         view: View<'_>,
         registered: impl Fn(u64) -> bool,
         new_id: u64,
@@ -131,7 +130,7 @@ impl Fanout {
     ) -> (Arc<Group>, bool) {
         let mut groups = self.groups();
         let found = groups.iter().find(|g| {
-            std::ptr::eq(g.topic.as_ptr(), Arc::as_ptr(topic))
+            std::ptr::addr_eq(g.owner.as_ptr(), Arc::as_ptr(owner))
                 && g.view() == view
                 && registered(g.id)
         });
@@ -144,7 +143,7 @@ impl Fanout {
             scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
             notified: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
-            topic: Arc::downgrade(topic),
+            owner: Arc::downgrade(owner),
             fanout: Arc::downgrade(self),
             ready: self.ready.clone(),
             bound: bound.max(1),
@@ -166,6 +165,14 @@ impl Fanout {
     }
 }
 
+/// What a group knows of its topic: the one place a stream leaving the group is accounted for.
+pub(super) trait Owner: Send + Sync {
+    /// A stream of `group` leaves: under the topic's lock (taken before the group's log, see
+    /// `hub::order`), `leave_log` takes it out of the log and says whether the log is now
+    /// empty; the topic counts the stream gone and, when the log is empty, forgets the group.
+    fn leave(&self, group: &Arc<Group>, leave_log: &mut dyn FnMut() -> bool) -> bool;
+}
+
 /// A connection's live streams of one view of a topic: the log they share and their cursors.
 pub(super) struct Group {
     /// Its key among the topic's groups.
@@ -179,9 +186,9 @@ pub(super) struct Group {
     notified: AtomicBool,
     /// Its streams read events not yet counted into the topic's series.
     unflushed: AtomicBool,
-    /// Its topic, not kept alive by it: the topic's state holds its groups, and a strong
-    /// reference back would be a cycle.
-    pub(super) topic: Weak<Topic>,
+    /// Its topic, not kept alive by it (the topic's state holds its groups: a strong reference
+    /// back would be a cycle), and known only as an [`Owner`].
+    owner: Weak<dyn Owner>,
     fanout: Weak<Fanout>,
     /// The connection's due list.
     ready: Arc<Ready>,
@@ -562,31 +569,28 @@ impl Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
-        let group = &self.group;
-        // A topic already gone has no streams left to count.
-        let topic = group.topic.upgrade();
-        let mut state = topic.as_ref().map(|topic| topic.lock());
-        let empty = {
+        let group = self.group.clone();
+        let slot = self.slot;
+        let mut leave_log = || {
             let mut log = group.log();
-            let m = &log.members[self.slot];
+            let m = &log.members[slot];
             if !m.cut {
-                log.stop_reading(self.slot);
+                log.stop_reading(slot);
             }
-            log.members[self.slot] = Member::default();
-            log.free.push(self.slot);
-            log.waiting.retain(|&slot| slot != self.slot);
+            log.members[slot] = Member::default();
+            log.free.push(slot);
+            log.waiting.retain(|&s| s != slot);
             log.trim();
             log.members() == 0
         };
-        if let Some(state) = state.as_mut().filter(|state| state.holds_group(group)) {
-            state.stream_gone();
-            if empty {
-                state.remove_group(group);
-            }
-        }
+        // A topic already gone has no streams left to count.
+        let empty = match group.owner.upgrade() {
+            Some(owner) => owner.leave(&group, &mut leave_log),
+            None => leave_log(),
+        };
         if empty {
             if let Some(fanout) = group.fanout.upgrade() {
-                fanout.forget(group);
+                fanout.forget(&group);
             }
         }
     }
@@ -596,6 +600,7 @@ impl Drop for Cursor {
 mod tests {
     use super::*;
     use crate::hub::queue;
+    use crate::hub::topic::Topic;
     use crate::hub::Events;
     use crate::metrics::Metrics;
     use crate::wake::{counting_waker, WakeCount};
@@ -638,25 +643,32 @@ mod tests {
             key: None,
             scope: None,
         };
-        let (group, new) = fanout.group_for(&topic, all, |_| true, 7, bound, counters);
+        let (group, new) = fanout.group_for(
+            &(topic.clone() as Arc<dyn Owner>),
+            all,
+            |_| true,
+            7,
+            bound,
+            counters,
+        );
         assert!(new);
         topic.lock().insert_group(group.clone());
         (count, ready, fanout, group, topic)
     }
 
-    /// A new member, the connection's stream `token`.
-    fn join(group: &Arc<Group>, token: usize) -> Cursor {
-        group.topic.upgrade().unwrap().lock().streams += 1;
+    /// A new member, the connection's stream `token`, counted as a stream of `topic`.
+    fn join(topic: &Topic, group: &Arc<Group>, token: usize) -> Cursor {
+        topic.lock().streams += 1;
         group.join(token)
     }
 
     #[test]
     fn members_read_each_event_once_and_the_log_keeps_only_the_unread() {
-        let (_, _ready, _fanout, group, _topic) = group(8);
-        let (mut a, mut b) = (join(&group, 0), join(&group, 1));
+        let (_, _ready, _fanout, group, topic) = group(8);
+        let (mut a, mut b) = (join(&topic, &group, 0), join(&topic, &group, 1));
         group.push(&ev("1"));
         group.push(&ev("2"));
-        let later = join(&group, 2);
+        let later = join(&topic, &group, 2);
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
         assert_eq!(a.try_more(), Some(ev("2")));
         assert_eq!(a.try_more(), None);
@@ -674,8 +686,8 @@ mod tests {
 
     #[test]
     fn the_connection_is_woken_once_and_marks_the_waiting_members_due() {
-        let (connection, ready, fanout, group, _topic) = group(8);
-        let (mut a, mut b) = (join(&group, 3), join(&group, 5));
+        let (connection, ready, fanout, group, topic) = group(8);
+        let (mut a, mut b) = (join(&topic, &group, 3), join(&topic, &group, 5));
         assert_eq!(a.poll_recv(), Poll::Pending);
         assert_eq!(b.poll_recv(), Poll::Pending);
         assert_eq!(b.poll_recv(), Poll::Pending, "waiting once");
@@ -703,9 +715,9 @@ mod tests {
 
     #[test]
     fn past_the_bound_the_slowest_are_cut_off_and_release_their_events() {
-        let (connection, ready, _fanout, group, _topic) = group(2);
-        let (mut slow, mut fast) = (join(&group, 0), join(&group, 1));
-        let mut slow2 = join(&group, 2);
+        let (connection, ready, _fanout, group, topic) = group(2);
+        let (mut slow, mut fast) = (join(&topic, &group, 0), join(&topic, &group, 1));
+        let mut slow2 = join(&topic, &group, 2);
         assert_eq!(slow.poll_recv(), Poll::Pending);
         assert_eq!(group.push(&ev("1")), 0);
         assert_eq!(fast.try_recv(), Some(ev("1")));
@@ -733,14 +745,14 @@ mod tests {
         assert_eq!(fast.try_recv(), Some(ev("3")));
         assert_eq!(group.push(&ev("4")), 0, "cut once");
         drop((slow, slow2));
-        assert_eq!(group.topic.upgrade().unwrap().lock().streams, 1);
+        assert_eq!(topic.lock().streams, 1);
         assert_eq!(fast.try_recv(), Some(ev("4")));
     }
 
     #[test]
     fn a_member_leaving_releases_its_unread_events_and_the_last_one_unregisters() {
-        let (_, _ready, fanout, group, _topic) = group(8);
-        let (a, mut b) = (join(&group, 0), join(&group, 1));
+        let (_, _ready, fanout, group, topic) = group(8);
+        let (a, mut b) = (join(&topic, &group, 0), join(&topic, &group, 1));
         group.push(&ev("1"));
         group.push(&ev("2"));
         drop(a);
@@ -748,7 +760,6 @@ mod tests {
         assert_eq!(group.log().entries.len(), 1);
         drop(b);
         assert!(group.log().entries.is_empty());
-        let topic = group.topic.upgrade().unwrap();
         let state = topic.lock();
         assert_eq!(state.streams, 0);
         assert!(state.groups.is_empty());
@@ -757,8 +768,8 @@ mod tests {
 
     #[test]
     fn a_small_event_is_copied_once_per_group_and_sent_counts_are_flushed_by_the_connection() {
-        let (_, _ready, fanout, group, _topic) = group(8);
-        let (mut a, mut b) = (join(&group, 0), join(&group, 1));
+        let (_, _ready, fanout, group, topic) = group(8);
+        let (mut a, mut b) = (join(&topic, &group, 0), join(&topic, &group, 1));
         let shared = Bytes::from(vec![b'x'; 100]);
         group.push(&shared);
         let (ea, eb) = (a.try_recv().unwrap(), b.try_recv().unwrap());
@@ -784,8 +795,8 @@ mod tests {
 
     #[test]
     fn a_group_that_lags_holds_few_copies_of_its_own() {
-        let (_, _ready, _fanout, group, _topic) = group(4 * COPY_WHILE_BELOW);
-        let _members = (join(&group, 0), join(&group, 1));
+        let (_, _ready, _fanout, group, topic) = group(4 * COPY_WHILE_BELOW);
+        let _members = (join(&topic, &group, 0), join(&topic, &group, 1));
         let shared = Bytes::from(vec![b'x'; 100]);
         for _ in 0..2 * COPY_WHILE_BELOW {
             group.push(&shared);
@@ -799,8 +810,8 @@ mod tests {
 
     #[test]
     fn a_member_that_read_the_last_event_waits_without_another_look() {
-        let (connection, ready, fanout, group, _topic) = group(8);
-        let mut a = join(&group, 3);
+        let (connection, ready, fanout, group, topic) = group(8);
+        let mut a = join(&topic, &group, 3);
         group.push(&ev("1"));
         assert_eq!(connection.get(), 0, "nobody waited");
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
@@ -828,8 +839,8 @@ mod tests {
 
     #[test]
     fn a_closed_log_is_read_to_its_end_then_ends() {
-        let (connection, ready, _fanout, group, _topic) = group(8);
-        let mut a = join(&group, 4);
+        let (connection, ready, _fanout, group, topic) = group(8);
+        let mut a = join(&topic, &group, 4);
         group.push(&ev("1"));
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
         assert_eq!(a.poll_recv(), Poll::Pending);
@@ -843,13 +854,19 @@ mod tests {
 
     #[test]
     fn a_connection_has_one_group_per_view_of_a_topic() {
-        let (_, _ready, fanout, all, _topic) = group(8);
-        let topic = all.topic.upgrade().unwrap();
+        let (_, _ready, fanout, all, topic) = group(8);
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
         let find = |key: Option<&[u8]>, scope: Option<usize>, id: u64| {
             let view = View { key, scope };
             let counters = || (counter("events"), counter("bytes"));
-            let (group, new) = fanout.group_for(&topic, view, |_| true, id, 8, counters);
+            let (group, new) = fanout.group_for(
+                &(topic.clone() as Arc<dyn Owner>),
+                view,
+                |_| true,
+                id,
+                8,
+                counters,
+            );
             if new {
                 topic.lock().insert_group(group.clone());
             }
@@ -880,14 +897,14 @@ mod tests {
 
     #[test]
     fn a_stream_reads_its_queue_to_the_end_then_its_place_in_the_log() {
-        let (_, _ready, _fanout, group, _topic) = group(8);
+        let (_, _ready, _fanout, group, topic) = group(8);
         let mut cx = Context::from_waker(Waker::noop());
         let (tx, rx) = queue::channel(8, usize::MAX);
         let slot = Arc::new(Mutex::new(None));
         let mut events = Events::Then(rx, slot.clone());
         tx.try_send(ev("replayed")).unwrap();
         // The hand-over: its place in the log from the next event on, its queue then ends.
-        *slot.lock() = Some(join(&group, 0));
+        *slot.lock() = Some(join(&topic, &group, 0));
         group.push(&ev("live"));
         assert_eq!(events.poll_recv(&mut cx), Poll::Ready(Some(ev("replayed"))));
         assert_eq!(events.try_recv(), None, "one source per call");

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::floor::{covers, id_for, replay};
-use super::group::{Cursor, Handoff, Seat, View};
+use super::group::{Cursor, Handoff, Owner, Seat, View};
 use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
 use crate::partitioner::KeyPartitioner;
@@ -443,8 +443,9 @@ impl Hub {
                 )
             };
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let owner: Arc<dyn Owner> = hub.clone();
             seat.fanout
-                .group_for(hub, view, registered, id, self.config.queue, counters)
+                .group_for(&owner, view, registered, id, self.config.queue, counters)
         };
         if new {
             state.insert_group(group.clone());

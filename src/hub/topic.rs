@@ -13,7 +13,7 @@ use prometheus::IntCounter;
 use tracing::warn;
 
 use super::floor::id_for;
-use super::group::{Group, Handoff};
+use super::group::{Group, Handoff, Owner};
 use super::order::{Level, Ordered};
 use super::queue;
 use super::replay::Ring;
@@ -293,5 +293,19 @@ impl Topic {
                 && !self.broken.load(Ordering::Relaxed)
                 && promise.partition(key, partitions) != p
         })
+    }
+}
+
+impl Owner for Topic {
+    fn leave(&self, group: &Arc<Group>, leave_log: &mut dyn FnMut() -> bool) -> bool {
+        let mut state = self.lock();
+        let empty = leave_log();
+        if state.holds_group(group) {
+            state.stream_gone();
+            if empty {
+                state.remove_group(group);
+            }
+        }
+        empty
     }
 }
