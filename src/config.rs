@@ -723,6 +723,39 @@ fn read_auth(r: &mut Reader, real_cluster: bool) -> Option<AuthSettings> {
     })
 }
 
+/// The protocol layers whose `debug` lines are per frame or per record: a filter that asks for
+/// `debug` (or `trace`) everywhere keeps them at `info` unless it names them.
+const CHATTY_TARGETS: &[&str] = &[
+    "h2",
+    "hyper",
+    "hyper_util",
+    "rustls",
+    "librdkafka",
+    "rdkafka",
+];
+
+/// The filter `KSG_LOG` asks for, with [`CHATTY_TARGETS`] held at `info` when its default level
+/// is `debug` or `trace` and it does not name them itself.
+pub fn log_filter(filter: &str) -> String {
+    let items: Vec<&str> = filter.split(',').map(str::trim).collect();
+    let verbose = items
+        .iter()
+        .any(|item| !item.contains('=') && matches!(*item, "debug" | "trace"));
+    let mut out = filter.trim().to_string();
+    if verbose {
+        for target in CHATTY_TARGETS {
+            let named = items.iter().any(|item| {
+                item.split_once('=')
+                    .is_some_and(|(t, _)| t.trim() == *target)
+            });
+            if !named {
+                out.push_str(&format!(",{target}=info"));
+            }
+        }
+    }
+    out
+}
+
 fn is_log_filter(filter: &str) -> bool {
     let level = |s: &str| {
         matches!(
@@ -744,6 +777,25 @@ mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_everywhere_keeps_the_protocol_layers_at_info_unless_named() {
+        assert_eq!(
+            log_filter("debug"),
+            "debug,h2=info,hyper=info,hyper_util=info,rustls=info,librdkafka=info,rdkafka=info"
+        );
+        let named = log_filter("debug,h2=debug");
+        assert!(named.starts_with("debug,h2=debug,hyper=info"), "{named}");
+        assert!(!named.contains("h2=info"), "{named}");
+        assert_eq!(
+            log_filter("info,kafka_sse_gateway=debug"),
+            "info,kafka_sse_gateway=debug"
+        );
+        assert_eq!(log_filter("warn"), "warn");
+        for filter in ["debug", "trace,h2=trace", "info"] {
+            assert!(is_log_filter(&log_filter(filter)), "{filter}");
+        }
+    }
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))

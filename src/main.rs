@@ -56,7 +56,9 @@ fn main() -> ExitCode {
         }
     };
     let filter: tracing_subscriber::filter::Targets =
-        config.log.parse().expect("validated by Config");
+        kafka_sse_gateway::config::log_filter(&config.log)
+            .parse()
+            .expect("validated by Config");
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
