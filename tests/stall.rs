@@ -134,12 +134,7 @@ async fn streams_share_a_scarce_connection_window_and_none_is_reset() {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         for n in 0..200u32 {
             tick.tick().await;
-            p.send(
-                &topic,
-                None,
-                None,
-                Some(format!("{n:05}-{}", "x".repeat(94)).as_bytes()),
-            );
+            p.send(&topic, None, None, Some(hundred_bytes(n).as_bytes()));
         }
         p.flush().await;
     });
@@ -198,12 +193,7 @@ async fn a_connection_window_kept_at_zero_closes_the_connection_once() {
     // 100 KB of events: more than the connection's 65,535 bytes.
     let p = cluster.producer();
     for n in 0..1000 {
-        p.send(
-            &topic,
-            None,
-            None,
-            Some(format!("{n:05}-{}", "x".repeat(94)).as_bytes()),
-        );
+        p.send(&topic, None, None, Some(hundred_bytes(n).as_bytes()));
     }
     p.flush().await;
     let kinds = tokio::time::timeout(Duration::from_secs(20), raw.read_until_closed())
@@ -244,4 +234,9 @@ async fn scarce_connection_window(
         raw.get(1 + 2 * n, &format!("/{topic}")).await;
     }
     (cluster, topic, gw, raw)
+}
+
+/// A record value of 100 bytes that names its number.
+fn hundred_bytes(n: u32) -> String {
+    format!("{n:05}-{}", "x".repeat(94))
 }

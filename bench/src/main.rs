@@ -1047,14 +1047,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ("events", Value::N(events as f64)),
         ("events_per_sec", Value::N(events as f64 / window)),
         ("cpu_seconds", Value::N(cpu)),
-        (
-            "cpu_us_per_event",
-            Value::N(if events > 0 {
-                cpu * 1e6 / events as f64
-            } else {
-                0.0
-            }),
-        ),
+        ("cpu_us_per_event", Value::N(us_per(cpu, events))),
         ("cpu_percent", Value::N(cpu * 100.0 / window)),
         ("rss_kib_before", Value::N(before.1 as f64)),
         ("rss_kib_start", Value::N(start.1 as f64)),
@@ -1079,14 +1072,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ("failed", Value::N(failed as f64)),
         ("open_seconds", Value::N(opened_in)),
         ("records_per_sec", Value::N(records as f64 / window)),
-        (
-            "cpu_us_per_record",
-            Value::N(if records > 0 {
-                cpu * 1e6 / records as f64
-            } else {
-                0.0
-            }),
-        ),
+        ("cpu_us_per_record", Value::N(us_per(cpu, records))),
     ];
     // Only what was measured: a missing field is an empty cell in the report, not a zero.
     if let (Some(a), Some(b)) = (lag_start, lag_end) {
@@ -1113,6 +1099,15 @@ async fn run(o: Options) -> Result<(), BoxError> {
     println!("{}", json_line(&fields));
     drop(connections);
     Ok(())
+}
+
+/// CPU microseconds per item (0 when there were none).
+fn us_per(cpu_seconds: f64, items: u64) -> f64 {
+    if items > 0 {
+        cpu_seconds * 1e6 / items as f64
+    } else {
+        0.0
+    }
 }
 
 /// Every connection's latency histogram merged.
@@ -1230,14 +1225,7 @@ async fn restart(
         ("new_rss_kib", Value::N(rss as f64)),
         ("new_cpu_percent", Value::N(cpu * 100.0 / window)),
         ("new_events_per_sec", Value::N(events as f64 / window)),
-        (
-            "new_cpu_us_per_event",
-            Value::N(if events > 0 {
-                cpu * 1e6 / events as f64
-            } else {
-                0.0
-            }),
-        ),
+        ("new_cpu_us_per_event", Value::N(us_per(cpu, events))),
         ("new_p99_ms", Value::N(ms(h.value_at_quantile(0.99)))),
     ])
 }

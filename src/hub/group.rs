@@ -569,8 +569,7 @@ impl Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
-        let group = self.group.clone();
-        let slot = self.slot;
+        let (group, slot) = (&self.group, self.slot);
         let mut leave_log = || {
             let mut log = group.log();
             let m = &log.members[slot];
@@ -585,12 +584,12 @@ impl Drop for Cursor {
         };
         // A topic already gone has no streams left to count.
         let empty = match group.owner.upgrade() {
-            Some(owner) => owner.leave(&group, &mut leave_log),
+            Some(owner) => owner.leave(group, &mut leave_log),
             None => leave_log(),
         };
         if empty {
             if let Some(fanout) = group.fanout.upgrade() {
-                fanout.forget(&group);
+                fanout.forget(group);
             }
         }
     }

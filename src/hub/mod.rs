@@ -242,15 +242,20 @@ impl Hub {
             cut: 0,
         };
         let moving_all = fan.offer(&mut state.all, &state.positions);
-        let moving_key = match key.and_then(|k| state.by_key.get_mut(k)) {
-            Some(set) => fan.offer(set, &state.positions),
-            None => Vec::new(),
-        };
+        let mut moving_key = Vec::new();
+        if let Some(k) = key {
+            if let Some(set) = state.by_key.get_mut(k) {
+                moving_key = fan.offer(set, &state.positions);
+                if set.is_empty() {
+                    state.by_key.remove(k);
+                }
+            }
+        }
         fan.push_to_groups(state, key);
         let (gone, cut) = (fan.gone, fan.cut);
         // After the groups took this event, so the moved streams read from the next one.
         self.move_to_groups(&hub, state, None, moving_all, &mut moved);
-        if let Some(k) = key {
+        if let Some(k) = key.filter(|_| !moving_key.is_empty()) {
             self.move_to_groups(&hub, state, Some(k), moving_key, &mut moved);
             if state.by_key.get(k).is_some_and(HashMap::is_empty) {
                 state.by_key.remove(k);
@@ -380,9 +385,10 @@ struct Fan<'a> {
     cut: u64,
 }
 
-impl Fan<'_> {
-    /// The bytes a stream (or group) of `scope` shares.
-    fn shared(&self, scope: Option<usize>) -> &Bytes {
+impl<'a> Fan<'a> {
+    /// The bytes a stream (or group) of `scope` shares (borrowed for the whole fan-out, not
+    /// from `self`: no handle is taken per stream).
+    fn shared(&self, scope: Option<usize>) -> &'a Bytes {
         match (self.scoped, scope) {
             (Some(scoped), Some(_)) => scoped,
             _ => self.event,
@@ -395,14 +401,14 @@ impl Fan<'_> {
     fn offer(&mut self, streams: &mut HashMap<u64, Sub>, after: &[i64]) -> Vec<u64> {
         let mut moving = Vec::new();
         streams.retain(|id, sub| {
-            let shared = self.shared(sub.scope).clone();
+            let shared = self.shared(sub.scope);
             let Some(bytes) = for_stream(
                 &mut sub.floor,
                 sub.scope,
                 self.p,
                 self.offset,
                 after,
-                &shared,
+                shared,
                 self.hub.fingerprint,
             ) else {
                 return true;
