@@ -51,7 +51,9 @@
 #
 # Environment: BENCH_SECONDS (measured window, default 15), BENCH_WARMUP (default 3),
 # BENCH_OUT (default docs), BENCH_PERF=0 to skip the profile, BENCH_GW_BIN (another gateway
-# binary to measure, e.g. an older build), W9_CONNECTIONS and W9_RATE (W9's size).
+# binary to measure, e.g. an older build), W9_CONNECTIONS and W9_RATE (W9's size),
+# BENCH_PROFILE (the cargo profile built and run, default release; scripts/test.sh's smoke run
+# uses `ci`, thin LTO, which builds faster: figures for docs/ come from release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,10 +79,11 @@ if [ "$mode" = smoke ]; then
 fi
 mkdir -p "$OUT"
 
-cargo build --release --locked --workspace --bins >&2
+PROFILE=${BENCH_PROFILE:-release}
+cargo build --profile "$PROFILE" --locked --workspace --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
-GW_BIN="${BENCH_GW_BIN:-$TARGET/release/kafka-sse-gateway}"
-BENCH="$TARGET/release/ksg-bench"
+GW_BIN="${BENCH_GW_BIN:-$TARGET/$PROFILE/kafka-sse-gateway}"
+BENCH="$TARGET/$PROFILE/ksg-bench"
 
 # One CA and one server certificate for both servers (rustls refuses a CA as a server cert).
 if ! openssl x509 -checkend 86400 -noout -in "$DATA/cert.pem" >/dev/null 2>&1; then

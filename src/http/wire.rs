@@ -31,8 +31,9 @@
 
 //!
 //! Layout: this module, the shared state; `frame`, constants and frame headers; `inbound`, the
-//! client's frames on their way to `h2`; `outbound`, `h2`'s frames followed and the streams'
-//! DATA placed; `windows`, the window arithmetic and the sharing of the connection's window.
+//! client's frames on their way to `h2` (WINDOW_UPDATE and SETTINGS applied); `outbound`,
+//! `h2`'s frames followed, the streams' DATA placed and the connection's window shared out in
+//! rounds; `windows`, the window arithmetic as pure functions, which both use.
 
 mod frame;
 mod inbound;
@@ -96,6 +97,10 @@ pub struct State {
     rationed: bool,
     /// Since when streams have waited for a connection window at zero (a connection stall).
     starved_since: Option<tokio::time::Instant>,
+    /// Streams that found `h2` inside a frame (it wrote part of one): due again once the
+    /// frame is whole, not before (polling them in between would spin while `h2` waits for
+    /// the socket).
+    after_frame: Vec<usize>,
     ready: Arc<Ready>,
     /// A stream was marked due while `h2` wrote or read: wake the connection's task.
     woke: bool,
@@ -158,6 +163,7 @@ impl Wire {
                 waiting: Vec::new(),
                 rationed: false,
                 starved_since: None,
+                after_frame: Vec::new(),
                 ready,
                 woke: false,
             }),
@@ -443,6 +449,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_finds_h2_inside_a_frame_is_due_once_the_frame_is_whole_and_not_before() {
+        let (wire, ready, woken) = wire();
+        let client = opening(&[], &[1, 3]);
+        inbound(&wire, &client, client.len());
+        let out = wire.attach(1, 7);
+        wire.attach(3, 9);
+        h2_writes_headers(&wire, 1);
+        due(&ready);
+        let before = woken.get();
+        // h2 has written half of stream 3's HEADERS (it waits for the socket, say).
+        let headers = frame(HEADERS, END_HEADERS, 3, &[0x88]);
+        wire.lock().h2_wrote(&headers[..5]);
+        let mut data = Bytes::from_static(b"event");
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::Later);
+        assert!(due(&ready).is_empty(), "not due while the frame is open");
+        assert_eq!(woken.get(), before, "no wake-up to spin on");
+        wire.lock().h2_wrote(&headers[5..]);
+        let mut now_due = due(&ready);
+        now_due.sort();
+        assert_eq!(now_due, vec![7, 9], "stream 1 again, and 3 for its HEADERS");
+        assert_eq!(woken.get(), before + 1);
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::All);
+    }
+
+    #[test]
     fn data_goes_out_after_its_headers_in_frames_the_windows_allow() {
         let (wire, ready, woken) = wire();
         let client = opening(&[(0x4, 10)], &[1]);
@@ -641,11 +672,13 @@ mod tests {
             one.send(&mut wire.lock(), &mut Bytes::from_static(b"x")),
             Sent::Later
         );
-        assert_eq!(due(&ready), vec![0], "due again");
+        assert!(due(&ready).is_empty(), "due again only after the block");
         wire.state
             .lock()
             .h2_wrote(&frame(CONTINUATION, END_HEADERS, 3, b"cd"));
-        assert_eq!(due(&ready), vec![1]);
+        let mut now_due = due(&ready);
+        now_due.sort();
+        assert_eq!(now_due, vec![0, 1]);
         assert_eq!(
             one.send(&mut wire.lock(), &mut Bytes::from_static(b"x")),
             Sent::All

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frame::*;
+use super::windows::{granted, initial_change};
 use super::{Entry, Splice, State};
 
 impl State {
@@ -32,6 +33,32 @@ impl State {
         });
         self.ids.insert(id, key);
         self.unanswered += 1;
+    }
+
+    /// SETTINGS_INITIAL_WINDOW_SIZE changed: every open stream's window moves by the change.
+    /// False (and nothing changed) when that would take a window past 2³¹−1.
+    pub(super) fn initial_window_now(&mut self, value: i64) -> bool {
+        let largest = self.streams.iter().map(|(_, e)| e.window).max();
+        let Some(change) = initial_change(self.initial_window, value, largest) else {
+            return false;
+        };
+        if change == 0 {
+            return true;
+        }
+        self.initial_window = value;
+        let mut due = Vec::new();
+        for (_, entry) in self.streams.iter_mut() {
+            let was = entry.window;
+            entry.window += change;
+            if was <= 0 && entry.window > 0 {
+                due.extend(entry.token);
+            }
+        }
+        if !due.is_empty() {
+            self.ready.mark(due);
+            self.woke = true;
+        }
+        true
     }
 
     /// A control frame from the client, whole: what to do with it.
@@ -77,10 +104,10 @@ impl State {
                     return Verdict::Pass;
                 }
                 if head.id == 0 {
-                    if self.connection_window + increment > MAX_WINDOW {
+                    let Some(window) = granted(self.connection_window, increment) else {
                         return Verdict::Overflow(0);
-                    }
-                    self.connection_window += increment;
+                    };
+                    self.connection_window = window;
                     self.starved_since = None;
                     self.start_round();
                     return Verdict::Apply;
@@ -92,11 +119,10 @@ impl State {
                 if entry.reset {
                     return Verdict::Pass;
                 }
-                if entry.window + increment > MAX_WINDOW {
+                let Some(window) = granted(entry.window, increment) else {
                     return Verdict::Overflow(head.id);
-                }
-                let was = entry.window;
-                entry.window += increment;
+                };
+                let was = std::mem::replace(&mut entry.window, window);
                 let token = entry.token;
                 if was <= 0 {
                     self.mark(token);

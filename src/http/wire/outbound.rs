@@ -10,9 +10,44 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::*;
+use super::windows::{room, round, Room};
 use super::{Sent, Splice, State};
 
 impl State {
+    /// Shares what the connection's window holds among the streams waiting for it, in turn
+    /// order: each gets an equal share (see [`round`]; those the window does not reach stay
+    /// first in line) and is marked due. So every stream that has a window of its own
+    /// progresses whenever the client grants the connection some, and none is passed over
+    /// twice in a row. Called when the client grants the connection window, and after each
+    /// poll of the connection's due streams (a round may leave window over: the next round
+    /// shares it). With no stream waiting, the window is no longer rationed.
+    pub fn start_round(&mut self) {
+        if self.connection_window <= 0 {
+            return;
+        }
+        if self.waiting.is_empty() {
+            self.rationed = false;
+            return;
+        }
+        let (share, reached) = round(self.connection_window, self.waiting.len());
+        let rest = self.waiting.split_off(reached);
+        for key in std::mem::replace(&mut self.waiting, rest) {
+            if let Some(entry) = self.streams.get_mut(key) {
+                entry.waits_connection = false;
+                entry.allowance = share;
+                let token = entry.token;
+                self.mark(token);
+            }
+        }
+        self.wake_if_marked();
+    }
+
+    /// Since when the connection's window has been at zero with streams waiting for it (the
+    /// connection stalls as a whole: its task closes it after the stall time).
+    pub fn starved_since(&self) -> Option<tokio::time::Instant> {
+        self.starved_since
+    }
+
     /// `h2` wrote `bytes`: they follow what is waiting, and its frames are followed.
     pub(super) fn h2_wrote(&mut self, mut bytes: &[u8]) {
         self.out.extend_from_slice(bytes);
@@ -72,6 +107,11 @@ impl State {
                 }
                 _ => {}
             }
+        }
+        if self.at_frame_boundary() && !self.after_frame.is_empty() {
+            let due = std::mem::take(&mut self.after_frame);
+            self.ready.mark(due);
+            self.woke = true;
         }
         self.wake_if_marked();
     }
@@ -155,9 +195,9 @@ impl StreamOut {
             return Sent::Later;
         }
         if !boundary {
-            // Inside one of h2's frames (it wrote part of it): after the rest.
-            state.ready.mark(entry.token);
-            state.ready.wake_connection();
+            // Inside one of h2's frames (it wrote part of it): due again once the rest is
+            // written (`h2_wrote`).
+            state.after_frame.extend(entry.token);
             return Sent::Later;
         }
         let mut wrote = 0;
@@ -165,34 +205,37 @@ impl StreamOut {
             if data.is_empty() {
                 break Sent::All;
             }
-            if entry.window <= 0 {
-                // Its turn at the connection's window ends with its own window: it waits in
-                // line again once the client grants it more.
-                entry.allowance = 0;
-                break Sent::Window;
-            }
-            let turn = if state.rationed {
-                entry.allowance
-            } else {
-                i64::MAX
+            let allowance = state.rationed.then_some(entry.allowance);
+            let n = match room(
+                data.len(),
+                entry.window,
+                state.connection_window,
+                allowance,
+                state.max_frame,
+            ) {
+                Room::Bytes(n) => n,
+                Room::Stream => {
+                    // Its turn at the connection's window ends with its own window: it waits
+                    // in line again once the client grants it more.
+                    entry.allowance = 0;
+                    break Sent::Window;
+                }
+                Room::Connection => {
+                    // The connection's window, or this stream's share of it, is spent: it
+                    // waits for its turn.
+                    if !entry.waits_connection {
+                        entry.waits_connection = true;
+                        state.waiting.push(key);
+                    }
+                    if state.connection_window <= 0 {
+                        state.rationed = true;
+                        state
+                            .starved_since
+                            .get_or_insert_with(tokio::time::Instant::now);
+                    }
+                    break Sent::Connection;
+                }
             };
-            let window = entry.window.min(state.connection_window).min(turn);
-            if window <= 0 {
-                // The connection's window, or this stream's share of it, is spent: it waits
-                // for its turn.
-                if !entry.waits_connection {
-                    entry.waits_connection = true;
-                    state.waiting.push(key);
-                }
-                if state.connection_window <= 0 {
-                    state.rationed = true;
-                    state
-                        .starved_since
-                        .get_or_insert_with(tokio::time::Instant::now);
-                }
-                break Sent::Connection;
-            }
-            let n = data.len().min(window as usize).min(state.max_frame);
             let id = entry.id.to_be_bytes();
             state.out.extend_from_slice(&[
                 (n >> 16) as u8,
