@@ -2,9 +2,11 @@
 //!
 //! A token comes from `Authorization: Bearer`, else a cookie (`KSG_AUTH_COOKIE`, for browsers:
 //! EventSource cannot set headers), else — only when `KSG_AUTH_QUERY_TOKEN=on` — the
-//! `access_token` query parameter. It is verified with the configured keys ([`keys`]), its
-//! `exp` is required and strict, `nbf` is honoured with a small leeway, and `iss`/`aud`
-//! are checked when configured. Its `ksg.subscribe` claim lists the path patterns the bearer may
+//! `access_token` query parameter. It is verified with the configured keys ([`keys`]); a
+//! header with `crit` (no extension is understood) or an unencoded payload is refused. Its
+//! `exp` is required and strict, `nbf` is honoured with a small leeway (both NumericDates,
+//! which may have a fraction; a claim of the wrong type is refused, never ignored), and
+//! `iss`/`aud` are checked when configured. Its `ksg.subscribe` claim lists the path patterns the bearer may
 //! stream ([`pattern`]); a stream ends at the token's `exp` ([`expiry`]).
 //!
 //! Tokens are never logged.
@@ -182,20 +184,14 @@ impl Grant {
     }
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    exp: u64,
-    #[serde(default)]
-    sub: Option<String>,
-    #[serde(default)]
-    ksg: KsgClaim,
-}
-
 #[derive(Deserialize, Default)]
 struct KsgClaim {
     #[serde(default)]
     subscribe: Vec<String>,
 }
+
+/// The claims of a token whose signature verified, checked by RFC 7519 (see [`check_claims`]).
+type ClaimSet = serde_json::Map<String, serde_json::Value>;
 
 /// Checks requests' tokens.
 pub struct Authorizer {
@@ -227,27 +223,15 @@ impl Authorizer {
                 (keys, Some(bytes))
             }
         };
-        // Algorithms are set per key when verifying; these are the claim rules.
+        // Algorithms are set per key when verifying. The library checks the signature only:
+        // it reads a claim of the wrong type as absent (a string `nbf` was ignored) and an
+        // `iss` array as several issuers, so the claims are checked here (`check_claims`).
         let mut validation = Validation::default();
-        validation.leeway = settings.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        let mut required = vec!["exp"];
-        if settings.issuer.is_some() {
-            required.push("iss");
-        }
-        if settings.audience.is_some() {
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
-        match &settings.issuer {
-            Some(iss) => validation.set_issuer(iss),
-            None => validation.iss = None,
-        }
-        match &settings.audience {
-            Some(aud) => validation.set_audience(aud),
-            None => validation.validate_aud = false,
-        }
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.iss = None;
+        validation.set_required_spec_claims::<&str>(&[]);
         Ok(Authorizer {
             settings,
             keys: RwLock::new(Arc::new(keys)),
@@ -309,24 +293,14 @@ impl Authorizer {
                 classify(e.kind())
             }
         })?;
+        refuse_extensions(token)?;
         let keys = self.current_keys();
         let mut last = None;
         for key in keys.candidates(header.kid.as_deref(), header.alg) {
             let mut validation = self.validation.clone();
             validation.algorithms = key.algorithms.clone();
-            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation) {
-                Ok(data) => {
-                    // `exp` is strict: a stream never outlives its token, and a token that
-                    // ended a stream cannot open another.
-                    if data.claims.exp <= now {
-                        return Err(Failure::Expired);
-                    }
-                    return Ok(Grant {
-                        subject: data.claims.sub,
-                        patterns: data.claims.ksg.subscribe,
-                        expires: data.claims.exp,
-                    });
-                }
+            match jsonwebtoken::decode::<ClaimSet>(token, &key.decoding, &validation) {
+                Ok(data) => return self.check_claims(data.claims, now),
                 Err(e) => {
                     let failure = classify(e.kind());
                     if failure != Failure::BadSignature {
@@ -344,6 +318,58 @@ impl Authorizer {
                 Failure::BadAlgorithm
             }
         }))
+    }
+
+    /// The grant of a verified token's claims at `now` (seconds since the epoch), by RFC 7519:
+    /// - `exp` is required and strict (a stream never outlives its token, and a token that
+    ///   ended a stream cannot open another); `nbf` is honoured with the leeway; both, and
+    ///   `iat`, are NumericDates: JSON numbers, which may have a fraction (§2). Any other type
+    ///   makes the token malformed, never a claim ignored.
+    /// - `iss` is one string (§4.1.1) and `sub` one string; `aud` one string or an array of
+    ///   strings (§4.1.3). The configured issuers and audiences, when there are some, require
+    ///   the claim and one of their values.
+    fn check_claims(&self, mut claims: ClaimSet, now: u64) -> Result<Grant, Failure> {
+        let now = now as f64;
+        let exp = numeric_date(claims.get("exp"))?.ok_or(Failure::Malformed)?;
+        let nbf = numeric_date(claims.get("nbf"))?;
+        numeric_date(claims.get("iat"))?;
+        let iss = one_string(claims.get("iss"))?;
+        let sub = one_string(claims.get("sub"))?.map(str::to_string);
+        let aud = match claims.get("aud") {
+            None => Vec::new(),
+            Some(serde_json::Value::String(aud)) => vec![aud.as_str()],
+            Some(serde_json::Value::Array(auds)) => auds
+                .iter()
+                .map(|aud| aud.as_str().ok_or(Failure::Malformed))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(Failure::Malformed),
+        };
+        if exp <= now {
+            return Err(Failure::Expired);
+        }
+        if nbf.is_some_and(|nbf| nbf > now + self.settings.leeway.as_secs_f64()) {
+            return Err(Failure::NotYetValid);
+        }
+        if let Some(issuers) = &self.settings.issuer {
+            if !iss.is_some_and(|iss| issuers.iter().any(|i| i == iss)) {
+                return Err(Failure::WrongIssuer);
+            }
+        }
+        if let Some(audiences) = &self.settings.audience {
+            if !aud.iter().any(|aud| audiences.iter().any(|a| a == aud)) {
+                return Err(Failure::WrongAudience);
+            }
+        }
+        let ksg: KsgClaim = match claims.remove("ksg") {
+            Some(ksg) => serde_json::from_value(ksg).map_err(|_| Failure::Malformed)?,
+            None => KsgClaim::default(),
+        };
+        Ok(Grant {
+            subject: sub,
+            patterns: ksg.subscribe,
+            // A stream ends at the last whole second before `exp`.
+            expires: exp.floor() as u64,
+        })
     }
 
     /// Checks the key file every `every` ([`KEYS_CHECK_EVERY`] in a gateway) and loads it again
@@ -424,6 +450,50 @@ fn names_an_algorithm(token: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Refuses a token whose header asks for what the gateway does not implement: any `crit`
+/// (RFC 7515 §4.1.11: a recipient that does not understand every extension it lists must
+/// refuse the token, and the gateway understands none), and an unencoded payload (`b64`
+/// other than true, RFC 7797), whose signature covers other bytes than those verified here.
+fn refuse_extensions(token: &str) -> Result<(), Failure> {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| Failure::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| Failure::Malformed)?;
+    if header.contains_key("crit") {
+        return Err(Failure::Malformed);
+    }
+    match header.get("b64") {
+        None | Some(serde_json::Value::Bool(true)) => Ok(()),
+        Some(_) => Err(Failure::Malformed),
+    }
+}
+
+/// A NumericDate claim (RFC 7519 §2: seconds since the epoch, a JSON number, which may have a
+/// fraction): `None` when absent, malformed when of another type.
+fn numeric_date(value: Option<&serde_json::Value>) -> Result<Option<f64>, Failure> {
+    match value {
+        None => Ok(None),
+        Some(serde_json::Value::Number(n)) => n
+            .as_f64()
+            .filter(|n| n.is_finite())
+            .map(Some)
+            .ok_or(Failure::Malformed),
+        Some(_) => Err(Failure::Malformed),
+    }
+}
+
+/// A claim that is one string when present (`iss`, `sub`).
+fn one_string(value: Option<&serde_json::Value>) -> Result<Option<&str>, Failure> {
+    match value {
+        None => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(Failure::Malformed),
+    }
+}
+
 fn classify(kind: &ErrorKind) -> Failure {
     match kind {
         ErrorKind::InvalidSignature => Failure::BadSignature,
@@ -473,5 +543,7 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+#[cfg(test)]
+mod shapes;
 #[cfg(test)]
 mod tests;
