@@ -218,6 +218,9 @@ pub struct Config {
     pub auth: Option<AuthSettings>,
     /// Streams open in the whole gateway at most.
     pub max_streams: usize,
+    /// Whether `KSG_MAX_STREAMS` was given; if not, the gateway lowers the default to what
+    /// its cgroup's memory limit holds ([`streams_for_memory`]).
+    pub max_streams_given: bool,
     /// Stream requests per second one connection may make after its burst (0: no limit).
     pub max_stream_opens_per_sec: u32,
     /// Whether every connection starts with a PROXY protocol header.
@@ -367,6 +370,35 @@ impl Reader {
     }
 }
 
+/// Memory a gateway needs before its first stream: the runtime, the Kafka client, TLS, the
+/// replay rings' first bytes. W1 (docs/benchmarks.md) starts at about 12 MB.
+pub const BASE_MEMORY: u64 = 64 << 20;
+/// Memory reserved per stream when `KSG_MAX_STREAMS` comes from a memory limit: three times
+/// what W1 measures for an idle stream (about 1.3 KiB of RSS, heartbeats and HTTP/2 state
+/// included), for the queues and windows of busy streams.
+pub const MEMORY_PER_STREAM: u64 = 4 << 10;
+
+/// The streams `limit` bytes of memory hold: [`BASE_MEMORY`] first, then
+/// [`MEMORY_PER_STREAM`] each; at least 1,000 (a limit that small is a mistake the logs show).
+pub fn streams_for_memory(limit: u64) -> usize {
+    let streams = limit.saturating_sub(BASE_MEMORY) / MEMORY_PER_STREAM;
+    usize::try_from(streams).unwrap_or(usize::MAX).max(1_000)
+}
+
+/// The memory limit of the process's cgroup, when it has one: cgroup v2's `memory.max`, else
+/// v1's `memory.limit_in_bytes` (v1 writes a huge number for "no limit").
+pub fn cgroup_memory_limit() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let limit = match read("/sys/fs/cgroup/memory.max") {
+        Some(v2) => v2.trim().parse::<u64>().ok()?,
+        None => read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?
+            .trim()
+            .parse::<u64>()
+            .ok()?,
+    };
+    (limit < 1 << 60).then_some(limit)
+}
+
 impl Config {
     /// Reads the process environment (only `KSG_*` names are looked at).
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -466,6 +498,7 @@ impl Config {
             );
         }
         let auth = read_auth(&mut r, kafka_brokers.is_some());
+        let max_streams_given = r.raw(MAX_STREAMS).is_some();
         let max_streams = r.number(MAX_STREAMS, 1usize, 100_000_000);
         let max_stream_opens_per_sec = r.number(MAX_STREAM_OPENS_PER_SEC, 0u32, 1_000_000);
         let proxy_protocol = r.listed(PROXY_PROTOCOL, on_off);
@@ -567,6 +600,7 @@ impl Config {
                 admin_token,
                 auth,
                 max_streams,
+                max_streams_given,
                 max_stream_opens_per_sec,
                 proxy_protocol,
                 proxy_from,
@@ -927,6 +961,7 @@ mod tests {
     fn stream_limits_and_proxy_protocol() {
         let c = cfg(&[]).unwrap();
         assert_eq!((c.max_streams, c.max_stream_opens_per_sec), (250_000, 20));
+        assert!(!c.max_streams_given);
         assert!(!c.proxy_protocol);
         let c = cfg(&[
             (MAX_STREAMS, "10"),
@@ -935,6 +970,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((c.max_streams, c.max_stream_opens_per_sec), (10, 0));
+        assert!(c.max_streams_given);
         assert!(c.proxy_protocol);
         let e = cfg(&[(MAX_STREAMS, "0"), (PROXY_PROTOCOL, "v2")]).unwrap_err();
         assert_eq!(problem_vars(e), vec![MAX_STREAMS, PROXY_PROTOCOL]);
@@ -999,5 +1035,15 @@ mod tests {
     fn bad_topics_routes_and_log_are_reported_together() {
         let e = cfg(&[(TOPICS, "bad topic"), (ROUTES, "/x/{key}"), (LOG, "loud!")]).unwrap_err();
         assert_eq!(problem_vars(e), vec![LOG, TOPICS, ROUTES]);
+    }
+
+    #[test]
+    fn a_memory_limit_gives_the_streams_it_holds() {
+        // The Kubernetes base's 1 GiB limit: 245,760 streams of 4 KiB over 64 MiB.
+        assert_eq!(streams_for_memory(1 << 30), 245_760);
+        assert_eq!(streams_for_memory(4 << 30), 1_032_192);
+        // A limit below the base still lets some streams in.
+        assert_eq!(streams_for_memory(32 << 20), 1_000);
+        assert_eq!(streams_for_memory(0), 1_000);
     }
 }

@@ -114,7 +114,7 @@ pub struct Handle {
 }
 
 /// Starts a gateway: binds both listeners, starts the Kafka consumer and serves.
-pub async fn start(config: Config) -> Result<Handle, StartError> {
+pub async fn start(mut config: Config) -> Result<Handle, StartError> {
     let metrics = Metrics::new(&config.routes.labels());
     let tls = config.tls.as_ref().map(tls::load).transpose()?;
     if let Some(tls) = &tls {
@@ -123,6 +123,8 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         }
     }
     let auth = authorizer(&config)?;
+    max_streams_for_memory(&mut config);
+    metrics.streams_max.set(config.max_streams as i64);
     let (demo, brokers) = kafka_cluster(&config).await?;
     let source = Arc::new(Source::new(
         &brokers,
@@ -144,30 +146,17 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     let (shutdown, signal) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
     let draining = Arc::new(AtomicBool::new(false));
-    let app = Arc::new(App {
-        hub: hub.clone(),
-        routes: config.routes.clone(),
-        metrics: metrics.clone(),
-        cors: config.cors.clone(),
-        streams: StreamSettings {
-            retry_ms: config.retry_ms,
-            max_lifetime: config.stream_max_lifetime,
-            expiry_notice: config
-                .auth
-                .as_ref()
-                .map_or(Duration::ZERO, |a| a.expiry_notice),
-        },
-        clock: stream::clock::StreamClock::start(config.heartbeat),
-        snapshot_topics: config.snapshot_topics.clone(),
-        ready: ready.clone(),
-        starter_page: demo
-            .as_ref()
-            .map(|_| Bytes::from_static(demo::STARTER_PAGE.as_bytes())),
-        auth: auth.clone(),
-        slots: http::limits::StreamSlots::new(config.max_streams),
-        opens_per_sec: config.max_stream_opens_per_sec,
-        opens_burst: config.max_streams_per_connection,
-    });
+    let starter_page = demo
+        .as_ref()
+        .map(|_| Bytes::from_static(demo::STARTER_PAGE.as_bytes()));
+    let app = Arc::new(app(
+        &config,
+        hub.clone(),
+        &metrics,
+        ready.clone(),
+        starter_page,
+        auth.clone(),
+    ));
     let server = Arc::new(Server::new(
         &config,
         tls.as_ref().map(|t| t.config.clone()),
@@ -271,7 +260,71 @@ async fn kafka_cluster(config: &Config) -> Result<(Option<Demo>, String), StartE
 }
 
 /// The hub's part of the configuration.
-fn hub_config(config: &Config) -> HubConfig {
+/// What every request needs, built from the configuration and the parts [`start`] made: the
+/// hub, the metrics, the readiness latch (streams get `503` until Kafka answered), the starter
+/// page served at `/` (demo mode) and the JWT authorizer.
+pub fn app(
+    config: &Config,
+    hub: Arc<Hub>,
+    metrics: &Metrics,
+    ready: Arc<AtomicBool>,
+    starter_page: Option<Bytes>,
+    auth: Option<Arc<auth::Authorizer>>,
+) -> App {
+    App {
+        hub,
+        routes: config.routes.clone(),
+        metrics: metrics.clone(),
+        cors: config.cors.clone(),
+        streams: StreamSettings {
+            retry_ms: config.retry_ms,
+            max_lifetime: config.stream_max_lifetime,
+            expiry_notice: config
+                .auth
+                .as_ref()
+                .map_or(Duration::ZERO, |a| a.expiry_notice),
+        },
+        clock: stream::clock::StreamClock::start(config.heartbeat),
+        snapshot_topics: config.snapshot_topics.clone(),
+        ready,
+        starter_page,
+        auth,
+        slots: http::limits::StreamSlots::new(config.max_streams),
+        opens_per_sec: config.max_stream_opens_per_sec,
+        opens_burst: config.max_streams_per_connection,
+    }
+}
+
+/// With no `KSG_MAX_STREAMS` given and a cgroup memory limit (a container's), the default is
+/// lowered to what the limit holds, so that streams are refused with `429` before the kernel
+/// kills the process. Says what it chose.
+fn max_streams_for_memory(config: &mut Config) {
+    if config.max_streams_given {
+        return;
+    }
+    let Some(limit) = config::cgroup_memory_limit() else {
+        info!(
+            max_streams = config.max_streams,
+            "KSG_MAX_STREAMS not set and no cgroup memory limit: the default"
+        );
+        return;
+    };
+    let fits = config::streams_for_memory(limit);
+    if fits < config.max_streams {
+        config.max_streams = fits;
+    }
+    info!(
+        max_streams = config.max_streams,
+        memory_limit = limit,
+        "KSG_MAX_STREAMS not set: {} from the cgroup memory limit ({} KiB per stream over a {} MiB base), or the default if lower",
+        config.max_streams,
+        config::MEMORY_PER_STREAM >> 10,
+        config::BASE_MEMORY >> 20
+    );
+}
+
+/// The hub's settings from the configuration.
+pub fn hub_config(config: &Config) -> HubConfig {
     HubConfig {
         queue: config.stream_queue,
         queue_bytes: config.stream_queue_bytes,

@@ -83,6 +83,11 @@ pub struct Metrics {
     pub streams_opened: IntCounterVec,
     /// SSE streams currently open, by route.
     pub streams_open: IntGaugeVec,
+    /// `KSG_MAX_STREAMS` in force (given, or from the memory limit).
+    pub streams_max: IntGauge,
+    /// SSE streams currently open, by topic (topics that streams opened on: allowed by
+    /// `KSG_TOPICS` and existing in Kafka).
+    pub topic_streams_open: IntGaugeVec,
     /// Stream requests refused, by reason.
     pub streams_refused: IntCounterVec,
     /// Events written to streams, by topic.
@@ -178,6 +183,17 @@ impl Metrics {
         registry
             .register(Box::new(streams_open.clone()))
             .expect("unique metric");
+        let topic_streams_open = IntGaugeVec::new(
+            Opts::new(
+                "ksg_topic_streams_open",
+                "SSE streams currently open, by topic",
+            ),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(topic_streams_open.clone()))
+            .expect("unique metric");
 
         let histogram = |name: &str, help: &str, label: &str, buckets: &[f64]| {
             let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
@@ -227,6 +243,10 @@ impl Metrics {
             consumer_lag,
             connections_accepted: counter("ksg_connections_accepted_total", "Connections accepted"),
             connections_open: gauge("ksg_connections_open", "Connections currently open"),
+            streams_max: gauge(
+                "ksg_streams_max",
+                "Streams the gateway may hold open (KSG_MAX_STREAMS, or its default from the memory limit)",
+            ),
             admin_unauthorized: counter(
                 "ksg_admin_unauthorized_total",
                 "Admin /metrics requests refused for a missing or wrong KSG_ADMIN_TOKEN",
@@ -256,6 +276,7 @@ impl Metrics {
             ),
             streams_opened: counter_vec("ksg_streams_opened_total", "SSE streams opened", "route"),
             streams_open,
+            topic_streams_open,
             streams_refused: counter_vec(
                 "ksg_streams_refused_total",
                 "Stream requests refused with an HTTP error",

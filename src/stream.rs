@@ -40,6 +40,8 @@ pub struct StreamMetrics {
     pub heartbeats: IntCounter,
     /// Open streams on the stream's route; decremented when the body is dropped.
     pub open: IntGauge,
+    /// Open streams on the stream's topic; the same.
+    pub topic_open: IntGauge,
     /// Streams ended at their maximum lifetime.
     pub expired: IntCounter,
     /// Seconds from the stream's start to its first event, on the stream's route.
@@ -97,6 +99,7 @@ impl SseStream {
         token: Option<(u64, IntCounter)>,
     ) -> Self {
         metrics.open.inc();
+        metrics.topic_open.inc();
         let lifetime = settings.max_lifetime.map(jittered);
         SseStream {
             preamble: Some(sse::preamble(
@@ -208,6 +211,7 @@ impl SseStream {
 impl Drop for SseStream {
     fn drop(&mut self) {
         self.metrics.open.dec();
+        self.metrics.topic_open.dec();
         let lasted = self.opened.elapsed().as_secs_f64();
         self.metrics.duration.observe(lasted);
         tracing::debug!(topic = %self.subscription.topic, lasted, reason = self.ended, "stream closed");
@@ -320,6 +324,7 @@ mod tests {
             bytes: counter("bytes"),
             heartbeats: counter("heartbeats"),
             open: IntGauge::new("open", "open").unwrap(),
+            topic_open: IntGauge::new("topic_open", "topic_open").unwrap(),
             expired: counter("expired"),
             first_event: histogram("first"),
             duration: histogram("duration"),

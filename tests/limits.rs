@@ -75,6 +75,11 @@ async fn stream_257_on_one_connection_is_refused_and_256_receive_events() {
         256.0
     );
     assert_eq!(metric(&text, "ksg_streams_open{route=\"/{topic}\"}"), 256.0);
+    let by_topic = format!("ksg_topic_streams_open{{topic=\"{topic}\"}}");
+    assert_eq!(metric(&text, &by_topic), 256.0);
+    // Closed streams leave it.
+    drop(raw);
+    wait_metric(&gw, &by_topic, 0.0).await;
     gw.shutdown().await;
 }
 

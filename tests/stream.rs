@@ -609,6 +609,8 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_connections_closed_total", "counter"),
         ("ksg_streams_opened_total", "counter"),
         ("ksg_streams_open", "gauge"),
+        ("ksg_topic_streams_open", "gauge"),
+        ("ksg_streams_max", "gauge"),
         ("ksg_streams_refused_total", "counter"),
         ("ksg_events_sent_total", "counter"),
         ("ksg_event_bytes_sent_total", "counter"),

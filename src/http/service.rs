@@ -227,6 +227,7 @@ impl App {
             bytes: self.metrics.event_bytes_sent.with_label_values(&[&topic]),
             heartbeats: self.metrics.heartbeats_sent.clone(),
             open: self.metrics.streams_open.with_label_values(&[route]),
+            topic_open: self.metrics.topic_streams_open.with_label_values(&[&topic]),
             expired: self.metrics.streams_expired.clone(),
             first_event: self.metrics.first_event.with_label_values(&[route]),
             duration: self.metrics.stream_duration.with_label_values(&[route]),
