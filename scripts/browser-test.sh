@@ -81,4 +81,5 @@ fi
 
 echo "browser-test: $("$CHROMIUM_BIN" --version 2>/dev/null | head -n1), playwright-core $(node -p 'require("playwright-core/package.json").version'), gateway $KSG_BIN"
 # The tests bound every wait themselves; this outer limit only guards against the unforeseen.
-exec timeout --kill-after=15 300 node --test --test-reporter=spec ./*.test.mjs
+# One file at a time: refusals.test.mjs runs a Kafka broker of its own.
+exec timeout --kill-after=15 600 node --test --test-concurrency=1 --test-reporter=spec ./*.test.mjs

@@ -4,13 +4,17 @@
 # listener (mechanism PLAIN, one user) for client authentication. Needs only Java 17+
 # and Maven: the Kafka jars come from Maven Central (no tarball download, no Docker).
 #
-# Usage: scripts/kafka-local.sh start|stop|status|version|topics [TopicCommand args...]
+# Usage: scripts/kafka-local.sh start|stop|status|version|produce TOPIC|topics [TopicCommand args...]
 #   start    fetch jars (once, cached), format storage (once), start the broker in the
 #            background and wait until it answers metadata requests. Idempotent.
 #   stop     SIGTERM, wait, then SIGKILL if needed. OK if not running.
 #   status   exit 0 "running pid N on 127.0.0.1:PORT (SASL_PLAINTEXT/PLAIN on
 #            127.0.0.1:SASL_PORT, user U)", or exit 1 "not running".
 #   version  print the Kafka version in use.
+#   produce TOPIC
+#            produce stdin's lines KEY<TAB>VALUE to TOPIC with Kafka's console producer
+#            (the Java client and its default partitioner), e.g.
+#            printf 'k\tv\n' | scripts/kafka-local.sh produce x
 #   topics   run Kafka's topic CLI against the local broker, e.g.
 #            scripts/kafka-local.sh topics --create --topic x --partitions 3
 #            (over PLAINTEXT; start also writes <data>/client-sasl.properties, a Java
@@ -289,8 +293,20 @@ cmd_topics() {
   kjava org.apache.kafka.tools.TopicCommand --bootstrap-server "$HOST:$PORT" "$@"
 }
 
+# Produces stdin's lines to a topic with Kafka's console producer (the Java client, with its
+# default partitioner): each line is KEY<TAB>VALUE.
+cmd_produce() {
+  [[ $# -eq 1 ]] || die "usage: produce TOPIC (lines KEY<TAB>VALUE on stdin)"
+  fetch_libs
+  [[ -f "$CACHE/log4j2.properties" ]] || write_log4j
+  live_pid >/dev/null && PORT="$(running_port)"
+  kjava org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$HOST:$PORT" --topic "$1" \
+    --property parse.key=true --property "key.separator=$(printf '\t')"
+}
+
 case "${1:-}" in
   start) cmd_start ;;
+  produce) shift; cmd_produce "$@" ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
   version) cmd_version ;;

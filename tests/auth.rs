@@ -344,6 +344,10 @@ async fn stream_opens_per_connection_and_streams_in_total_are_limited() {
     assert!(body_text(&mut body)
         .await
         .contains("KSG_MAX_STREAM_OPENS_PER_SEC"));
+    // An EventSource (it asks for text/event-stream) is not refused: it is told to come back.
+    let event_source = [("accept", "text/event-stream")];
+    let (head, mut body) = get(&a, &path, &event_source).await;
+    assert_unavailable_stream(&head, &mut body, "rate_limited", 1..=1_000).await;
 
     // Another connection has its own budget; the total stops at 6 streams.
     let b = h2_connect(&gw).await;
@@ -355,17 +359,21 @@ async fn stream_opens_per_connection_and_streams_in_total_are_limited() {
     assert_eq!(head.status, 429);
     assert_eq!(header(&head, "retry-after"), "5");
     assert!(body_text(&mut body).await.contains("KSG_MAX_STREAMS"));
+    let other = h2_connect(&gw).await;
+    let (head, mut body) = get(&other, &path, &event_source).await;
+    assert_unavailable_stream(&head, &mut body, "too_many_streams", 5_000..=5_000).await;
+    // Counted as refusals all the same.
     let text = metrics(&gw).await;
     assert_eq!(
         metric(&text, "ksg_streams_refused_total{reason=\"rate_limited\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         metric(
             &text,
             "ksg_streams_refused_total{reason=\"too_many_streams\"}"
         ),
-        1.0
+        2.0
     );
     drop(held);
     gw.shutdown().await;

@@ -85,6 +85,19 @@ async fn mock_only_unreachable_kafka_at_start_gives_503_and_not_ready_then_recov
         String::from_utf8_lossy(&reason).contains("Kafka has not been reached"),
         "{reason:?}"
     );
+    assert_eq!(
+        head.headers.get("retry-after").unwrap(),
+        "3",
+        "KSG_RETRY_MS"
+    );
+    // An EventSource gets a stream that tells it to come back after KSG_RETRY_MS.
+    let (head, mut body) = get(
+        &h2,
+        &format!("/{topic}"),
+        &[("accept", "text/event-stream")],
+    )
+    .await;
+    assert_unavailable_stream(&head, &mut body, "kafka_unavailable", 3_000..=3_000).await;
 
     up(&cluster, 1);
     wait_ready(&gw).await;

@@ -98,6 +98,10 @@ impl App {
         }
         if head {
             *response.body_mut() = ResponseBody::Empty;
+        } else if let Some(refusal) = response.extensions().get::<Transient>().copied() {
+            if accepts_event_stream(request.headers()) {
+                response = refusal.as_stream();
+            }
         }
         self.cors.apply(request.headers(), response.headers_mut());
         response
@@ -177,7 +181,7 @@ impl App {
         };
         if !self.ready.load(Ordering::Acquire) {
             let why = "Kafka has not been reached yet; retry shortly";
-            return self.refuse(StatusCode::SERVICE_UNAVAILABLE, "kafka_unavailable", why);
+            return self.unavailable("kafka_unavailable", why);
         }
         let slot = match self.slots.take() {
             Some(slot) => slot,
@@ -202,6 +206,9 @@ impl App {
                 if let SubscribeError::Unavailable(details) = &e {
                     // The client is told what it can act on; the details are for operators.
                     debug!(topic = %target.topic, "stream refused, Kafka unavailable: {details}");
+                }
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    return self.unavailable(reason, &why);
                 }
                 return self.refuse(status, reason, &why);
             }
@@ -288,13 +295,33 @@ impl App {
         response
     }
 
-    /// `429` with `Retry-After`.
-    fn too_many(&self, reason: &str, why: &str, wait: Duration) -> Response<ResponseBody> {
-        let mut response = self.refuse(StatusCode::TOO_MANY_REQUESTS, reason, why);
+    /// `429` with `Retry-After`: a transient refusal.
+    fn too_many(&self, reason: &'static str, why: &str, wait: Duration) -> Response<ResponseBody> {
+        self.transient(StatusCode::TOO_MANY_REQUESTS, reason, why, wait)
+    }
+
+    /// `503` with `Retry-After` of the streams' reconnection time (`KSG_RETRY_MS`): a
+    /// transient refusal (Kafka not reached yet or unavailable, the gateway shutting down).
+    fn unavailable(&self, reason: &'static str, why: &str) -> Response<ResponseBody> {
+        let wait = Duration::from_millis(self.streams.retry_ms);
+        self.transient(StatusCode::SERVICE_UNAVAILABLE, reason, why, wait)
+    }
+
+    /// A refusal the client should retry after `wait`: `status` with `Retry-After`, or, for a
+    /// client that asked for `text/event-stream` (see [`Transient`]), a stream that says so.
+    fn transient(
+        &self,
+        status: StatusCode,
+        reason: &'static str,
+        why: &str,
+        wait: Duration,
+    ) -> Response<ResponseBody> {
+        let mut response = self.refuse(status, reason, why);
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(retry_after_secs(wait)),
         );
+        response.extensions_mut().insert(Transient { reason, wait });
         response
     }
 
@@ -346,6 +373,62 @@ fn head_bytes<B>(request: &Request<B>) -> usize {
 }
 
 /// The headers of a stream response.
+/// A transient refusal (rate limit, capacity, Kafka not reachable, shutting down). An
+/// EventSource closes for good on any status but 200, so a client that asks for
+/// `text/event-stream` gets `200` and a stream that tells it to come back: `retry:` with the
+/// wait (plus up to a quarter more, so that refused clients do not all return at once), an
+/// `event: unavailable` whose data is `{"reason":…,"retry_ms":…}`, and the end of the stream.
+/// The browser reconnects after the wait with its `Last-Event-ID`, as after any end. Other
+/// clients get the status and `Retry-After`.
+#[derive(Debug, Clone, Copy)]
+struct Transient {
+    reason: &'static str,
+    wait: Duration,
+}
+
+impl Transient {
+    fn as_stream(self) -> Response<ResponseBody> {
+        let wait = self.wait.as_millis() as u64;
+        let retry_ms = wait + jitter(wait / 4);
+        let body = format!(
+            "retry: {retry_ms}\nevent: unavailable\ndata: {{\"reason\":\"{}\",\"retry_ms\":{retry_ms}}}\n\n",
+            self.reason
+        );
+        let mut response = Response::new(ResponseBody::full(Bytes::from(body)));
+        sse_headers(response.headers_mut());
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(Duration::from_millis(retry_ms))),
+        );
+        response
+    }
+}
+
+/// A number from 0 to `max`, different for each call (for spreading retries, not secrets).
+fn jitter(max: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    if max == 0 {
+        return 0;
+    }
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(max);
+    hasher.finish() % (max + 1)
+}
+
+/// Whether the request's `Accept` names `text/event-stream` (an EventSource always sends it).
+fn accepts_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
 fn sse_headers(headers: &mut http::HeaderMap) {
     headers.insert(
         header::CONTENT_TYPE,

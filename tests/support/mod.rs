@@ -856,3 +856,49 @@ pub fn rfc3339(ms: i64) -> String {
         rest % 60
     )
 }
+
+/// The answer an EventSource gets for a transient refusal: `200`, `text/event-stream`, a
+/// `retry:` of a wait within `wait_ms` plus up to a quarter more, one `event: unavailable`
+/// naming `reason` with the same `retry_ms`, and the end of the stream. Returns the `retry:`
+/// value.
+pub async fn assert_unavailable_stream(
+    head: &http::response::Parts,
+    body: &mut SseReader,
+    reason: &str,
+    wait_ms: std::ops::RangeInclusive<u64>,
+) -> u64 {
+    assert_eq!(
+        head.status, 200,
+        "an EventSource is never refused with another status"
+    );
+    assert_eq!(
+        head.headers.get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let text = body_text(body).await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines.len(),
+        4,
+        "retry, event, data and the blank line: {text:?}"
+    );
+    let retry: u64 = lines[0]
+        .strip_prefix("retry: ")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("retry first: {text:?}"));
+    let (least, most) = (*wait_ms.start(), *wait_ms.end());
+    assert!(
+        (least..=most + most / 4).contains(&retry),
+        "retry {retry} for a wait of {wait_ms:?} ms"
+    );
+    assert_eq!(lines[1], "event: unavailable");
+    let data: serde_json::Value =
+        serde_json::from_str(lines[2].strip_prefix("data: ").expect("data")).expect("JSON");
+    assert_eq!(
+        data,
+        serde_json::json!({"reason": reason, "retry_ms": retry})
+    );
+    assert_eq!(lines[3], "");
+    assert!(text.ends_with("\n\n"));
+    retry
+}
