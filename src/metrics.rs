@@ -148,6 +148,8 @@ pub struct Metrics {
     pub auth_key_reloads: IntCounterVec,
     /// Streams ended at their token's expiry.
     pub streams_token_expired: IntCounter,
+    /// Streams ended because the key that verified their token left the key set.
+    pub streams_key_revoked: IntCounter,
 }
 
 impl Metrics {
@@ -388,6 +390,10 @@ impl Metrics {
             streams_token_expired: counter(
                 "ksg_streams_token_expired_total",
                 "Streams ended at their access token's expiry (event: expired)",
+            ),
+            streams_key_revoked: counter(
+                "ksg_streams_key_revoked_total",
+                "Streams ended because the key that verified their token left the key set",
             ),
             registry,
         };

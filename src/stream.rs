@@ -65,6 +65,21 @@ pub struct StreamSettings {
 struct TokenClock {
     expiry: Expiry,
     expired: IntCounter,
+    revoked: IntCounter,
+}
+
+/// What a stream opened with a token ends with: the token's `exp` (seconds since the epoch),
+/// the key that verified it (ends the stream if it leaves the key set), and the counters of
+/// ends by expiry and by revocation.
+pub struct TokenEnd {
+    /// `exp`.
+    pub exp: u64,
+    /// The verifying key.
+    pub key: Arc<crate::auth::keys::KeyLife>,
+    /// `ksg_streams_token_expired_total`.
+    pub expired: IntCounter,
+    /// `ksg_streams_key_revoked_total`.
+    pub revoked: IntCounter,
 }
 
 /// The body of one SSE response.
@@ -96,7 +111,7 @@ impl SseStream {
         clock: Arc<StreamClock>,
         metrics: StreamMetrics,
         slot: Slot,
-        token: Option<(u64, IntCounter)>,
+        token: Option<TokenEnd>,
     ) -> Self {
         metrics.open.inc();
         metrics.topic_open.inc();
@@ -112,13 +127,15 @@ impl SseStream {
             opened: std::time::Instant::now(),
             first_sent: false,
             ended: "the client went away",
-            token: token.map(|(exp, expired)| {
+            token: token.map(|token| {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default();
                 Box::new(TokenClock {
-                    expiry: Expiry::new(exp, now, settings.expiry_notice),
-                    expired,
+                    expiry: Expiry::new(token.exp, now, settings.expiry_notice)
+                        .watching(token.key.watch()),
+                    expired: token.expired,
+                    revoked: token.revoked,
                 })
             }),
             closing: false,
@@ -248,6 +265,12 @@ impl Body for SseStream {
                     // with a fresh token.
                     token.expired.inc();
                     this.ended = "its access token expired";
+                    this.closing = true;
+                    return Poll::Ready(Some(Ok(Frame::data(last))));
+                }
+                Poll::Ready(Due::Revoked(last)) => {
+                    token.revoked.inc();
+                    this.ended = "its token's signing key was revoked";
                     this.closing = true;
                     return Poll::Ready(Some(Ok(Frame::data(last))));
                 }

@@ -378,3 +378,95 @@ async fn stream_opens_per_connection_and_streams_in_total_are_limited() {
     drop(held);
     gw.shutdown().await;
 }
+
+/// A JWK of an EC P-256 key pair's public half, with `kid`.
+fn ec_jwk(pair: &rcgen::KeyPair, kid: &str) -> serde_json::Value {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use base64::Engine;
+    let point = pair.public_key_raw();
+    json!({"kty": "EC", "crv": "P-256", "kid": kid,
+           "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65])})
+}
+
+/// An ES256 token signed by `pair` as `kid`, allowing every topic stream, for 5 minutes.
+fn ec_token(pair: &rcgen::KeyPair, kid: &str) -> String {
+    let mut header = Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_string());
+    let claims = json!({"sub": kid, "exp": now() + 300, "ksg": {"subscribe": ["/*"]}});
+    let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    encode(&header, &claims, &key).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_the_key_that_verified_their_token_leaves_the_key_set() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("revoked");
+    cluster.create_topic(&topic, 1).await;
+    let pair = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (leaked, kept) = (pair(), pair());
+    let path = std::env::temp_dir().join(format!("ksg-revoke-{}.json", std::process::id()));
+    let write = |keys: &[serde_json::Value]| {
+        std::fs::write(&path, json!({ "keys": keys }).to_string()).unwrap();
+    };
+    write(&[ec_jwk(&leaked, "leaked"), ec_jwk(&kept, "kept")]);
+    let keys_path: &'static str = Box::leak(path.display().to_string().into_boxed_str());
+    let gw = gateway(
+        &cluster,
+        &[("KSG_AUTH", "jwt"), ("KSG_AUTH_JWT_KEYS", keys_path)],
+    )
+    .await;
+    let h2 = h2_connect(&gw).await;
+    let stream_with = |token: String| {
+        let h2 = h2.clone();
+        let path = format!("/{topic}");
+        async move {
+            let bearer = format!("Bearer {token}");
+            let (head, mut sse) = get(&h2, &path, &[("authorization", &bearer)]).await;
+            assert_eq!(head.status, 200);
+            sse.next_block().await.unwrap();
+            sse
+        }
+    };
+    let mut by_leaked = stream_with(ec_token(&leaked, "leaked")).await;
+    let mut by_kept = stream_with(ec_token(&kept, "kept")).await;
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("one"))
+        .await;
+    assert_eq!(by_leaked.next_event().await.unwrap().text(), "one");
+    assert_eq!(by_kept.next_event().await.unwrap().text(), "one");
+
+    // The leaked key leaves the file: within a reload interval (5 s), its stream ends with
+    // `event: expired` and the reason; the other key's stream goes on.
+    write(&[ec_jwk(&kept, "kept")]);
+    let last = by_leaked
+        .next_event()
+        .await
+        .expect("the end, with a reason");
+    assert_eq!(last.event.as_deref(), Some("expired"));
+    assert!(last.id.is_none(), "no id: the client keeps its last one");
+    assert!(
+        last.text()
+            .contains("\"reason\":\"the signing key was revoked\""),
+        "{}",
+        last.text()
+    );
+    assert!(
+        by_leaked.next_block().await.is_none(),
+        "and the stream ends"
+    );
+    cluster
+        .producer()
+        .produce(&topic, Some("k"), Some("two"))
+        .await;
+    assert_eq!(by_kept.next_event().await.unwrap().text(), "two");
+    let text = metrics(&gw).await;
+    assert_eq!(metric(&text, "ksg_streams_key_revoked_total"), 1.0);
+    assert_eq!(metric(&text, "ksg_streams_token_expired_total"), 0.0);
+    // The leaked key opens nothing new.
+    let bearer = format!("Bearer {}", ec_token(&leaked, "leaked"));
+    let (head, _) = get(&h2, &format!("/{topic}"), &[("authorization", &bearer)]).await;
+    assert_eq!(head.status, 401);
+    let _ = std::fs::remove_file(&path);
+    gw.shutdown().await;
+}

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::{Instant, Sleep};
 
+use crate::auth::keys::Revocation;
 use crate::sse;
 
 /// Event type sent shortly before the token expires.
@@ -28,6 +29,8 @@ pub enum Due {
     Notice(Bytes),
     /// The last event: the stream ends after it.
     Expired(Bytes),
+    /// The last event of a stream whose token's key left the key set: it ends after it.
+    Revoked(Bytes),
 }
 
 /// The clock of one stream's token.
@@ -36,6 +39,8 @@ pub struct Expiry {
     at: Instant,
     notice_pending: bool,
     sleep: Pin<Box<Sleep>>,
+    /// The key that verified the token, while it may be revoked.
+    revocation: Option<Revocation>,
 }
 
 impl Expiry {
@@ -59,11 +64,29 @@ impl Expiry {
             at,
             notice_pending,
             sleep: Box::pin(tokio::time::sleep_until(first)),
+            revocation: None,
         }
+    }
+
+    /// Ends the stream early, with `event: expired` and "the signing key was revoked", when
+    /// the key that verified its token leaves the key set.
+    pub fn watching(mut self, revocation: Revocation) -> Expiry {
+        self.revocation = Some(revocation);
+        self
     }
 
     /// The notice or the last event, once due.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Due> {
+        if let Some(revocation) = self.revocation.as_mut() {
+            if revocation.poll_revoked(cx) {
+                self.revocation = None;
+                let data = format!(
+                    "{{\"reason\":\"the signing key was revoked\",\"exp\":{}}}",
+                    self.exp
+                );
+                return Poll::Ready(Due::Revoked(sse::event(Some(EVENT_EXPIRED), "", &data)));
+            }
+        }
         if self.sleep.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
@@ -163,5 +186,40 @@ mod tests {
         );
         let early = tokio::time::timeout(Duration::from_secs(69), next(&mut e)).await;
         assert!(early.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoked_key_ends_the_stream_at_once_with_its_reason() {
+        use crate::auth::keys::KeySet;
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let old = KeySet::parse(pair.public_key_pem().as_bytes()).unwrap();
+        let life = old
+            .candidates(None, jsonwebtoken::Algorithm::ES256)
+            .next()
+            .unwrap()
+            .life
+            .clone();
+        let start = Instant::now();
+        let mut e = Expiry::new(
+            1_000_100,
+            Duration::from_secs(1_000_000),
+            Duration::from_secs(30),
+        )
+        .watching(life.watch());
+        let waiting = tokio::spawn(async move { next(&mut e).await });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished());
+        // Another key takes its place in the file.
+        let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut new = KeySet::parse(other.public_key_pem().as_bytes()).unwrap();
+        assert_eq!(new.replace(&old), 1);
+        let Due::Revoked(last) = waiting.await.unwrap() else {
+            panic!("the revocation ends the stream");
+        };
+        assert_eq!(start.elapsed(), Duration::from_secs(10), "at once");
+        assert_eq!(
+            &last[..],
+            b"event: expired\ndata: {\"reason\":\"the signing key was revoked\",\"exp\":1000100}\n\n"
+        );
     }
 }

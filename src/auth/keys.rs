@@ -5,9 +5,14 @@
 //! RS*/PS*, an EC key only ES256/ES384, an Ed25519 key only EdDSA. `none` is never accepted
 //! (the token library has no such algorithm), and a public key is never used as an HMAC secret.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use thiserror::Error;
+use tokio::sync::futures::OwnedNotified;
+use tokio::sync::Notify;
 
 /// Why a key file could not be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -34,6 +39,66 @@ pub struct Key {
     pub algorithms: Vec<Algorithm>,
     /// The key itself.
     pub decoding: DecodingKey,
+    /// Whether the key is still in the key set: the streams its tokens opened watch it.
+    pub life: Arc<KeyLife>,
+    /// What the key was read from (the PEM block, or the JWK), to know it again in a
+    /// reloaded file.
+    source: Vec<u8>,
+}
+
+/// Whether a key is still in the key set. A key that leaves it (a rotation after a leak) is
+/// revoked: the streams its tokens opened end (`event: expired`, "the signing key was
+/// revoked"), not only new requests that carry them.
+#[derive(Debug, Default)]
+pub struct KeyLife {
+    revoked: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl KeyLife {
+    /// True once the key left the key set.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    fn revoke(&self) {
+        self.revoked.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// A watch of this key for one stream.
+    pub fn watch(self: &Arc<Self>) -> Revocation {
+        let mut notified = Box::pin(self.notify.clone().notified_owned());
+        // Registered now: a revocation from here on wakes the stream.
+        notified.as_mut().enable();
+        Revocation {
+            life: self.clone(),
+            notified,
+        }
+    }
+}
+
+/// One stream's watch of the key its token was verified with.
+pub struct Revocation {
+    life: Arc<KeyLife>,
+    notified: std::pin::Pin<Box<OwnedNotified>>,
+}
+
+impl Revocation {
+    /// True once the key is revoked; else registers `cx` to be woken when a key leaves the set.
+    pub fn poll_revoked(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        use std::future::Future;
+        loop {
+            if self.life.is_revoked() {
+                return true;
+            }
+            if self.notified.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.notified = Box::pin(self.life.notify.clone().notified_owned());
+            self.notified.as_mut().enable();
+        }
+    }
 }
 
 /// Every key a token may be verified with.
@@ -60,6 +125,8 @@ impl KeySet {
                 kid: None,
                 algorithms: vec![Algorithm::HS256],
                 decoding: DecodingKey::from_secret(secret),
+                life: Arc::default(),
+                source: Vec::new(),
             }],
             skipped: 0,
         }
@@ -77,6 +144,25 @@ impl KeySet {
             return Err(KeyError::Empty);
         }
         Ok(set)
+    }
+
+    /// Takes the place of `old` after a reload: a key in both (the same PEM block, or the
+    /// same JWK) keeps its life, so the streams it opened go on; a key of `old` not in this set
+    /// is revoked. Returns how many were revoked.
+    pub fn replace(&mut self, old: &KeySet) -> usize {
+        for key in &mut self.keys {
+            if let Some(same) = old.keys.iter().find(|o| o.source == key.source) {
+                key.life = same.life.clone();
+            }
+        }
+        let mut revoked = 0;
+        for key in &old.keys {
+            if !self.keys.iter().any(|k| k.source == key.source) {
+                key.life.revoke();
+                revoked += 1;
+            }
+        }
+        revoked
     }
 
     /// How many keys there are.
@@ -139,6 +225,8 @@ fn pem_blocks(text: &str) -> Result<KeySet, KeyError> {
             kid: None,
             algorithms: key.1,
             decoding: key.0,
+            life: Arc::default(),
+            source: pem.to_vec(),
         });
     }
     Ok(KeySet { keys, skipped: 0 })
@@ -156,12 +244,13 @@ fn jwks(text: &str) -> Result<KeySet, KeyError> {
     let mut keys = Vec::new();
     let mut skipped = 0;
     for value in document.keys {
+        let source = value.to_string().into_bytes();
         match serde_json::from_value::<Jwk>(value)
             .ok()
             .as_ref()
             .and_then(jwk_key)
         {
-            Some(key) => keys.push(key),
+            Some(key) => keys.push(Key { source, ..key }),
             None => skipped += 1,
         }
     }
@@ -201,6 +290,8 @@ fn jwk_key(jwk: &Jwk) -> Option<Key> {
         kid: jwk.common.key_id.clone(),
         algorithms,
         decoding,
+        life: Arc::default(),
+        source: Vec::new(),
     })
 }
 

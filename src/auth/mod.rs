@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use keys::{KeyError, KeySet};
+use keys::{KeyError, KeyLife, KeySet};
 
 /// How often a key file is checked for changes.
 pub const KEYS_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -175,6 +175,8 @@ pub struct Grant {
     pub patterns: Vec<String>,
     /// `exp`, seconds since the Unix epoch.
     pub expires: u64,
+    /// The key that verified the token: streams end when it leaves the key set.
+    pub key: Arc<KeyLife>,
 }
 
 impl Grant {
@@ -300,7 +302,7 @@ impl Authorizer {
             let mut validation = self.validation.clone();
             validation.algorithms = key.algorithms.clone();
             match jsonwebtoken::decode::<ClaimSet>(token, &key.decoding, &validation) {
-                Ok(data) => return self.check_claims(data.claims, now),
+                Ok(data) => return self.check_claims(data.claims, now, &key.life),
                 Err(e) => {
                     let failure = classify(e.kind());
                     if failure != Failure::BadSignature {
@@ -328,7 +330,12 @@ impl Authorizer {
     /// - `iss` is one string (§4.1.1) and `sub` one string; `aud` one string or an array of
     ///   strings (§4.1.3). The configured issuers and audiences, when there are some, require
     ///   the claim and one of their values.
-    fn check_claims(&self, mut claims: ClaimSet, now: u64) -> Result<Grant, Failure> {
+    fn check_claims(
+        &self,
+        mut claims: ClaimSet,
+        now: u64,
+        key: &Arc<KeyLife>,
+    ) -> Result<Grant, Failure> {
         let now = now as f64;
         let exp = numeric_date(claims.get("exp"))?.ok_or(Failure::Malformed)?;
         let nbf = numeric_date(claims.get("nbf"))?;
@@ -369,6 +376,7 @@ impl Authorizer {
             patterns: ksg.subscribe,
             // A stream ends at the last whole second before `exp`.
             expires: exp.floor() as u64,
+            key: key.clone(),
         })
     }
 
@@ -407,9 +415,17 @@ impl Authorizer {
                 continue;
             }
             match KeySet::parse(&now) {
-                Ok(keys) => {
+                Ok(mut keys) => {
                     info!(path = %path.display(), keys = keys.len(), skipped = keys.skipped, "JWT keys reloaded");
-                    *self.keys.write() = Arc::new(keys);
+                    let mut current = self.keys.write();
+                    // Keys still in the file keep their streams; those gone are revoked,
+                    // and the streams their tokens opened end.
+                    let revoked = keys.replace(&current);
+                    *current = Arc::new(keys);
+                    drop(current);
+                    if revoked > 0 {
+                        warn!(path = %path.display(), revoked, "JWT keys left the key set: the streams their tokens opened end now");
+                    }
                     metrics.auth_key_reloads.with_label_values(&["ok"]).inc();
                 }
                 Err(e) => {

@@ -420,3 +420,32 @@ async fn a_changed_key_file_is_loaded_again_and_a_broken_one_keeps_the_old_keys(
     task.abort();
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn a_reload_keeps_the_keys_still_there_and_revokes_those_gone() {
+    let (a, b) = (ec_pair(), ec_pair());
+    let jwk = |pair: &rcgen::KeyPair, kid: &str| {
+        let point = pair.public_key_raw();
+        json!({"kty": "EC", "crv": "P-256", "kid": kid,
+               "x": B64.encode(&point[1..33]), "y": B64.encode(&point[33..65])})
+    };
+    let both = json!({"keys": [jwk(&a, "a"), jwk(&b, "b")]}).to_string();
+    let old = keys::KeySet::parse(both.as_bytes()).unwrap();
+    let life = |set: &keys::KeySet, kid: &str| {
+        set.candidates(Some(kid), Algorithm::ES256)
+            .next()
+            .unwrap()
+            .life
+            .clone()
+    };
+    let (a_life, b_life) = (life(&old, "a"), life(&old, "b"));
+    let mut new =
+        keys::KeySet::parse(json!({"keys": [jwk(&b, "b")]}).to_string().as_bytes()).unwrap();
+    assert_eq!(new.replace(&old), 1);
+    assert!(a_life.is_revoked());
+    assert!(!b_life.is_revoked());
+    assert!(
+        Arc::ptr_eq(&life(&new, "b"), &b_life),
+        "a key still in the set keeps its streams"
+    );
+}

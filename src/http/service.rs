@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::start::Start;
 use crate::stream::clock::StreamClock;
-use crate::stream::{SseStream, StreamMetrics, StreamSettings};
+use crate::stream::{SseStream, StreamMetrics, StreamSettings, TokenEnd};
 
 /// A refused request's body is read (and dropped) up to this many bytes before the answer, so
 /// the client's frames that follow its headers are processed before the stream closes.
@@ -130,7 +130,7 @@ impl App {
             }
         }
         let path = request.uri().path();
-        let mut token_exp = None;
+        let mut grant = None;
         if path == "/" {
             if let Some(page) = &self.starter_page {
                 return text_response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
@@ -142,8 +142,8 @@ impl App {
             return self.too_many("rate_limited", why, wait);
         }
         if let Some(auth) = &self.auth {
-            let grant = auth.check(request.headers(), request.uri().query());
-            let allowed = grant.and_then(|grant| {
+            let checked = auth.check(request.headers(), request.uri().query());
+            let allowed = checked.and_then(|grant| {
                 if grant.allows(path) {
                     Ok(grant)
                 } else {
@@ -152,7 +152,7 @@ impl App {
             });
             match allowed {
                 // Where the stream has to end comes with the response, below.
-                Ok(grant) => token_exp = Some(grant.expires),
+                Ok(allowed) => grant = Some(allowed),
                 Err(failure) => return self.refuse_auth(failure),
             }
         }
@@ -213,7 +213,10 @@ impl App {
                 return self.refuse(status, reason, &why);
             }
         };
-        if token_exp.is_some_and(|exp| exp <= crate::auth::now_secs()) {
+        if grant
+            .as_ref()
+            .is_some_and(|g| g.expires <= crate::auth::now_secs())
+        {
             // The token expired while Kafka was asked where the stream starts.
             return self.refuse_auth(Failure::Expired);
         }
@@ -240,7 +243,12 @@ impl App {
             duration: self.metrics.stream_duration.with_label_values(&[route]),
         };
         debug!(topic = %topic, route, "stream opened");
-        let token = token_exp.map(|exp| (exp, self.metrics.streams_token_expired.clone()));
+        let token = grant.map(|grant| TokenEnd {
+            exp: grant.expires,
+            key: grant.key,
+            expired: self.metrics.streams_token_expired.clone(),
+            revoked: self.metrics.streams_key_revoked.clone(),
+        });
         let stream = SseStream::new(
             subscription,
             self.streams,
