@@ -7,12 +7,16 @@
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import {
   BROWSER_LAUNCH_TIMEOUT_MS,
   EVENTS_TIMEOUT_MS,
   SHUTDOWN_LIMIT_MS,
   TEST_TIMEOUT_MS,
   closeBrowser,
+  here,
   launchBrowser,
   metrics,
   mintToken,
@@ -24,6 +28,24 @@ import {
 
 const SYMBOLS = ['GOOG', 'AAPL'];
 const ROUTE = '/{topic}/{key}';
+// Screenshots of the page, kept as test artifacts.
+const ARTIFACTS = resolve(here, process.env.KSG_BROWSER_ARTIFACTS || '../../target/browser-artifacts');
+
+/** Saves a screenshot of `page` as `name` in ARTIFACTS. */
+async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  await within(10_000, `screenshot ${name}`, page.screenshot({ path: join(ARTIFACTS, name), fullPage: true }));
+}
+
+/** Runs a copied curl command line (words split on spaces) for 2 s; returns what it printed. */
+function runCurl(commandLine) {
+  const [command, ...args] = commandLine.split(' ');
+  assert.equal(command, 'curl');
+  return new Promise((resolveRun) => {
+    // --max-time ends the stream: curl then exits 28, with the output so far.
+    execFile(command, ['--max-time', '2', ...args], { timeout: 10_000 }, (_error, stdout) => resolveRun(stdout));
+  });
+}
 
 /** window.ksg, plus each stream's visible state ("open", "connecting", "closed"). */
 function pageState(page) {
@@ -170,6 +192,30 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
       assert.equal(m[`ksg_streams_open{route="${ROUTE}"}`], 2, '2 streams open now');
       assert.deepEqual(problems, [], 'no page errors');
 
+      // The reversed lists leave room for their numbers ("50." is the widest), in the page's
+      // own font.
+      const room = await page.evaluate(() => {
+        const ol = document.querySelector('#stream-GOOG ol');
+        const style = getComputedStyle(ol);
+        const ctx = document.createElement('canvas').getContext('2d');
+        ctx.font = style.font;
+        return { padding: parseFloat(style.paddingLeft), widest: ctx.measureText('50. ').width };
+      });
+      assert.ok(room.padding >= room.widest, `list numbers fit: ${JSON.stringify(room)}`);
+      // The snippets name this stream, and the curl one works as pasted.
+      const snippets = await page.evaluate(() => ({
+        curl: document.querySelector('#stream-GOOG .curl').textContent,
+        js: document.querySelector('#stream-GOOG .js').textContent,
+      }));
+      const origin = gw.url.replace(/\/$/, '');
+      assert.equal(snippets.curl, `curl -N -k ${origin}/stock-prices/GOOG`);
+      assert.ok(snippets.js.includes(`new EventSource('${origin}/stock-prices/GOOG')`), snippets.js);
+      const pasted = await runCurl(snippets.curl);
+      assert.ok(/^retry: \d+\nid: \S+\n\n/.test(pasted), `the stream's preamble: ${pasted.slice(0, 200)}`);
+      assert.ok(pasted.includes('\ndata: {'), `a tick: ${pasted.slice(0, 400)}`);
+      await page.locator('#stream-GOOG details').evaluate((d) => (d.open = true));
+      await screenshot(page, 'starter-streaming.png');
+
       t.diagnostic(
         `h2 page; ${summary(stats)}; metrics: opened ${m[`ksg_streams_opened_total{route="${ROUTE}"}`]}, ` +
           `streams on connection ${streams[0].connectionId} (page on ${wire['/']?.connectionId}; ` +
@@ -312,6 +358,42 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
       await stopGateway(gw);
     }
   });
+  test('with KSG_AUTH=jwt and no token, each box says why its stream closed', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const gw = await startGateway({
+      KSG_AUTH: 'jwt',
+      KSG_AUTH_JWT_SECRET: 'browser-test-secret-0123456789abcdef',
+    });
+    let page;
+    try {
+      page = await context.newPage();
+      await page.goto(gw.url, { timeout: EVENTS_TIMEOUT_MS });
+      await page.waitForFunction(
+        (symbols) => symbols.every((s) => window.ksg?.[s]?.closedStatus === 401),
+        SYMBOLS,
+        { polling: 100, timeout: EVENTS_TIMEOUT_MS },
+      );
+      for (const symbol of SYMBOLS) {
+        const box = await page.evaluate((s) => ({
+          state: document.querySelector(`#stream-${s} .state`).textContent,
+          hint: document.querySelector(`#stream-${s} .hint`).textContent,
+        }), symbol);
+        assert.equal(box.state, 'closed', symbol);
+        assert.match(box.hint, /needs a token \(KSG_AUTH=jwt\)/, `${symbol}: ${box.hint}`);
+        assert.match(box.hint, /Authorization: Bearer/, `${symbol}: ${box.hint}`);
+      }
+      await screenshot(page, 'starter-jwt-refused.png');
+      const m = await metrics(gw);
+      assert.ok(m['ksg_auth_refused_total{reason="missing_token"}'] >= 2, 'the refusals are counted');
+      t.diagnostic(`both boxes explain the 401; screenshots in ${ARTIFACTS}`);
+    } catch (e) {
+      e.message += `\n--- gateway log ---\n${gw.log}`;
+      throw e;
+    } finally {
+      if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
+      await stopGateway(gw);
+    }
+  });
+
   test('a cookie token expires mid-stream; the page refreshes it and resumes without loss', { timeout: TEST_TIMEOUT_MS }, async (t) => {
     const secret = 'browser-test-secret-0123456789abcdef';
     const gw = await startGateway({
