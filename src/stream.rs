@@ -106,7 +106,7 @@ impl SseStream {
     /// and lifetime are kept by `clock`. `token`: the `exp` of the stream's access token (the
     /// stream ends there) and the counter of such ends.
     pub fn new(
-        subscription: Subscription,
+        mut subscription: Subscription,
         settings: StreamSettings,
         clock: Arc<StreamClock>,
         metrics: StreamMetrics,
@@ -117,10 +117,14 @@ impl SseStream {
         metrics.topic_open.inc();
         let lifetime = settings.max_lifetime.map(jittered);
         SseStream {
-            preamble: Some(sse::preamble(
-                settings.retry_ms,
-                subscription.start_id.as_deref(),
-            )),
+            preamble: Some(match subscription.prelude.take() {
+                None => sse::preamble(settings.retry_ms, subscription.start_id.as_deref()),
+                Some(prelude) => {
+                    let preamble =
+                        sse::preamble(settings.retry_ms, subscription.start_id.as_deref());
+                    Bytes::from([&preamble[..], &prelude[..]].concat())
+                }
+            }),
             subscription,
             appointments: Appointments::new(clock, lifetime),
             metrics,

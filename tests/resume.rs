@@ -661,53 +661,107 @@ async fn snapshot_over_its_budget_is_sent_early_and_still_ends_right() {
     gw.shutdown().await;
 }
 
-/// A resume id ahead of the log (another cluster's, or a recreated topic's) is a 400 with a
-/// reason, never a silent empty stream; an id exactly at the end is fine.
+/// A resume id the log cannot honour (an offset past a partition's end, a partition the topic
+/// does not have: another cluster's id, or a recreated topic's) is not refused: the client can
+/// do nothing about it. The stream opens with `event: gap` naming the partitions concerned and
+/// reads them from their earliest offsets; the other partitions resume where the id says. An id
+/// exactly at the end is an ordinary resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_ids_ahead_of_the_log_are_400() {
+async fn resume_ids_ahead_of_the_log_open_with_a_gap_and_read_those_partitions_from_the_start() {
     let cluster = Cluster::new();
     let topic = unique_topic("ahead");
     cluster.create_topic(&topic, 3).await;
     let p = cluster.producer();
+    // Two records on each partition, all of key k: offsets 0 and 1, ends at 2.
     for n in 0..6 {
-        p.send(&topic, Some(n % 3), None, Some(b"v"));
+        let value = format!("p{}-{}", n % 3, n / 3);
+        p.send(&topic, Some(n % 3), Some(b"k"), Some(value.as_bytes()));
     }
     p.flush().await;
     let gw = gateway(&cluster, &[]).await;
     let h2 = h2_connect(&gw).await;
     let fp = position::fingerprint(&topic);
-    for (id, reason) in [
+    let gap_of = |block: &Block| -> serde_json::Value {
+        assert_eq!(block.event.as_deref(), Some("gap"), "{block:?}");
+        assert!(block.id.is_none(), "the gap has no id");
+        let data: serde_json::Value = serde_json::from_str(&block.text()).unwrap();
+        assert!(data["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the resume id is ahead of the log"));
+        data["partitions"].clone()
+    };
+    let cases = [
+        // Partition 2 past its end: it starts over, the others resume at their ends.
         (
             position::encode_dense(fp, &[2, 2, 3]),
-            "resume id is ahead of the log: partition 2 ends at offset 2, the id says 3",
+            serde_json::json!([{"partition": 2, "from": 3, "to": 0}]),
+            vec!["p2-0", "p2-1"],
         ),
+        // Partition 0 far past its end; 1 and 2 resume from 0.
         (
             position::encode_dense(fp, &[1_000_000, 0, 0]),
-            "resume id is ahead of the log: partition 0 ends at offset 2, the id says 1000000",
+            serde_json::json!([{"partition": 0, "from": 1_000_000, "to": 0}]),
+            vec!["p0-0", "p0-1", "p1-0", "p1-1", "p2-0", "p2-1"],
         ),
-        (
-            position::encode_sparse(fp, &[(7, 0)]),
-            "resume id names partition 7, but the topic has 3 partitions",
-        ),
-    ] {
+    ];
+    for (id, partitions, expected) in cases {
         for path in [format!("/{topic}"), format!("/{topic}/k")] {
-            let (head, mut body) = get(&h2, &path, &[("last-event-id", &id)]).await;
-            assert_eq!(head.status, 400, "{path}");
-            let text = body_text(&mut body).await;
-            assert!(text.starts_with(reason), "{text}");
+            let (head, mut sse) = get(&h2, &path, &[("last-event-id", &id)]).await;
+            assert_eq!(head.status, 200, "{path}");
+            let first = sse.next_event().await.unwrap();
+            assert_eq!(gap_of(&first), partitions, "{path}");
+            let mut got: Vec<String> = sse
+                .events(expected.len())
+                .await
+                .iter()
+                .map(Block::text)
+                .collect();
+            got.sort();
+            assert_eq!(got, expected, "{path}");
         }
+    }
+    // A partition the topic does not have: it is left out; the partitions the id does not name
+    // start from their earliest offsets, as for any id.
+    let gone = position::encode_sparse(fp, &[(7, 0)]);
+    let mut live = Vec::new();
+    for path in [format!("/{topic}"), format!("/{topic}/k")] {
+        let (head, mut sse) = get(&h2, &path, &[("last-event-id", &gone)]).await;
+        assert_eq!(head.status, 200, "{path}");
+        let first = sse.next_event().await.unwrap();
+        assert_eq!(
+            gap_of(&first),
+            serde_json::json!([{"partition": 7, "from": 0, "to": null}])
+        );
+        let mut got: Vec<String> = sse.events(6).await.iter().map(Block::text).collect();
+        got.sort();
+        assert_eq!(
+            got,
+            ["p0-0", "p0-1", "p1-0", "p1-1", "p2-0", "p2-1"],
+            "{path}"
+        );
+        live.push(sse);
+    }
+    p.send(&topic, Some(1), Some(b"k"), Some(b"next"));
+    p.flush().await;
+    for sse in &mut live {
+        assert_eq!(sse.next_event().await.unwrap().text(), "next");
     }
     let text = metrics(&gw).await;
     assert_eq!(
-        metric(&text, "ksg_streams_refused_total{reason=\"bad_resume_id\"}"),
+        metric(&text, &format!("ksg_gaps_total{{topic=\"{topic}\"}}")),
         6.0
     );
-    // At the end of the log: a stream that gets the next record.
-    let at_end = position::encode_dense(fp, &[2, 2, 2]);
+    assert_eq!(
+        metric(&text, "ksg_streams_refused_total{reason=\"bad_resume_id\"}"),
+        0.0
+    );
+    // At the end of the log: an ordinary resume, no gap.
+    let at_end = position::encode_dense(fp, &[2, 3, 2]);
     let (head, mut sse) = get(&h2, &format!("/{topic}"), &[("last-event-id", &at_end)]).await;
     assert_eq!(head.status, 200);
-    p.send(&topic, Some(1), None, Some(b"next"));
+    p.send(&topic, Some(1), Some(b"k"), Some(b"after"));
     p.flush().await;
-    assert_eq!(sse.next_event().await.unwrap().text(), "next");
+    assert_eq!(sse.next_event().await.unwrap().text(), "after");
     gw.shutdown().await;
 }

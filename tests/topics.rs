@@ -102,6 +102,14 @@ async fn deleted_topic_ends_streams_with_an_event_then_404_then_works_when_recre
         .produce(&topic, Some("k"), Some("before"))
         .await;
     assert_eq!(a.next_event().await.unwrap().text(), "before");
+    // Five more on each partition: the id of this incarnation is past the end of the next.
+    let p = cluster.producer();
+    for n in 0..10 {
+        p.send(&topic, Some(n % 2), None, Some(b"old"));
+    }
+    p.flush().await;
+    let old = a.events(10).await;
+    let old_id = old.last().unwrap().id.clone().expect("an id");
 
     for result in admin(&cluster)
         .delete_topics(&[&topic], &AdminOptions::new())
@@ -148,6 +156,22 @@ async fn deleted_topic_ends_streams_with_an_event_then_404_then_works_when_recre
         .produce(&topic, Some("k"), Some("after"))
         .await;
     assert_eq!(again.next_event().await.unwrap().text(), "after");
+
+    // A client of the old incarnation comes back with its id: not a 400 (it could do nothing
+    // about it), but a gap naming both partitions (one past the end, one gone), then the new
+    // incarnation's records from its start.
+    let (head, mut resumed) = get(&h2, &format!("/{topic}"), &[("last-event-id", &old_id)]).await;
+    assert_eq!(head.status, 200);
+    let gap = resumed.next_event().await.unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    let data: serde_json::Value = serde_json::from_str(&gap.text()).unwrap();
+    let partitions = data["partitions"].as_array().unwrap();
+    assert_eq!(partitions.len(), 2, "{data}");
+    assert_eq!(partitions[0]["partition"], 0);
+    assert_eq!(partitions[0]["to"], 0, "partition 0 from the start: {data}");
+    assert_eq!(partitions[1]["partition"], 1);
+    assert!(partitions[1]["to"].is_null(), "partition 1 is gone: {data}");
+    assert_eq!(resumed.next_event().await.unwrap().text(), "after");
     gw.shutdown().await;
 }
 

@@ -352,7 +352,6 @@ impl App {
 fn refusal(e: &SubscribeError) -> (StatusCode, &'static str, String) {
     match e {
         SubscribeError::UnknownTopic(_) => (StatusCode::NOT_FOUND, "not_found", e.to_string()),
-        SubscribeError::AheadOfLog(_) => (StatusCode::BAD_REQUEST, "bad_resume_id", e.to_string()),
         SubscribeError::Unavailable(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "kafka_unavailable",

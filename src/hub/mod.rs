@@ -70,10 +70,6 @@ pub enum SubscribeError {
     /// The gateway is shutting down (503).
     #[error("the gateway is shutting down")]
     ShuttingDown,
-    /// The resume id names a position this topic's log has not reached (400): an id from
-    /// another cluster, or from a topic deleted and recreated under the same name.
-    #[error("{0}")]
-    AheadOfLog(String),
 }
 
 impl From<SourceError> for SubscribeError {

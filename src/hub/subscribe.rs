@@ -15,6 +15,8 @@ use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
 use crate::partitioner::KeyPartitioner;
 use crate::position::Position;
+use crate::source::SourceError;
+use crate::sse;
 use crate::start::{self, LogStart, PartitionStart, Start};
 
 /// Where a stream's events come from.
@@ -70,6 +72,9 @@ impl Events {
     }
 }
 
+/// The `reason` of the gap a resume id ahead of the log opens with.
+const GAP_AHEAD: &str = "the resume id is ahead of the log: the topic was recreated, or the id comes from another cluster; the partitions concerned start from their earliest offsets";
+
 /// An open subscription: the stream's events and its start position. Dropping it unregisters.
 pub struct Subscription {
     /// Encoded events, in order.
@@ -79,6 +84,9 @@ pub struct Subscription {
     pub start_id: Option<String>,
     /// The topic, for metric labels.
     pub topic: String,
+    /// An event the stream sends right after its preamble: the `event: gap` of a resume id
+    /// the log cannot honour (see [`Hub::rebase_if_ahead`]).
+    pub prelude: Option<Bytes>,
     /// `None` for a stream that joined its group at once (its cursor unregisters it) or fed by
     /// a test.
     _registration: Option<Registration>,
@@ -94,6 +102,7 @@ impl Subscription {
             events: Events::Queue(events),
             start_id: Some(String::from("test-start")),
             topic: topic.to_string(),
+            prelude: None,
             _registration: None,
         };
         (tx, subscription)
@@ -193,7 +202,7 @@ impl Hub {
         self: &Arc<Self>,
         topic: &str,
         key: Option<Vec<u8>>,
-        start: Start,
+        mut start: Start,
         seat: Option<&Seat>,
     ) -> Result<Subscription, SubscribeError> {
         loop {
@@ -201,8 +210,13 @@ impl Hub {
                 return Err(SubscribeError::ShuttingDown);
             }
             let hub = self.attached(topic).await?;
+            let mut prelude = None;
             if let Start::Token(token) = &start {
-                self.check_not_ahead(&hub, token).await?;
+                if let Some((rebased, gap)) = self.rebase_if_ahead(&hub, token).await? {
+                    self.metrics.gaps.with_label_values(&[&hub.name]).inc();
+                    prelude = Some(gap);
+                    start = Start::Token(rebased);
+                }
             }
             let (partitions, scoping) = {
                 let state = hub.lock();
@@ -280,6 +294,7 @@ impl Hub {
                 events,
                 start_id,
                 topic: hub.name.clone(),
+                prelude,
                 _registration: registration,
             });
         }
@@ -374,10 +389,24 @@ impl Hub {
         }
     }
 
-    /// Refuses a resume id ahead of the log: a partition the topic does not have, or an offset
-    /// past a partition's end. Only ids ahead of what this replica has dispatched ask Kafka
-    /// (another replica may be ahead of this one, but never ahead of the log).
-    async fn check_not_ahead(&self, hub: &Topic, token: &Position) -> Result<(), SubscribeError> {
+    /// A resume id the log cannot honour: it names a partition the topic does not have, or an
+    /// offset past a partition's end (the topic was deleted and created again under the same
+    /// name, the id comes from another cluster, or the demo's in-memory cluster started over).
+    /// The client can do nothing about such an id, so it is not refused: the stream starts
+    /// with `event: gap` (no id; `reason` and each partition concerned: the id's offset as
+    /// `from`, the earliest offset the log has as `to`, `null` for a partition that is gone)
+    /// and reads those partitions from their earliest offsets. An id naming a partition that is
+    /// gone concerns every partition it names. An id of a recreated topic whose every offset
+    /// falls inside the new log cannot be told from a current one (ids carry a fingerprint of
+    /// the topic's name, not of its incarnation). Returns the position to read
+    /// from and the event, or `None` for an id the log honours. Only ids ahead of what this
+    /// replica has dispatched ask Kafka (another replica may be ahead of this one, but never
+    /// ahead of the log).
+    async fn rebase_if_ahead(
+        &self,
+        hub: &Topic,
+        token: &Position,
+    ) -> Result<Option<(Position, Bytes)>, SubscribeError> {
         let beyond = {
             let state = hub.lock();
             let live = &state.positions;
@@ -387,32 +416,53 @@ impl Hub {
                 .any(|&(p, o)| live.get(p as usize).is_none_or(|&next| o > next))
         };
         if !beyond {
-            return Ok(());
+            return Ok(None);
         }
         let (source, name) = (self.source.clone(), hub.name.clone());
-        let ends = tokio::task::spawn_blocking(move || {
+        let (starts, ends) = tokio::task::spawn_blocking(move || {
             let count = source.partition_count(&name)?;
-            source.end_offsets(&name, count)
+            Ok::<_, SourceError>((
+                source.start_offsets(&name, count)?,
+                source.end_offsets(&name, count)?,
+            ))
         })
         .await
         .map_err(|e| SubscribeError::Unavailable(format!("offset lookup failed: {e}")))??;
-        for &(p, offset) in &token.entries {
-            match ends.get(p as usize) {
-                None => {
-                    return Err(SubscribeError::AheadOfLog(format!(
-                        "resume id names partition {p}, but the topic has {} partitions",
-                        ends.len()
-                    )))
+        let mut rebased = token.clone();
+        let mut concerned = Vec::new();
+        // A partition the topic does not have: partitions are never taken away, so this is
+        // another incarnation of the topic (or another cluster's), and none of the id's offsets
+        // can be trusted. An offset past the end of a partition that exists may be a log
+        // truncated under that partition alone (an unclean leader election): only that one.
+        let other_topic = token
+            .entries
+            .iter()
+            .any(|&(p, _)| p as usize >= starts.len().min(ends.len()));
+        rebased.entries.retain_mut(|(p, offset)| {
+            let at = *p as usize;
+            match (starts.get(at), ends.get(at)) {
+                (Some(_), Some(&end)) if *offset <= end && !other_topic => true,
+                (Some(&earliest), Some(_)) => {
+                    concerned.push(format!(
+                        r#"{{"partition":{p},"from":{offset},"to":{earliest}}}"#
+                    ));
+                    *offset = earliest;
+                    true
                 }
-                Some(&end) if offset > end => {
-                    return Err(SubscribeError::AheadOfLog(format!(
-                        "resume id is ahead of the log: partition {p} ends at offset {end}, the id says {offset} (an id from another cluster, or from a topic recreated under the same name?)"
-                    )))
+                _ => {
+                    concerned.push(format!(r#"{{"partition":{p},"from":{offset},"to":null}}"#));
+                    false
                 }
-                Some(_) => {}
             }
+        });
+        if concerned.is_empty() {
+            return Ok(None);
         }
-        Ok(())
+        let data = format!(
+            r#"{{"reason":"{GAP_AHEAD}","partitions":[{}]}}"#,
+            concerned.join(",")
+        );
+        Ok(Some((rebased, sse::event(Some(sse::EVENT_GAP), "", &data))))
     }
 
     /// Places a live stream in its connection's group for `view` of the topic (made and

@@ -1,9 +1,11 @@
-// Transient refusals in real headless Chromium: an EventSource closes for good on any status but
-// 200, so the gateway answers the refusals a client can outwait with `200`, `retry:` and
-// `event: unavailable` (README, "Transient refusals keep pages streaming"). Here a page meets a
-// burst over the stream-request rate limit (demo gateway), and a Kafka outage of 20 s during
-// which the gateway is replaced (a real Apache Kafka broker of this file's own, stopped and
-// started again): it keeps streaming through both and ends with every record, none twice.
+// Transient refusals and ids the log cannot honour, in real headless Chromium. An EventSource
+// closes for good on any status but 200, so the gateway answers the refusals a client can
+// outwait with `200`, `retry:` and `event: unavailable` (README, "Transient refusals keep pages
+// streaming"), and an id the log cannot honour with `event: gap`. Here a page meets a burst over
+// the stream-request rate limit (demo gateway); a Kafka outage of 20 s during which the gateway
+// is replaced; and a topic deleted and created again while the gateway is replaced (a real
+// Apache Kafka broker of this file's own). It keeps streaming through each, with every record
+// once.
 
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -83,11 +85,11 @@ function ready(gw, ms) {
 }
 
 /** Opens `path` as an EventSource in `page` and records what the page sees in `window.seen`:
- * each message's number, every `unavailable` event's data, opens, errors, and whether
+ * each message's number, every `unavailable` and `gap` event's data, opens, errors, and whether
  * the EventSource ever closed for good. */
 function watch(page, path) {
   return page.evaluate((path) => {
-    const seen = { ns: [], unavailable: [], opens: 0, errors: 0, closedForGood: false };
+    const seen = { ns: [], unavailable: [], gaps: [], opens: 0, errors: 0, closedForGood: false };
     window.seen = seen;
     const source = new EventSource(path);
     window.source = source;
@@ -98,6 +100,7 @@ function watch(page, path) {
       seen.ns.push(typeof value === 'number' ? value : value.n);
     };
     source.addEventListener('unavailable', (e) => seen.unavailable.push(JSON.parse(e.data)));
+    source.addEventListener('gap', (e) => seen.gaps.push({ at: seen.ns.length, ...JSON.parse(e.data) }));
     source.onerror = () => {
       seen.errors += 1;
       if (source.readyState === EventSource.CLOSED) seen.closedForGood = true;
@@ -107,7 +110,7 @@ function watch(page, path) {
 
 const seenBy = (page) => within(5_000, 'reading window.seen', page.evaluate(() => window.seen));
 
-describe('transient refusals in headless Chromium', { timeout: 240_000 }, () => {
+describe('transient refusals and unhonourable ids in headless Chromium', { timeout: 400_000 }, () => {
   let context;
 
   before(async () => {
@@ -259,6 +262,73 @@ describe('transient refusals in headless Chromium', { timeout: 240_000 }, () => 
     } catch (e) {
       e.message += `\n--- phases ---\n${phases.join('\n')}\n--- gateway log ---\n${gw.log}`;
       throw e;
+    } finally {
+      if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
+      await stopGateway(gw);
+    }
+  });
+
+  test('a topic recreated while the gateway is replaced: the page resumes with a gap, not a dead stream', { timeout: 150_000 }, async (t) => {
+    const started = Date.now();
+    await kafkaLocal(['start']);
+    await kafkaLocal(['topics', '--create', '--topic', 'recreated', '--partitions', '2']);
+    await produce('recreated', 1, 10);
+    const port = await freePort();
+    const env = {
+      KSG_KAFKA_BROKERS: `127.0.0.1:${KAFKA_PORT}`,
+      KSG_AUTH: 'none',
+      KSG_TOPICS: 'recreated',
+      KSG_LISTEN: `127.0.0.1:${port}`,
+      KSG_RETRY_MS: '1000',
+      KSG_DEMO_TICKS_PER_SEC: null,
+    };
+    let gw = await startGateway(env);
+    let page;
+    try {
+      await ready(gw, 30_000);
+      page = await context.newPage();
+      await page.goto(`${gw.url}app`, { timeout: EVENTS_TIMEOUT_MS });
+      await watch(page, '/recreated?from=earliest');
+      await page.waitForFunction(() => window.seen.ns.length >= 10, null, { polling: 100, timeout: EVENTS_TIMEOUT_MS });
+
+      // While the gateway is replaced, the topic is deleted and created again with one
+      // partition and new records: the page's id belongs to the old incarnation.
+      assert.ok(gw.child.kill('SIGTERM'), 'SIGTERM delivered');
+      await within(SHUTDOWN_LIMIT_MS, 'the old gateway exits', gw.exited);
+      await stopGateway(gw);
+      await kafkaLocal(['topics', '--delete', '--topic', 'recreated']);
+      await pollUntil(60_000, 'the topic created again', async () => {
+        try {
+          await kafkaLocal(['topics', '--create', '--topic', 'recreated', '--partitions', '1']);
+          return true;
+        } catch {
+          return false; // still being deleted
+        }
+      }, 1_000);
+      await produce('recreated', 101, 105);
+      gw = await startGateway(env);
+      await ready(gw, 30_000);
+      await page.waitForFunction(() => window.seen.ns.length >= 15, null, { polling: 100, timeout: 30_000 });
+      await sleep(1_000);
+      const seen = await seenBy(page);
+      const old = seen.ns.slice(0, 10).sort((a, b) => a - b);
+      assert.deepEqual(old, Array.from({ length: 10 }, (_, i) => i + 1), `the old incarnation: ${seen.ns.join(',')}`);
+      assert.deepEqual(seen.ns.slice(10), [101, 102, 103, 104, 105], `then the new one, once: ${seen.ns.join(',')}`);
+      assert.equal(seen.closedForGood, false, 'the EventSource never closed for good');
+      assert.equal(seen.gaps.length, 1, JSON.stringify(seen.gaps));
+      const gap = seen.gaps[0];
+      assert.equal(gap.at, 10, 'the gap comes between the incarnations');
+      assert.match(gap.reason, /^the resume id is ahead of the log/);
+      const byPartition = Object.fromEntries(gap.partitions.map((p) => [p.partition, p]));
+      assert.equal(byPartition[0]?.to, 0, `partition 0 from its start: ${JSON.stringify(gap)}`);
+      assert.equal(byPartition[1]?.to, null, `partition 1 is gone: ${JSON.stringify(gap)}`);
+      const m = await metrics(gw);
+      assert.equal(m['ksg_gaps_total{topic="recreated"}'], 1);
+      assert.equal(m['ksg_streams_refused_total{reason="bad_resume_id"}'], 0);
+      t.diagnostic(`gap ${JSON.stringify(gap)}; ${seen.opens} opens; ${Date.now() - started} ms`);
+    } catch (e) {
+      const seen = page ? await seenBy(page).catch(() => null) : null;
+      throw new Error(`${e.message}\n--- page ---\n${JSON.stringify(seen)}\n--- gateway log ---\n${gw.log}`);
     } finally {
       if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
       await stopGateway(gw);
