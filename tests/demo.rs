@@ -29,7 +29,8 @@ async fn demo_serves_starter_page_and_live_ticks() {
     assert_eq!(head.status, 200);
     assert_eq!(head.headers["content-type"], "text/html; charset=utf-8");
     let html = body_text(&mut page).await;
-    assert!(html.contains("new EventSource('/stock-prices/'"));
+    assert!(html.contains("const path = '/stock-prices/' + encodeURIComponent(symbol);"));
+    assert!(html.contains("new EventSource(path)"));
 
     let (head, mut sse) = get(&h2, "/stock-prices/GOOG", &[]).await;
     assert_eq!(head.status, 200);

@@ -8,7 +8,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFile } from 'node:fs';
+import { createServer } from 'node:http';
 import { join, resolve } from 'node:path';
 import {
   BROWSER_LAUNCH_TIMEOUT_MS,
@@ -391,6 +392,115 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
     } finally {
       if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
       await stopGateway(gw);
+    }
+  });
+
+  test('cross-site, a fetch-based client (the eventsource package) sends the token as a header, refreshes it and resumes without loss', { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const secret = 'browser-test-secret-0123456789abcdef';
+    // The page comes from another site than the gateway's (localhost against 127.0.0.1): no
+    // cookie of the gateway's would reach it, so the token goes in a header. The app's server
+    // is a real one on loopback (Chromium lets only loopback pages fetch from loopback): a page
+    // with an import map, and the package and its one dependency as the app would serve them.
+    const modules = resolve(here, 'node_modules');
+    const app = createServer((request, response) => {
+      const path = new URL(request.url, 'http://localhost').pathname;
+      if (path.startsWith('/vendor/')) {
+        const file = resolve(modules, path.slice('/vendor/'.length));
+        if (!file.startsWith(modules + '/')) return response.writeHead(404).end();
+        return readFile(file, (error, body) =>
+          error ? response.writeHead(404).end() : response.writeHead(200, { 'content-type': 'text/javascript' }).end(body),
+        );
+      }
+      response.writeHead(200, { 'content-type': 'text/html' }).end(
+        '<!doctype html><script type="importmap">{"imports":{' +
+          '"eventsource":"/vendor/eventsource/dist/index.js",' +
+          '"eventsource-parser":"/vendor/eventsource-parser/dist/index.js"}}</script>',
+      );
+    });
+    await new Promise((listening) => app.listen(0, '127.0.0.1', listening));
+    const APP = `http://localhost:${app.address().port}`;
+    const gw = await startGateway({
+      KSG_AUTH: 'jwt',
+      KSG_AUTH_JWT_SECRET: secret,
+      KSG_AUTH_EXPIRY_NOTICE_SECS: '2',
+      KSG_RETRY_MS: '300',
+      KSG_CORS_ORIGINS: APP,
+    });
+    const token = (secs) =>
+      mintToken(secret, {
+        sub: 'browser',
+        exp: Math.floor(Date.now() / 1000) + secs,
+        ksg: { subscribe: ['/stock-prices/*'] },
+      });
+    let page;
+    try {
+      page = await context.newPage();
+      await page.goto(`${APP}/`, { timeout: EVENTS_TIMEOUT_MS });
+      // The app's token endpoint: the first token lives 5 s, the next ones 5 minutes.
+      let issued = 0;
+      await page.exposeFunction('getToken', () => token(issued++ === 0 ? 5 : 300));
+      const got = await within(
+        EVENTS_TIMEOUT_MS + 10_000,
+        'events across the token expiry',
+        page.evaluate(
+          (url) =>
+            new Promise(async (resolve, reject) => {
+              const { EventSource } = await import('eventsource');
+              const ns = [];
+              const seen = [];
+              let opens = 0;
+              let atReopen = 0;
+              // As in the README.
+              let token = await window.getToken();
+              const source = new EventSource(url, {
+                fetch: (input, init) =>
+                  fetch(input, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } }),
+              });
+              source.addEventListener('open', () => {
+                opens += 1;
+                atReopen = ns.length;
+                seen.push('open');
+              });
+              source.addEventListener('message', (e) => {
+                ns.push(JSON.parse(e.data).n);
+                if (opens >= 2 && ns.length >= atReopen + 15) {
+                  source.close();
+                  resolve({ ns, seen, opens, origin: location.origin });
+                }
+              });
+              source.addEventListener('expiring', async () => {
+                seen.push('expiring');
+                token = await window.getToken();
+              });
+              source.addEventListener('expired', () => seen.push('expired'));
+              source.addEventListener('error', (e) => {
+                seen.push(`error ${source.readyState}${e.message ? ` ${e.message}` : ''}`);
+                if (source.readyState === EventSource.CLOSED) {
+                  reject(new Error(`the stream was closed for good: ${seen.join(', ')}`));
+                }
+              });
+            }),
+          `${gw.url}stock-prices/GOOG`,
+        ),
+      );
+      assert.equal(got.origin, APP, 'the page is on another site than the gateway');
+      assert.equal(got.opens, 2, `one reconnect after the expiry: ${got.seen.join(', ')}`);
+      const i = got.seen.indexOf('expiring');
+      assert.ok(i > 0 && got.seen.indexOf('expired') > i, `notice, then the end: ${got.seen.join(', ')}`);
+      assert.equal(breaksIn(got.ns), '', `ticks are exactly consecutive across the reconnect: ${got.ns.join(',')}`);
+      const m = await metrics(gw);
+      assert.equal(m['ksg_streams_token_expired_total'], 1);
+      assert.equal(m['ksg_auth_refused_total{reason="missing_token"}'], 0, 'every request carried the header');
+      assert.equal(m['ksg_auth_refused_total{reason="expired"}'], 0, 'the reconnect carried the fresh token');
+      assert.ok(m['ksg_resumes_total{source="memory"}'] >= 1, 'the reconnect sent Last-Event-ID');
+      t.diagnostic(`${got.ns.length} ticks n ${got.ns[0]}..${got.ns[got.ns.length - 1]}; ${got.seen.join(', ')}`);
+    } catch (e) {
+      e.message += `\n--- gateway log ---\n${gw.log}`;
+      throw e;
+    } finally {
+      if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
+      await stopGateway(gw);
+      app.close();
     }
   });
 
