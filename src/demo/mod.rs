@@ -51,7 +51,15 @@ impl Demo {
             .set("bootstrap.servers", kafka.bootstrap_servers())
             // The Java client's partitioner, so keys land where Java producers would put them.
             .set("partitioner", "murmur2_random")
-            .set("linger.ms", "0")
+            // Records of 100 ms go to the mock cluster as one message set per partition.
+            // The mock keeps at most 5 MiB per partition, answers a fetch with one message set,
+            // and finds a fetch's offset by walking its message sets from the oldest: with one
+            // record per set, a log at its cap holds ~35,000 sets per partition, every live
+            // fetch walks them all, and a read `from=earliest` takes one round trip per record
+            // (and falls behind the cap's deletions). Batched, a set holds what 100 ms bring,
+            // so at high tick rates (which reach the cap in minutes) a log at its cap holds a
+            // few thousand sets; the demo's events are at most 100 ms later.
+            .set("linger.ms", "100")
             .create()
             .map_err(|e| format!("demo producer: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
