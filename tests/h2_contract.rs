@@ -40,14 +40,7 @@ fn builder(max_streams: u32) -> h2::server::Builder {
     h2conn::Settings {
         max_streams,
         max_header_list: 16 << 10,
-        send_buffer: 64 << 10,
-        max_pending_resets: 50,
-        max_local_resets: 1024,
-        ping_interval: Duration::from_secs(30),
-        ping_timeout: Duration::from_secs(20),
-        idle_timeout: None,
-        close_grace: Duration::from_secs(10),
-        stall: Duration::from_secs(30),
+        ..timers()
     }
     .builder()
 }

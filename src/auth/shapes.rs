@@ -565,6 +565,17 @@ struct Keys {
     ed: rcgen::KeyPair,
 }
 
+impl Keys {
+    fn new() -> Keys {
+        let ec = || rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        Keys {
+            ec: ec(),
+            other_ec: ec(),
+            ed: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
+        }
+    }
+}
+
 fn gateway(which: Gateway, keys: &Keys) -> Authorizer {
     let mut settings = AuthSettings {
         keys: KeySource::Secret(SECRET.to_vec()),
@@ -660,11 +671,7 @@ fn token(shape: &Shape, keys: &Keys) -> String {
 
 #[test]
 fn every_token_shape_gets_the_answer_the_standards_call_for() {
-    let keys = Keys {
-        ec: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-        other_ec: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-        ed: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
-    };
+    let keys = Keys::new();
     let shapes = shapes();
     assert!(shapes.len() >= 40, "{} shapes", shapes.len());
     let gateways = [
@@ -698,11 +705,7 @@ fn every_token_shape_gets_the_answer_the_standards_call_for() {
 
 #[test]
 fn a_fractional_exp_ends_the_stream_at_the_last_whole_second_before_it() {
-    let keys = Keys {
-        ec: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-        other_ec: rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap(),
-        ed: rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap(),
-    };
+    let keys = Keys::new();
     let shape = Shape {
         name: "exp with a fraction",
         gateway: Gateway::Secret,

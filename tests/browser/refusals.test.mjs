@@ -7,7 +7,7 @@
 // Apache Kafka broker of this file's own). It keeps streaming through each, with every record
 // once.
 
-import { after, before, describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { rmSync } from 'node:fs';
@@ -15,12 +15,10 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import {
-  BROWSER_LAUNCH_TIMEOUT_MS,
   EVENTS_TIMEOUT_MS,
   SHUTDOWN_LIMIT_MS,
-  closeBrowser,
   here,
-  launchBrowser,
+  useBrowser,
   metrics,
   pollUntil,
   sleep,
@@ -43,7 +41,14 @@ function kafkaLocal(args, input) {
       'bash',
       [KAFKA_LOCAL, ...args],
       {
-        env: { ...process.env, KAFKA_LOCAL_PORT: String(KAFKA_PORT), KAFKA_LOCAL_DATA: KAFKA_DATA },
+        // Nothing of the caller's own broker settings (scripts/test.sh exports
+        // KAFKA_LOCAL_DATA and KAFKA_LOCAL_EPHEMERAL for its broker): this broker keeps its
+        // data across its restarts.
+        env: {
+          ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KAFKA_LOCAL_'))),
+          KAFKA_LOCAL_PORT: String(KAFKA_PORT),
+          KAFKA_LOCAL_DATA: KAFKA_DATA,
+        },
         timeout: 150_000,
         maxBuffer: 1 << 20,
       },
@@ -108,17 +113,39 @@ function watch(page, path) {
   }, path);
 }
 
+/** Starts this file's broker (if it is not running), creates `topic` with `partitions` and
+ * records 1..`records`, and returns the environment of a gateway serving it on a port of its
+ * own (every gateway started with it listens on the same port, so a page reconnects to the
+ * next one). */
+async function topicOnOwnBroker(topic, partitions, records) {
+  await kafkaLocal(['start']);
+  await kafkaLocal(['topics', '--create', '--topic', topic, '--partitions', String(partitions)]);
+  await produce(topic, 1, records);
+  return {
+    KSG_KAFKA_BROKERS: `127.0.0.1:${KAFKA_PORT}`,
+    KSG_AUTH: 'none',
+    KSG_TOPICS: topic,
+    KSG_LISTEN: `127.0.0.1:${await freePort()}`,
+    KSG_RETRY_MS: '1000',
+    KSG_DEMO_TICKS_PER_SEC: null,
+  };
+}
+
+/** Replaces `gw` (SIGTERM, its exit awaited) by a gateway with `env`, after `meanwhile`. */
+async function replaceGateway(gw, env, meanwhile = async () => {}) {
+  assert.ok(gw.child.kill('SIGTERM'), 'SIGTERM delivered');
+  await within(SHUTDOWN_LIMIT_MS, 'the old gateway exits', gw.exited);
+  await stopGateway(gw);
+  await meanwhile();
+  return startGateway(env);
+}
+
 const seenBy = (page) => within(5_000, 'reading window.seen', page.evaluate(() => window.seen));
 
 describe('transient refusals and unhonourable ids in headless Chromium', { timeout: 400_000 }, () => {
-  let context;
-
-  before(async () => {
-    context = await launchBrowser();
-  }, { timeout: BROWSER_LAUNCH_TIMEOUT_MS + 5_000 });
+  const browser = useBrowser();
 
   after(async () => {
-    await closeBrowser(context);
     await kafkaLocal(['stop']).catch(() => {});
     rmSync(KAFKA_DATA, { recursive: true, force: true });
   }, { timeout: 60_000 });
@@ -131,7 +158,7 @@ describe('transient refusals and unhonourable ids in headless Chromium', { timeo
     });
     let page;
     try {
-      page = await context.newPage();
+      page = await browser.context.newPage();
       await page.goto(gw.url, { timeout: EVENTS_TIMEOUT_MS });
       // Opens and closes streams at once until one is refused: the burst is spent.
       const refused = await within(
@@ -183,24 +210,13 @@ describe('transient refusals and unhonourable ids in headless Chromium', { timeo
 
   test('a page keeps streaming through a 20-s Kafka outage and a new gateway, with every record once', { timeout: 200_000 }, async (t) => {
     const started = Date.now();
-    await kafkaLocal(['start']);
-    await kafkaLocal(['topics', '--create', '--topic', 'outage', '--partitions', '3']);
-    await produce('outage', 1, 20);
-    const port = await freePort();
-    const env = {
-      KSG_KAFKA_BROKERS: `127.0.0.1:${KAFKA_PORT}`,
-      KSG_AUTH: 'none',
-      KSG_TOPICS: 'outage',
-      KSG_LISTEN: `127.0.0.1:${port}`,
-      KSG_RETRY_MS: '1000',
-      KSG_DEMO_TICKS_PER_SEC: null,
-    };
+    const env = await topicOnOwnBroker('outage', 3, 20);
     let gw = await startGateway(env);
     let page;
     const phases = [];
     try {
       await ready(gw, 30_000);
-      page = await context.newPage();
+      page = await browser.context.newPage();
       // Any page of the gateway's origin: the stream is the page's own.
       await page.goto(`${gw.url}app`, { timeout: EVENTS_TIMEOUT_MS });
       await watch(page, '/outage?from=earliest');
@@ -211,10 +227,7 @@ describe('transient refusals and unhonourable ids in headless Chromium', { timeo
       // outage): the new one cannot reach Kafka, so every stream request is refused for a while.
       const outage = Date.now();
       await kafkaLocal(['stop']);
-      assert.ok(gw.child.kill('SIGTERM'), 'SIGTERM delivered');
-      await within(SHUTDOWN_LIMIT_MS, 'the old gateway exits', gw.exited);
-      await stopGateway(gw);
-      gw = await startGateway(env);
+      gw = await replaceGateway(gw, env);
       await page.waitForFunction(() => window.seen.unavailable.length >= 2, null, {
         polling: 100,
         timeout: EVENTS_TIMEOUT_MS,
@@ -270,43 +283,30 @@ describe('transient refusals and unhonourable ids in headless Chromium', { timeo
 
   test('a topic recreated while the gateway is replaced: the page resumes with a gap, not a dead stream', { timeout: 150_000 }, async (t) => {
     const started = Date.now();
-    await kafkaLocal(['start']);
-    await kafkaLocal(['topics', '--create', '--topic', 'recreated', '--partitions', '2']);
-    await produce('recreated', 1, 10);
-    const port = await freePort();
-    const env = {
-      KSG_KAFKA_BROKERS: `127.0.0.1:${KAFKA_PORT}`,
-      KSG_AUTH: 'none',
-      KSG_TOPICS: 'recreated',
-      KSG_LISTEN: `127.0.0.1:${port}`,
-      KSG_RETRY_MS: '1000',
-      KSG_DEMO_TICKS_PER_SEC: null,
-    };
+    const env = await topicOnOwnBroker('recreated', 2, 10);
     let gw = await startGateway(env);
     let page;
     try {
       await ready(gw, 30_000);
-      page = await context.newPage();
+      page = await browser.context.newPage();
       await page.goto(`${gw.url}app`, { timeout: EVENTS_TIMEOUT_MS });
       await watch(page, '/recreated?from=earliest');
       await page.waitForFunction(() => window.seen.ns.length >= 10, null, { polling: 100, timeout: EVENTS_TIMEOUT_MS });
 
       // While the gateway is replaced, the topic is deleted and created again with one
       // partition and new records: the page's id belongs to the old incarnation.
-      assert.ok(gw.child.kill('SIGTERM'), 'SIGTERM delivered');
-      await within(SHUTDOWN_LIMIT_MS, 'the old gateway exits', gw.exited);
-      await stopGateway(gw);
-      await kafkaLocal(['topics', '--delete', '--topic', 'recreated']);
-      await pollUntil(60_000, 'the topic created again', async () => {
-        try {
-          await kafkaLocal(['topics', '--create', '--topic', 'recreated', '--partitions', '1']);
-          return true;
-        } catch {
-          return false; // still being deleted
-        }
-      }, 1_000);
-      await produce('recreated', 101, 105);
-      gw = await startGateway(env);
+      gw = await replaceGateway(gw, env, async () => {
+        await kafkaLocal(['topics', '--delete', '--topic', 'recreated']);
+        await pollUntil(60_000, 'the topic created again', async () => {
+          try {
+            await kafkaLocal(['topics', '--create', '--topic', 'recreated', '--partitions', '1']);
+            return true;
+          } catch {
+            return false; // still being deleted
+          }
+        }, 1_000);
+        await produce('recreated', 101, 105);
+      });
       await ready(gw, 30_000);
       await page.waitForFunction(() => window.seen.ns.length >= 15, null, { polling: 100, timeout: 30_000 });
       await sleep(1_000);

@@ -5,20 +5,19 @@
 // ephemeral ports, and every wait is bounded: no test can hang, and the gateway and the browser
 // are killed whatever happens.
 
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdirSync, readFile } from 'node:fs';
 import { createServer } from 'node:http';
 import { join, resolve } from 'node:path';
 import {
-  BROWSER_LAUNCH_TIMEOUT_MS,
   EVENTS_TIMEOUT_MS,
+  FOLLOW_ACROSS_EXPIRY,
   SHUTDOWN_LIMIT_MS,
   TEST_TIMEOUT_MS,
-  closeBrowser,
   here,
-  launchBrowser,
+  useBrowser,
   metrics,
   mintToken,
   pollUntil,
@@ -28,6 +27,17 @@ import {
 } from './support.mjs';
 
 const SYMBOLS = ['GOOG', 'AAPL'];
+// The gateways' HS256 secret in the tests with KSG_AUTH=jwt.
+const SECRET = 'browser-test-secret-0123456789abcdef';
+
+/** A token for the stock-prices key streams that lives `secs` seconds more. */
+function token(secs) {
+  return mintToken(SECRET, {
+    sub: 'browser',
+    exp: Math.floor(Date.now() / 1000) + secs,
+    ksg: { subscribe: ['/stock-prices/*'] },
+  });
+}
 const ROUTE = '/{topic}/{key}';
 // Screenshots of the page, kept as test artifacts.
 const ARTIFACTS = resolve(here, process.env.KSG_BROWSER_ARTIFACTS || '../../target/browser-artifacts');
@@ -75,6 +85,19 @@ function summary(stats) {
   }).join('; ');
 }
 
+/** What a page that followed a stream across its token's expiry (`followAcrossExpiry`) must
+ * have seen: one reconnect after the notice and the end, and every tick exactly once; and the
+ * gateway one stream ended by expiry. Returns the gateway's metrics. */
+async function assertResumedAcrossExpiry(got, gw) {
+  assert.equal(got.opens, 2, `one reconnect after the expiry: ${got.seen.join(', ')}`);
+  const i = got.seen.findIndex((x) => x.startsWith('expiring'));
+  assert.ok(i > 0 && got.seen.indexOf('expired') > i, `notice, then the end: ${got.seen.join(', ')}`);
+  assert.equal(breaksIn(got.ns), '', `ticks are exactly consecutive across the reconnect: ${got.ns.join(',')}`);
+  const m = await metrics(gw);
+  assert.equal(m['ksg_streams_token_expired_total'], 1);
+  return m;
+}
+
 /** Where `ns` is not exactly consecutive (each = previous + 1), as readable text; '' if it is. */
 function breaksIn(ns) {
   const breaks = [];
@@ -85,19 +108,11 @@ function breaksIn(ns) {
 }
 
 describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
-  let context;
-
-  before(async () => {
-    context = await launchBrowser();
-  }, { timeout: BROWSER_LAUNCH_TIMEOUT_MS + 5_000 });
-
-  after(async () => {
-    await closeBrowser(context);
-  }, { timeout: 20_000 });
+  const browser = useBrowser();
 
   /** Opens the starter page of `gw` in a new tab; collects page errors for diagnostics. */
   async function openStarter(gw) {
-    const page = await context.newPage();
+    const page = await browser.context.newPage();
     const problems = [];
     page.on('pageerror', (e) => problems.push(`pageerror: ${e.message}`));
     page.on('console', (m) => {
@@ -114,7 +129,7 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
     });
     // Chromium's own view of each response: protocol and the connection it came on.
     const wire = {};
-    const cdp = await context.newCDPSession(page);
+    const cdp = await browser.context.newCDPSession(page);
     cdp.on('Network.responseReceived', ({ response: r }) => {
       wire[new URL(r.url).pathname] = { protocol: r.protocol, connectionId: r.connectionId };
     });
@@ -362,11 +377,11 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
   test('with KSG_AUTH=jwt and no token, each box says why its stream closed', { timeout: TEST_TIMEOUT_MS }, async (t) => {
     const gw = await startGateway({
       KSG_AUTH: 'jwt',
-      KSG_AUTH_JWT_SECRET: 'browser-test-secret-0123456789abcdef',
+      KSG_AUTH_JWT_SECRET: SECRET,
     });
     let page;
     try {
-      page = await context.newPage();
+      page = await browser.context.newPage();
       await page.goto(gw.url, { timeout: EVENTS_TIMEOUT_MS });
       await page.waitForFunction(
         (symbols) => symbols.every((s) => window.ksg?.[s]?.closedStatus === 401),
@@ -396,7 +411,6 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
   });
 
   test('cross-site, a fetch-based client (the eventsource package) sends the token as a header, refreshes it and resumes without loss', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    const secret = 'browser-test-secret-0123456789abcdef';
     // The page comes from another site than the gateway's (localhost against 127.0.0.1): no
     // cookie of the gateway's would reach it, so the token goes in a header. The app's server
     // is a real one on loopback (Chromium lets only loopback pages fetch from loopback): a page
@@ -421,20 +435,15 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
     const APP = `http://localhost:${app.address().port}`;
     const gw = await startGateway({
       KSG_AUTH: 'jwt',
-      KSG_AUTH_JWT_SECRET: secret,
+      KSG_AUTH_JWT_SECRET: SECRET,
       KSG_AUTH_EXPIRY_NOTICE_SECS: '2',
       KSG_RETRY_MS: '300',
       KSG_CORS_ORIGINS: APP,
     });
-    const token = (secs) =>
-      mintToken(secret, {
-        sub: 'browser',
-        exp: Math.floor(Date.now() / 1000) + secs,
-        ksg: { subscribe: ['/stock-prices/*'] },
-      });
     let page;
     try {
-      page = await context.newPage();
+      page = await browser.context.newPage();
+      await page.addInitScript(FOLLOW_ACROSS_EXPIRY);
       await page.goto(`${APP}/`, { timeout: EVENTS_TIMEOUT_MS });
       // The app's token endpoint: the first token lives 5 s, the next ones 5 minutes.
       let issued = 0;
@@ -443,53 +452,23 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
         EVENTS_TIMEOUT_MS + 10_000,
         'events across the token expiry',
         page.evaluate(
-          (url) =>
-            new Promise(async (resolve, reject) => {
-              const { EventSource } = await import('eventsource');
-              const ns = [];
-              const seen = [];
-              let opens = 0;
-              let atReopen = 0;
-              // As in the README.
-              let token = await window.getToken();
-              const source = new EventSource(url, {
-                fetch: (input, init) =>
-                  fetch(input, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } }),
-              });
-              source.addEventListener('open', () => {
-                opens += 1;
-                atReopen = ns.length;
-                seen.push('open');
-              });
-              source.addEventListener('message', (e) => {
-                ns.push(JSON.parse(e.data).n);
-                if (opens >= 2 && ns.length >= atReopen + 15) {
-                  source.close();
-                  resolve({ ns, seen, opens, origin: location.origin });
-                }
-              });
-              source.addEventListener('expiring', async () => {
-                seen.push('expiring');
-                token = await window.getToken();
-              });
-              source.addEventListener('expired', () => seen.push('expired'));
-              source.addEventListener('error', (e) => {
-                seen.push(`error ${source.readyState}${e.message ? ` ${e.message}` : ''}`);
-                if (source.readyState === EventSource.CLOSED) {
-                  reject(new Error(`the stream was closed for good: ${seen.join(', ')}`));
-                }
-              });
-            }),
+          async (url) => {
+            const { EventSource } = await import('eventsource');
+            // As in the README.
+            let token = await window.getToken();
+            const source = new EventSource(url, {
+              fetch: (input, init) =>
+                fetch(input, { ...init, headers: { ...init.headers, Authorization: `Bearer ${token}` } }),
+            });
+            return window.followAcrossExpiry(source, async () => {
+              token = await window.getToken();
+            });
+          },
           `${gw.url}stock-prices/GOOG`,
         ),
       );
       assert.equal(got.origin, APP, 'the page is on another site than the gateway');
-      assert.equal(got.opens, 2, `one reconnect after the expiry: ${got.seen.join(', ')}`);
-      const i = got.seen.indexOf('expiring');
-      assert.ok(i > 0 && got.seen.indexOf('expired') > i, `notice, then the end: ${got.seen.join(', ')}`);
-      assert.equal(breaksIn(got.ns), '', `ticks are exactly consecutive across the reconnect: ${got.ns.join(',')}`);
-      const m = await metrics(gw);
-      assert.equal(m['ksg_streams_token_expired_total'], 1);
+      const m = await assertResumedAcrossExpiry(got, gw);
       assert.equal(m['ksg_auth_refused_total{reason="missing_token"}'], 0, 'every request carried the header');
       assert.equal(m['ksg_auth_refused_total{reason="expired"}'], 0, 'the reconnect carried the fresh token');
       assert.ok(m['ksg_resumes_total{source="memory"}'] >= 1, 'the reconnect sent Last-Event-ID');
@@ -505,25 +484,19 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
   });
 
   test('a cookie token expires mid-stream; the page refreshes it and resumes without loss', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-    const secret = 'browser-test-secret-0123456789abcdef';
     const gw = await startGateway({
       KSG_AUTH: 'jwt',
-      KSG_AUTH_JWT_SECRET: secret,
+      KSG_AUTH_JWT_SECRET: SECRET,
       KSG_AUTH_COOKIE: 'ksg_token',
       KSG_AUTH_EXPIRY_NOTICE_SECS: '2',
       KSG_RETRY_MS: '300',
     });
-    const token = (secs) =>
-      mintToken(secret, {
-        sub: 'browser',
-        exp: Math.floor(Date.now() / 1000) + secs,
-        ksg: { subscribe: ['/stock-prices/*'] },
-      });
     let page;
     try {
       // The first token lives 5 s: the notice comes at 3 s, the end at 5 s.
-      await context.addCookies([{ name: 'ksg_token', value: token(5), url: gw.url }]);
-      page = await context.newPage();
+      await browser.context.addCookies([{ name: 'ksg_token', value: token(5), url: gw.url }]);
+      page = await browser.context.newPage();
+      await page.addInitScript(FOLLOW_ACROSS_EXPIRY);
       // Any page of the gateway's origin will do; the stream is the page's own.
       await page.goto(`${gw.url}app`, { timeout: EVENTS_TIMEOUT_MS });
       // The application's refresh endpoint, as the page would call it.
@@ -533,46 +506,13 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
         'events across the token expiry',
         page.evaluate(
           () =>
-            new Promise((resolve, reject) => {
-              const ns = [];
-              const seen = [];
-              let opens = 0;
-              let atReopen = 0;
-              const stream = new EventSource('/stock-prices/GOOG');
-              stream.addEventListener('open', () => {
-                opens += 1;
-                atReopen = ns.length;
-                seen.push('open');
-              });
-              stream.addEventListener('message', (e) => {
-                ns.push(JSON.parse(e.data).n);
-                // Enough ticks after the reconnect to show the stream goes on.
-                if (opens >= 2 && ns.length >= atReopen + 15) {
-                  stream.close();
-                  resolve({ ns, seen, opens });
-                }
-              });
-              stream.addEventListener('expiring', async (e) => {
-                seen.push(`expiring ${e.lastEventId ? 'with' : 'without'} lastEventId`);
-                const fresh = await window.freshToken();
-                document.cookie = `ksg_token=${fresh}; path=/; secure; samesite=strict`;
-              });
-              stream.addEventListener('expired', () => seen.push('expired'));
-              stream.addEventListener('error', () => {
-                seen.push(`error ${stream.readyState}`);
-                if (stream.readyState === EventSource.CLOSED) {
-                  reject(new Error(`the stream was closed for good: ${seen.join(', ')}`));
-                }
-              });
+            window.followAcrossExpiry(new EventSource('/stock-prices/GOOG'), async () => {
+              const fresh = await window.freshToken();
+              document.cookie = `ksg_token=${fresh}; path=/; secure; samesite=strict`;
             }),
         ),
       );
-      assert.equal(got.opens, 2, `one reconnect after the expiry: ${got.seen.join(', ')}`);
-      const i = got.seen.findIndex((x) => x.startsWith('expiring'));
-      assert.ok(i > 0 && got.seen.indexOf('expired') > i, `notice, then the end: ${got.seen.join(', ')}`);
-      assert.equal(breaksIn(got.ns), '', `ticks are exactly consecutive across the reconnect: ${got.ns.join(',')}`);
-      const m = await metrics(gw);
-      assert.equal(m['ksg_streams_token_expired_total'], 1);
+      const m = await assertResumedAcrossExpiry(got, gw);
       assert.equal(m['ksg_auth_refused_total{reason="expired"}'], 0, 'the reconnect carried the fresh cookie');
       t.diagnostic(`${got.ns.length} ticks n ${got.ns[0]}..${got.ns[got.ns.length - 1]}; ${got.seen.join(', ')}`);
     } catch (e) {
@@ -580,7 +520,7 @@ describe('demo starter page in headless Chromium', { timeout: 150_000 }, () => {
       throw e;
     } finally {
       if (page) await within(5_000, 'closing tab', page.close()).catch(() => {});
-      await context.clearCookies();
+      await browser.context.clearCookies();
       await stopGateway(gw);
     }
   });

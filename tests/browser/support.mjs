@@ -4,6 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { after, before } from 'node:test';
 import { createHmac } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -260,3 +261,57 @@ export async function closeBrowser(context) {
     rmSync(userDataDir, { recursive: true, force: true, maxRetries: 3 });
   }
 }
+
+/** Inside a `describe`: Chromium for its tests (`.context`), launched before them and closed,
+ * with every gateway still running, after them. */
+export function useBrowser() {
+  const browser = {};
+  before(async () => {
+    browser.context = await launchBrowser();
+  }, { timeout: BROWSER_LAUNCH_TIMEOUT_MS + 5_000 });
+  after(async () => {
+    await closeBrowser(browser.context);
+  }, { timeout: 20_000 });
+  return browser;
+}
+
+/**
+ * Page-side, installed with `page.addInitScript(FOLLOW_ACROSS_EXPIRY)`: follows an EventSource
+ * (the browser's own, or a package's) across one token expiry. It counts opens, collects the
+ * ticks' numbers and awaits `refresh()` on `event: expiring`. It resolves to
+ * `{ ns, seen, opens, origin }` once 15 ticks came after the reconnect, and rejects if the
+ * source closes for good.
+ */
+function followAcrossExpiry(source, refresh) {
+  return new Promise((resolve, reject) => {
+    const ns = [];
+    const seen = [];
+    let opens = 0;
+    let atReopen = 0;
+    source.addEventListener('open', () => {
+      opens += 1;
+      atReopen = ns.length;
+      seen.push('open');
+    });
+    source.addEventListener('message', (e) => {
+      ns.push(JSON.parse(e.data).n);
+      // Enough ticks after the reconnect to show the stream goes on.
+      if (opens >= 2 && ns.length >= atReopen + 15) {
+        source.close();
+        resolve({ ns, seen, opens, origin: location.origin });
+      }
+    });
+    source.addEventListener('expiring', async (e) => {
+      seen.push(`expiring ${e.lastEventId ? 'with' : 'without'} lastEventId`);
+      await refresh();
+    });
+    source.addEventListener('expired', () => seen.push('expired'));
+    source.addEventListener('error', (e) => {
+      seen.push(`error ${source.readyState}${e.message ? ` ${e.message}` : ''}`);
+      // 2: CLOSED, in every EventSource.
+      if (source.readyState === 2) reject(new Error(`the stream was closed for good: ${seen.join(', ')}`));
+    });
+  });
+}
+
+export const FOLLOW_ACROSS_EXPIRY = `window.followAcrossExpiry = ${followAcrossExpiry}`;
