@@ -388,10 +388,16 @@ pub fn streams_for_memory(limit: u64) -> usize {
 /// The memory limit of the process's cgroup, when it has one: cgroup v2's `memory.max`, else
 /// v1's `memory.limit_in_bytes` (v1 writes a huge number for "no limit").
 pub fn cgroup_memory_limit() -> Option<u64> {
-    let read = |path: &str| std::fs::read_to_string(path).ok();
-    let limit = match read("/sys/fs/cgroup/memory.max") {
+    memory_limit_under(std::path::Path::new("/sys/fs/cgroup"))
+}
+
+/// [`cgroup_memory_limit`] with the cgroup file system mounted at `root`.
+fn memory_limit_under(root: &std::path::Path) -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).ok();
+    let limit = match read("memory.max") {
+        // cgroup v2: a number, or "max" for no limit.
         Some(v2) => v2.trim().parse::<u64>().ok()?,
-        None => read("/sys/fs/cgroup/memory/memory.limit_in_bytes")?
+        None => read("memory/memory.limit_in_bytes")?
             .trim()
             .parse::<u64>()
             .ok()?,
@@ -1035,6 +1041,25 @@ mod tests {
     fn bad_topics_routes_and_log_are_reported_together() {
         let e = cfg(&[(TOPICS, "bad topic"), (ROUTES, "/x/{key}"), (LOG, "loud!")]).unwrap_err();
         assert_eq!(problem_vars(e), vec![LOG, TOPICS, ROUTES]);
+    }
+
+    #[test]
+    fn the_cgroup_memory_limit_is_read_from_v2_then_v1_and_no_limit_is_none() {
+        let root = std::env::temp_dir().join(format!("ksg-cgroup-{}", std::process::id()));
+        let v1 = root.join("memory");
+        std::fs::create_dir_all(&v1).unwrap();
+        assert_eq!(memory_limit_under(&root), None, "no file: no limit");
+        // cgroup v1: a huge number means no limit.
+        std::fs::write(v1.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        assert_eq!(memory_limit_under(&root), None);
+        std::fs::write(v1.join("memory.limit_in_bytes"), "536870912\n").unwrap();
+        assert_eq!(memory_limit_under(&root), Some(512 << 20));
+        // cgroup v2 wins when present.
+        std::fs::write(root.join("memory.max"), "max\n").unwrap();
+        assert_eq!(memory_limit_under(&root), None);
+        std::fs::write(root.join("memory.max"), "1073741824\n").unwrap();
+        assert_eq!(memory_limit_under(&root), Some(1 << 30));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

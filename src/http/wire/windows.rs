@@ -83,6 +83,17 @@ mod tests {
         ]
     }
 
+    #[test]
+    fn the_largest_window_is_reached_and_not_passed() {
+        assert_eq!(granted(MAX_WINDOW - 5, 5), Some(MAX_WINDOW));
+        assert_eq!(granted(MAX_WINDOW - 5, 6), None);
+        assert_eq!(granted(-10, MAX_WINDOW), Some(MAX_WINDOW - 10));
+        assert_eq!(initial_change(100, 105, Some(MAX_WINDOW - 5)), Some(5));
+        assert_eq!(initial_change(100, 106, Some(MAX_WINDOW - 5)), None);
+        // Lowering never overflows, even below zero.
+        assert_eq!(initial_change(65_535, 0, Some(MAX_WINDOW)), Some(-65_535));
+    }
+
     proptest! {
         #[test]
         fn an_increment_is_refused_exactly_when_it_passes_the_largest_window(
