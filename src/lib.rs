@@ -259,7 +259,6 @@ async fn kafka_cluster(config: &Config) -> Result<(Option<Demo>, String), StartE
     }
 }
 
-/// The hub's part of the configuration.
 /// What every request needs, built from the configuration and the parts [`start`] made: the
 /// hub, the metrics, the readiness latch (streams get `503` until Kafka answered), the starter
 /// page served at `/` (demo mode) and the JWT authorizer.

@@ -116,15 +116,12 @@ impl SseStream {
         metrics.open.inc();
         metrics.topic_open.inc();
         let lifetime = settings.max_lifetime.map(jittered);
+        let mut preamble = sse::preamble(settings.retry_ms, subscription.start_id.as_deref());
+        if let Some(prelude) = subscription.prelude.take() {
+            preamble = Bytes::from([&preamble[..], &prelude[..]].concat());
+        }
         SseStream {
-            preamble: Some(match subscription.prelude.take() {
-                None => sse::preamble(settings.retry_ms, subscription.start_id.as_deref()),
-                Some(prelude) => {
-                    let preamble =
-                        sse::preamble(settings.retry_ms, subscription.start_id.as_deref());
-                    Bytes::from([&preamble[..], &prelude[..]].concat())
-                }
-            }),
+            preamble: Some(preamble),
             subscription,
             appointments: Appointments::new(clock, lifetime),
             metrics,

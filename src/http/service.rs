@@ -379,7 +379,6 @@ fn head_bytes<B>(request: &Request<B>) -> usize {
     target + fields
 }
 
-/// The headers of a stream response.
 /// A transient refusal (rate limit, capacity, Kafka not reachable, shutting down). An
 /// EventSource closes for good on any status but 200, so a client that asks for
 /// `text/event-stream` gets `200` and a stream that tells it to come back: `retry:` with the
@@ -436,6 +435,7 @@ fn accepts_event_stream(headers: &http::HeaderMap) -> bool {
         })
 }
 
+/// The headers of a stream response.
 fn sse_headers(headers: &mut http::HeaderMap) {
     headers.insert(
         header::CONTENT_TYPE,

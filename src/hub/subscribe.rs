@@ -434,10 +434,7 @@ impl Hub {
         // another incarnation of the topic (or another cluster's), and none of the id's offsets
         // can be trusted. An offset past the end of a partition that exists may be a log
         // truncated under that partition alone (an unclean leader election): only that one.
-        let other_topic = token
-            .entries
-            .iter()
-            .any(|&(p, _)| p as usize >= starts.len().min(ends.len()));
+        let other_topic = token.entries.iter().any(|&(p, _)| p as usize >= ends.len());
         rebased.entries.retain_mut(|(p, offset)| {
             let at = *p as usize;
             match (starts.get(at), ends.get(at)) {

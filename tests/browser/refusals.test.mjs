@@ -173,7 +173,7 @@ describe('transient refusals and unhonourable ids in headless Chromium', { timeo
               source.onerror = () => source.readyState === EventSource.CLOSED && done('closed');
             });
             source.close();
-            if (outcome === 'closed') return { attempt, outcome };
+            // Refused ('unavailable' data), or closed for good: either ends the attempts.
             if (outcome !== 'streaming') return { attempt, outcome };
           }
           return { attempt: 20, outcome: 'never refused' };
