@@ -765,3 +765,69 @@ async fn resume_ids_ahead_of_the_log_open_with_a_gap_and_read_those_partitions_f
     assert_eq!(sse.next_event().await.unwrap().text(), "after");
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_ring_outruns_ends_with_its_id_and_resumes_from_kafka_with_nothing_lost() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("outrun");
+    cluster.create_topic(&topic, 3).await;
+    // A ring of 256 KiB: about 60 of the 4-KiB records below.
+    let gw = gateway(&cluster, &[("KSG_REPLAY_BYTES", "262144")]).await;
+    let path = format!("/{topic}");
+    let (_, mut watcher) = get(&h2_connect(&gw).await, &path, &[]).await;
+    let start_id = watcher.next_block().await.unwrap().id.unwrap();
+    let p = cluster.producer();
+    // Values of 4 KiB, each `<name>:<seq>` for its key.
+    let names: Vec<String> = (0..4)
+        .map(|k| format!("k{k}-{}", "x".repeat(4000)))
+        .collect();
+    let produce = |seqs: std::ops::Range<u64>| {
+        for seq in seqs {
+            for (k, name) in names.iter().enumerate() {
+                let value = format!("{name}:{seq}");
+                let key = format!("k{k}");
+                p.send(&topic, None, Some(key.as_bytes()), Some(value.as_bytes()));
+            }
+        }
+    };
+    produce(0..10);
+    p.flush().await;
+    watcher.events(40).await;
+
+    // Resumed from the start, in the ring, by a client that reads nothing yet: HTTP/2's
+    // default 64 KiB window holds the gateway to about 15 of the 40 replayed events.
+    let slow_h2 = h2_connect_small_windows(&gw).await;
+    let (head, mut slow) = get(&slow_h2, &path, &[("last-event-id", &start_id)]).await;
+    assert_eq!(head.status, 200);
+    let resumed = |source: &str| format!("ksg_resumes_total{{source=\"{source}\"}}");
+    assert_eq!(metric(&metrics(&gw).await, &resumed("memory")), 1.0);
+    // 100 records more (400 KiB): the ring drops what the replay has not read. Fewer than
+    // KSG_STREAM_QUEUE events, so only the ring can outrun the stream.
+    produce(10..35);
+    p.flush().await;
+    watcher.events(100).await;
+
+    // The client reads: what was sent, then the end; nothing of what the ring dropped. (A
+    // stream that went on would bring its 140 events, then only heartbeats: bounded.)
+    let mut seen = Continuity::default();
+    while let Ok(Some(block)) = slow.next_block_within(Duration::from_secs(5)).await {
+        if !block.data.is_empty() {
+            seen.check(&block);
+        }
+    }
+    assert!(
+        (1..40).contains(&seen.count),
+        "cut off inside the replay, after {} events",
+        seen.count
+    );
+    let cutoffs = format!("ksg_slow_stream_cutoffs_total{{topic=\"{topic}\"}}");
+    assert_eq!(metric(&metrics(&gw).await, &cutoffs), 1.0);
+
+    // Its last id is older than the ring: the rest comes from Kafka, once.
+    let id = slow.last_id.clone().expect("the events carried ids");
+    let (_, mut sse) = get(&h2_connect(&gw).await, &path, &[("last-event-id", &id)]).await;
+    read_checked(&mut sse, 140 - seen.count, &mut seen).await;
+    assert!(names.iter().all(|k| seen.next_of(k) == 35));
+    assert_eq!(metric(&metrics(&gw).await, &resumed("kafka")), 1.0);
+    gw.shutdown().await;
+}

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
+
 use tracing::{info, warn};
 
 use super::replay::Ring;
@@ -27,7 +29,8 @@ impl Hub {
             {
                 let mut state = topic.lock();
                 state.positions = offsets.clone();
-                state.ring = (replay_bytes > 0).then(|| Ring::new(replay_bytes, offsets.clone()));
+                state.ring = (replay_bytes > 0)
+                    .then(|| Arc::new(RwLock::new(Ring::new(replay_bytes, offsets.clone()))));
                 // Idle from the start: if the request that attached it is gone before its
                 // stream registers, the topic is released like any idle one.
                 if state.streams == 0 {
@@ -104,8 +107,8 @@ impl Hub {
                 state.positions.extend_from_slice(new);
                 // Keys move when the partition count changes: full ids from now on.
                 state.widen_key_streams();
-                if let Some(ring) = &mut state.ring {
-                    ring.grow(new);
+                if let Some(ring) = &state.ring {
+                    ring.write().grow(new);
                 }
                 let subs = state
                     .all
@@ -147,7 +150,7 @@ impl Hub {
             state.end_all(|_, _| end.clone());
             (
                 state.positions.len(),
-                state.ring.take().map_or(0, |r| r.bytes()),
+                state.ring.take().map_or(0, |r| r.read().bytes()),
             )
         };
         warn!(topic = %hub.name, "topic deleted from Kafka: its streams ended");
@@ -180,7 +183,7 @@ impl Hub {
                         state.released = true;
                         (
                             state.positions.len(),
-                            state.ring.take().map_or(0, |r| r.bytes()),
+                            state.ring.take().map_or(0, |r| r.read().bytes()),
                         )
                     }
                     _ => continue,

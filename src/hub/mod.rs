@@ -327,14 +327,16 @@ impl Hub {
         key: Option<&[u8]>,
         event: Bytes,
     ) {
-        if let Some(ring) = &mut state.ring {
+        if let Some(ring) = &state.ring {
             let entry = Entry {
                 partition: p,
                 offset,
                 key: key.map(Bytes::copy_from_slice),
                 event,
             };
-            self.metrics.replay_bytes.add(ring.push(entry) as i64);
+            self.metrics
+                .replay_bytes
+                .add(ring.write().push(entry) as i64);
         }
     }
 

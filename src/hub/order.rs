@@ -6,6 +6,10 @@
 //! 2. a connection's list of groups ([`super::group::Fanout`]);
 //! 3. a group's log ([`super::group::Group`]): the events its streams share and their places.
 //!
+//! A topic's replay ring has a lock of its own, a leaf: taken under the topic's lock by the poll
+//! thread (to append) and by a stream opening (to place its replay), and under a stream's
+//! queue's lock by the stream reading its replay; nothing is taken under it.
+//!
 //! The poll thread takes 1 then 3 (it appends each record's event to the logs under the topic's
 //! lock); opening and ending a stream take 1, then 2 or 3; a connection's task takes 2 then 3,
 //! or 3 alone. None of them holds a lock across an `.await`. In debug builds each lock taken

@@ -10,9 +10,11 @@
 //! queue refuses the event: the hub then ends the stream (its client resumes from its last
 //! id), so the queue never grows past its bound.
 //!
-//! A resumed stream's replay takes one slot however many events it holds: the events shared
-//! with the topic's replay ring (a handle each, no copy), taken one by one. Copied into one
-//! buffer, every stream resuming at once would hold its own copy of what it missed.
+//! A resumed stream's replay takes one slot however many events it holds: a place in the
+//! topic's replay ring ([`Replay`]), read in place one event at a time as the stream sends them,
+//! so a stream that resumed from far back holds neither copies nor handles of what it missed.
+//! A replay the ring outran ends the stream: the queue is closed and its receiver sees the end
+//! ([`Receiver::cut_off`] tells that end from the others).
 //!
 //! The queue is bounded in items and, for what a stream holds of its own (a catch-up reader's
 //! chunks, a snapshot: [`Sender::try_send_owned`]), in bytes: an owned chunk is refused while the
@@ -20,13 +22,15 @@
 //! goes, alone).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntGauge;
+
+use super::replay::{Behind, Replay};
 
 /// Why an event was not queued; the event comes back.
 #[derive(Debug)]
@@ -45,18 +49,17 @@ struct Shared {
     bound: usize,
     /// Bytes of single items queued before an owned chunk is refused.
     max_bytes: usize,
+    /// Set when a replay the ring outran ended the queue.
+    cut: AtomicBool,
 }
 
 /// One slot of a queue.
 enum Item {
     /// An event, or a chunk of several.
     One(Bytes),
-    /// Events taken one by one (never empty); boxed, so a slot is no larger than an event.
-    #[allow(
-        clippy::box_collection,
-        reason = "a slot stays 32 bytes, the size of an event"
-    )]
-    Many(Box<VecDeque<Bytes>>),
+    /// A replay from the ring, read one event at a time; boxed, so a slot is no larger than
+    /// an event.
+    Replay(Box<Replay>),
 }
 
 #[derive(Default)]
@@ -92,6 +95,7 @@ pub fn channel(bound: usize, max_bytes: usize) -> (Sender, Receiver) {
         senders: AtomicUsize::new(1),
         bound: bound.max(1),
         max_bytes,
+        cut: AtomicBool::new(false),
     });
     (
         Sender(shared.clone()),
@@ -135,17 +139,17 @@ impl Sender {
         Ok(())
     }
 
-    /// Queues `events` in one slot, to be received one by one; false when the queue is full or
-    /// the receiver is gone. No events: nothing queued, true.
-    pub fn try_send_all(&self, events: Vec<Bytes>) -> bool {
-        if events.is_empty() {
+    /// Queues `replay` in one slot, its events received one by one; false when the queue is
+    /// full or the receiver is gone. An empty replay: nothing queued, true.
+    pub fn try_send_replay(&self, replay: Replay) -> bool {
+        if replay.is_empty() {
             return true;
         }
         let mut state = self.0.lock();
         if state.closed || state.items.len() >= self.0.bound {
             return false;
         }
-        Self::push(&self.0, &mut state, Item::Many(Box::new(events.into())));
+        Self::push(&self.0, &mut state, Item::Replay(Box::new(replay)));
         true
     }
 
@@ -247,15 +251,29 @@ impl Receiver {
 
     fn take(&self) -> Option<Bytes> {
         let mut state = self.shared.lock();
-        let event = match state.items.front_mut()? {
-            Item::Many(events) if events.len() > 1 => events.pop_front(),
-            _ => match state.items.pop_front()? {
+        let event = loop {
+            let Some(item) = state.items.pop_front() else {
+                break None;
+            };
+            match item {
                 Item::One(event) => {
                     state.bytes -= event.len();
-                    Some(event)
+                    break Some(event);
                 }
-                Item::Many(mut events) => events.pop_front(),
-            },
+                Item::Replay(mut replay) => match replay.next_event() {
+                    Ok(Some(event)) => {
+                        state.items.push_front(Item::Replay(replay));
+                        break Some(event);
+                    }
+                    Ok(None) => {}
+                    Err(Behind) => {
+                        // The ring outran the stream: it ends here, nothing after is sent.
+                        self.shared.cut.store(true, Ordering::Release);
+                        Self::close(&mut state);
+                        break None;
+                    }
+                },
+            }
         };
         self.shared
             .queued
@@ -267,11 +285,28 @@ impl Receiver {
         event
     }
 
+    /// Empties the queue for good: senders find it closed.
+    fn close(state: &mut State) {
+        state.closed = true;
+        state.items = VecDeque::new();
+        state.bytes = 0;
+        state.receiver = None;
+    }
+
+    /// True when the queue ended because a replay could not keep up with the ring: the stream
+    /// ends there (its client resumes from its last id), rather than go on to what follows.
+    pub fn cut_off(&self) -> bool {
+        self.shared.cut.load(Ordering::Acquire)
+    }
+
     fn ready(&self) -> Option<Option<Bytes>> {
         if self.shared.queued.load(Ordering::Acquire) > 0 {
             if let Some(item) = self.take() {
                 return Some(Some(item));
             }
+        }
+        if self.cut_off() {
+            return Some(None);
         }
         if self.shared.senders.load(Ordering::Acquire) == 0 {
             // The last sender may have queued an item just before it went.
@@ -286,11 +321,7 @@ impl Drop for Receiver {
         if let Some(gauge) = &self.gauge {
             gauge.dec();
         }
-        let mut state = self.shared.lock();
-        state.closed = true;
-        state.items = VecDeque::new();
-        state.bytes = 0;
-        state.receiver = None;
+        Self::close(&mut self.shared.lock());
         self.shared.queued.store(0, Ordering::Release);
     }
 }
@@ -298,6 +329,7 @@ impl Drop for Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::replay::{replay_of, Entry, ENTRY_OVERHEAD};
     use std::task::Waker;
 
     fn poll(rx: &mut Receiver) -> Poll<Option<Bytes>> {
@@ -327,29 +359,61 @@ mod tests {
     }
 
     #[test]
-    fn a_replay_takes_one_slot_and_is_received_event_by_event_without_copies() {
+    fn a_replay_takes_one_slot_and_is_read_in_place_event_by_event() {
         let (tx, mut rx) = channel(2, usize::MAX);
-        let replay: Vec<Bytes> = [&b"r1"[..], b"r2", b"r3"].map(Bytes::from_static).into();
-        let at = replay[1].as_ptr();
-        assert!(tx.try_send_all(Vec::new()), "nothing to queue");
-        assert!(tx.try_send_all(replay));
+        let events: Vec<Bytes> = [&b"r1"[..], b"r2", b"r3"].map(Bytes::from_static).into();
+        let (_ring, replay) = replay_of(&events, 1 << 20);
+        let (_, empty) = replay_of(&[], 1 << 20);
+        assert!(tx.try_send_replay(empty), "nothing to queue");
+        assert_eq!(tx.capacity(), 2);
+        assert!(tx.try_send_replay(replay));
         assert_eq!(tx.capacity(), 1, "one slot for three events");
         tx.try_send(Bytes::from_static(b"live")).unwrap();
-        assert!(!tx.try_send_all(vec![Bytes::from_static(b"x")]), "full");
+        let (_, more) = replay_of(&events, 1 << 20);
+        assert!(!tx.try_send_replay(more), "full");
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"r1")));
         let second = rx.try_recv().unwrap();
-        assert_eq!((&second[..], second.as_ptr()), (&b"r2"[..], at));
+        assert_eq!(
+            (&second[..], second.as_ptr()),
+            (&b"r2"[..], events[1].as_ptr())
+        );
         assert_eq!(
             tx.capacity(),
             0,
             "the slot is held until its last event is taken"
         );
         assert_eq!(poll(&mut rx), Poll::Ready(Some(Bytes::from_static(b"r3"))));
-        assert_eq!(tx.capacity(), 1);
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"live")));
+        assert_eq!(tx.capacity(), 2);
         assert_eq!(rx.try_recv(), None);
+        assert!(!rx.cut_off());
         drop(rx);
-        assert!(!tx.try_send_all(vec![Bytes::from_static(b"y")]), "closed");
+        let (_, late) = replay_of(&events, 1 << 20);
+        assert!(!tx.try_send_replay(late), "closed");
+    }
+
+    #[test]
+    fn a_replay_the_ring_outran_ends_the_queue_and_nothing_after_it_is_sent() {
+        let (tx, mut rx) = channel(8, usize::MAX);
+        let events: Vec<Bytes> = [&b"r1"[..], b"r2"].map(Bytes::from_static).into();
+        // Room for two entries: a third appended drops the first.
+        let (ring, replay) = replay_of(&events, 2 * (2 + ENTRY_OVERHEAD));
+        assert!(tx.try_send_replay(replay));
+        tx.try_send(Bytes::from_static(b"live")).unwrap();
+        ring.write().push(Entry {
+            partition: 0,
+            offset: 2,
+            key: None,
+            event: Bytes::from_static(b"r3"),
+        });
+        assert_eq!(rx.try_recv(), None, "r1 is gone from the ring");
+        assert!(rx.cut_off());
+        assert_eq!(poll(&mut rx), Poll::Ready(None), "the stream ends");
+        assert!(tx.is_closed(), "the hub finds the stream gone");
+        assert!(matches!(
+            tx.try_send(Bytes::from_static(b"later")),
+            Err(TrySendError::Closed(_))
+        ));
     }
 
     #[test]

@@ -4,13 +4,27 @@
 //! after it) stays valid for a client that resumes from inside the ring. `start` is the
 //! position before the oldest entry: the ring holds every record at or after it, so a resume
 //! from a position at or after `start` on every partition is served from memory.
+//!
+//! A resumed stream reads the ring in place: its [`Replay`] is a place in the ring (a sequence
+//! number) and the end the ring had when the stream went live, so a stream holds no handle on
+//! an event before it sends it, however far back it resumed. The ring sits behind a lock of its
+//! own, taken under the topic's lock by the poll thread that appends and alone by the readers;
+//! nothing is locked under it. A replay whose next entry the ring has already dropped (its
+//! client read more slowly than the topic's records filled the ring) ends its stream, counted
+//! as a slow-stream cut-off: the client resumes from its last id, from Kafka.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use parking_lot::RwLock;
+use prometheus::IntCounter;
+
+use super::floor::{id_for, judge, Verdict};
+use crate::sse;
 
 /// Fixed per-entry bookkeeping counted against the byte budget.
-const ENTRY_OVERHEAD: usize = 64;
+pub(crate) const ENTRY_OVERHEAD: usize = 64;
 
 /// One dispatched record, already encoded.
 pub struct Entry {
@@ -30,22 +44,39 @@ impl Entry {
     }
 }
 
+/// Entries between two marks: a replay finds its start from the latest mark before it, walking
+/// at most this many entries more than those it sends.
+const MARK_EVERY: u64 = 256;
+
 /// The ring of one topic.
 pub struct Ring {
     entries: VecDeque<Entry>,
+    /// The sequence number of the oldest entry (one more for each entry ever appended before).
+    first: u64,
     bytes: usize,
     limit: usize,
+    /// The position before the oldest entry.
     start: Vec<i64>,
+    /// The position after the newest entry.
+    last: Vec<i64>,
+    /// Every [`MARK_EVERY`]th entry's sequence number and the position before it, oldest first.
+    marks: VecDeque<(u64, Vec<i64>)>,
 }
+
+/// A topic's ring behind its own lock, shared by the topic and the replays reading it.
+pub type Shared = Arc<RwLock<Ring>>;
 
 impl Ring {
     /// An empty ring whose coverage starts at `position`, holding at most `limit` bytes.
     pub fn new(limit: usize, position: Vec<i64>) -> Ring {
         Ring {
             entries: VecDeque::new(),
+            first: 0,
             bytes: 0,
             limit,
+            last: position.clone(),
             start: position,
+            marks: VecDeque::new(),
         }
     }
 
@@ -57,6 +88,12 @@ impl Ring {
     /// Appends an entry and evicts the oldest ones beyond the budget. Returns the change in bytes.
     pub fn push(&mut self, entry: Entry) -> isize {
         let before = self.bytes as isize;
+        if self.end() % MARK_EVERY == 0 {
+            self.marks.push_back((self.end(), self.last.clone()));
+        }
+        if let Some(last) = self.last.get_mut(entry.partition) {
+            *last = entry.offset + 1;
+        }
         self.bytes += entry.cost();
         self.entries.push_back(entry);
         while self.bytes > self.limit {
@@ -64,14 +101,24 @@ impl Ring {
                 break;
             };
             self.bytes -= old.cost();
+            self.first += 1;
             self.start[old.partition] = old.offset + 1;
+        }
+        while self.marks.front().is_some_and(|(seq, _)| *seq < self.first) {
+            self.marks.pop_front();
         }
         self.bytes as isize - before
     }
 
     /// Partitions added to the topic: the ring holds all of them from their log start.
     pub fn grow(&mut self, starts: &[i64]) {
-        self.start.extend_from_slice(starts);
+        let positions = self.marks.iter_mut().map(|(_, position)| position);
+        for position in [&mut self.start, &mut self.last]
+            .into_iter()
+            .chain(positions)
+        {
+            position.extend_from_slice(starts);
+        }
     }
 
     /// True when every partition of `from` is at or after the ring's start (no gap).
@@ -79,19 +126,215 @@ impl Ring {
         from.len() == self.start.len() && from.iter().zip(&self.start).all(|(f, s)| f >= s)
     }
 
-    /// The entries in dispatch order, each with the hub's position after it.
-    pub fn iter_with_positions(&self) -> impl Iterator<Item = (&Entry, Vec<i64>)> + '_ {
-        let mut position = self.start.clone();
-        self.entries.iter().map(move |e| {
-            position[e.partition] = e.offset + 1;
-            (e, position.clone())
-        })
+    /// The sequence number the next entry appended gets.
+    pub fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
     }
+
+    /// The entry of sequence number `seq`, while the ring holds it.
+    fn get(&self, seq: u64) -> Option<&Entry> {
+        let index = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.entries.get(index)
+    }
+
+    /// The entries from the latest one a client at `from` may still need, each with its
+    /// sequence number, in dispatch order; and the position before the first. That is the
+    /// latest mark whose position is at or before `from` on every partition (every entry before
+    /// it is one the client has), or the oldest entry.
+    fn walk_from(&self, from: &[i64]) -> (Vec<i64>, impl Iterator<Item = (u64, &Entry)> + '_) {
+        let before =
+            |p: &Vec<i64>| p.len() == from.len() && p.iter().zip(from).all(|(a, b)| a <= b);
+        // Positions only grow from mark to mark: the usable marks come first.
+        let usable = self.marks.partition_point(|(_, position)| before(position));
+        let (seq, position) = match usable.checked_sub(1).and_then(|i| self.marks.get(i)) {
+            Some((seq, position)) => (*seq, position.clone()),
+            None => (self.first, self.start.clone()),
+        };
+        let index = usize::try_from(seq - self.first).unwrap_or(usize::MAX);
+        let entries = self.entries.range(index.min(self.entries.len())..);
+        (position, (seq..).zip(entries))
+    }
+}
+
+/// A stream's replay: its place in the ring, read in place. Made under the topic's lock when
+/// the stream goes live, so its end is exactly where the stream's live events begin.
+pub struct Replay {
+    /// The ring, and the topic's slow-stream cut-offs, counted when the ring drops what the
+    /// replay had left; `None`: nothing from the ring, only the prefix.
+    ring: Option<(Shared, IntCounter)>,
+    /// Sent first: what a catch-up reader hands over with the replay (the rest of a snapshot).
+    prefix: Option<Bytes>,
+    /// The next entry to look at, and one past the last one of the replay.
+    next: u64,
+    end: u64,
+    /// The hub's position before entry `next` (ids named for the stream are made from it).
+    position: Vec<i64>,
+    /// The position the client already has, until an event's id covers it.
+    floor: Option<Vec<i64>>,
+    key: Option<Bytes>,
+    scope: Option<usize>,
+    fingerprint: u32,
+}
+
+/// What a stream's replay starts from: its filter, its ids and the position its client has.
+pub struct Origin<'a> {
+    /// The stream's key (`None`: every record).
+    pub key: Option<&'a [u8]>,
+    /// The partition its ids name alone, for a short-id key stream.
+    pub scope: Option<usize>,
+    /// The topic's fingerprint, for the ids made for the stream.
+    pub fingerprint: u32,
+    /// The position its client already has.
+    pub position: Vec<i64>,
+}
+
+/// The ring dropped an entry a replay had not read yet.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Behind;
+
+impl Replay {
+    /// The replay of what `ring` (the locked `held` of `shared`) holds after `from` for a
+    /// stream, and the stream's floor once it has read it all (`None`: its ids are the shared
+    /// ones from then on). Walks the entries from the latest mark before `from`, without touching
+    /// their bytes, to find the first
+    /// one the stream gets and the floor after the last.
+    pub fn start(
+        shared: &Shared,
+        held: &Ring,
+        from: Origin<'_>,
+        cutoffs: &IntCounter,
+    ) -> (Replay, Option<Vec<i64>>) {
+        let (mut position, entries) = held.walk_from(&from.position);
+        let mut floor = Some(from.position.clone());
+        let mut begin: Option<(u64, Vec<i64>)> = None;
+        for (seq, entry) in entries {
+            if floor.is_none() {
+                break;
+            }
+            let p = entry.partition;
+            let before = std::mem::replace(&mut position[p], entry.offset + 1);
+            if from.key.is_some() && entry.key.as_deref() != from.key {
+                continue;
+            }
+            let verdict = judge(&mut floor, p, entry.offset, &position);
+            if begin.is_none() && verdict != Verdict::Skip {
+                let mut at = position.clone();
+                at[p] = before;
+                begin = Some((seq, at));
+            }
+        }
+        let end = held.end();
+        let (next, position) = begin.unwrap_or((end, Vec::new()));
+        let replay = Replay {
+            ring: Some((shared.clone(), cutoffs.clone())),
+            prefix: None,
+            next,
+            end,
+            position,
+            floor: Some(from.position),
+            key: from.key.map(Bytes::copy_from_slice),
+            scope: from.scope,
+            fingerprint: from.fingerprint,
+        };
+        (replay, floor)
+    }
+
+    /// A replay of nothing from the ring: only `prefix`, if any.
+    pub fn nothing_but(prefix: Option<Bytes>) -> Replay {
+        Replay {
+            ring: None,
+            prefix,
+            next: 0,
+            end: 0,
+            position: Vec::new(),
+            floor: None,
+            key: None,
+            scope: None,
+            fingerprint: 0,
+        }
+    }
+
+    /// The same replay, with `prefix` sent before it.
+    pub fn after(mut self, prefix: Option<Bytes>) -> Replay {
+        self.prefix = prefix;
+        self
+    }
+
+    /// True when the replay has nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.prefix.is_none() && self.next >= self.end
+    }
+
+    /// The next event of the replay, `Ok(None)` once it has sent everything, or [`Behind`]
+    /// (counted as a cut-off) when the ring no longer holds its next entry.
+    pub fn next_event(&mut self) -> Result<Option<Bytes>, Behind> {
+        if let Some(prefix) = self.prefix.take() {
+            return Ok(Some(prefix));
+        }
+        let Some((ring, cutoffs)) = &self.ring else {
+            return Ok(None);
+        };
+        let ring = ring.read();
+        while self.next < self.end {
+            let Some(entry) = ring.get(self.next) else {
+                self.next = self.end;
+                cutoffs.inc();
+                return Err(Behind);
+            };
+            self.next += 1;
+            let p = entry.partition;
+            if p >= self.position.len() {
+                // Not in the ring when the replay started: cannot happen; skipped, not sent.
+                continue;
+            }
+            self.position[p] = entry.offset + 1;
+            if self.key.is_some() && entry.key != self.key {
+                continue;
+            }
+            let id = match judge(&mut self.floor, p, entry.offset, &self.position) {
+                Verdict::Skip => continue,
+                Verdict::Shared if self.scope.is_none() => return Ok(Some(entry.event.clone())),
+                Verdict::Shared => id_for(self.fingerprint, self.scope, &self.position),
+                Verdict::Raised => {
+                    let floor = self.floor.as_deref().unwrap_or(&self.position);
+                    id_for(self.fingerprint, self.scope, floor)
+                }
+            };
+            return Ok(Some(sse::with_id(&entry.event, &id)));
+        }
+        Ok(None)
+    }
+}
+
+/// A ring of `events` (one partition, offsets from 0, `limit` bytes) and a replay of all of
+/// them: for tests of what reads a replay.
+#[cfg(test)]
+pub(crate) fn replay_of(events: &[Bytes], limit: usize) -> (Shared, Replay) {
+    let mut ring = Ring::new(limit, vec![0]);
+    for (offset, event) in (0..).zip(events) {
+        ring.push(Entry {
+            partition: 0,
+            offset,
+            key: None,
+            event: event.clone(),
+        });
+    }
+    let shared = Arc::new(RwLock::new(ring));
+    let origin = Origin {
+        key: None,
+        scope: None,
+        fingerprint: 0,
+        position: vec![0],
+    };
+    let cutoffs = IntCounter::new("cutoffs", "cutoffs").unwrap();
+    let (replay, _) = Replay::start(&shared, &shared.read(), origin, &cutoffs);
+    (shared, replay)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::position;
 
     fn entry(partition: usize, offset: i64, size: usize) -> Entry {
         Entry {
@@ -116,8 +359,182 @@ mod tests {
             "offset 10 of partition 0 was evicted"
         );
         assert!(ring.covers(&[11, 20]));
-        let positions: Vec<Vec<i64>> = ring.iter_with_positions().map(|(_, p)| p).collect();
-        assert_eq!(positions, vec![vec![11, 21], vec![12, 21], vec![12, 22]]);
+        assert_eq!((ring.first, ring.end()), (1, 4));
+        assert!(ring.get(0).is_none(), "evicted");
+        assert_eq!(ring.get(3).map(|e| (e.partition, e.offset)), Some((1, 21)));
+        assert!(ring.get(4).is_none(), "not yet appended");
+    }
+
+    /// A ring from position [10, 20] holding p0@10 (key a), p1@20 (key b), p0@11 (key a), each
+    /// encoded with the dense id of the position after it, as the hub encodes them.
+    fn keyed(fp: u32, limit: usize) -> (Shared, Vec<Bytes>) {
+        let mut ring = Ring::new(limit, vec![10, 20]);
+        let mut events = Vec::new();
+        let mut at = vec![10, 20];
+        for (partition, offset, key) in [(0, 10, "a"), (1, 20, "b"), (0, 11, "a")] {
+            at[partition] = offset + 1;
+            let event = sse::record_event(
+                &position::encode_dense(fp, &at),
+                Some(key.as_bytes()),
+                Some(b"v"),
+            );
+            events.push(event.clone());
+            ring.push(Entry {
+                partition,
+                offset,
+                key: Some(Bytes::from(key)),
+                event,
+            });
+        }
+        (Arc::new(RwLock::new(ring)), events)
+    }
+
+    fn from<'a>(key: Option<&'a [u8]>, scope: Option<usize>, fp: u32, at: &[i64]) -> Origin<'a> {
+        Origin {
+            key,
+            scope,
+            fingerprint: fp,
+            position: at.to_vec(),
+        }
+    }
+
+    fn start(ring: &Shared, from: Origin<'_>) -> (Replay, Option<Vec<i64>>) {
+        let held = ring.read();
+        Replay::start(ring, &held, from, &IntCounter::new("c", "c").unwrap())
+    }
+
+    /// Everything the replay sends, to its end.
+    fn drain(replay: &mut Replay) -> Vec<Bytes> {
+        std::iter::from_fn(|| replay.next_event().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_replay_sends_the_rings_own_bytes_once_the_floor_is_covered() {
+        let fp = position::fingerprint("t");
+        let (ring, events) = keyed(fp, 1 << 20);
+        let (mut replay, floor) = start(&ring, from(None, None, fp, &[10, 20]));
+        assert_eq!(floor, None);
+        let sent = drain(&mut replay);
+        assert_eq!(sent, events);
+        assert!(
+            sent.iter()
+                .zip(&events)
+                .all(|(a, b)| a.as_ptr() == b.as_ptr()),
+            "the ring's own bytes, not copies"
+        );
+        let (mut replay, floor) = start(&ring, from(Some(b"a"), None, fp, &[11, 20]));
+        assert_eq!(floor, None);
+        assert_eq!(
+            drain(&mut replay),
+            [events[2].clone()],
+            "only key a, after offset 10"
+        );
+        let (replay, floor) = start(&ring, from(None, None, fp, &[12, 21]));
+        assert!(replay.is_empty(), "the client has everything");
+        assert_eq!(floor, Some(vec![12, 21]), "no event: the floor stays");
+        assert!(!replay.after(Some(Bytes::from_static(b"p"))).is_empty());
+    }
+
+    #[test]
+    fn a_replay_raises_ids_below_the_floor_and_names_only_the_scope() {
+        let fp = position::fingerprint("t");
+        let (ring, events) = keyed(fp, 1 << 20);
+        // Another replica's client has p0 up to 12: p0@10 and p0@11 are skipped, p1@20 goes
+        // out with an id that covers both positions, and the floor stays.
+        let (mut replay, floor) = start(&ring, from(None, None, fp, &[12, 20]));
+        assert_eq!(floor, Some(vec![12, 21]));
+        let raised = sse::with_id(&events[1], &position::encode_dense(fp, &[12, 21]));
+        assert_eq!(drain(&mut replay), [raised]);
+        // A short-id stream of key a on partition 0 gets ids naming p0 alone.
+        let (mut replay, floor) = start(&ring, from(Some(b"a"), Some(0), fp, &[11, 21]));
+        assert_eq!(floor, None);
+        let short = sse::with_id(&events[2], &position::encode_sparse(fp, &[(0, 12)]));
+        assert_eq!(drain(&mut replay), [short]);
+    }
+
+    #[test]
+    fn a_replay_walks_from_the_latest_mark_before_it_and_sends_what_a_walk_from_the_oldest_would() {
+        let fp = position::fingerprint("t");
+        // 1,000 entries of two partitions, unevenly interleaved; the ring keeps about 700.
+        let mut ring = Ring::new(700 * (10 + ENTRY_OVERHEAD), vec![0, 100]);
+        let mut at = vec![0, 100];
+        let mut after = Vec::new();
+        for i in 0..1000 {
+            let p = usize::from(i % 3 == 0);
+            ring.push(Entry {
+                partition: p,
+                offset: at[p],
+                key: None,
+                event: Bytes::from(format!("{i:010}")),
+            });
+            at[p] += 1;
+            after.push(at.clone());
+        }
+        assert_eq!((ring.first, ring.end()), (300, 1000));
+        assert!(ring
+            .marks
+            .iter()
+            .all(|(seq, _)| seq % MARK_EVERY == 0 && *seq >= 300));
+        assert_eq!(ring.marks.len(), 2, "512 and 768");
+        let shared = Arc::new(RwLock::new(ring));
+        for i in (300..1000).step_by(7) {
+            let client = &after[i - 1];
+            let (walked, _) = shared.read().walk_from(client).1.next().unwrap();
+            let mark = if i >= 768 {
+                768
+            } else if i >= 512 {
+                512
+            } else {
+                300
+            };
+            assert_eq!(walked, mark, "resumed before entry {i}");
+            let (mut replay, floor) = start(&shared, from(None, None, fp, client));
+            assert_eq!(floor, None);
+            let sent = drain(&mut replay);
+            let expected: Vec<Bytes> = (i..1000).map(|j| Bytes::from(format!("{j:010}"))).collect();
+            assert_eq!(sent, expected, "resumed before entry {i}");
+        }
+        // A partition added: the marks name it too, and still serve.
+        shared.write().grow(&[7]);
+        let mut client = after[899].clone();
+        client.push(7);
+        assert_eq!(shared.read().walk_from(&client).1.next().unwrap().0, 768);
+        let (mut replay, _) = start(&shared, from(None, None, fp, &client));
+        assert_eq!(drain(&mut replay).len(), 100);
+    }
+
+    #[test]
+    fn a_replay_reads_in_place_and_ends_where_it_started_live() {
+        let fp = position::fingerprint("t");
+        let (ring, events) = keyed(fp, 1 << 20);
+        let (mut replay, _) = start(&ring, from(None, None, fp, &[10, 20]));
+        assert_eq!(replay.next_event(), Ok(Some(events[0].clone())));
+        // Appended after the stream went live: its live events, not its replay.
+        ring.write().push(entry(1, 21, 10));
+        assert_eq!(drain(&mut replay), events[1..]);
+    }
+
+    #[test]
+    fn a_replay_the_ring_outran_ends_its_stream_counted() {
+        let fp = position::fingerprint("t");
+        let (ring, events) = keyed(fp, 1 << 20);
+        let cutoffs = IntCounter::new("c", "c").unwrap();
+        let (replay, _) = {
+            let held = ring.read();
+            Replay::start(&ring, &held, from(None, None, fp, &[10, 20]), &cutoffs)
+        };
+        let mut replay = replay.after(Some(Bytes::from_static(b"prefix")));
+        assert_eq!(replay.next_event(), Ok(Some(Bytes::from_static(b"prefix"))));
+        assert_eq!(replay.next_event(), Ok(Some(events[0].clone())));
+        // The ring drops the next two entries before the stream reads them.
+        {
+            let mut held = ring.write();
+            held.limit = 0;
+            held.push(entry(1, 21, 10));
+        }
+        assert_eq!(replay.next_event(), Err(Behind));
+        assert_eq!(cutoffs.get(), 1);
+        assert_eq!(replay.next_event(), Ok(None), "over once behind");
     }
 
     #[test]

@@ -9,8 +9,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use super::floor::{covers, id_for, replay};
+use super::floor::{covers, id_for};
 use super::group::{Cursor, Handoff, Owner, Seat, View};
+use super::replay::{Origin, Replay};
 use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
 use crate::partitioner::KeyPartitioner;
@@ -26,8 +27,8 @@ pub enum Events {
     /// Its place in its connection's group for its view of the topic (a live HTTP/2 stream).
     Group(Cursor),
     /// Its own queue (the ring's replay, what a catch-up reader read), then, once the queue
-    /// ends, the place in its connection's group that the hub left in the slot; an empty slot
-    /// ends the stream (cut off, or the gateway ended it).
+    /// ends, the place in its connection's group that the hub left in the slot; an empty slot,
+    /// or a queue cut off (a replay the ring outran), ends the stream.
     Then(queue::Receiver, Arc<Mutex<Option<Cursor>>>),
 }
 
@@ -40,7 +41,7 @@ impl Events {
             Events::Then(queue, slot) => match queue.poll_recv(cx) {
                 Poll::Ready(None) => {
                     let next = slot.lock().take();
-                    match next {
+                    match next.filter(|_| !queue.cut_off()) {
                         Some(cursor) => {
                             *self = Events::Group(cursor);
                             self.poll_recv(cx)
@@ -580,13 +581,14 @@ impl Hub {
             .map(|(start, &live)| start.in_log(live))
             .collect();
         // A resume is served from memory when every partition's start is known and in the ring.
-        let ring = state.ring.as_ref();
+        let shared = state.ring.clone();
+        let held = shared.as_ref().map(|ring| ring.read());
         let in_memory = from
             .iter()
             .map(|start| start.offset())
             .collect::<Option<Vec<i64>>>()
-            .filter(|at| !snapshot && ring.is_some_and(|ring| ring.covers(at)));
-        let Some(at) = in_memory else {
+            .filter(|at| !snapshot && held.as_ref().is_some_and(|ring| ring.covers(at)));
+        let (Some(at), Some(ring), Some(guard)) = (in_memory, &shared, &held) else {
             state.pending.insert(id);
             let source = if snapshot { "snapshot" } else { "kafka" };
             self.metrics.resumes.with_label_values(&[source]).inc();
@@ -600,19 +602,18 @@ impl Hub {
         };
         self.metrics.resumes.with_label_values(&["memory"]).inc();
         let start_id = id_for(hub.fingerprint, scope, &at);
-        let mut replayed = Vec::new();
-        let floor = replay(
-            hub.fingerprint,
-            state.ring.as_ref(),
+        let origin = Origin {
             key,
             scope,
-            at,
-            &mut replayed,
-        );
+            fingerprint: hub.fingerprint,
+            position: at,
+        };
+        let (replay, floor) = Replay::start(ring, guard, origin, &hub.cutoffs);
+        drop(held);
         // Live positions that cover the floor make it moot: every later event is after it.
         let floor = floor.filter(|f| !covers(&state.positions, f));
-        // The queue is new and empty: one slot takes the whole replay, the ring's own bytes.
-        let _ = tx.try_send_all(replayed);
+        // The queue is new and empty: one slot takes the whole replay, read in the ring.
+        let _ = tx.try_send_replay(replay);
         let sub = Sub {
             tx,
             floor,
@@ -640,7 +641,9 @@ impl Hub {
         // Caught up with live, or close enough that the replay ring holds the rest: the reader
         // need not catch a moving end on every partition at the same instant.
         let from_ring = !covers(position, &state.positions);
-        if from_ring && !(ring_ok && state.ring.as_ref().is_some_and(|r| r.covers(position))) {
+        let shared = state.ring.clone().filter(|_| from_ring);
+        let held = shared.as_ref().map(|ring| ring.read());
+        if from_ring && !(ring_ok && held.as_ref().is_some_and(|r| r.covers(position))) {
             return HandOver::NotYet;
         }
         // A broken promise ends short-id streams (the reader sent the "every partition" id).
@@ -649,33 +652,33 @@ impl Hub {
         }
         // Scoping may have ended while this stream caught up (partitions added).
         let scope = job.scope.filter(|_| state.key_scoping);
-        let mut replayed = Vec::new();
-        let floor = if from_ring {
-            let ring = state.ring.as_ref();
-            let key = job.key.as_deref();
-            replay(
-                job.topic.fingerprint,
-                ring,
-                key,
-                scope,
-                position.to_vec(),
-                &mut replayed,
-            )
-        } else {
-            Some(position.to_vec())
+        let (replay, floor) = match (&shared, &held) {
+            (Some(shared), Some(held)) => {
+                let origin = Origin {
+                    key: job.key.as_deref(),
+                    scope,
+                    fingerprint: job.topic.fingerprint,
+                    position: position.to_vec(),
+                };
+                let (replay, floor) = Replay::start(shared, held, origin, &job.topic.cutoffs);
+                (Some(replay), floor)
+            }
+            _ => (None, Some(position.to_vec())),
         };
+        drop(held);
         // Live positions that cover the floor make it moot: every later event is after it.
         let floor = floor.filter(|f| !covers(&state.positions, f));
         // The replay needs a slot in the stream's queue: try again at the next check.
-        if !replayed.is_empty() && tx.capacity() == 0 {
+        if replay.as_ref().is_some_and(|r| !r.is_empty()) && tx.capacity() == 0 {
             return HandOver::NotYet;
         }
-        let mut events = Vec::with_capacity(1 + replayed.len());
-        events.extend(prefix());
-        events.append(&mut replayed);
+        let replay = match replay {
+            Some(replay) => replay.after(prefix()),
+            None => Replay::nothing_but(prefix()),
+        };
         // The caller made room for one slot; if the client took it back, the stream ends here
         // (cut off like any stream that falls behind) rather than hold the reader.
-        if !tx.try_send_all(events) {
+        if !tx.try_send_replay(replay) {
             return HandOver::Gone;
         }
         state.pending.remove(&id);

@@ -16,7 +16,7 @@ use super::floor::id_for;
 use super::group::{Group, Handoff, Owner};
 use super::order::{Level, Ordered};
 use super::queue;
-use super::replay::Ring;
+use super::replay;
 use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
 use crate::position;
@@ -64,7 +64,7 @@ pub(super) struct TopicState {
     pub(super) key_scoping: bool,
     /// Next offset per partition: the position after the last record dispatched.
     pub(super) positions: Vec<i64>,
-    pub(super) ring: Option<Ring>,
+    pub(super) ring: Option<replay::Shared>,
     pub(super) all: HashMap<u64, Sub>,
     pub(super) by_key: HashMap<Vec<u8>, HashMap<u64, Sub>>,
     /// Connections' groups of live streams that take every record, by id.
