@@ -84,7 +84,13 @@ pub struct TokenEnd {
 
 /// The body of one SSE response.
 pub struct SseStream {
-    preamble: Option<Bytes>,
+    /// What goes out before anything else: the preamble (while `opening`), then an event the
+    /// last frame had no room for.
+    next: Option<Bytes>,
+    /// `next` holds the preamble.
+    opening: bool,
+    /// The largest frame of several events the next poll may make (see [`SseStream::limit_frame`]).
+    limit: u32,
     subscription: Subscription,
     /// The heartbeat and the end of the stream's lifetime.
     appointments: Appointments,
@@ -116,12 +122,15 @@ impl SseStream {
         metrics.open.inc();
         metrics.topic_open.inc();
         let lifetime = settings.max_lifetime.map(jittered);
-        let mut preamble = sse::preamble(settings.retry_ms, subscription.start_id.as_deref());
+        let start_id = subscription.start_id.take();
+        let mut preamble = sse::preamble(settings.retry_ms, start_id.as_deref());
         if let Some(prelude) = subscription.prelude.take() {
             preamble = Bytes::from([&preamble[..], &prelude[..]].concat());
         }
         SseStream {
-            preamble: Some(preamble),
+            next: Some(preamble),
+            opening: true,
+            limit: MAX_BATCH_BYTES as u32,
             subscription,
             appointments: Appointments::new(clock, lifetime),
             metrics,
@@ -185,25 +194,34 @@ fn jittered(max: Duration) -> Duration {
 }
 
 impl SseStream {
-    /// Appends events already waiting in the queue to `first`, up to [`MAX_BATCH_BYTES`].
-    /// A lone event is passed on as the shared bytes, without a copy; a batch is copied into
-    /// a buffer of exactly its size (a frame may wait in `h2` while its client reads slowly,
-    /// so a roomy buffer would hold far more memory than its events). Returns the frame and the
-    /// number of items it holds.
+    /// Appends events already waiting to `first`, up to the frame limit (at most
+    /// [`MAX_BATCH_BYTES`], see [`SseStream::limit_frame`]); an event that would pass it goes
+    /// first in the next frame. A lone event is passed on as the shared bytes, without a copy;
+    /// a batch is copied into a buffer of exactly its size. Returns the frame and the number
+    /// of items it holds.
     fn batch(&mut self, first: Bytes) -> (Bytes, u64) {
-        if first.len() >= MAX_BATCH_BYTES {
+        let limit = self.limit as usize;
+        if first.len() >= limit {
             return (first, 1);
         }
         let Some(second) = self.subscription.events.try_recv() else {
             return (first, 1);
         };
         let mut len = first.len() + second.len();
+        if len > limit {
+            self.next = Some(second);
+            return (first, 1);
+        }
         let mut parts = vec![first, second];
-        while len < MAX_BATCH_BYTES {
+        while len < limit {
             match self.subscription.events.try_recv() {
-                Some(event) => {
+                Some(event) if len + event.len() <= limit => {
                     len += event.len();
                     parts.push(event);
+                }
+                Some(event) => {
+                    self.next = Some(event);
+                    break;
                 }
                 None => break,
             }
@@ -213,6 +231,15 @@ impl SseStream {
             buf.extend_from_slice(part);
         }
         (buf.freeze(), parts.len() as u64)
+    }
+
+    /// The next frame of several events holds at most `bytes` (at least one event goes, however
+    /// large): what the client's windows let the connection write now. A frame larger than
+    /// that would wait, a copy of the stream's own, for the client to read the others' data;
+    /// unread, its events wait where they are shared. Until the next call, and for HTTP/1.1
+    /// (which never calls it), [`MAX_BATCH_BYTES`].
+    pub fn limit_frame(&mut self, bytes: usize) {
+        self.limit = bytes.min(MAX_BATCH_BYTES) as u32;
     }
 }
 
@@ -245,10 +272,13 @@ impl Body for SseStream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
-        if let Some(preamble) = this.preamble.take() {
-            // Whatever is already queued (a replay) goes out in the same frame.
-            let own = (blocks(&preamble), preamble.len());
-            let (frame, _) = this.batch(preamble);
+        if let Some(first) = this.next.take() {
+            // Whatever is already queued (a replay) goes out in the same frame as the preamble.
+            let own = match std::mem::replace(&mut this.opening, false) {
+                true => (blocks(&first), first.len()),
+                false => (0, 0),
+            };
+            let (frame, _) = this.batch(first);
             let events = blocks(&frame) - own.0;
             this.sent(events, frame.len() - own.1);
             return Poll::Ready(Some(Ok(Frame::data(frame))));
@@ -379,6 +409,36 @@ mod tests {
             .expect("the stream wrote nothing for ten minutes");
         let data = frame.map(|f| f.unwrap().into_data().unwrap());
         (data, Instant::now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_frame_takes_no_more_events_than_the_windows_let_it_send() {
+        let (tx, mut stream) = stream(Duration::from_secs(15), None);
+        let event = |n: u8| Bytes::from(format!("data: {n}{}\n\n", "x".repeat(90)));
+        for n in 0..6 {
+            tx.try_send(event(n)).unwrap();
+        }
+        // No window at all: the preamble alone, then one event at a time, each the shared
+        // bytes (no copy); the rest stays queued.
+        stream.limit_frame(0);
+        let (preamble, _) = next(&mut stream).await;
+        assert!(preamble.unwrap().starts_with(b"retry: 1000\n"));
+        assert_eq!(tx.capacity(), 16 - 6, "nothing taken with the preamble");
+        let (frame, _) = next(&mut stream).await;
+        assert_eq!(frame.unwrap(), event(0));
+        assert_eq!(tx.capacity(), 16 - 5, "one taken");
+        // Room for two and a half events: two in one frame, the third waits for the next one
+        // (the shared bytes, not copied into the frame).
+        stream.limit_frame(250);
+        let (frame, _) = next(&mut stream).await;
+        assert_eq!(frame.unwrap(), [event(1), event(2)].concat());
+        stream.limit_frame(0);
+        let (frame, _) = next(&mut stream).await;
+        assert_eq!(frame.unwrap(), event(3));
+        // Room enough: the rest at once.
+        stream.limit_frame(64 << 10);
+        let (frame, _) = next(&mut stream).await;
+        assert_eq!(frame.unwrap(), [event(4), event(5)].concat());
     }
 
     #[tokio::test(start_paused = true)]

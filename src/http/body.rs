@@ -28,6 +28,13 @@ impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody::Full(Some(bytes.into()))
     }
+
+    /// The next frame of an SSE stream holds at most `bytes` (see [`SseStream::limit_frame`]).
+    pub fn limit_frame(&mut self, bytes: usize) {
+        if let ResponseBody::Stream(stream) = self {
+            stream.limit_frame(bytes);
+        }
+    }
 }
 
 impl Body for ResponseBody {

@@ -495,6 +495,8 @@ impl Sending {
                 return Poll::Pending;
             }
             if self.data.is_empty() {
+                // No more is taken from the body than the windows let it send now.
+                self.body.limit_frame(out.room(wire));
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {

@@ -183,23 +183,11 @@ impl StreamOut {
     /// Writes as much of `data` as the client's windows allow, in frames no larger than it
     /// takes, and takes what was written off `data`.
     pub fn send(&self, state: &mut State, data: &mut Bytes) -> Sent {
-        let Some(key) = self.key else {
-            return Sent::Reset;
+        let key = match self.writable(state) {
+            Ok(key) => key,
+            Err(sent) => return sent,
         };
-        let boundary = state.at_frame_boundary();
         let entry = &mut state.streams[key];
-        if entry.reset {
-            return Sent::Reset;
-        }
-        if !entry.headers_out {
-            return Sent::Later;
-        }
-        if !boundary {
-            // Inside one of h2's frames (it wrote part of it): due again once the rest is
-            // written (`h2_wrote`).
-            state.after_frame.extend(entry.token);
-            return Sent::Later;
-        }
         let mut wrote = 0;
         let sent = loop {
             if data.is_empty() {
@@ -221,19 +209,9 @@ impl StreamOut {
                     break Sent::Window;
                 }
                 Room::Connection => {
-                    // The connection's window, or this stream's share of it, is spent: it
-                    // waits for its turn.
-                    if !entry.waits_connection {
-                        entry.waits_connection = true;
-                        state.waiting.push(key);
-                    }
-                    if state.connection_window <= 0 {
-                        state.rationed = true;
-                        state
-                            .starved_since
-                            .get_or_insert_with(tokio::time::Instant::now);
-                    }
-                    break Sent::Connection;
+                    state.budget = state.budget.saturating_sub(wrote);
+                    Self::wait_for_connection(state, key);
+                    return Sent::Connection;
                 }
             };
             let id = entry.id.to_be_bytes();
@@ -257,6 +235,59 @@ impl StreamOut {
         };
         state.budget = state.budget.saturating_sub(wrote);
         sent
+    }
+
+    /// How many bytes the stream could write now, within its windows (0: none). A stream
+    /// asks before it takes from its body, and takes no more than that (at least one event):
+    /// what it cannot send stays where it is shared (its connection's log, the ring), rather
+    /// than wait in a frame of the stream's own while the client reads the others' data.
+    pub fn room(&self, state: &State) -> usize {
+        let Some(entry) = self.key.and_then(|key| state.streams.get(key)) else {
+            return 0;
+        };
+        let allowance = state.rationed.then_some(entry.allowance);
+        let window = (entry.window, state.connection_window);
+        match room(usize::MAX, window.0, window.1, allowance, usize::MAX) {
+            Room::Bytes(n) => n,
+            Room::Stream | Room::Connection => 0,
+        }
+    }
+
+    /// The stream's entry when it may write a frame now: answered, not reset, and the output
+    /// is between two frames.
+    fn writable(&self, state: &mut State) -> Result<usize, Sent> {
+        let key = self.key.ok_or(Sent::Reset)?;
+        let boundary = state.at_frame_boundary();
+        let entry = &mut state.streams[key];
+        if entry.reset {
+            return Err(Sent::Reset);
+        }
+        if !entry.headers_out {
+            return Err(Sent::Later);
+        }
+        if !boundary {
+            // Inside one of h2's frames (it wrote part of it): due again once the rest is
+            // written (`h2_wrote`).
+            state.after_frame.extend(entry.token);
+            return Err(Sent::Later);
+        }
+        Ok(key)
+    }
+
+    /// The connection's window, or stream `key`'s share of it, is spent: the stream waits for
+    /// its turn.
+    fn wait_for_connection(state: &mut State, key: usize) {
+        let entry = &mut state.streams[key];
+        if !entry.waits_connection {
+            entry.waits_connection = true;
+            state.waiting.push(key);
+        }
+        if state.connection_window <= 0 {
+            state.rationed = true;
+            state
+                .starved_since
+                .get_or_insert_with(tokio::time::Instant::now);
+        }
     }
 
     /// True once the stream was reset, by the client or by `h2`.
