@@ -81,3 +81,23 @@ fn json_logs_are_one_object_a_line() {
         .unwrap()
         .contains("KSG_LOG_FORMAT"));
 }
+
+/// The options jemalloc runs the binary with, as its statistics at exit print them.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn the_allocator_gives_freed_pages_back_after_a_second_from_its_background_thread() {
+    let out = gateway()
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.background_thread: true",
+        "opt.dirty_decay_ms: 1000 ",
+        "opt.muzzy_decay_ms: 0 ",
+    ] {
+        assert!(stats.contains(option), "{option:?} not in:\n{stats}");
+    }
+}
