@@ -549,4 +549,88 @@ mod tests {
     fn wrong_partition_count_is_not_covered() {
         assert!(!Ring::new(10, vec![0, 0]).covers(&[0]));
     }
+
+    /// The replay as it was before it read the ring in place: every entry walked from the
+    /// oldest, each event judged against the floor as it came. The in-place replay must send
+    /// exactly this, and leave the same floor.
+    fn walked(ring: &Ring, from: Origin<'_>) -> (Vec<Bytes>, Option<Vec<i64>>) {
+        let (fp, scope) = (from.fingerprint, from.scope);
+        let mut floor = Some(from.position);
+        let mut position = ring.start.clone();
+        let mut sent = Vec::new();
+        for entry in &ring.entries {
+            position[entry.partition] = entry.offset + 1;
+            if from.key.is_some() && entry.key.as_deref() != from.key {
+                continue;
+            }
+            let shared = match scope {
+                None => entry.event.clone(),
+                Some(_) => sse::with_id(&entry.event, &id_for(fp, scope, &position)),
+            };
+            let (p, offset) = (entry.partition, entry.offset);
+            let event = super::super::floor::for_stream(
+                &mut floor, scope, p, offset, &position, &shared, fp,
+            );
+            sent.extend(event);
+        }
+        (sent, floor)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn a_replay_in_place_sends_what_a_walk_from_the_oldest_entry_sends(
+            records in proptest::collection::vec((0usize..3, 0u8..3), 1..1200),
+            kept in 50usize..1500,
+            resume in proptest::prelude::any::<proptest::sample::Index>(),
+            own in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 3),
+            at_an_event in proptest::prelude::any::<bool>(),
+            key in proptest::option::of(0u8..3),
+            scope in proptest::option::of(0usize..3),
+        ) {
+            let fp = position::fingerprint("t");
+            let names = [&b"a"[..], b"b", b"c"];
+            let mut ring = Ring::new(kept * (40 + ENTRY_OVERHEAD), vec![5, 0, 9]);
+            let mut at = vec![5, 0, 9];
+            let mut after = Vec::new();
+            for (i, (p, k)) in records.iter().enumerate() {
+                let offset = at[*p];
+                at[*p] += 1;
+                let event = sse::record_event(
+                    &position::encode_dense(fp, &at),
+                    Some(names[usize::from(*k)]),
+                    Some(format!("{i:06}").as_bytes()),
+                );
+                ring.push(Entry {
+                    partition: *p,
+                    offset,
+                    key: Some(Bytes::from_static(names[usize::from(*k)])),
+                    event,
+                });
+                after.push(at.clone());
+            }
+            // The client's position: after one of the ring's events (an id this replica
+            // gave), or anywhere between the ring's start and end on each partition (an id
+            // from another replica, which interleaved the partitions otherwise).
+            let held = ring.entries.len();
+            let client: Vec<i64> = if at_an_event && held > 0 {
+                after[records.len() - held + resume.index(held)].clone()
+            } else {
+                (0..3)
+                    .map(|p| {
+                        let span = (at[p] - ring.start[p] + 1) as usize;
+                        ring.start[p] + own[p].index(span) as i64
+                    })
+                    .collect()
+            };
+            let key = key.map(|k| names[usize::from(k)]);
+            let origin = || from(key, scope, fp, &client);
+            let (expected, expected_floor) = walked(&ring, origin());
+            let shared = Arc::new(RwLock::new(ring));
+            let (mut replay, floor) = start(&shared, origin());
+            proptest::prop_assert_eq!(floor, expected_floor);
+            proptest::prop_assert_eq!(drain(&mut replay), expected);
+        }
+    }
 }
