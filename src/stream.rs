@@ -18,7 +18,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::auth::expiry::{Due, Expiry};
 use crate::http::limits::Slot;
-use crate::hub::{Events, Subscription};
+use crate::hub::{Events, Place, Subscription};
 use crate::sse;
 
 pub mod clock;
@@ -91,7 +91,12 @@ pub struct SseStream {
     opening: bool,
     /// The largest frame of several events the next poll may make (see [`SseStream::limit_frame`]).
     limit: u32,
-    subscription: Subscription,
+    /// The stream's events.
+    events: Events,
+    /// Its topic, for its closing log line.
+    topic: String,
+    /// Its place in its topic.
+    _place: Place,
     /// The heartbeat and the end of the stream's lifetime.
     appointments: Appointments,
     metrics: StreamMetrics,
@@ -112,7 +117,7 @@ impl SseStream {
     /// and lifetime are kept by `clock`. `token`: the `exp` of the stream's access token (the
     /// stream ends there) and the counter of such ends.
     pub fn new(
-        mut subscription: Subscription,
+        subscription: Subscription,
         settings: StreamSettings,
         clock: Arc<StreamClock>,
         metrics: StreamMetrics,
@@ -122,16 +127,19 @@ impl SseStream {
         metrics.open.inc();
         metrics.topic_open.inc();
         let lifetime = settings.max_lifetime.map(jittered);
-        let start_id = subscription.start_id.take();
+        let parts = subscription.into_parts();
+        let start_id = parts.start_id;
         let mut preamble = sse::preamble(settings.retry_ms, start_id.as_deref());
-        if let Some(prelude) = subscription.prelude.take() {
+        if let Some(prelude) = parts.prelude {
             preamble = Bytes::from([&preamble[..], &prelude[..]].concat());
         }
         SseStream {
             next: Some(preamble),
             opening: true,
             limit: MAX_BATCH_BYTES as u32,
-            subscription,
+            events: parts.events,
+            topic: parts.topic,
+            _place: parts.place,
             appointments: Appointments::new(clock, lifetime),
             metrics,
             opened: std::time::Instant::now(),
@@ -158,7 +166,7 @@ impl SseStream {
         if events == 0 {
             return;
         }
-        match &self.subscription.events {
+        match &self.events {
             // Counted by the group as its streams read, into the same series, once per poll
             // of the connection.
             Events::Group(_) => {}
@@ -204,7 +212,7 @@ impl SseStream {
         if first.len() >= limit {
             return (first, 1);
         }
-        let Some(second) = self.subscription.events.try_recv() else {
+        let Some(second) = self.events.try_recv() else {
             return (first, 1);
         };
         let mut len = first.len() + second.len();
@@ -214,7 +222,7 @@ impl SseStream {
         }
         let mut parts = vec![first, second];
         while len < limit {
-            match self.subscription.events.try_recv() {
+            match self.events.try_recv() {
                 Some(event) if len + event.len() <= limit => {
                     len += event.len();
                     parts.push(event);
@@ -259,7 +267,7 @@ impl Drop for SseStream {
         self.metrics.topic_open.dec();
         let lasted = self.opened.elapsed().as_secs_f64();
         self.metrics.duration.observe(lasted);
-        tracing::debug!(topic = %self.subscription.topic, lasted, reason = self.ended, "stream closed");
+        tracing::debug!(topic = %self.topic, lasted, reason = self.ended, "stream closed");
     }
 }
 
@@ -311,10 +319,10 @@ impl Body for SseStream {
         if this.appointments.over() {
             return this.lifetime_over();
         }
-        match this.subscription.events.poll_recv(cx) {
+        match this.events.poll_recv(cx) {
             Poll::Ready(Some(event)) => {
                 let (frame, items) = this.batch(event);
-                let events = match &this.subscription.events {
+                let events = match &this.events {
                     // An item of a group's log is one event.
                     Events::Group(_) => items,
                     // A queue item may hold several (catch-up chunks).

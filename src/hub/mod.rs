@@ -55,7 +55,7 @@ use crate::sse;
 use floor::for_stream;
 pub use group::{Fanout, Seat};
 use replay::Entry;
-pub use subscribe::{Events, Subscription};
+pub use subscribe::{Events, Parts, Place, Subscription};
 use topic::{Sub, Topic, TopicState};
 
 /// Why a stream could not be opened.

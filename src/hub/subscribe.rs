@@ -110,6 +110,38 @@ impl Subscription {
     }
 }
 
+impl Subscription {
+    /// Its parts: what a stream body keeps for its life (the events, the topic's name, its
+    /// place in the topic) apart from what only its preamble needs (the start id, the prelude),
+    /// so an open stream holds no room for the latter.
+    pub fn into_parts(self) -> Parts {
+        Parts {
+            events: self.events,
+            topic: self.topic,
+            start_id: self.start_id,
+            prelude: self.prelude,
+            place: Place(self._registration),
+        }
+    }
+}
+
+/// A [`Subscription`] taken apart (see [`Subscription::into_parts`]).
+pub struct Parts {
+    /// Encoded events, in order.
+    pub events: Events,
+    /// The topic, for logs and metric labels.
+    pub topic: String,
+    /// The id the preamble carries (see [`Subscription::start_id`]).
+    pub start_id: Option<String>,
+    /// The event right after the preamble (see [`Subscription::prelude`]).
+    pub prelude: Option<Bytes>,
+    /// The stream's place in its topic: dropping it unregisters the stream.
+    pub place: Place,
+}
+
+/// A stream's place in its topic, held for as long as the stream is open.
+pub struct Place(#[allow(dead_code, reason = "held for its drop")] Option<Registration>);
+
 /// A stream's place in its topic: dropping it unregisters the stream.
 struct Registration {
     topic: Arc<Topic>,
