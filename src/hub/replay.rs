@@ -193,11 +193,10 @@ pub struct Origin<'a> {
 pub struct Behind;
 
 impl Replay {
-    /// The replay of what `ring` (the locked `held` of `shared`) holds after `from` for a
+    /// The replay of what the ring (`shared`, locked as `held`) holds after `from` for a
     /// stream, and the stream's floor once it has read it all (`None`: its ids are the shared
-    /// ones from then on). Walks the entries from the latest mark before `from`, without touching
-    /// their bytes, to find the first
-    /// one the stream gets and the floor after the last.
+    /// ones from then on). Walks the entries from the latest mark before `from`, without
+    /// touching their bytes, to find the first one the stream gets and the floor after the last.
     pub fn start(
         shared: &Shared,
         held: &Ring,

@@ -108,9 +108,7 @@ impl Subscription {
         };
         (tx, subscription)
     }
-}
 
-impl Subscription {
     /// Its parts: what a stream body keeps for its life (the events, the topic's name, its
     /// place in the topic) apart from what only its preamble needs (the start id, the prelude),
     /// so an open stream holds no room for the latter.
