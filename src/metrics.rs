@@ -375,7 +375,7 @@ impl Metrics {
             replay_bytes: gauge("ksg_replay_bytes", "Bytes held by the replay rings"),
             streams_own_queue: gauge(
                 "ksg_streams_own_queue",
-                "Streams reading a queue of their own (HTTP/1.1; HTTP/2 while a replay or catch-up is read) rather than their connection's shared log",
+                "Streams reading a queue of their own (while a replay or catch-up is read, or their resume id is ahead of the live position) rather than their connection's shared log",
             ),
             auth_refused: counter_vec(
                 "ksg_auth_refused_total",

@@ -170,7 +170,7 @@ impl SseStream {
             // Counted by the group as its streams read, into the same series, once per poll
             // of the connection.
             Events::Group(_) => {}
-            Events::Queue(_) | Events::Then(..) => {
+            Events::Then(..) => {
                 self.metrics.events.inc_by(events);
                 self.metrics.bytes.inc_by(bytes as u64);
             }
@@ -326,7 +326,7 @@ impl Body for SseStream {
                     // An item of a group's log is one event.
                     Events::Group(_) => items,
                     // A queue item may hold several (catch-up chunks).
-                    Events::Queue(_) | Events::Then(..) => blocks(&frame),
+                    Events::Then(..) => blocks(&frame),
                 };
                 this.sent(events, frame.len());
                 this.appointments.wrote();

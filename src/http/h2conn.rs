@@ -169,15 +169,15 @@ where
         tokio::select! {
             // Polling the connection writes what its streams handed over.
             accepted = poll_fn(|cx| connection.poll_accept(cx)) => match accepted {
-                Some(Ok((mut request, respond))) => streams.insert_with(|token| {
+                Some(Ok((request, respond))) => streams.insert_with(|token| {
                     let out = wire.attach(respond.stream_id().as_u32(), token);
-                    request.extensions_mut().insert(fanout.seat(token));
                     // What a stream keeps while it sends is small: the request and what handling
                     // it needs live in a boxed future, freed once the response is ready.
                     let app = app.clone();
                     let opens = opens.clone();
+                    let seat = fanout.seat(token);
                     let handling: Handling = Box::pin(async move {
-                        app.handle(request.map(RequestBody), &opens).await
+                        app.handle(request.map(RequestBody), &opens, &seat).await
                     });
                     let resets = metrics.stalled_stream_resets.clone();
                     answer(

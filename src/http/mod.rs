@@ -6,6 +6,7 @@ pub mod answers;
 pub mod body;
 pub mod cors;
 pub mod deadline;
+pub mod h1;
 pub mod h2conn;
 pub mod limits;
 pub mod proxy;

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use crate::config::Config;
 use crate::http::activity::{Activity, Tracked};
 use crate::http::deadline::FirstBytes;
+use crate::http::h1;
 use crate::http::h2conn;
 use crate::http::proxy;
 use crate::http::service::App;
@@ -389,13 +390,16 @@ impl Server {
         let opens = Arc::new(app.open_rate());
         let activity = Activity::new();
         let requests = activity.clone();
+        // Its stream reads the shared logs, as HTTP/2 streams do.
+        let fanout = h1::Connection::new();
         let service = service_fn(move |request: hyper::Request<Incoming>| {
             let app = app.clone();
             let opens = opens.clone();
             let open = requests.open();
+            let fanout = fanout.clone();
             async move {
-                let response = app.handle(request, &opens).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, open)))
+                let response = app.handle(request, &opens, &fanout.seat()).await;
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(fanout.pump(body), open)))
             }
         });
         let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);

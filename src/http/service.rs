@@ -76,8 +76,14 @@ impl App {
     ///
     /// `HEAD` is answered as `GET` would be (same checks, same status and headers) without a
     /// body, and without opening a stream.
-    /// `opens` is the stream-open budget of the request's connection.
-    pub async fn handle<B>(&self, request: Request<B>, opens: &OpenRate) -> Response<ResponseBody>
+    /// `opens` is the stream-open budget of the request's connection, `seat` the request's place
+    /// on it: a stream reads its connection's shared logs (HTTP/2 and HTTP/1.1 alike).
+    pub async fn handle<B>(
+        &self,
+        request: Request<B>,
+        opens: &OpenRate,
+        seat: &Seat,
+    ) -> Response<ResponseBody>
     where
         B: Body + Unpin,
     {
@@ -91,7 +97,7 @@ impl App {
                 "request header fields over 16 KiB",
             )
         } else {
-            self.route(&request, head, opens).await
+            self.route(&request, head, opens, seat).await
         };
         if !matches!(response.body(), ResponseBody::Stream(_)) && !body.is_end_stream() {
             drain(&mut body).await;
@@ -112,6 +118,7 @@ impl App {
         request: &Request<()>,
         head: bool,
         opens: &OpenRate,
+        seat: &Seat,
     ) -> Response<ResponseBody> {
         match *request.method() {
             Method::GET | Method::HEAD => {}
@@ -193,8 +200,6 @@ impl App {
         };
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
-        // HTTP/2 connections group their live streams of a topic.
-        let seat = request.extensions().get::<Seat>();
         let subscription = match self
             .hub
             .subscribe(&target.topic, target.key, start, seat)

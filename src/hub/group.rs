@@ -1,8 +1,8 @@
 //! A connection's live streams of one view of a topic (every record, or the records of one key):
-//! one shared log, each stream a cursor into it. Every kind of HTTP/2 stream reads here once it
-//! is live: fresh streams at once; resumed streams after what their own queue holds (the ring's
-//! replay, or what a catch-up reader read) and once the live position covers what their client
-//! already has.
+//! one shared log, each stream a cursor into it. Every kind of stream, on HTTP/2 or HTTP/1.1
+//! (`http::h1`), reads here once it is live: fresh streams at once; resumed streams after what
+//! their own queue holds (the ring's replay, or what a catch-up reader read) and once the live
+//! position covers what their client already has.
 //!
 //! The Kafka poll thread appends each event to the group once, whatever the number of its
 //! streams, and wakes the connection's task at most once per batch of records; the connection's
@@ -36,7 +36,7 @@ use prometheus::IntCounter;
 use super::order::{Level, Ordered};
 use crate::wake::Ready;
 
-/// One HTTP/2 connection's groups, one per view of a topic it streams.
+/// One connection's groups, one per view of a topic it streams.
 pub struct Fanout {
     /// The connection's streams due for a poll, and its task's waker.
     ready: Arc<Ready>,
@@ -53,7 +53,7 @@ pub(super) struct View<'a> {
 }
 
 /// A stream's place on its connection: the connection's groups and the stream's token, by which
-/// the connection polls it. The connection puts it in each request's extensions.
+/// the connection polls it. The connection hands it to each request it answers.
 #[derive(Clone)]
 pub struct Seat {
     pub(super) fanout: Arc<Fanout>,

@@ -2,11 +2,11 @@
 //!
 //! The poll thread calls [`Hub::dispatch`] for every record. Under the topic's lock it advances
 //! the topic's position vector, encodes the event once (its id is the vector after the record),
-//! keeps it in the topic's replay ring and appends the same [`Bytes`] once to each HTTP/2
-//! connection's shared log of a matching view (every record, or the record's key), where every
-//! live HTTP/2 stream reads at its own place ([`group`]). Streams with no connection log
-//! (HTTP/1.1), and resumed streams until the live position covers their id, get it in their own
-//! bounded queue ([`queue`]). A full queue or log ends the slow stream (counted); the consumer
+//! keeps it in the topic's replay ring and appends the same [`Bytes`] once to each connection's
+//! shared log of a matching view (every record, or the record's key), where every live stream,
+//! HTTP/2 or HTTP/1.1, reads at its own place ([`group`]). Only a resumed stream whose id is
+//! ahead of the live position gets it in its own bounded queue ([`queue`]), after its replay or
+//! catch-up, until the live position covers its id. A full queue or log ends the slow stream (counted); the consumer
 //! and the other streams never wait. Locks are never held across an `.await`, and are taken in
 //! one order, written and checked in `order`: a topic's state, then a connection's groups, then
 //! a group's log.
@@ -393,9 +393,9 @@ impl<'a> Fan<'a> {
         }
     }
 
-    /// Offers the event to streams with queues of their own (HTTP/1.1 streams, and resumed
-    /// ones until the live position `after` covers their floor); a full queue cuts its stream
-    /// off. Returns the streams whose floor the event covered and that have a group to go to.
+    /// Offers the event to streams with queues of their own (resumed ones, until the live
+    /// position `after` covers their floor); a full queue cuts its stream off. Returns the
+    /// streams whose floor the event covered: they go to their connection's group.
     fn offer(&mut self, streams: &mut HashMap<u64, Sub>, after: &[i64]) -> Vec<u64> {
         let mut moving = Vec::new();
         streams.retain(|id, sub| {
@@ -413,7 +413,7 @@ impl<'a> Fan<'a> {
             };
             match sub.tx.try_send(bytes) {
                 Ok(()) => {
-                    if sub.floor.is_none() && sub.handoff.is_some() {
+                    if sub.floor.is_none() {
                         moving.push(*id);
                     }
                     true

@@ -22,9 +22,7 @@ use crate::start::{self, LogStart, PartitionStart, Start};
 
 /// Where a stream's events come from.
 pub enum Events {
-    /// Its own queue (a stream with no connection's group: HTTP/1.1).
-    Queue(queue::Receiver),
-    /// Its place in its connection's group for its view of the topic (a live HTTP/2 stream).
+    /// Its place in its connection's group for its view of the topic (a live stream).
     Group(Cursor),
     /// Its own queue (the ring's replay, what a catch-up reader read), then, once the queue
     /// ends, the place in its connection's group that the hub left in the slot; an empty slot,
@@ -36,7 +34,6 @@ impl Events {
     /// The next event; `None` once the stream's events are over.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match self {
-            Events::Queue(queue) => queue.poll_recv(cx),
             Events::Group(cursor) => cursor.poll_recv(),
             Events::Then(queue, slot) => match queue.poll_recv(cx) {
                 Poll::Ready(None) => {
@@ -59,16 +56,8 @@ impl Events {
     /// [`Events::poll_recv`], so what one call returns comes from one place.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         match self {
-            Events::Queue(queue) | Events::Then(queue, _) => queue.try_recv(),
+            Events::Then(queue, _) => queue.try_recv(),
             Events::Group(cursor) => cursor.try_more(),
-        }
-    }
-
-    /// Its own queue, then the connection's group if `slot` is given.
-    fn of(queue: queue::Receiver, slot: Option<Arc<Mutex<Option<Cursor>>>>) -> Events {
-        match slot {
-            Some(slot) => Events::Then(queue, slot),
-            None => Events::Queue(queue),
         }
     }
 }
@@ -100,7 +89,8 @@ impl Subscription {
     pub(crate) fn detached(topic: &str, bound: usize) -> (queue::Sender, Subscription) {
         let (tx, events) = queue::channel(bound, usize::MAX);
         let subscription = Subscription {
-            events: Events::Queue(events),
+            // An empty slot: the stream ends with its queue.
+            events: Events::Then(events, Arc::new(Mutex::new(None))),
             start_id: Some(String::from("test-start")),
             topic: topic.to_string(),
             prelude: None,
@@ -188,7 +178,7 @@ enum Opened {
         tx: queue::Sender,
         snapshot: bool,
         scope: Option<usize>,
-        handoff: Option<Handoff>,
+        handoff: Handoff,
     },
 }
 
@@ -226,15 +216,15 @@ fn key_scope(
 }
 
 impl Hub {
-    /// Opens a stream of `topic` from `start`, optionally only records with key `key`. A stream
-    /// with a `seat` on an HTTP/2 connection reads its connection's group for its view of the
-    /// topic once live: at once when it starts live, after its replay or catch-up otherwise.
+    /// Opens a stream of `topic` from `start`, optionally only records with key `key`, at `seat`
+    /// on its connection. It reads its connection's group for its view of the topic once live:
+    /// at once when it starts live, after its replay or catch-up otherwise.
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         key: Option<Vec<u8>>,
         mut start: Start,
-        seat: Option<&Seat>,
+        seat: &Seat,
     ) -> Result<Subscription, SubscribeError> {
         loop {
             if self.closed.load(Ordering::Acquire) {
@@ -264,8 +254,8 @@ impl Hub {
                 .await?;
             let (tx, rx) = queue::channel(self.config.queue, self.config.queue_bytes);
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            let handoff = seat.map(Handoff::new);
-            let slot = handoff.as_ref().map(|h| h.slot.clone());
+            let handoff = Handoff::new(seat);
+            let slot = handoff.slot.clone();
             let opened = {
                 let mut state = hub.lock();
                 // A released entry raced with an idle release: the registry gets a new one.
@@ -296,7 +286,7 @@ impl Hub {
                 Opened::Joined(start_id, cursor) => (Events::Group(cursor), Some(start_id), None),
                 Opened::Ready(start_id) => {
                     let rx = rx.counted(&self.metrics.streams_own_queue);
-                    (Events::of(rx, slot), Some(start_id), Some(registration))
+                    (Events::Then(rx, slot), Some(start_id), Some(registration))
                 }
                 Opened::CatchUp {
                     from,
@@ -318,7 +308,7 @@ impl Hub {
                     };
                     tokio::spawn(self.clone().catch_up(job));
                     let rx = rx.counted(&self.metrics.streams_own_queue);
-                    (Events::of(rx, slot), None, Some(registration))
+                    (Events::Then(rx, slot), None, Some(registration))
                 }
             };
             return Ok(Subscription {
@@ -543,7 +533,7 @@ impl Hub {
         key: Option<&[u8]>,
         sub: Sub,
     ) {
-        if sub.floor.is_none() && sub.handoff.is_some() {
+        if sub.floor.is_none() {
             self.hand_to_group(hub, state, key, &sub);
         } else {
             state.register(id, key, sub);
@@ -561,14 +551,12 @@ impl Hub {
         key: Option<&[u8]>,
         sub: &Sub,
     ) {
-        if let Some(handoff) = &sub.handoff {
-            let view = View {
-                key,
-                scope: sub.scope,
-            };
-            let cursor = self.join_group(hub, state, &handoff.seat, view);
-            *handoff.slot.lock() = Some(cursor);
-        }
+        let view = View {
+            key,
+            scope: sub.scope,
+        };
+        let cursor = self.join_group(hub, state, &sub.handoff.seat, view);
+        *sub.handoff.slot.lock() = Some(cursor);
     }
 
     /// Registers a stream under the topic lock: live, resumed from the ring, or pending a
@@ -580,7 +568,7 @@ impl Hub {
         spec: Spec<'_>,
         from: Option<Vec<PartitionStart>>,
         tx: queue::Sender,
-        handoff: Option<Handoff>,
+        handoff: Handoff,
     ) -> Opened {
         let Spec {
             id,
@@ -592,18 +580,8 @@ impl Hub {
         state.idle_since = None;
         let Some(from) = from else {
             let start_id = id_for(hub.fingerprint, scope, &state.positions);
-            if let Some(handoff) = handoff {
-                let cursor = self.join_group(hub, state, &handoff.seat, View { key, scope });
-                return Opened::Joined(start_id, cursor);
-            }
-            let sub = Sub {
-                tx,
-                floor: None,
-                scope,
-                handoff: None,
-            };
-            state.register(id, key, sub);
-            return Opened::Ready(start_id);
+            let cursor = self.join_group(hub, state, &handoff.seat, View { key, scope });
+            return Opened::Joined(start_id, cursor);
         };
         let from: Vec<LogStart> = from
             .iter()

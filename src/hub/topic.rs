@@ -46,13 +46,13 @@ pub(super) struct Topic {
 }
 
 /// A registered stream: its queue, while resuming its floor, and for a key stream whose ids
-/// name only its key's partition, that partition. A stream on an HTTP/2 connection (`handoff`)
-/// is here only until its floor is covered: then it moves to its connection's group.
+/// name only its key's partition, that partition. It is here only until its floor is covered:
+/// then it moves to its connection's group (`handoff`).
 pub(super) struct Sub {
     pub(super) tx: queue::Sender,
     pub(super) floor: Option<Vec<i64>>,
     pub(super) scope: Option<usize>,
-    pub(super) handoff: Option<Handoff>,
+    pub(super) handoff: Handoff,
 }
 
 /// What a topic's lock guards: its position, its ring and its streams.

@@ -476,6 +476,7 @@ pub async fn get(
         parts,
         SseReader {
             body: Some(body),
+            h1: None,
             buf: BytesMut::new(),
             last_id: None,
             status,
@@ -527,6 +528,8 @@ impl Block {
 /// Reads an SSE body block by block, with bounded waits.
 pub struct SseReader {
     body: Option<h2::RecvStream>,
+    /// An HTTP/1.1 response's chunked body instead (then `body` is `None`).
+    h1: Option<H1Body>,
     buf: BytesMut,
     /// The last `id:` seen, as the browser's `lastEventId` would be.
     pub last_id: Option<String>,
@@ -553,6 +556,17 @@ impl SseReader {
                     self.last_id = Some(id.clone());
                 }
                 return Ok(Some(block));
+            }
+            if let Some(h1) = self.h1.as_mut() {
+                match tokio::time::timeout_at(deadline, h1.data()).await {
+                    Err(_) => return Err(()),
+                    Ok(None) => {
+                        self.h1 = None;
+                        return Ok(None);
+                    }
+                    Ok(Some(bytes)) => self.buf.extend_from_slice(&bytes),
+                }
+                continue;
             }
             let Some(body) = self.body.as_mut() else {
                 return Ok(None);
@@ -621,6 +635,84 @@ impl SseReader {
     /// The raw response body, for reading it other than as SSE (`None` once it ended).
     pub fn body_mut(&mut self) -> &mut Option<h2::RecvStream> {
         &mut self.body
+    }
+}
+
+/// An HTTP/1.1 response body in chunked transfer coding, over TLS, de-chunked as it comes.
+struct H1Body {
+    io: tokio_rustls::client::TlsStream<TcpStream>,
+    /// Bytes read and not yet de-chunked.
+    raw: BytesMut,
+}
+
+impl H1Body {
+    /// The next chunk's data; `None` at the last chunk or when the peer closes.
+    async fn data(&mut self) -> Option<Bytes> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(line) = find(&self.raw, b"\r\n") {
+                let size = std::str::from_utf8(&self.raw[..line])
+                    .ok()
+                    .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok())
+                    .unwrap_or_else(|| panic!("bad chunk size line {:?}", &self.raw[..line]));
+                if size == 0 {
+                    return None;
+                }
+                if self.raw.len() >= line + 2 + size + 2 {
+                    let _ = self.raw.split_to(line + 2);
+                    let data = self.raw.split_to(size).freeze();
+                    assert_eq!(&self.raw[..2], b"\r\n", "chunk not ended by CRLF");
+                    let _ = self.raw.split_to(2);
+                    return Some(data);
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            match self.io.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.raw.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// `GET path` over HTTP/1.1 on a new TLS connection, with `headers`: an SSE stream that must
+/// open (`200`, chunked).
+pub async fn h1_stream(handle: &Handle, path: &str, headers: &[(&str, &str)]) -> SseReader {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = tls_connect(handle, b"http/1.1").await;
+    let mut request =
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    io.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = BytesMut::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let end = loop {
+        if let Some(end) = find(&raw, b"\r\n\r\n") {
+            break end;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("GET {path}: closed before the head: {raw:?}"),
+            Ok(Ok(n)) => raw.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("GET {path}: no head in time"),
+        }
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "GET {path}: {head}");
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "GET {path}: {head}"
+    );
+    let _ = raw.split_to(end + 4);
+    SseReader {
+        body: None,
+        h1: Some(H1Body { io, raw }),
+        buf: BytesMut::new(),
+        last_id: None,
+        status: 200,
     }
 }
 

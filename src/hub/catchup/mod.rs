@@ -120,8 +120,8 @@ pub(super) struct Job {
     pub(super) snapshot: bool,
     /// The key's partition, when the stream's ids name only it.
     pub(super) scope: Option<usize>,
-    /// Where the stream goes once live, on an HTTP/2 connection.
-    pub(super) handoff: Option<super::group::Handoff>,
+    /// Where the stream goes once live: its connection's group.
+    pub(super) handoff: super::group::Handoff,
 }
 
 impl Hub {
