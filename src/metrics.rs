@@ -1,9 +1,13 @@
 //! Prometheus metrics: one registry per gateway, names prefixed `ksg_`, bounded labels only
 //! (route template, topic, reason; never a key or a client address).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets (seconds) for latencies: 1 ms to 60 s.
@@ -150,6 +154,36 @@ pub struct Metrics {
     pub streams_token_expired: IntCounter,
     /// Streams ended because the key that verified their token left the key set.
     pub streams_key_revoked: IntCounter,
+    /// Each route's [`RouteSeries`], made at its first stream (route labels are bounded: one
+    /// per template).
+    routes: Arc<Mutex<HashMap<Arc<str>, Arc<RouteSeries>>>>,
+}
+
+/// The series a topic's streams count into, resolved once per topic (the hub's entry of the
+/// topic holds them) and shared by its streams: a stream keeps one pointer, not a handle each.
+pub struct TopicSeries {
+    /// The topic.
+    pub name: String,
+    /// `ksg_events_sent_total{topic}`.
+    pub events: IntCounter,
+    /// `ksg_event_bytes_sent_total{topic}`.
+    pub bytes: IntCounter,
+    /// `ksg_topic_streams_open{topic}`.
+    pub open: IntGauge,
+}
+
+/// The series a route's streams count into, shared by them like [`TopicSeries`].
+pub struct RouteSeries {
+    /// `ksg_streams_open{route}`.
+    pub open: IntGauge,
+    /// `ksg_first_event_seconds{route}`.
+    pub first_event: Histogram,
+    /// `ksg_stream_duration_seconds{route}`.
+    pub duration: Histogram,
+    /// `ksg_heartbeats_sent_total`.
+    pub heartbeats: IntCounter,
+    /// `ksg_streams_expired_total`.
+    pub expired: IntCounter,
 }
 
 impl Metrics {
@@ -395,6 +429,7 @@ impl Metrics {
                 "ksg_streams_key_revoked_total",
                 "Streams ended because the key that verified their token left the key set",
             ),
+            routes: Arc::default(),
             registry,
         };
         m.build_info
@@ -433,6 +468,33 @@ impl Metrics {
         m
     }
 
+    /// The series of `topic`'s streams.
+    pub fn topic_series(&self, topic: &str) -> Arc<TopicSeries> {
+        let labels = &[topic];
+        Arc::new(TopicSeries {
+            name: topic.to_string(),
+            events: self.events_sent.with_label_values(labels),
+            bytes: self.event_bytes_sent.with_label_values(labels),
+            open: self.topic_streams_open.with_label_values(labels),
+        })
+    }
+
+    /// The series of `route`'s streams, the same for all of them.
+    pub fn route_series(&self, route: &Arc<str>) -> Arc<RouteSeries> {
+        let mut routes = self.routes.lock();
+        let series = routes.entry(route.clone()).or_insert_with(|| {
+            let labels = &[&**route];
+            Arc::new(RouteSeries {
+                open: self.streams_open.with_label_values(labels),
+                first_event: self.first_event.with_label_values(labels),
+                duration: self.stream_duration.with_label_values(labels),
+                heartbeats: self.heartbeats_sent.clone(),
+                expired: self.streams_expired.clone(),
+            })
+        });
+        series.clone()
+    }
+
     /// Removes every series labelled with `topic`, for a topic that failed to attach: its name
     /// came from a request, so keeping them would let requests grow the registry without bound.
     pub fn remove_topic(&self, topic: &str) {
@@ -452,6 +514,7 @@ impl Metrics {
         }
         let _ = self.event_latency.remove_label_values(labels);
         let _ = self.consumer_lag.remove_label_values(labels);
+        let _ = self.topic_streams_open.remove_label_values(labels);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -486,11 +549,13 @@ mod tests {
             m.records_consumed.with_label_values(&[topic]).inc();
             m.event_latency.with_label_values(&[topic]).observe(0.1);
             m.consumer_lag.with_label_values(&[topic]).set(3);
+            m.topic_series(topic).open.inc();
         }
         m.remove_topic("gone");
         let text = m.render();
         assert!(!text.contains("topic=\"gone\""), "{text}");
         assert!(text.contains("ksg_records_consumed_total{topic=\"kept\"} 1"));
         assert!(text.contains("ksg_consumer_lag{topic=\"kept\"} 3"));
+        assert!(text.contains("ksg_topic_streams_open{topic=\"kept\"} 1"));
     }
 }

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use prometheus::{Histogram, IntCounter, IntGauge};
+use prometheus::IntCounter;
 
 use crate::auth::expiry::{Due, Expiry};
 use crate::http::limits::Slot;
 use crate::hub::{Events, Place, Subscription};
+use crate::metrics::{RouteSeries, TopicSeries};
 use crate::sse;
 
 pub mod clock;
@@ -30,24 +31,14 @@ use clock::{Appointments, StreamClock};
 /// clients treat as abuse and answer with GOAWAY.
 const MAX_BATCH_BYTES: usize = 16 * 1024;
 
-/// Per-stream handles on the shared metrics, resolved once when the stream opens.
+/// The series a stream counts into: its topic's and its route's, shared by every stream of
+/// them (two pointers per stream). The open gauges are decremented when the body is dropped.
 pub struct StreamMetrics {
-    /// Events written on the stream's topic.
-    pub events: IntCounter,
-    /// Event bytes written on the stream's topic.
-    pub bytes: IntCounter,
-    /// Heartbeats written.
-    pub heartbeats: IntCounter,
-    /// Open streams on the stream's route; decremented when the body is dropped.
-    pub open: IntGauge,
-    /// Open streams on the stream's topic; the same.
-    pub topic_open: IntGauge,
-    /// Streams ended at their maximum lifetime.
-    pub expired: IntCounter,
-    /// Seconds from the stream's start to its first event, on the stream's route.
-    pub first_event: Histogram,
-    /// Seconds a stream lasted, on the stream's route.
-    pub duration: Histogram,
+    /// Its topic's: events and bytes written, streams open; and the topic's name.
+    pub topic: Arc<TopicSeries>,
+    /// Its route's: streams open, time to the first event, duration; heartbeats and lifetime
+    /// ends.
+    pub route: Arc<RouteSeries>,
 }
 
 /// Settings shared by every stream of a gateway.
@@ -93,8 +84,6 @@ pub struct SseStream {
     limit: u32,
     /// The stream's events.
     events: Events,
-    /// Its topic, for its closing log line.
-    topic: String,
     /// Its place in its topic.
     _place: Place,
     /// The heartbeat and the end of the stream's lifetime.
@@ -103,7 +92,7 @@ pub struct SseStream {
     opened: std::time::Instant,
     first_sent: bool,
     /// Why the stream ended, for its closing log line.
-    ended: &'static str,
+    ended: Ended,
     /// The stream's token expires (JWT authorization).
     token: Option<Box<TokenClock>>,
     /// The last frame has been written; the stream ends at the next poll.
@@ -112,22 +101,49 @@ pub struct SseStream {
     _slot: Slot,
 }
 
+/// Why a stream ended.
+#[derive(Clone, Copy)]
+enum Ended {
+    ClientLeft,
+    Lifetime,
+    TokenExpired,
+    KeyRevoked,
+    ByGateway,
+}
+
+impl Ended {
+    fn reason(self) -> &'static str {
+        match self {
+            Ended::ClientLeft => "the client went away",
+            Ended::Lifetime => "its lifetime (KSG_STREAM_MAX_SECS) was over",
+            Ended::TokenExpired => "its access token expired",
+            Ended::KeyRevoked => "its token's signing key was revoked",
+            Ended::ByGateway => "the gateway ended it",
+        }
+    }
+}
+
 impl SseStream {
-    /// A stream over `subscription` that starts with `retry:` and the start id; its heartbeats
-    /// and lifetime are kept by `clock`. `token`: the `exp` of the stream's access token (the
-    /// stream ends there) and the counter of such ends.
+    /// A stream over `subscription` that starts with `retry:` and the start id, counted in its
+    /// topic's series and `route`'s; its heartbeats and lifetime are kept by `clock`. `token`:
+    /// the `exp` of the stream's access token (the stream ends there) and the counter of such
+    /// ends.
     pub fn new(
         subscription: Subscription,
         settings: StreamSettings,
         clock: Arc<StreamClock>,
-        metrics: StreamMetrics,
+        route: Arc<RouteSeries>,
         slot: Slot,
         token: Option<TokenEnd>,
     ) -> Self {
-        metrics.open.inc();
-        metrics.topic_open.inc();
-        let lifetime = settings.max_lifetime.map(jittered);
         let parts = subscription.into_parts();
+        let metrics = StreamMetrics {
+            topic: parts.series,
+            route,
+        };
+        metrics.route.open.inc();
+        metrics.topic.open.inc();
+        let lifetime = settings.max_lifetime.map(jittered);
         let start_id = parts.start_id;
         let mut preamble = sse::preamble(settings.retry_ms, start_id.as_deref());
         if let Some(prelude) = parts.prelude {
@@ -138,13 +154,12 @@ impl SseStream {
             opening: true,
             limit: MAX_BATCH_BYTES as u32,
             events: parts.events,
-            topic: parts.topic,
             _place: parts.place,
             appointments: Appointments::new(clock, lifetime),
             metrics,
             opened: std::time::Instant::now(),
             first_sent: false,
-            ended: "the client went away",
+            ended: Ended::ClientLeft,
             token: token.map(|token| {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -171,14 +186,14 @@ impl SseStream {
             // of the connection.
             Events::Group(_) => {}
             Events::Then(..) => {
-                self.metrics.events.inc_by(events);
-                self.metrics.bytes.inc_by(bytes as u64);
+                self.metrics.topic.events.inc_by(events);
+                self.metrics.topic.bytes.inc_by(bytes as u64);
             }
         }
         if !self.first_sent {
             self.first_sent = true;
             let waited = self.opened.elapsed().as_secs_f64();
-            self.metrics.first_event.observe(waited);
+            self.metrics.route.first_event.observe(waited);
         }
     }
 }
@@ -255,19 +270,20 @@ impl SseStream {
     /// Ends the stream at the end of its lifetime. Queued events are not lost: the client
     /// resumes from the last id it received.
     fn lifetime_over(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.metrics.expired.inc();
-        self.ended = "its lifetime (KSG_STREAM_MAX_SECS) was over";
+        self.metrics.route.expired.inc();
+        self.ended = Ended::Lifetime;
         Poll::Ready(None)
     }
 }
 
 impl Drop for SseStream {
     fn drop(&mut self) {
-        self.metrics.open.dec();
-        self.metrics.topic_open.dec();
+        self.metrics.route.open.dec();
+        self.metrics.topic.open.dec();
         let lasted = self.opened.elapsed().as_secs_f64();
-        self.metrics.duration.observe(lasted);
-        tracing::debug!(topic = %self.topic, lasted, reason = self.ended, "stream closed");
+        self.metrics.route.duration.observe(lasted);
+        let (topic, reason) = (&self.metrics.topic.name, self.ended.reason());
+        tracing::debug!(topic = %topic, lasted, reason, "stream closed");
     }
 }
 
@@ -303,13 +319,13 @@ impl Body for SseStream {
                     // Events still queued are not lost: the client resumes from its last id
                     // with a fresh token.
                     token.expired.inc();
-                    this.ended = "its access token expired";
+                    this.ended = Ended::TokenExpired;
                     this.closing = true;
                     return Poll::Ready(Some(Ok(Frame::data(last))));
                 }
                 Poll::Ready(Due::Revoked(last)) => {
                     token.revoked.inc();
-                    this.ended = "its token's signing key was revoked";
+                    this.ended = Ended::KeyRevoked;
                     this.closing = true;
                     return Poll::Ready(Some(Ok(Frame::data(last))));
                 }
@@ -335,14 +351,14 @@ impl Body for SseStream {
             Poll::Ready(None) => {
                 // The hub closed the queue: cut off as slow, shutdown, topic deleted, or a
                 // broken partitioner promise.
-                this.ended = "the gateway ended it";
+                this.ended = Ended::ByGateway;
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
         }
         match this.appointments.poll(cx.waker()) {
             clock::Due::Heartbeat => {
-                this.metrics.heartbeats.inc();
+                this.metrics.route.heartbeats.inc();
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))))
             }
             clock::Due::End => this.lifetime_over(),
@@ -364,33 +380,23 @@ mod tests {
     use super::blocks;
 
     use std::future::poll_fn;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use bytes::Bytes;
     use http_body::Body;
-    use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
     use tokio::time::Instant;
 
     use super::clock::StreamClock;
-    use super::{SseStream, StreamMetrics, StreamSettings};
+    use super::{SseStream, StreamSettings};
     use crate::http::limits::StreamSlots;
     use crate::hub::queue;
     use crate::hub::Subscription;
+    use crate::metrics::{Metrics, RouteSeries};
     use crate::sse;
 
-    fn metrics() -> StreamMetrics {
-        let counter = |n: &str| IntCounter::new(n, n).unwrap();
-        let histogram = |n: &str| Histogram::with_opts(HistogramOpts::new(n, n)).unwrap();
-        StreamMetrics {
-            events: counter("events"),
-            bytes: counter("bytes"),
-            heartbeats: counter("heartbeats"),
-            open: IntGauge::new("open", "open").unwrap(),
-            topic_open: IntGauge::new("topic_open", "topic_open").unwrap(),
-            expired: counter("expired"),
-            first_event: histogram("first"),
-            duration: histogram("duration"),
-        }
+    fn route() -> Arc<RouteSeries> {
+        Metrics::new(&[]).route_series(&Arc::from("/{topic}"))
     }
 
     /// A stream fed by the returned sender, with a heartbeat every `heartbeat` and the given
@@ -404,7 +410,7 @@ mod tests {
         };
         let slot = StreamSlots::new(1).take().unwrap();
         let clock = StreamClock::start(heartbeat);
-        let stream = SseStream::new(subscription, settings, clock, metrics(), slot, None);
+        let stream = SseStream::new(subscription, settings, clock, route(), slot, None);
         (tx, stream)
     }
 
@@ -474,8 +480,8 @@ mod tests {
         assert_eq!(beat.as_deref(), Some(sse::HEARTBEAT));
         let quiet = at - sent;
         assert!(quiet >= h * 7 / 8 && quiet <= h, "{quiet:?}");
-        assert_eq!(stream.metrics.heartbeats.get(), 2);
-        assert_eq!(stream.metrics.events.get(), 1);
+        assert_eq!(stream.metrics.route.heartbeats.get(), 2);
+        assert_eq!(stream.metrics.topic.events.get(), 1);
         drop(sender.await.unwrap());
         // Every sender gone: the stream ends.
         assert_eq!(next(&mut stream).await.0, None);
@@ -517,8 +523,8 @@ mod tests {
             "{lasted:?}"
         );
         assert!(events >= 50, "{events}");
-        assert_eq!(stream.metrics.expired.get(), 1);
-        assert_eq!(stream.metrics.heartbeats.get(), 0);
+        assert_eq!(stream.metrics.route.expired.get(), 1);
+        assert_eq!(stream.metrics.route.heartbeats.get(), 0);
         drop(stream);
         feeder.await.unwrap();
     }

@@ -518,6 +518,9 @@ impl Sending {
             let waiting = self.data.len();
             match out.send(wire, &mut self.data) {
                 Sent::All => {
+                    // The frame's buffer goes now, not at the next frame: an idle stream holds
+                    // none (an emptied `Bytes` still holds its storage).
+                    self.data = Bytes::new();
                     self.stalled = None;
                     continue;
                 }

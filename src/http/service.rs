@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::start::Start;
 use crate::stream::clock::StreamClock;
-use crate::stream::{SseStream, StreamMetrics, StreamSettings, TokenEnd};
+use crate::stream::{SseStream, StreamSettings, TokenEnd};
 
 /// A refused request's body is read (and dropped) up to this many bytes before the answer, so
 /// the client's frames that follow its headers are processed before the stream closes.
@@ -236,18 +236,7 @@ impl App {
             .streams_opened
             .with_label_values(&[route])
             .inc();
-        let topic = subscription.topic.clone();
-        let metrics = StreamMetrics {
-            events: self.metrics.events_sent.with_label_values(&[&topic]),
-            bytes: self.metrics.event_bytes_sent.with_label_values(&[&topic]),
-            heartbeats: self.metrics.heartbeats_sent.clone(),
-            open: self.metrics.streams_open.with_label_values(&[route]),
-            topic_open: self.metrics.topic_streams_open.with_label_values(&[&topic]),
-            expired: self.metrics.streams_expired.clone(),
-            first_event: self.metrics.first_event.with_label_values(&[route]),
-            duration: self.metrics.stream_duration.with_label_values(&[route]),
-        };
-        debug!(topic = %topic, route, "stream opened");
+        debug!(topic = %subscription.series.name, route, "stream opened");
         let token = grant.map(|grant| TokenEnd {
             exp: grant.expires,
             key: grant.key,
@@ -258,7 +247,7 @@ impl App {
             subscription,
             self.streams,
             self.clock.clone(),
-            metrics,
+            self.metrics.route_series(&target.route),
             slot,
             token,
         );

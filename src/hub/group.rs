@@ -454,22 +454,28 @@ impl Group {
         log.readers += 1;
         Cursor {
             group: self.clone(),
-            slot,
+            seen: 0,
+            slot: slot as u32,
             more: false,
-            parked: None,
+            parked: false,
         }
     }
 }
 
 /// A stream's place in its group's log. Dropping it leaves the group.
+///
+/// Small (24 bytes), as every open stream has one: its slot is a `u32` (a connection has at
+/// most a few hundred streams) and its parked version a plain `u64` beside a flag.
 pub struct Cursor {
     group: Arc<Group>,
-    slot: usize,
+    /// The version of the group seen when the member parked (see `parked`).
+    seen: u64,
+    slot: u32,
     /// The last read left more events to read (a hint for [`Cursor::try_more`]).
     more: bool,
-    /// The member read everything, waits for the next event, and saw this version of the
+    /// The member read everything, waits for the next event, and saw version `seen` of the
     /// group: until it changes, a look finds nothing without taking the log's lock.
-    parked: Option<u64>,
+    parked: bool,
 }
 
 /// What a cursor read.
@@ -513,10 +519,8 @@ impl Cursor {
     /// everything in it was read. When there is none yet, the stream is marked due on its
     /// connection (by its token) once there is.
     pub fn poll_recv(&mut self) -> Poll<Option<Bytes>> {
-        if let Some(seen) = self.parked {
-            if self.group.version.load(Ordering::Acquire) == seen {
-                return Poll::Pending;
-            }
+        if self.parked && self.group.version.load(Ordering::Acquire) == self.seen {
+            return Poll::Pending;
         }
         match self.read() {
             Read::Event(event, _) => Poll::Ready(Some(event)),
@@ -530,20 +534,22 @@ impl Cursor {
     /// member waiting and marks it due).
     fn read(&mut self) -> Read {
         let mut log = self.group.log();
-        let read = Self::read_locked(&mut log, self.slot);
+        let slot = self.slot as usize;
+        let read = Self::read_locked(&mut log, slot);
         if matches!(read, Read::Event(..)) {
             self.group.unflushed.store(true, Ordering::Relaxed);
         }
         self.more = matches!(read, Read::Event(_, true));
-        self.parked = None;
+        self.parked = false;
         // A closed log has its end to tell at the next look.
         if !log.closed && matches!(read, Read::Event(_, false) | Read::Nothing) {
-            let m = &mut log.members[self.slot];
+            let m = &mut log.members[slot];
             if !m.waiting {
                 m.waiting = true;
-                log.waiting.push(self.slot);
+                log.waiting.push(slot);
             }
-            self.parked = Some(self.group.version.load(Ordering::Relaxed));
+            self.seen = self.group.version.load(Ordering::Relaxed);
+            self.parked = true;
         }
         read
     }
@@ -569,7 +575,7 @@ impl Cursor {
 
 impl Drop for Cursor {
     fn drop(&mut self) {
-        let (group, slot) = (&self.group, self.slot);
+        let (group, slot) = (&self.group, self.slot as usize);
         let mut leave_log = || {
             let mut log = group.log();
             let m = &log.members[slot];
@@ -814,13 +820,13 @@ mod tests {
         group.push(&ev("1"));
         assert_eq!(connection.get(), 0, "nobody waited");
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
-        assert!(a.parked.is_some());
+        assert!(a.parked);
         assert!(
-            group.log().members[a.slot].waiting,
+            group.log().members[a.slot as usize].waiting,
             "waits from its last read"
         );
         assert_eq!(a.poll_recv(), Poll::Pending);
-        assert_eq!(group.log().waiting, [a.slot], "listed once");
+        assert_eq!(group.log().waiting, [a.slot as usize], "listed once");
         group.push(&ev("2"));
         // Read before the connection marked it due (it was polled for something else).
         assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("2"))));
@@ -828,7 +834,7 @@ mod tests {
         fanout.mark_readers_due();
         assert_eq!(due(&ready), [3], "a spurious poll at most");
         assert_eq!(a.poll_recv(), Poll::Pending);
-        assert_eq!(group.log().waiting, [a.slot], "waits again");
+        assert_eq!(group.log().waiting, [a.slot as usize], "waits again");
         group.push(&ev("3"));
         assert_eq!(connection.get(), 2);
         fanout.mark_readers_due();
@@ -900,7 +906,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let (tx, rx) = queue::channel(8, usize::MAX);
         let slot = Arc::new(Mutex::new(None));
-        let mut events = Events::Then(rx, slot.clone());
+        let mut events = Events::then(rx, slot.clone());
         tx.try_send(ev("replayed")).unwrap();
         // The hand-over: its place in the log from the next event on, its queue then ends.
         *slot.lock() = Some(join(&topic, &group, 0));
@@ -918,7 +924,7 @@ mod tests {
         assert!(slot.lock().is_none());
         // No place left in the slot (cut off before its hand-over): the stream ends.
         let (tx, rx) = queue::channel(8, usize::MAX);
-        let mut events = Events::Then(rx, Arc::new(Mutex::new(None)));
+        let mut events = Events::then(rx, Arc::new(Mutex::new(None)));
         drop(tx);
         assert_eq!(events.poll_recv(&mut cx), Poll::Ready(None));
     }

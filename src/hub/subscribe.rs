@@ -14,6 +14,7 @@ use super::group::{Cursor, Handoff, Owner, Seat, View};
 use super::replay::{Origin, Replay};
 use super::topic::{Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
+use crate::metrics::TopicSeries;
 use crate::partitioner::KeyPartitioner;
 use crate::position::Position;
 use crate::source::SourceError;
@@ -26,19 +27,31 @@ pub enum Events {
     Group(Cursor),
     /// Its own queue (the ring's replay, what a catch-up reader read), then, once the queue
     /// ends, the place in its connection's group that the hub left in the slot; an empty slot,
-    /// or a queue cut off (a replay the ring outran), ends the stream.
-    Then(queue::Receiver, Arc<Mutex<Option<Cursor>>>),
+    /// or a queue cut off (a replay the ring outran), ends the stream. Boxed: a stream reads
+    /// its own queue only until it is live, and the open streams keep the room of a cursor.
+    Then(Box<Own>),
+}
+
+/// A stream's own queue and the slot of its cursor once live (see [`Events::Then`]).
+pub struct Own {
+    queue: queue::Receiver,
+    slot: Arc<Mutex<Option<Cursor>>>,
 }
 
 impl Events {
+    /// The stream's own `queue`, then the cursor the hub leaves in `slot`.
+    pub(super) fn then(queue: queue::Receiver, slot: Arc<Mutex<Option<Cursor>>>) -> Events {
+        Events::Then(Box::new(Own { queue, slot }))
+    }
+
     /// The next event; `None` once the stream's events are over.
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match self {
             Events::Group(cursor) => cursor.poll_recv(),
-            Events::Then(queue, slot) => match queue.poll_recv(cx) {
+            Events::Then(own) => match own.queue.poll_recv(cx) {
                 Poll::Ready(None) => {
-                    let next = slot.lock().take();
-                    match next.filter(|_| !queue.cut_off()) {
+                    let next = own.slot.lock().take();
+                    match next.filter(|_| !own.queue.cut_off()) {
                         Some(cursor) => {
                             *self = Events::Group(cursor);
                             self.poll_recv(cx)
@@ -56,7 +69,7 @@ impl Events {
     /// [`Events::poll_recv`], so what one call returns comes from one place.
     pub fn try_recv(&mut self) -> Option<Bytes> {
         match self {
-            Events::Then(queue, _) => queue.try_recv(),
+            Events::Then(own) => own.queue.try_recv(),
             Events::Group(cursor) => cursor.try_more(),
         }
     }
@@ -72,8 +85,8 @@ pub struct Subscription {
     /// The id the preamble carries: the start position, or `None` for a stream catching up
     /// from Kafka (its first event brings an id; until then the client's own id stands).
     pub start_id: Option<String>,
-    /// The topic, for metric labels.
-    pub topic: String,
+    /// The topic's name and series, shared by its streams.
+    pub series: Arc<TopicSeries>,
     /// An event the stream sends right after its preamble: the `event: gap` of a resume id
     /// the log cannot honour (see [`Hub::rebase_if_ahead`]).
     pub prelude: Option<Bytes>,
@@ -87,12 +100,13 @@ impl Subscription {
     /// of `bound` items: for tests of what consumes one.
     #[cfg(test)]
     pub(crate) fn detached(topic: &str, bound: usize) -> (queue::Sender, Subscription) {
+        let series = crate::metrics::Metrics::new(&[]).topic_series(topic);
         let (tx, events) = queue::channel(bound, usize::MAX);
         let subscription = Subscription {
             // An empty slot: the stream ends with its queue.
-            events: Events::Then(events, Arc::new(Mutex::new(None))),
+            events: Events::then(events, Arc::new(Mutex::new(None))),
             start_id: Some(String::from("test-start")),
-            topic: topic.to_string(),
+            series,
             prelude: None,
             _registration: None,
         };
@@ -105,10 +119,10 @@ impl Subscription {
     pub fn into_parts(self) -> Parts {
         Parts {
             events: self.events,
-            topic: self.topic,
+            series: self.series,
             start_id: self.start_id,
             prelude: self.prelude,
-            place: Place(self._registration),
+            place: Place(self._registration.map(Box::new)),
         }
     }
 }
@@ -117,8 +131,8 @@ impl Subscription {
 pub struct Parts {
     /// Encoded events, in order.
     pub events: Events,
-    /// The topic, for logs and metric labels.
-    pub topic: String,
+    /// The topic's name and series (see [`Subscription::series`]).
+    pub series: Arc<TopicSeries>,
     /// The id the preamble carries (see [`Subscription::start_id`]).
     pub start_id: Option<String>,
     /// The event right after the preamble (see [`Subscription::prelude`]).
@@ -127,8 +141,10 @@ pub struct Parts {
     pub place: Place,
 }
 
-/// A stream's place in its topic, held for as long as the stream is open.
-pub struct Place(#[allow(dead_code, reason = "held for its drop")] Option<Registration>);
+/// A stream's place in its topic, held for as long as the stream is open. Boxed: most streams
+/// join their group at once and have none, so an open stream keeps a pointer for it, not the
+/// registration's room.
+pub struct Place(#[allow(dead_code, reason = "held for its drop")] Option<Box<Registration>>);
 
 /// A stream's place in its topic: dropping it unregisters the stream.
 struct Registration {
@@ -286,7 +302,7 @@ impl Hub {
                 Opened::Joined(start_id, cursor) => (Events::Group(cursor), Some(start_id), None),
                 Opened::Ready(start_id) => {
                     let rx = rx.counted(&self.metrics.streams_own_queue);
-                    (Events::Then(rx, slot), Some(start_id), Some(registration))
+                    (Events::then(rx, slot), Some(start_id), Some(registration))
                 }
                 Opened::CatchUp {
                     from,
@@ -308,13 +324,13 @@ impl Hub {
                     };
                     tokio::spawn(self.clone().catch_up(job));
                     let rx = rx.counted(&self.metrics.streams_own_queue);
-                    (Events::Then(rx, slot), None, Some(registration))
+                    (Events::then(rx, slot), None, Some(registration))
                 }
             };
             return Ok(Subscription {
                 events,
                 start_id,
-                topic: hub.name.clone(),
+                series: hub.series.clone(),
                 prelude,
                 _registration: registration,
             });
@@ -503,13 +519,7 @@ impl Hub {
                     .get(key)
                     .is_some_and(|s| s.contains_key(&g)),
             };
-            let counters = || {
-                let topic = [hub.name.as_str()];
-                (
-                    self.metrics.events_sent.with_label_values(&topic),
-                    self.metrics.event_bytes_sent.with_label_values(&topic),
-                )
-            };
+            let counters = || (hub.series.events.clone(), hub.series.bytes.clone());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let owner: Arc<dyn Owner> = hub.clone();
             seat.fanout

@@ -17,7 +17,7 @@ use super::group::{Group, Handoff, Owner};
 use super::order::{Level, Ordered};
 use super::queue;
 use super::replay;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TopicSeries};
 use crate::partitioner::KeyPartitioner;
 use crate::position;
 use crate::sse;
@@ -28,6 +28,8 @@ const CUTOFF_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10)
 /// One topic's live channel: its name, its state under one lock, and its per-topic series.
 pub(super) struct Topic {
     pub(super) name: String,
+    /// The series its streams count into (and its name again), shared by them.
+    pub(super) series: Arc<TopicSeries>,
     pub(super) fingerprint: u32,
     pub(super) attached: tokio::sync::OnceCell<()>,
     pub(super) state: Mutex<TopicState>,
@@ -263,6 +265,7 @@ impl Topic {
         }
         Topic {
             name: topic.to_string(),
+            series: metrics.topic_series(topic),
             fingerprint: position::fingerprint(topic),
             attached: tokio::sync::OnceCell::new(),
             state: Mutex::new(TopicState {
