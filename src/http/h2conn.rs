@@ -153,6 +153,10 @@ where
     // The connection's live streams of a topic share one log; the poll thread wakes this task
     // once for all of them, and the task marks those that wait due.
     let fanout = Fanout::new(ready);
+    let stall = Stall {
+        after: settings.stall,
+        resets: metrics.stalled_stream_resets.clone(),
+    };
     // Runs while the connection's window is at zero with streams waiting for it.
     let mut starved: Option<(tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)> = None;
     loop {
@@ -179,15 +183,7 @@ where
                     let handling: Handling = Box::pin(async move {
                         app.handle(request.map(RequestBody), &opens, &seat).await
                     });
-                    let resets = metrics.stalled_stream_resets.clone();
-                    answer(
-                        handling,
-                        respond,
-                        resets,
-                        settings.stall,
-                        activity.open(),
-                        out,
-                    )
+                    answer(handling, respond, activity.open(), out)
                 }),
                 // A connection error (h2 has said GOAWAY, or the peer went away): done.
                 Some(Err(e)) => {
@@ -211,7 +207,11 @@ where
                 // The output is locked once for all the streams polled; what is left of the
                 // connection's window then goes to the streams waiting for it.
                 let mut state = wire.lock();
-                let left = streams.poll_due(&mut *state, |out| out.room());
+                let mut lent = Lent {
+                    wire: &mut state,
+                    stall: &stall,
+                };
+                let left = streams.poll_due(&mut lent, |lent| lent.wire.room());
                 state.start_round();
                 let since = state.starved_since();
                 drop(state);
@@ -325,18 +325,9 @@ type Handling = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
 /// with whatever handling had started: a reset frees the stream's place under
 /// `SETTINGS_MAX_CONCURRENT_STREAMS`, so work that outlived it would be bounded by nothing
 /// (rapid reset).
-fn answer(
-    handling: Handling,
-    respond: SendResponse<Bytes>,
-    resets: IntCounter,
-    stall: Duration,
-    open: Open,
-    out: StreamOut,
-) -> Answer {
+fn answer(handling: Handling, respond: SendResponse<Bytes>, open: Open, out: StreamOut) -> Answer {
     Answer {
         phase: Phase::Handling(handling, respond),
-        resets,
-        stall,
         out,
         _open: open,
     }
@@ -347,8 +338,6 @@ fn answer(
 /// (792 bytes against about 150).
 struct Answer {
     phase: Phase,
-    resets: IntCounter,
-    stall: Duration,
     /// Where the body's DATA frames go.
     out: StreamOut,
     _open: Open,
@@ -377,18 +366,32 @@ struct Sending {
     stalled: Option<Pin<Box<Sleep>>>,
 }
 
-impl Answering<wire::State> for Answer {
-    fn poll_answer(&mut self, cx: &mut Context<'_>, wire: &mut wire::State) -> Poll<()> {
-        let polled = self.poll_steps(cx, wire);
+/// A stream reset when its client grants no window for `after` while data waits, counted in
+/// `resets`: the same for every stream of a connection, so kept once.
+struct Stall {
+    after: Duration,
+    resets: IntCounter,
+}
+
+/// What a connection lends its streams while it polls them: its output, locked once for all
+/// of them, and its stall rule.
+struct Lent<'a> {
+    wire: &'a mut wire::State,
+    stall: &'a Stall,
+}
+
+impl Answering<Lent<'_>> for Answer {
+    fn poll_answer(&mut self, cx: &mut Context<'_>, lent: &mut Lent<'_>) -> Poll<()> {
+        let polled = self.poll_steps(cx, lent);
         if polled.is_ready() {
-            self.out.release(wire);
+            self.out.release(lent.wire);
         }
         polled
     }
 }
 
 impl Answer {
-    fn poll_steps(&mut self, cx: &mut Context<'_>, wire: &mut wire::State) -> Poll<()> {
+    fn poll_steps(&mut self, cx: &mut Context<'_>, lent: &mut Lent<'_>) -> Poll<()> {
         let this = self;
         if let Phase::Handling(handling, respond) = &mut this.phase {
             let response = match handling.as_mut().poll(cx) {
@@ -423,7 +426,7 @@ impl Answer {
         let Phase::Sending(sending) = &mut this.phase else {
             return Poll::Ready(());
         };
-        match sending.pump(cx, wire, &this.out, &this.resets, this.stall) {
+        match sending.pump(cx, lent.wire, &this.out, lent.stall) {
             Poll::Ready(()) => {
                 this.phase = Phase::Done;
                 Poll::Ready(())
@@ -485,8 +488,7 @@ impl Sending {
         cx: &mut Context<'_>,
         wire: &mut wire::State,
         out: &StreamOut,
-        resets: &IntCounter,
-        stall: Duration,
+        stall: &Stall,
     ) -> Poll<()> {
         loop {
             if !wire.room() {
@@ -545,10 +547,13 @@ impl Sending {
             // A stream keeps no timer while it is not waiting for window.
             let timer = self
                 .stalled
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall.after)));
             if timer.as_mut().poll(cx).is_ready() {
-                resets.inc();
-                debug!("stream reset: its client granted no window for {stall:?}");
+                stall.resets.inc();
+                debug!(
+                    "stream reset: its client granted no window for {:?}",
+                    stall.after
+                );
                 self.send.reset(Reason::CANCEL);
                 return Poll::Ready(());
             }

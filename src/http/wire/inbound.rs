@@ -51,7 +51,7 @@ impl State {
             let was = entry.window;
             entry.window += change;
             if was <= 0 && entry.window > 0 {
-                due.extend(entry.token);
+                due.extend(entry.token());
             }
         }
         if !due.is_empty() {
@@ -112,7 +112,7 @@ impl State {
                     self.start_round();
                     return Verdict::Apply;
                 }
-                let Some(&key) = self.ids.get(&head.id) else {
+                let Some(key) = self.ids.get(head.id) else {
                     return Verdict::Pass;
                 };
                 let entry = &mut self.streams[key];
@@ -123,7 +123,7 @@ impl State {
                     return Verdict::Overflow(head.id);
                 };
                 let was = std::mem::replace(&mut entry.window, window);
-                let token = entry.token;
+                let token = entry.token();
                 if was <= 0 {
                     self.mark(token);
                 }

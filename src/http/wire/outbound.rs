@@ -35,7 +35,7 @@ impl State {
             if let Some(entry) = self.streams.get_mut(key) {
                 entry.waits_connection = false;
                 entry.allowance = share;
-                let token = entry.token;
+                let token = entry.token();
                 self.mark(token);
             }
         }
@@ -101,7 +101,7 @@ impl State {
                         head.len, head.id
                     );
                     self.connection_window -= head.len as i64;
-                    if let Some(&key) = self.ids.get(&head.id) {
+                    if let Some(key) = self.ids.get(head.id) {
                         self.streams[key].window -= head.len as i64;
                     }
                 }
@@ -118,12 +118,12 @@ impl State {
 
     /// `h2` wrote the response HEADERS of stream `id`; `end`: they end the stream.
     pub(super) fn headers_out(&mut self, id: u32, end: bool) {
-        let Some(&key) = self.ids.get(&id) else {
+        let Some(key) = self.ids.get(id) else {
             return;
         };
         let entry = &mut self.streams[key];
         entry.headers_out = true;
-        match entry.token {
+        match entry.token() {
             Some(token) => self.mark(Some(token)),
             // A response `h2` gave itself (its bare 431 for a header list over its limit): the
             // stream is over, and no answer will come for it.
@@ -135,7 +135,7 @@ impl State {
     /// Drops the entry `key` of a stream never answered.
     pub(super) fn forget_unanswered(&mut self, key: usize) {
         let entry = self.streams.remove(key);
-        self.ids.remove(&entry.id);
+        self.ids.remove(entry.id);
         self.unanswered -= 1;
     }
 
@@ -158,12 +158,12 @@ impl State {
 
     /// The stream `id` was reset, by either side.
     pub(super) fn ended(&mut self, id: u32) {
-        let Some(&key) = self.ids.get(&id) else {
+        let Some(key) = self.ids.get(id) else {
             return;
         };
         let entry = &mut self.streams[key];
         entry.reset = true;
-        match entry.token {
+        match entry.token() {
             Some(token) => self.mark(Some(token)),
             // Not answered: nothing will come for it.
             None => self.forget_unanswered(key),
@@ -176,10 +176,17 @@ impl State {
 /// the connection).
 pub struct StreamOut {
     /// The stream's entry; none when it was reset before it was answered, or released.
-    pub(super) key: Option<usize>,
+    /// (A `u32`: a connection has at most a few hundred entries, and every open stream keeps
+    /// one of these.)
+    pub(super) key: Option<u32>,
 }
 
 impl StreamOut {
+    /// The entry's key in the connection's slab.
+    fn key(&self) -> Option<usize> {
+        self.key.map(|key| key as usize)
+    }
+
     /// Writes as much of `data` as the client's windows allow, in frames no larger than it
     /// takes, and takes what was written off `data`.
     pub fn send(&self, state: &mut State, data: &mut Bytes) -> Sent {
@@ -242,7 +249,7 @@ impl StreamOut {
     /// what it cannot send stays where it is shared (its connection's log, the ring), rather
     /// than wait in a frame of the stream's own while the client reads the others' data.
     pub fn room(&self, state: &State) -> usize {
-        let Some(entry) = self.key.and_then(|key| state.streams.get(key)) else {
+        let Some(entry) = self.key().and_then(|key| state.streams.get(key)) else {
             return 0;
         };
         let allowance = state.rationed.then_some(entry.allowance);
@@ -256,7 +263,7 @@ impl StreamOut {
     /// The stream's entry when it may write a frame now: answered, not reset, and the output
     /// is between two frames.
     fn writable(&self, state: &mut State) -> Result<usize, Sent> {
-        let key = self.key.ok_or(Sent::Reset)?;
+        let key = self.key().ok_or(Sent::Reset)?;
         let boundary = state.at_frame_boundary();
         let entry = &mut state.streams[key];
         if entry.reset {
@@ -268,7 +275,7 @@ impl StreamOut {
         if !boundary {
             // Inside one of h2's frames (it wrote part of it): due again once the rest is
             // written (`h2_wrote`).
-            state.after_frame.extend(entry.token);
+            state.after_frame.extend(entry.token());
             return Err(Sent::Later);
         }
         Ok(key)
@@ -292,7 +299,7 @@ impl StreamOut {
 
     /// True once the stream was reset, by the client or by `h2`.
     pub fn is_reset(&self, state: &State) -> bool {
-        match self.key {
+        match self.key() {
             Some(key) => state.streams[key].reset,
             None => true,
         }
@@ -301,8 +308,8 @@ impl StreamOut {
     /// The stream is over: its entry goes.
     pub fn release(&mut self, state: &mut State) {
         if let Some(key) = self.key.take() {
-            let entry = state.streams.remove(key);
-            state.ids.remove(&entry.id);
+            let entry = state.streams.remove(key as usize);
+            state.ids.remove(entry.id);
         }
     }
 }

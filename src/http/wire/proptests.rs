@@ -217,7 +217,7 @@ proptest! {
             let state = wire.state.lock();
             prop_assert_eq!(state.connection_window, model.connection);
             for (s, &id) in ids.iter().enumerate() {
-                prop_assert_eq!(state.streams[state.ids[&id]].window, model.streams[s]);
+                prop_assert_eq!(state.streams[state.ids.get(id).unwrap()].window, model.streams[s]);
             }
         }
     }
