@@ -30,6 +30,8 @@
 #   W5  1% of 4,096 streams stalled (a client that stops reading) on a busy topic
 #   WK  the key path beside the all-keys path, same deliveries: every record has key k0, and
 #       1,024 / 4,096 streams read /bench-fanout (all keys) or /bench-fanout/k0 (one key)
+#   WH  WK over HTTP/1.1: 1,024 streams at 100 records/s, each on a connection of its own (as
+#       EventSource over HTTP/1.1 has), all-keys and key streams
 #   W8  ingest: a 12-partition topic at 10,000 to 40,000 records/s of 100 keys, read by 100 key
 #       streams and 10 all-keys streams: CPU per record ingested, and ksg_consumer_lag at the
 #       window's start and end (gateway only: nchan has no Kafka to ingest from)
@@ -311,6 +313,15 @@ workload() {
       run WS gateway --url URL_FANOUT_KEY_EARLIEST --keys 1 --connections 0 --streams 256 \
         --stalled 256 --stall-window 0 --publish PUB_FANOUT_KEY --rate 1000 --seconds 10
       ;;
+    WH)
+      # As WK: every record keyed k0, read by all-keys or key streams (nchan: channel k0).
+      # shellcheck disable=SC2046
+      run WH-all gateway $(path_args all1) --connections 4 --streams 256 --rate 100 --http1 true
+      # shellcheck disable=SC2046
+      run WH-key gateway $(path_args key) --connections 4 --streams 256 --rate 100 --http1 true
+      # shellcheck disable=SC2046
+      run WH-key nchan $(path_args key) --connections 4 --streams 256 --rate 100 --http1 true
+      ;;
     WM) both WM --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 800 --after 60 ;;
     W9)
       run W9 gateway --url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections "${W9_CONNECTIONS:-200}" \
@@ -320,12 +331,12 @@ workload() {
         --streams 256 --publish PUB_KEYS --rate 20 --warmup 10 \
         --restart RESTART_URL --new-pid NEW_PID_STOPPED --outage 30
       ;;
-    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK W8 WS WM W9)"; exit 2 ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK WH W8 WS WM W9)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK W8 WS WM W9)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK WH W8 WS WM W9)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0
@@ -375,7 +386,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-for w in W1 W2 W3 W4 W5 WK W8 WS WM W9; do workload "$w"; done
+for w in W1 W2 W3 W4 W5 WK WH W8 WS WM W9; do workload "$w"; done
 
 # A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
 rm -f "$DATA/perf.data"

@@ -95,6 +95,8 @@ run options (defaults in brackets):
   --new-pid P        ... whose process P is then measured for another window
   --outage SECS      ... and which is stopped (SIGSTOP) until SECS after the SIGTERM, then
                      continued (SIGCONT): an outage between the two [0]
+  --http1 true       every stream on an HTTP/1.1 connection of its own (as EventSource over
+                     HTTP/1.1 does), C x S of them; not with --churn, --stall, --extra, --restart
 ";
 
 fn main() {
@@ -152,6 +154,7 @@ struct Options {
     restart: Option<String>,
     new_pid: Option<u32>,
     outage: f64,
+    http1: bool,
 }
 
 impl Options {
@@ -215,6 +218,7 @@ impl Options {
                 .map(|v| v.parse().map_err(|_| format!("--new-pid: bad value {v}")))
                 .transpose()?,
             outage: num(take("outage"), "outage", 0.0)?,
+            http1: num(take("http1"), "http1", false)?,
         };
         if let Some(k) = map.keys().next() {
             return Err(format!("unknown option --{k}").into());
@@ -230,6 +234,16 @@ impl Options {
             return Err(
                 "--restart URL needs --new-pid and exactly one --pids (the old process)".into(),
             );
+        }
+        if o.http1
+            && (o.churn > 0.0
+                || o.stall > 0.0
+                || o.stalled.is_some()
+                || o.extra.is_some()
+                || o.restart.is_some()
+                || o.mix.is_some())
+        {
+            return Err("--http1 true goes with plain streams only (no --churn, --stall, --stalled, --extra, --restart, --mix)".into());
         }
         if !o.idle && o.publish.is_none() {
             return Err("--publish is required unless --idle true".into());
@@ -321,8 +335,15 @@ impl Shared {
 
 /// Where subscribers connect.
 struct Target {
-    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    tls: Option<Tls>,
     authority: String,
+}
+
+/// The TLS connectors of a target: offering `h2`, and offering `http/1.1` (`--http1`).
+struct Tls {
+    h2: tokio_rustls::TlsConnector,
+    h1: tokio_rustls::TlsConnector,
+    name: ServerName<'static>,
 }
 
 impl Target {
@@ -345,13 +366,64 @@ impl Target {
                     .with_root_certificates(roots)
                     .with_no_client_auth();
                 config.alpn_protocols = vec![b"h2".to_vec()];
+                let mut h1 = config.clone();
+                h1.alpn_protocols = vec![b"http/1.1".to_vec()];
                 let name = ServerName::try_from(host.to_string())?;
-                Some((tokio_rustls::TlsConnector::from(Arc::new(config)), name))
+                Some(Tls {
+                    h2: tokio_rustls::TlsConnector::from(Arc::new(config)),
+                    h1: tokio_rustls::TlsConnector::from(Arc::new(h1)),
+                    name,
+                })
             }
             "http" => None,
             other => return Err(format!("unsupported scheme {other}").into()),
         };
         Ok(Target { tls, authority })
+    }
+
+    /// `GET path` on an HTTP/1.1 connection of its own: the connection, once the response's
+    /// head (`200`) is read, the body bytes read with it, and whether the body is chunked (or
+    /// ends with the connection).
+    async fn get_h1(
+        &self,
+        path: &str,
+        last_id: Option<&str>,
+    ) -> Result<(Box<dyn IoBox>, BytesMut, bool), BoxError> {
+        let tcp = TcpStream::connect(&self.authority).await?;
+        tcp.set_nodelay(true)?;
+        let mut io: Box<dyn IoBox> = match &self.tls {
+            Some(tls) => {
+                let io = tls.h1.connect(tls.name.clone(), tcp).await?;
+                if io.get_ref().1.alpn_protocol() != Some(b"http/1.1") {
+                    return Err("the server did not choose http/1.1 by ALPN".into());
+                }
+                Box::new(io)
+            }
+            None => Box::new(tcp),
+        };
+        let resume = last_id.map_or(String::new(), |id| format!("last-event-id: {id}\r\n"));
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\n{resume}\r\n",
+            self.authority
+        );
+        io.write_all(request.as_bytes()).await?;
+        let mut buf = BytesMut::with_capacity(4096);
+        let end = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end;
+            }
+            if buf.len() > 64 * 1024 || io.read_buf(&mut buf).await? == 0 {
+                return Err(format!("{path}: no response head").into());
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        if !head.starts_with("http/1.1 200") {
+            let status = head.lines().next().unwrap_or_default().to_string();
+            return Err(format!("{path} answered {status}").into());
+        }
+        let chunked = head.contains("transfer-encoding: chunked");
+        let _ = buf.split_to(end + 4);
+        Ok((io, buf, chunked))
     }
 
     async fn connect(
@@ -362,8 +434,8 @@ impl Target {
         let tcp = TcpStream::connect(&self.authority).await?;
         tcp.set_nodelay(true)?;
         let io: Box<dyn IoBox> = match &self.tls {
-            Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await?;
+            Some(Tls { h2, name, .. }) => {
+                let tls = h2.connect(name.clone(), tcp).await?;
                 if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
                     return Err("the server did not choose h2 by ALPN".into());
                 }
@@ -621,6 +693,86 @@ impl Sub {
                 Ok(b) => {
                     self.shared.resumes.fetch_add(1, Ordering::Relaxed);
                     body = b;
+                }
+                Err(_) => {
+                    self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads the stream on its HTTP/1.1 connection (`raw`: what came with the response's head)
+    /// until the run stops; a stream the server ends is resumed on a new connection with its
+    /// last id, as EventSource does.
+    async fn read_h1(
+        self,
+        target: Arc<Target>,
+        mut io: Box<dyn IoBox>,
+        mut raw: BytesMut,
+        mut chunked: bool,
+    ) {
+        let mut seq = Seq::default();
+        let mut buf = BytesMut::new();
+        let mut heard = Instant::now();
+        loop {
+            // De-chunks what is read: a chunk's size line, its data, CRLF; size 0 ends.
+            let ended = loop {
+                if self.shared.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut took = false;
+                if !chunked && !raw.is_empty() {
+                    buf.extend_from_slice(&raw.split());
+                    took = true;
+                }
+                while let Some(line) = raw
+                    .windows(2)
+                    .position(|w| w == b"\r\n")
+                    .filter(|_| chunked)
+                {
+                    let size = std::str::from_utf8(&raw[..line])
+                        .ok()
+                        .and_then(|s| usize::from_str_radix(s.split(';').next()?.trim(), 16).ok());
+                    let Some(size) = size else {
+                        self.shared.failed.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    };
+                    if raw.len() < line + 2 + size + 2 {
+                        break;
+                    }
+                    let _ = raw.split_to(line + 2);
+                    buf.extend_from_slice(&raw.split_to(size));
+                    let _ = raw.split_to(2);
+                    took = true;
+                    if size == 0 {
+                        break;
+                    }
+                }
+                if took {
+                    if self.shared.measuring.load(Ordering::Relaxed) {
+                        let silence = heard.elapsed().as_micros() as u64;
+                        self.shared.silence_us.fetch_max(silence, Ordering::Relaxed);
+                    }
+                    heard = Instant::now();
+                    self.blocks(&mut buf, &mut seq);
+                }
+                match io.read_buf(&mut raw).await {
+                    Ok(0) | Err(_) => break true,
+                    Ok(_) => {}
+                }
+            };
+            if ended {
+                self.shared.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            buf.clear();
+            raw.clear();
+            match target.get_h1(&self.path, seq.last_id.as_deref()).await {
+                Ok((next, rest, is_chunked)) => {
+                    self.shared.resumes.fetch_add(1, Ordering::Relaxed);
+                    io = next;
+                    raw = rest;
+                    chunked = is_chunked;
                 }
                 Err(_) => {
                     self.shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -913,7 +1065,10 @@ async fn run(o: Options) -> Result<(), BoxError> {
             } else {
                 Windows::Browser
             };
-            let h2 = target.connect(windows, &shared).await?;
+            let h2 = match o.http1 {
+                true => None,
+                false => Some(target.connect(windows, &shared).await?),
+            };
             let n = if is_extra {
                 o.extra_streams
             } else if is_stalled {
@@ -952,7 +1107,14 @@ async fn run(o: Options) -> Result<(), BoxError> {
                     seed: (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
                     moving: moving.clone().filter(|_| !is_stalled),
                 };
-                let body = sub.open(&h2, None).await?;
+                let Some(h2) = &h2 else {
+                    // HTTP/1.1: a connection per stream, read by a task of its own.
+                    let (io, rest, chunked) = target.get_h1(&sub.path, None).await?;
+                    shared.opened.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(sub.read_h1(target.clone(), io, rest, chunked));
+                    continue;
+                };
+                let body = sub.open(h2, None).await?;
                 shared.opened.fetch_add(1, Ordering::Relaxed);
                 readers.push(sub.read(h2.clone(), body));
             }
@@ -965,14 +1127,18 @@ async fn run(o: Options) -> Result<(), BoxError> {
     }
     let mut connections = Vec::new();
     for opener in openers {
-        connections.push(opener.await??);
+        connections.extend(opener.await??);
     }
     let opened_in = opening.elapsed().as_secs_f64();
     eprintln!(
         "ksg-bench {}: {} streams open on {} connections in {opened_in:.1}s",
         o.name,
         shared.opened.load(Ordering::Relaxed),
-        connections.len()
+        if o.http1 {
+            shared.opened.load(Ordering::Relaxed) as usize
+        } else {
+            connections.len()
+        }
     );
     let publisher = if o.idle {
         None
