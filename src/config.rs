@@ -56,6 +56,8 @@ pub const STREAM_QUEUE_BYTES: &str = "KSG_STREAM_QUEUE_BYTES";
 pub const REPLAY_BYTES: &str = "KSG_REPLAY_BYTES";
 /// `KSG_CATCHUP_READERS`: Kafka consumers reading for resumes at most (more resumes wait).
 pub const CATCHUP_READERS: &str = "KSG_CATCHUP_READERS";
+/// `KSG_CATCHUP_READER_IDLE_SECS`: a catch-up reader left unused this long is closed.
+pub const CATCHUP_READER_IDLE_SECS: &str = "KSG_CATCHUP_READER_IDLE_SECS";
 /// `KSG_SNAPSHOT_BYTES`: what one snapshot may hold before it is sent early.
 pub const SNAPSHOT_BYTES: &str = "KSG_SNAPSHOT_BYTES";
 /// `KSG_SNAPSHOT_TOPICS`: topics (names or globs) whose streams start with a snapshot by default.
@@ -165,6 +167,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (STREAM_QUEUE_BYTES, "65536"),
     (REPLAY_BYTES, "4194304"),
     (CATCHUP_READERS, "4"),
+    (CATCHUP_READER_IDLE_SECS, "10"),
     (SNAPSHOT_BYTES, "67108864"),
     (SNAPSHOT_TOPICS, "(none)"),
     (STREAM_MAX_SECS, "0"),
@@ -241,6 +244,8 @@ pub struct Config {
     pub replay_bytes: usize,
     /// Catch-up readers at most.
     pub catchup_readers: usize,
+    /// A catch-up reader left unused this long is closed.
+    pub catchup_reader_idle: Duration,
     /// Bytes one snapshot may hold before it is sent early.
     pub snapshot_bytes: usize,
     /// Topics whose streams start with a snapshot when the request names no start.
@@ -528,6 +533,8 @@ impl Config {
         let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 16usize << 10, 1 << 30);
         let replay_bytes = r.number(REPLAY_BYTES, 0usize, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 1usize, 256);
+        let catchup_reader_idle =
+            Duration::from_secs(r.number(CATCHUP_READER_IDLE_SECS, 0u64, 86_400));
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 1u64, 3600));
         let max_event_bytes = r.number(MAX_EVENT_BYTES, 1usize, 1 << 30);
         let key_partitioner = r.listed(KEY_PARTITIONER, |s| match s {
@@ -617,6 +624,7 @@ impl Config {
                 stream_queue_bytes,
                 replay_bytes,
                 catchup_readers,
+                catchup_reader_idle,
                 snapshot_bytes,
                 snapshot_topics,
                 stream_max_lifetime,

@@ -329,6 +329,7 @@ pub fn hub_config(config: &Config) -> HubConfig {
         queue_bytes: config.stream_queue_bytes,
         replay_bytes: config.replay_bytes,
         catchup_readers: config.catchup_readers,
+        catchup_reader_idle: config.catchup_reader_idle,
         snapshot_bytes: config.snapshot_bytes,
         max_event_bytes: config.max_event_bytes,
         key_partitioner: config.key_partitioner,

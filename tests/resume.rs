@@ -436,6 +436,35 @@ async fn from_earliest_with_key_filter() {
     gw.shutdown().await;
 }
 
+/// A catch-up reader left unused for `KSG_CATCHUP_READER_IDLE_SECS` is closed (a restart's
+/// burst of resumes does not keep its consumers for the process's life), and the next resume
+/// from Kafka opens one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_catchup_readers_are_closed_and_opened_again_when_needed() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("idle-readers");
+    cluster.create_topic(&topic, 3).await;
+    let p = cluster.producer();
+    produce_round(&p, &topic, 0, 5);
+    p.flush().await;
+    let gw = gateway(&cluster, &[("KSG_CATCHUP_READER_IDLE_SECS", "2")]).await;
+    let h2 = h2_connect(&gw).await;
+    for round in 0..2 {
+        let (_, mut sse) = get(&h2, &format!("/{topic}?from=earliest"), &[]).await;
+        let mut seen = Continuity::default();
+        // Round 1 also reads the live record of round 0.
+        read_checked(&mut sse, 5 * KEYS + round, &mut seen).await;
+        let readers = metric(&metrics(&gw).await, "ksg_catchup_readers");
+        assert_eq!(readers, 1.0, "round {round}: the reader that read it");
+        wait_metric(&gw, "ksg_catchup_readers", 0.0).await;
+        // Live records still come to the stream once its reader is gone.
+        let value = format!("key0:{}", 5 + round);
+        p.produce(&topic, Some("key0"), Some(&value)).await;
+        seen.check(&sse.next_event().await.unwrap());
+    }
+    gw.shutdown().await;
+}
+
 /// Timestamps need a broker that keeps the producer's CreateTime (the mock cluster does not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real broker"]

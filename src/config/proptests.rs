@@ -52,6 +52,9 @@ const NUMBERS: &[Number] = &[
     }),
     number(REPLAY_BYTES, 0, 1 << 34, |c| c.replay_bytes as u64),
     number(CATCHUP_READERS, 1, 256, |c| c.catchup_readers as u64),
+    number(CATCHUP_READER_IDLE_SECS, 0, DAY, |c| {
+        c.catchup_reader_idle.as_secs()
+    }),
     number(SNAPSHOT_BYTES, 1024, 1 << 36, |c| c.snapshot_bytes as u64),
     number(STREAM_MAX_SECS, 0, 30 * DAY, |c| {
         c.stream_max_lifetime.map_or(0, |d| d.as_secs())

@@ -94,6 +94,9 @@ pub struct HubConfig {
     pub replay_bytes: usize,
     /// Catch-up readers (Kafka consumers) at most.
     pub catchup_readers: usize,
+    /// A catch-up reader left unused this long is closed (its consumer's threads, connections
+    /// and buffers given back).
+    pub catchup_reader_idle: std::time::Duration,
     /// Bytes a snapshot may hold before it is sent early.
     pub snapshot_bytes: usize,
     /// Largest record value sent as an event; larger ones become `event: oversize`.

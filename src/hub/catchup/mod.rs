@@ -48,7 +48,9 @@ const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// The reader pool, and the resumes waiting for a reader, by topic.
 pub(super) struct Readers {
     permits: Semaphore,
-    idle: Mutex<Vec<Reader>>,
+    /// Readers not in use, each with when it was last given back (the last one given back is
+    /// taken first, so the others age and close).
+    idle: Mutex<Vec<(Reader, tokio::time::Instant)>>,
     waiting: Mutex<HashMap<String, Vec<Job>>>,
 }
 
@@ -61,6 +63,17 @@ impl Readers {
         }
     }
 
+    /// The idle readers left unused for `idle` or longer, taken out of the pool (to close).
+    fn stale(&self, idle: Duration) -> Vec<Reader> {
+        let now = tokio::time::Instant::now();
+        let mut pool = self.idle.lock();
+        let (stale, kept) = std::mem::take(&mut *pool)
+            .into_iter()
+            .partition(|(_, since)| now.duration_since(*since) >= idle);
+        *pool = kept;
+        stale.into_iter().map(|(reader, _)| reader).collect()
+    }
+
     /// Stops handing out readers: waiting catch-ups end their streams.
     pub(super) fn close(&self) {
         self.permits.close();
@@ -68,11 +81,13 @@ impl Readers {
     }
 
     fn take(&self) -> Option<Reader> {
-        self.idle.lock().pop()
+        self.idle.lock().pop().map(|(reader, _)| reader)
     }
 
     fn give_back(&self, consumer: Reader) {
-        self.idle.lock().push(consumer);
+        self.idle
+            .lock()
+            .push((consumer, tokio::time::Instant::now()));
     }
 
     fn wait(&self, job: Job) {
@@ -152,6 +167,8 @@ impl Hub {
         let hub = self.clone();
         let result = tokio::task::spawn_blocking(move || hub.read_until_live(jobs)).await;
         self.metrics.catchup_readers_active.dec();
+        let idle = self.config.catchup_reader_idle;
+        tokio::spawn(Hub::close_idle_readers(Arc::downgrade(&self), idle));
         match result {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -163,6 +180,27 @@ impl Hub {
             }
             Err(e) => warn!(topic = %topic, "catch-up task failed: {e}"),
         }
+    }
+
+    /// Closes the readers still unused `KSG_CATCHUP_READER_IDLE_SECS` from now: a burst of
+    /// resumes (a restart) opens up to `KSG_CATCHUP_READERS` consumers, and each holds its
+    /// threads, broker connections and buffers for as long as it is kept. Closing one may
+    /// wait for librdkafka, so it is done off the runtime's threads.
+    /// The task holds no strong reference on the hub: a gateway that stops meanwhile is not
+    /// kept.
+    async fn close_idle_readers(hub: std::sync::Weak<Hub>, idle: Duration) {
+        tokio::time::sleep(idle).await;
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        let stale = hub.readers.stale(idle);
+        if stale.is_empty() {
+            return;
+        }
+        hub.metrics.catchup_readers.sub(stale.len() as i64);
+        debug!(readers = stale.len(), "closing idle catch-up readers");
+        drop(hub);
+        let _ = tokio::task::spawn_blocking(move || drop(stale)).await;
     }
 
     fn read_until_live(&self, jobs: Vec<Job>) -> Result<(), ReadError> {
