@@ -106,6 +106,9 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     /// Records over `KSG_MAX_EVENT_BYTES`, sent as `event: oversize`, by topic.
     pub records_oversize: IntCounterVec,
+    /// Records encoded as events, by topic: once each, when a stream or a replay first needs
+    /// it (a record nobody reads is never encoded).
+    pub records_encoded: IntCounterVec,
     /// Records found off the partition `KSG_KEY_PARTITIONER` promises, by topic (counted once per
     /// topic: the topic's key streams then read every partition).
     pub key_partition_mismatches: IntCounterVec,
@@ -338,6 +341,11 @@ impl Metrics {
                 "Records read from Kafka",
                 "topic",
             ),
+            records_encoded: counter_vec(
+                "ksg_records_encoded_total",
+                "Records encoded as events, once each: when dispatched to streams, or when a replay first needs one no stream took (a record nobody reads is never encoded)",
+                "topic",
+            ),
             records_oversize: counter_vec(
                 "ksg_records_oversize_total",
                 "Records over KSG_MAX_EVENT_BYTES, sent as event: oversize",
@@ -504,6 +512,7 @@ impl Metrics {
             &self.event_bytes_sent,
             &self.records_consumed,
             &self.records_oversize,
+            &self.records_encoded,
             &self.key_partition_mismatches,
             &self.snapshot_keyless,
             &self.slow_stream_cutoffs,

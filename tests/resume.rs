@@ -465,6 +465,50 @@ async fn idle_catchup_readers_are_closed_and_opened_again_when_needed() {
     gw.shutdown().await;
 }
 
+/// A record no stream takes is kept in the ring as it came and encoded only when a replay
+/// first needs it, with the id it would have had: `ksg_records_encoded_total` counts the
+/// records encoded, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_nobody_reads_are_encoded_only_when_a_replay_needs_them() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("lazy");
+    cluster.create_topic(&topic, 3).await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let mut watched = get_stream(&h2, &format!("/{topic}/key1"), &[]).await;
+    let start = watched.next_block().await.unwrap().id.unwrap();
+    let p = cluster.producer();
+    produce_keyed(&p, &topic, 4, 0..10);
+    p.flush().await;
+    let mut seen = Continuity::default();
+    read_checked(&mut watched, 10, &mut seen).await;
+    let encoded = format!("ksg_records_encoded_total{{topic=\"{topic}\"}}");
+    let consumed = format!("ksg_records_consumed_total{{topic=\"{topic}\"}}");
+    wait_metric(&gw, &consumed, 40.0).await;
+    assert_eq!(
+        metric(&metrics(&gw).await, &encoded),
+        10.0,
+        "key1's records only"
+    );
+    // Every record, replayed from the ring: the others are encoded now, once.
+    let mut replayed = Vec::new();
+    for round in 0..2 {
+        let resumed = [("last-event-id", start.as_str())];
+        let mut all = get_stream(&h2, &format!("/{topic}"), &resumed).await;
+        let mut seen = Continuity::default();
+        read_checked(&mut all, 40, &mut seen).await;
+        assert_eq!(metric(&metrics(&gw).await, &encoded), 40.0, "round {round}");
+        replayed.push((all, seen));
+    }
+    // Live again: a record the streams take is encoded once, as dispatched.
+    p.produce(&topic, Some("key0"), Some("key0:10")).await;
+    for (all, seen) in &mut replayed {
+        seen.check(&all.next_event().await.unwrap());
+    }
+    assert_eq!(metric(&metrics(&gw).await, &encoded), 41.0);
+    gw.shutdown().await;
+}
+
 /// Timestamps need a broker that keeps the producer's CreateTime (the mock cluster does not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a real broker"]

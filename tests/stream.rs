@@ -616,6 +616,7 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_event_bytes_sent_total", "counter"),
         ("ksg_heartbeats_sent_total", "counter"),
         ("ksg_records_consumed_total", "counter"),
+        ("ksg_records_encoded_total", "counter"),
         ("ksg_slow_stream_cutoffs_total", "counter"),
         ("ksg_kafka_errors_total", "counter"),
         ("ksg_topics_attached", "gauge"),

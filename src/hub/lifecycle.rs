@@ -29,8 +29,10 @@ impl Hub {
             {
                 let mut state = topic.lock();
                 state.positions = offsets.clone();
-                state.ring = (replay_bytes > 0)
-                    .then(|| Arc::new(RwLock::new(Ring::new(replay_bytes, offsets.clone()))));
+                state.ring = (replay_bytes > 0).then(|| {
+                    let ring = Ring::new(replay_bytes, offsets.clone());
+                    Arc::new(RwLock::new(ring.counting(topic.encoded.clone())))
+                });
                 // Idle from the start: if the request that attached it is gone before its
                 // stream registers, the topic is released like any idle one.
                 if state.streams == 0 {

@@ -54,7 +54,7 @@ use crate::source::{Deliver, LiveRecord, RecordSink, Source, SourceError};
 use crate::sse;
 use floor::for_stream;
 pub use group::{Fanout, Seat};
-use replay::Entry;
+use replay::{Entry, Record};
 pub use subscribe::{Events, Parts, Place, Subscription};
 use topic::{Sub, Topic, TopicState};
 
@@ -221,11 +221,32 @@ impl Hub {
         let keyed =
             key.is_some_and(|k| state.by_key.contains_key(k) || state.key_groups.contains_key(k));
         let live = !state.all.is_empty() || !state.groups.is_empty() || keyed;
-        if !live && state.ring.is_none() {
+        if !live {
+            // No stream takes it: the ring keeps the record as it came, encoded when a replay
+            // first needs it (never, for most).
+            if state.ring.is_some() {
+                let kept = match record.value {
+                    Some(v) if v.len() > self.config.max_event_bytes => {
+                        hub.oversize.inc();
+                        Record::Oversize(v.len())
+                    }
+                    value => Record::Value(value.map(Bytes::copy_from_slice)),
+                };
+                let partitions = state.positions.len();
+                let entry = Entry::later(
+                    p,
+                    record.offset,
+                    key.map(Bytes::copy_from_slice),
+                    kept,
+                    partitions,
+                );
+                self.keep_in_ring(state, entry);
+            }
             return;
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(&hub, &id, p, record.offset, key, record.value);
+        hub.encoded.inc();
         if live {
             observe_latency(&hub, record.timestamp_ms);
         }
@@ -266,7 +287,8 @@ impl Hub {
         if cut > 0 {
             state.log_cutoffs(record.topic, cut);
         }
-        self.keep_in_ring(state, p, record.offset, key, event);
+        let entry = Entry::encoded(p, record.offset, key.map(Bytes::copy_from_slice), event);
+        self.keep_in_ring(state, entry);
     }
 
     /// Advances the topic's position past the record and checks it against the partitioner
@@ -321,22 +343,9 @@ impl Hub {
         }
     }
 
-    /// Keeps the event in the topic's replay ring, if it has one.
-    fn keep_in_ring(
-        &self,
-        state: &mut TopicState,
-        p: usize,
-        offset: i64,
-        key: Option<&[u8]>,
-        event: Bytes,
-    ) {
+    /// Keeps the record in the topic's replay ring, if it has one.
+    fn keep_in_ring(&self, state: &mut TopicState, entry: Entry) {
         if let Some(ring) = &state.ring {
-            let entry = Entry {
-                partition: p,
-                offset,
-                key: key.map(Bytes::copy_from_slice),
-                event,
-            };
             self.metrics
                 .replay_bytes
                 .add(ring.write().push(entry) as i64);

@@ -400,12 +400,8 @@ mod tests {
         let (ring, replay) = replay_of(&events, 2 * (2 + ENTRY_OVERHEAD));
         assert!(tx.try_send_replay(replay));
         tx.try_send(Bytes::from_static(b"live")).unwrap();
-        ring.write().push(Entry {
-            partition: 0,
-            offset: 2,
-            key: None,
-            event: Bytes::from_static(b"r3"),
-        });
+        ring.write()
+            .push(Entry::encoded(0, 2, None, Bytes::from_static(b"r3")));
         assert_eq!(rx.try_recv(), None, "r1 is gone from the ring");
         assert!(rx.cut_off());
         assert_eq!(poll(&mut rx), Poll::Ready(None), "the stream ends");

@@ -12,21 +12,28 @@
 //! nothing is locked under it. A replay whose next entry the ring has already dropped (its
 //! client read more slowly than the topic's records filled the ring) ends its stream, counted
 //! as a slow-stream cut-off: the client resumes from its last id, from Kafka.
+//!
+//! A record that no stream took when it was dispatched is kept as it came (its value, or the
+//! size of a value over `KSG_MAX_EVENT_BYTES`) and encoded when a replay first needs it, with
+//! the id the hub would have given it (the replay walks the ring with the hub's position): a
+//! record nobody reads costs no encoding. Once encoded, every replay shares the bytes.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::RwLock;
 use prometheus::IntCounter;
 
 use super::floor::{id_for, judge, Verdict};
+use crate::position;
 use crate::sse;
 
 /// Fixed per-entry bookkeeping counted against the byte budget.
 pub(crate) const ENTRY_OVERHEAD: usize = 64;
 
-/// One dispatched record, already encoded.
+/// One dispatched record.
 pub struct Entry {
     /// Partition of the record.
     pub partition: usize,
@@ -34,13 +41,109 @@ pub struct Entry {
     pub offset: i64,
     /// Key, for key-filtered replays.
     pub key: Option<Bytes>,
-    /// The encoded event, id included.
-    pub event: Bytes,
+    event: Event,
+}
+
+/// A record's event: encoded when it was dispatched (a stream took it), or later.
+enum Event {
+    Encoded(Bytes),
+    Later {
+        record: Record,
+        /// The topic's partitions when it was dispatched: its id names those.
+        partitions: u32,
+        event: OnceLock<Bytes>,
+    },
+}
+
+/// What an event not encoded yet is made of.
+pub enum Record {
+    /// The record's value (`None`: a tombstone).
+    Value(Option<Bytes>),
+    /// A value over `KSG_MAX_EVENT_BYTES`, of this many bytes: its event is the
+    /// `event: oversize` notice.
+    Oversize(usize),
 }
 
 impl Entry {
+    /// A record whose event was encoded as it was dispatched.
+    pub fn encoded(partition: usize, offset: i64, key: Option<Bytes>, event: Bytes) -> Entry {
+        Entry {
+            partition,
+            offset,
+            key,
+            event: Event::Encoded(event),
+        }
+    }
+
+    /// A record no stream took as it was dispatched, on a topic of `partitions` partitions:
+    /// encoded when a replay first needs it.
+    pub fn later(
+        partition: usize,
+        offset: i64,
+        key: Option<Bytes>,
+        record: Record,
+        partitions: usize,
+    ) -> Entry {
+        Entry {
+            partition,
+            offset,
+            key,
+            event: Event::Later {
+                record,
+                partitions: partitions as u32,
+                event: OnceLock::new(),
+            },
+        }
+    }
+
+    /// The bytes it holds as appended (an event encoded later is counted when it is).
     fn cost(&self) -> usize {
-        self.event.len() + self.key.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
+        let held = match &self.event {
+            Event::Encoded(event) => event.len(),
+            Event::Later {
+                record: Record::Value(value),
+                ..
+            } => value.as_ref().map_or(0, Bytes::len),
+            Event::Later { .. } => 0,
+        };
+        held + self.key.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
+    }
+
+    /// The bytes of an event encoded after it was appended.
+    fn encoded_later(&self) -> usize {
+        match &self.event {
+            Event::Later { event, .. } => event.get().map_or(0, Bytes::len),
+            Event::Encoded(_) => 0,
+        }
+    }
+
+    /// Its event, encoded now if it was not, with the id of `after` (the hub's position after
+    /// the record) on the topic `fingerprint`; counted in `ring`.
+    fn event(&self, fingerprint: u32, after: &[i64], ring: &Ring) -> &Bytes {
+        let (record, partitions, cell) = match &self.event {
+            Event::Encoded(event) => return event,
+            Event::Later {
+                record,
+                partitions,
+                event,
+            } => (record, *partitions as usize, event),
+        };
+        cell.get_or_init(|| {
+            let id = position::encode_dense(fingerprint, &after[..partitions.min(after.len())]);
+            let event = match record {
+                Record::Value(value) => {
+                    sse::record_event(&id, self.key.as_deref(), value.as_deref())
+                }
+                Record::Oversize(bytes) => {
+                    sse::oversize_event(&id, self.partition, self.offset, *bytes)
+                }
+            };
+            ring.encoded_later.fetch_add(event.len(), Ordering::Relaxed);
+            if let Some(encoded) = &ring.encoded {
+                encoded.inc();
+            }
+            event
+        })
     }
 }
 
@@ -53,7 +156,14 @@ pub struct Ring {
     entries: VecDeque<Entry>,
     /// The sequence number of the oldest entry (one more for each entry ever appended before).
     first: u64,
+    /// The bytes of the entries as appended, and of the events encoded since (by replays,
+    /// under the read lock); both count against `limit`.
     bytes: usize,
+    encoded_later: AtomicUsize,
+    /// The total last reported by [`Ring::push`].
+    reported: usize,
+    /// Counts the events encoded by replays (the topic's `ksg_records_encoded_total`).
+    encoded: Option<IntCounter>,
     limit: usize,
     /// The position before the oldest entry.
     start: Vec<i64>,
@@ -73,6 +183,9 @@ impl Ring {
             entries: VecDeque::new(),
             first: 0,
             bytes: 0,
+            encoded_later: AtomicUsize::new(0),
+            reported: 0,
+            encoded: None,
             limit,
             last: position.clone(),
             start: position,
@@ -80,14 +193,20 @@ impl Ring {
         }
     }
 
-    /// Bytes held now.
-    pub fn bytes(&self) -> usize {
-        self.bytes
+    /// The ring counts the events its replays encode in `encoded`.
+    pub fn counting(mut self, encoded: IntCounter) -> Ring {
+        self.encoded = Some(encoded);
+        self
     }
 
-    /// Appends an entry and evicts the oldest ones beyond the budget. Returns the change in bytes.
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes + self.encoded_later.load(Ordering::Relaxed)
+    }
+
+    /// Appends an entry and evicts the oldest ones beyond the budget. Returns the change in
+    /// bytes since the last call (events encoded by replays meanwhile included).
     pub fn push(&mut self, entry: Entry) -> isize {
-        let before = self.bytes as isize;
         if self.end() % MARK_EVERY == 0 {
             self.marks.push_back((self.end(), self.last.clone()));
         }
@@ -96,18 +215,23 @@ impl Ring {
         }
         self.bytes += entry.cost();
         self.entries.push_back(entry);
-        while self.bytes > self.limit {
+        while self.bytes() > self.limit {
             let Some(old) = self.entries.pop_front() else {
                 break;
             };
             self.bytes -= old.cost();
+            self.encoded_later
+                .fetch_sub(old.encoded_later(), Ordering::Relaxed);
             self.first += 1;
             self.start[old.partition] = old.offset + 1;
         }
         while self.marks.front().is_some_and(|(seq, _)| *seq < self.first) {
             self.marks.pop_front();
         }
-        self.bytes as isize - before
+        let now = self.bytes();
+        let change = now as isize - self.reported as isize;
+        self.reported = now;
+        change
     }
 
     /// Partitions added to the topic: the ring holds all of them from their log start.
@@ -290,16 +414,21 @@ impl Replay {
             if self.key.is_some() && entry.key != self.key {
                 continue;
             }
-            let id = match judge(&mut self.floor, p, entry.offset, &self.position) {
+            let verdict = judge(&mut self.floor, p, entry.offset, &self.position);
+            if verdict == Verdict::Skip {
+                continue;
+            }
+            let event = entry.event(self.fingerprint, &self.position, &ring);
+            let id = match verdict {
                 Verdict::Skip => continue,
-                Verdict::Shared if self.scope.is_none() => return Ok(Some(entry.event.clone())),
+                Verdict::Shared if self.scope.is_none() => return Ok(Some(event.clone())),
                 Verdict::Shared => id_for(self.fingerprint, self.scope, &self.position),
                 Verdict::Raised => {
                     let floor = self.floor.as_deref().unwrap_or(&self.position);
                     id_for(self.fingerprint, self.scope, floor)
                 }
             };
-            return Ok(Some(sse::with_id(&entry.event, &id)));
+            return Ok(Some(sse::with_id(event, &id)));
         }
         Ok(None)
     }
@@ -311,12 +440,7 @@ impl Replay {
 pub(crate) fn replay_of(events: &[Bytes], limit: usize) -> (Shared, Replay) {
     let mut ring = Ring::new(limit, vec![0]);
     for (offset, event) in (0..).zip(events) {
-        ring.push(Entry {
-            partition: 0,
-            offset,
-            key: None,
-            event: event.clone(),
-        });
+        ring.push(Entry::encoded(0, offset, None, event.clone()));
     }
     let shared = Arc::new(RwLock::new(ring));
     let origin = Origin {
@@ -336,12 +460,7 @@ mod tests {
     use crate::position;
 
     fn entry(partition: usize, offset: i64, size: usize) -> Entry {
-        Entry {
-            partition,
-            offset,
-            key: None,
-            event: Bytes::from(vec![b'x'; size]),
-        }
+        Entry::encoded(partition, offset, None, Bytes::from(vec![b'x'; size]))
     }
 
     #[test]
@@ -378,12 +497,12 @@ mod tests {
                 Some(b"v"),
             );
             events.push(event.clone());
-            ring.push(Entry {
+            ring.push(Entry::encoded(
                 partition,
                 offset,
-                key: Some(Bytes::from(key)),
+                Some(Bytes::from(key)),
                 event,
-            });
+            ));
         }
         (Arc::new(RwLock::new(ring)), events)
     }
@@ -460,12 +579,12 @@ mod tests {
         let mut after = Vec::new();
         for i in 0..1000 {
             let p = usize::from(i % 3 == 0);
-            ring.push(Entry {
-                partition: p,
-                offset: at[p],
-                key: None,
-                event: Bytes::from(format!("{i:010}")),
-            });
+            ring.push(Entry::encoded(
+                p,
+                at[p],
+                None,
+                Bytes::from(format!("{i:010}")),
+            ));
             at[p] += 1;
             after.push(at.clone());
         }
@@ -537,6 +656,77 @@ mod tests {
     }
 
     #[test]
+    fn a_record_no_stream_took_is_encoded_once_when_a_replay_first_needs_it() {
+        let fp = position::fingerprint("t");
+        let encoded = IntCounter::new("encoded", "encoded").unwrap();
+        let mut ring = Ring::new(1 << 20, vec![10, 20]).counting(encoded.clone());
+        // A value, a tombstone and a value over the limit kept as they came; one encoded at
+        // dispatch between them. The eager encodings are what the hub would have sent.
+        let mut at = vec![10, 20];
+        let mut eager = Vec::new();
+        let records: [(usize, i64, Option<&[u8]>, Record); 4] = [
+            (
+                0,
+                10,
+                Some(b"a"),
+                Record::Value(Some(Bytes::from_static(b"v1"))),
+            ),
+            (
+                1,
+                20,
+                Some(b"b"),
+                Record::Value(Some(Bytes::from_static(b"v2"))),
+            ),
+            (1, 21, Some(b"a"), Record::Value(None)),
+            (0, 11, None, Record::Oversize(5000)),
+        ];
+        for (i, (p, offset, key, record)) in records.into_iter().enumerate() {
+            at[p] = offset + 1;
+            let id = position::encode_dense(fp, &at);
+            let event = match &record {
+                Record::Value(value) => sse::record_event(&id, key, value.as_deref()),
+                Record::Oversize(bytes) => sse::oversize_event(&id, p, offset, *bytes),
+            };
+            eager.push(event.clone());
+            let key = key.map(Bytes::copy_from_slice);
+            ring.push(match i {
+                1 => Entry::encoded(p, offset, key, event),
+                _ => Entry::later(p, offset, key, record, 2),
+            });
+        }
+        let appended = ring.bytes();
+        assert_eq!(encoded.get(), 0, "nothing encoded while nobody reads");
+        let ring = Arc::new(RwLock::new(ring));
+        let (mut replay, _) = start(&ring, from(None, None, fp, &[10, 20]));
+        let first = drain(&mut replay);
+        assert_eq!(first, eager, "the bytes the hub would have sent");
+        assert_eq!(encoded.get(), 3, "each kept record encoded once");
+        let later: usize = [0, 2, 3].iter().map(|&i| eager[i].len()).sum();
+        assert_eq!(
+            ring.read().bytes(),
+            appended + later,
+            "counted in the ring's bytes"
+        );
+        // A second replay shares the bytes the first one made.
+        let (mut replay, _) = start(&ring, from(None, None, fp, &[10, 20]));
+        let second = drain(&mut replay);
+        assert!(first
+            .iter()
+            .zip(&second)
+            .all(|(a, b)| a.as_ptr() == b.as_ptr()));
+        assert_eq!(encoded.get(), 3);
+        // Key a only, short ids of partition 1: made from the kept record's encoding.
+        let (mut replay, _) = start(&ring, from(Some(b"a"), Some(1), fp, &[11, 20]));
+        let short = sse::with_id(&eager[2], &position::encode_sparse(fp, &[(1, 22)]));
+        assert_eq!(drain(&mut replay), [short]);
+        // Evicted, an entry takes its encoding's bytes with it.
+        let mut held = ring.write();
+        held.limit = 0;
+        held.push(Entry::later(0, 12, None, Record::Value(None), 2));
+        assert_eq!(held.bytes(), 0);
+    }
+
+    #[test]
     fn an_oversized_event_does_not_stay() {
         let mut ring = Ring::new(50, vec![0]);
         ring.push(entry(0, 0, 1000));
@@ -550,21 +740,23 @@ mod tests {
     }
 
     /// The replay as it was before it read the ring in place: every entry walked from the
-    /// oldest, each event judged against the floor as it came. The in-place replay must send
-    /// exactly this, and leave the same floor.
-    fn walked(ring: &Ring, from: Origin<'_>) -> (Vec<Bytes>, Option<Vec<i64>>) {
+    /// oldest, each event judged against the floor as it came, every event encoded as it was
+    /// dispatched (`eager`, by sequence number). The in-place replay must send exactly this,
+    /// and leave the same floor.
+    fn walked(ring: &Ring, eager: &[Bytes], from: Origin<'_>) -> (Vec<Bytes>, Option<Vec<i64>>) {
         let (fp, scope) = (from.fingerprint, from.scope);
         let mut floor = Some(from.position);
         let mut position = ring.start.clone();
         let mut sent = Vec::new();
-        for entry in &ring.entries {
+        for (seq, entry) in (ring.first..).zip(&ring.entries) {
+            let event = &eager[seq as usize];
             position[entry.partition] = entry.offset + 1;
             if from.key.is_some() && entry.key.as_deref() != from.key {
                 continue;
             }
             let shared = match scope {
-                None => entry.event.clone(),
-                Some(_) => sse::with_id(&entry.event, &id_for(fp, scope, &position)),
+                None => event.clone(),
+                Some(_) => sse::with_id(event, &id_for(fp, scope, &position)),
             };
             let (p, offset) = (entry.partition, entry.offset);
             let event = super::super::floor::for_stream(
@@ -580,7 +772,7 @@ mod tests {
 
         #[test]
         fn a_replay_in_place_sends_what_a_walk_from_the_oldest_entry_sends(
-            records in proptest::collection::vec((0usize..3, 0u8..3), 1..1200),
+            records in proptest::collection::vec((0usize..3, 0u8..3, proptest::prelude::any::<bool>()), 1..1200),
             kept in 50usize..1500,
             resume in proptest::prelude::any::<proptest::sample::Index>(),
             own in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 3),
@@ -593,19 +785,23 @@ mod tests {
             let mut ring = Ring::new(kept * (40 + ENTRY_OVERHEAD), vec![5, 0, 9]);
             let mut at = vec![5, 0, 9];
             let mut after = Vec::new();
-            for (i, (p, k)) in records.iter().enumerate() {
+            let mut eager = Vec::new();
+            // Records a stream took are encoded as dispatched, the others (`later`) when a
+            // replay first needs them: a replay sends the same bytes either way.
+            for (i, (p, k, later)) in records.iter().enumerate() {
                 let offset = at[*p];
                 at[*p] += 1;
+                let value = format!("{i:06}");
+                let key = Some(Bytes::from_static(names[usize::from(*k)]));
                 let event = sse::record_event(
                     &position::encode_dense(fp, &at),
                     Some(names[usize::from(*k)]),
-                    Some(format!("{i:06}").as_bytes()),
+                    Some(value.as_bytes()),
                 );
-                ring.push(Entry {
-                    partition: *p,
-                    offset,
-                    key: Some(Bytes::from_static(names[usize::from(*k)])),
-                    event,
+                eager.push(event.clone());
+                ring.push(match later {
+                    true => Entry::later(*p, offset, key, Record::Value(Some(Bytes::from(value))), 3),
+                    false => Entry::encoded(*p, offset, key, event),
                 });
                 after.push(at.clone());
             }
@@ -625,7 +821,7 @@ mod tests {
             };
             let key = key.map(|k| names[usize::from(k)]);
             let origin = || from(key, scope, fp, &client);
-            let (expected, expected_floor) = walked(&ring, origin());
+            let (expected, expected_floor) = walked(&ring, &eager, origin());
             let shared = Arc::new(RwLock::new(ring));
             let (mut replay, floor) = start(&shared, origin());
             proptest::prop_assert_eq!(floor, expected_floor);

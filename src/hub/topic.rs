@@ -42,6 +42,8 @@ pub(super) struct Topic {
     pub(super) mismatches: IntCounter,
     pub(super) latency: prometheus::Histogram,
     pub(super) records: IntCounter,
+    /// `ksg_records_encoded_total{topic}`.
+    pub(super) encoded: IntCounter,
     pub(super) cutoffs: IntCounter,
     pub(super) oversize: IntCounter,
     pub(super) keyless: IntCounter,
@@ -277,6 +279,7 @@ impl Topic {
             mismatches: metrics.key_partition_mismatches.with_label_values(&[topic]),
             latency: metrics.event_latency.with_label_values(&[topic]),
             records: metrics.records_consumed.with_label_values(&[topic]),
+            encoded: metrics.records_encoded.with_label_values(&[topic]),
             cutoffs: metrics.slow_stream_cutoffs.with_label_values(&[topic]),
             oversize: metrics.records_oversize.with_label_values(&[topic]),
             keyless: metrics.snapshot_keyless.with_label_values(&[topic]),
