@@ -2,12 +2,9 @@
 //! request is open from its arrival until its response body is dropped, so an SSE stream is
 //! open as long as it streams) and whether any was ever served.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
 
 /// One connection's requests.
@@ -59,39 +56,6 @@ impl Drop for Open {
     }
 }
 
-/// A response body that keeps its request open until it is dropped.
-pub struct Tracked<B> {
-    body: B,
-    _open: Open,
-}
-
-impl<B> Tracked<B> {
-    /// `body`, holding `open`.
-    pub fn new(body: B, open: Open) -> Self {
-        Tracked { body, _open: open }
-    }
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,9 +69,8 @@ mod tests {
         let b = activity.open();
         assert_eq!(*watch.borrow(), 2);
         drop(a);
-        let body = Tracked::new(http_body::Frame::data(()), b);
         assert_eq!(*watch.borrow(), 1);
-        drop(body);
+        drop(b);
         assert_eq!(*watch.borrow(), 0);
         assert!(activity.served());
     }

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use http_body::{Body, Frame, SizeHint};
 
+use crate::http::activity::Open;
 use crate::hub::{Fanout, Seat};
 use crate::wake::{Deferred, Ready};
 
@@ -43,23 +44,27 @@ impl Connection {
         self.fanout.seat(0)
     }
 
-    /// `body`, polled as this connection's stream.
-    pub fn pump<B>(self: &Arc<Self>, body: B) -> Pumped<B> {
+    /// `body`, polled as this connection's stream, keeping its request `open` until it is
+    /// dropped.
+    pub fn pump<B>(self: &Arc<Self>, body: B, open: Open) -> Pumped<B> {
         Pumped {
             body,
             connection: self.clone(),
             due: Vec::new(),
+            _open: open,
         }
     }
 }
 
 /// A response body on an HTTP/1.1 connection: before each poll, the connection's task is the
-/// one its logs wake, and their waiting streams are marked due.
+/// one its logs wake, and their waiting streams are marked due. Its request is open (for the
+/// connection's idle timeout) until it is dropped.
 pub struct Pumped<B> {
     body: B,
     connection: Arc<Connection>,
     /// The due list taken at each poll (one stream, so only emptied; kept for its buffer).
     due: Vec<usize>,
+    _open: Open,
 }
 
 impl<B: Body + Unpin> Body for Pumped<B> {

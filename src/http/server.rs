@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::http::activity::{Activity, Tracked};
+use crate::http::activity::Activity;
 use crate::http::deadline::FirstBytes;
 use crate::http::h1;
 use crate::http::h2conn;
@@ -399,7 +399,7 @@ impl Server {
             let fanout = fanout.clone();
             async move {
                 let response = app.handle(request, &opens, &fanout.seat()).await;
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(fanout.pump(body), open)))
+                Ok::<_, Infallible>(response.map(|body| fanout.pump(body, open)))
             }
         });
         let (io, opening_timed_out) = FirstBytes::new(io, self.handshake_timeout);
