@@ -177,6 +177,8 @@ pub struct TopicSeries {
 
 /// The series a route's streams count into, shared by them like [`TopicSeries`].
 pub struct RouteSeries {
+    /// `ksg_streams_opened_total{route}`.
+    pub opened: IntCounter,
     /// `ksg_streams_open{route}`.
     pub open: IntGauge,
     /// `ksg_first_event_seconds{route}`.
@@ -493,6 +495,7 @@ impl Metrics {
         let series = routes.entry(route.clone()).or_insert_with(|| {
             let labels = &[&**route];
             Arc::new(RouteSeries {
+                opened: self.streams_opened.with_label_values(labels),
                 open: self.streams_open.with_label_values(labels),
                 first_event: self.first_event.with_label_values(labels),
                 duration: self.stream_duration.with_label_values(labels),

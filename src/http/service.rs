@@ -231,12 +231,9 @@ impl App {
             sse_headers(response.headers_mut());
             return response;
         }
-        let route = &*target.route;
-        self.metrics
-            .streams_opened
-            .with_label_values(&[route])
-            .inc();
-        debug!(topic = %subscription.series.name, route, "stream opened");
+        let route = self.metrics.route_series(&target.route);
+        route.opened.inc();
+        debug!(topic = %subscription.series.name, route = &*target.route, "stream opened");
         let token = grant.map(|grant| TokenEnd {
             exp: grant.expires,
             key: grant.key,
@@ -247,7 +244,7 @@ impl App {
             subscription,
             self.streams,
             self.clock.clone(),
-            self.metrics.route_series(&target.route),
+            route,
             slot,
             token,
         );
