@@ -1,15 +1,16 @@
 //! The hub: a registry from topic to its live channel, key filters, replay and fan-out.
 //!
 //! The poll thread calls [`Hub::dispatch`] for every record. Under the topic's lock it advances
-//! the topic's position vector, encodes the event once (its id is the vector after the record),
-//! keeps it in the topic's replay ring and appends the same [`Bytes`] once to each connection's
-//! shared log of a matching view (every record, or the record's key), where every live stream,
-//! HTTP/2 or HTTP/1.1, reads at its own place ([`group`]). Only a resumed stream whose id is
-//! ahead of the live position gets it in its own bounded queue ([`queue`]), after its replay or
-//! catch-up, until the live position covers its id. A full queue or log ends the slow stream (counted); the consumer
-//! and the other streams never wait. Locks are never held across an `.await`, and are taken in
-//! one order, written and checked in `order`: a topic's state, then a connection's groups, then
-//! a group's log.
+//! the topic's position vector, encodes the event once if a stream takes it (its id is the
+//! vector after the record; a record nobody takes is kept as it came, see [`replay`]), keeps it
+//! in the topic's replay ring and appends the same [`Bytes`] once to each connection's shared
+//! log of a matching view (every record, or the record's key), where every live stream, HTTP/2
+//! or HTTP/1.1, reads at its own place ([`group`]). Only a resumed stream whose id is ahead of
+//! the live position gets it in its own bounded queue ([`queue`]), after its replay or
+//! catch-up, until the live position covers its id. A full queue or log ends the slow stream
+//! (counted); the consumer and the other streams never wait. Locks are never held across an
+//! `.await`, and are taken in one order, written and checked in `order`: a topic's state, then
+//! a connection's groups, then a group's log.
 //!
 //! Key streams read every partition and carry full ids, whatever partitioner the producers use.
 //! When the operator promises a partitioner (`KSG_KEY_PARTITIONER`), a key stream reads only its
@@ -137,6 +138,24 @@ impl Hub {
         }
     }
 
+    /// The size of a record's value over `KSG_MAX_EVENT_BYTES` (counted and logged), whose
+    /// event is an `event: oversize` notice; `None` for a value within it, or a tombstone.
+    fn oversize(
+        &self,
+        hub: &Topic,
+        partition: usize,
+        offset: i64,
+        value: Option<&[u8]>,
+    ) -> Option<usize> {
+        let bytes = value?.len();
+        if bytes <= self.config.max_event_bytes {
+            return None;
+        }
+        hub.oversize.inc();
+        debug!(topic = %hub.name, partition, offset, bytes, "record over KSG_MAX_EVENT_BYTES");
+        Some(bytes)
+    }
+
     /// Encodes one record, or an `event: oversize` notice for a value over the limit (counted).
     fn encode(
         &self,
@@ -147,13 +166,9 @@ impl Hub {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Bytes {
-        match value {
-            Some(v) if v.len() > self.config.max_event_bytes => {
-                hub.oversize.inc();
-                debug!(topic = %hub.name, partition, offset, bytes = v.len(), "record over KSG_MAX_EVENT_BYTES");
-                sse::oversize_event(id, partition, offset, v.len())
-            }
-            _ => sse::record_event(id, key, value),
+        match self.oversize(hub, partition, offset, value) {
+            Some(bytes) => sse::oversize_event(id, partition, offset, bytes),
+            None => sse::record_event(id, key, value),
         }
     }
 
@@ -225,12 +240,9 @@ impl Hub {
             // No stream takes it: the ring keeps the record as it came, encoded when a replay
             // first needs it (never, for most).
             if state.ring.is_some() {
-                let kept = match record.value {
-                    Some(v) if v.len() > self.config.max_event_bytes => {
-                        hub.oversize.inc();
-                        Record::Oversize(v.len())
-                    }
-                    value => Record::Value(value.map(Bytes::copy_from_slice)),
+                let kept = match self.oversize(&hub, p, record.offset, record.value) {
+                    Some(bytes) => Record::Oversize(bytes),
+                    None => Record::Value(record.value.map(Bytes::copy_from_slice)),
                 };
                 let partitions = state.positions.len();
                 let entry = Entry::later(
@@ -247,9 +259,7 @@ impl Hub {
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(&hub, &id, p, record.offset, key, record.value);
         hub.encoded.inc();
-        if live {
-            observe_latency(&hub, record.timestamp_ms);
-        }
+        observe_latency(&hub, record.timestamp_ms);
         // Key streams whose ids name only their key's partition share a second encoding.
         let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, record.offset, &event));
         let mut fan = Fan {

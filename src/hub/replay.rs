@@ -414,21 +414,21 @@ impl Replay {
             if self.key.is_some() && entry.key != self.key {
                 continue;
             }
-            let verdict = judge(&mut self.floor, p, entry.offset, &self.position);
-            if verdict == Verdict::Skip {
-                continue;
-            }
-            let event = entry.event(self.fingerprint, &self.position, &ring);
-            let id = match verdict {
+            // The id the stream gets, when it is not the shared event's own.
+            let id = match judge(&mut self.floor, p, entry.offset, &self.position) {
                 Verdict::Skip => continue,
-                Verdict::Shared if self.scope.is_none() => return Ok(Some(event.clone())),
-                Verdict::Shared => id_for(self.fingerprint, self.scope, &self.position),
+                Verdict::Shared if self.scope.is_none() => None,
+                Verdict::Shared => Some(id_for(self.fingerprint, self.scope, &self.position)),
                 Verdict::Raised => {
                     let floor = self.floor.as_deref().unwrap_or(&self.position);
-                    id_for(self.fingerprint, self.scope, floor)
+                    Some(id_for(self.fingerprint, self.scope, floor))
                 }
             };
-            return Ok(Some(sse::with_id(event, &id)));
+            let event = entry.event(self.fingerprint, &self.position, &ring);
+            return Ok(Some(match id {
+                None => event.clone(),
+                Some(id) => sse::with_id(event, &id),
+            }));
         }
         Ok(None)
     }
