@@ -18,7 +18,7 @@ use prometheus::IntCounter;
 
 use crate::auth::expiry::{Due, Expiry};
 use crate::http::limits::Slot;
-use crate::hub::{Events, Place, Subscription};
+use crate::hub::{Events, Subscription};
 use crate::metrics::{RouteSeries, TopicSeries};
 use crate::sse;
 
@@ -84,8 +84,6 @@ pub struct SseStream {
     limit: u32,
     /// The stream's events.
     events: Events,
-    /// Its place in its topic.
-    _place: Place,
     /// The heartbeat and the end of the stream's lifetime.
     appointments: Appointments,
     metrics: StreamMetrics,
@@ -154,7 +152,6 @@ impl SseStream {
             opening: true,
             limit: MAX_BATCH_BYTES as u32,
             events: parts.events,
-            _place: parts.place,
             appointments: Appointments::new(clock, lifetime),
             metrics,
             opened: std::time::Instant::now(),

@@ -906,7 +906,7 @@ mod tests {
         let mut cx = Context::from_waker(Waker::noop());
         let (tx, rx) = queue::channel(8, usize::MAX);
         let slot = Arc::new(Mutex::new(None));
-        let mut events = Events::then(rx, slot.clone());
+        let mut events = Events::then(rx, slot.clone(), None);
         tx.try_send(ev("replayed")).unwrap();
         // The hand-over: its place in the log from the next event on, its queue then ends.
         *slot.lock() = Some(join(&topic, &group, 0));
@@ -924,7 +924,7 @@ mod tests {
         assert!(slot.lock().is_none());
         // No place left in the slot (cut off before its hand-over): the stream ends.
         let (tx, rx) = queue::channel(8, usize::MAX);
-        let mut events = Events::then(rx, Arc::new(Mutex::new(None)));
+        let mut events = Events::then(rx, Arc::new(Mutex::new(None)), None);
         drop(tx);
         assert_eq!(events.poll_recv(&mut cx), Poll::Ready(None));
     }

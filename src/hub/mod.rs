@@ -56,7 +56,7 @@ use crate::sse;
 use floor::for_stream;
 pub use group::{Fanout, Seat};
 use replay::{Entry, Record};
-pub use subscribe::{Events, Parts, Place, Subscription};
+pub use subscribe::{Events, Parts, Subscription};
 use topic::{Sub, Topic, TopicState};
 
 /// Why a stream could not be opened.

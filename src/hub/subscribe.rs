@@ -32,16 +32,28 @@ pub enum Events {
     Then(Box<Own>),
 }
 
-/// A stream's own queue and the slot of its cursor once live (see [`Events::Then`]).
+/// A stream's own queue and the slot of its cursor once live (see [`Events::Then`]), and its
+/// registration with the topic until then: once in its group the stream is the group's, and
+/// nothing of its time before stays with it.
 pub struct Own {
     queue: queue::Receiver,
     slot: Arc<Mutex<Option<Cursor>>>,
+    _registration: Option<Registration>,
 }
 
 impl Events {
-    /// The stream's own `queue`, then the cursor the hub leaves in `slot`.
-    pub(super) fn then(queue: queue::Receiver, slot: Arc<Mutex<Option<Cursor>>>) -> Events {
-        Events::Then(Box::new(Own { queue, slot }))
+    /// The stream's own `queue`, then the cursor the hub leaves in `slot`; `registration`
+    /// holds its place in the topic until then (`None`: fed by a test).
+    pub(super) fn then(
+        queue: queue::Receiver,
+        slot: Arc<Mutex<Option<Cursor>>>,
+        registration: Option<Registration>,
+    ) -> Events {
+        Events::Then(Box::new(Own {
+            queue,
+            slot,
+            _registration: registration,
+        }))
     }
 
     /// The next event; `None` once the stream's events are over.
@@ -90,9 +102,6 @@ pub struct Subscription {
     /// An event the stream sends right after its preamble: the `event: gap` of a resume id
     /// the log cannot honour (see [`Hub::rebase_if_ahead`]).
     pub prelude: Option<Bytes>,
-    /// `None` for a stream that joined its group at once (its cursor unregisters it) or fed by
-    /// a test.
-    _registration: Option<Registration>,
 }
 
 impl Subscription {
@@ -104,25 +113,23 @@ impl Subscription {
         let (tx, events) = queue::channel(bound, usize::MAX);
         let subscription = Subscription {
             // An empty slot: the stream ends with its queue.
-            events: Events::then(events, Arc::new(Mutex::new(None))),
+            events: Events::then(events, Arc::new(Mutex::new(None)), None),
             start_id: Some(String::from("test-start")),
             series,
             prelude: None,
-            _registration: None,
         };
         (tx, subscription)
     }
 
-    /// Its parts: what a stream body keeps for its life (the events, the topic's name, its
-    /// place in the topic) apart from what only its preamble needs (the start id, the prelude),
-    /// so an open stream holds no room for the latter.
+    /// Its parts: what a stream body keeps for its life (the events, the topic's name and
+    /// series) apart from what only its preamble needs (the start id, the prelude), so an open
+    /// stream holds no room for the latter.
     pub fn into_parts(self) -> Parts {
         Parts {
             events: self.events,
             series: self.series,
             start_id: self.start_id,
             prelude: self.prelude,
-            place: Place(self._registration.map(Box::new)),
         }
     }
 }
@@ -137,17 +144,12 @@ pub struct Parts {
     pub start_id: Option<String>,
     /// The event right after the preamble (see [`Subscription::prelude`]).
     pub prelude: Option<Bytes>,
-    /// The stream's place in its topic: dropping it unregisters the stream.
-    pub place: Place,
 }
 
-/// A stream's place in its topic, held for as long as the stream is open. Boxed: most streams
-/// join their group at once and have none, so an open stream keeps a pointer for it, not the
-/// registration's room.
-pub struct Place(#[allow(dead_code, reason = "held for its drop")] Option<Box<Registration>>);
-
-/// A stream's place in its topic: dropping it unregisters the stream.
-struct Registration {
+/// A stream's place in its topic while it reads its own queue (see [`Own`]): dropping it
+/// unregisters the stream. A stream that joined its group at once has none; its cursor
+/// unregisters it.
+pub(super) struct Registration {
     topic: Arc<Topic>,
     id: u64,
     key: Option<Vec<u8>>,
@@ -298,11 +300,11 @@ impl Hub {
                 id,
                 key,
             };
-            let (events, start_id, registration) = match opened {
-                Opened::Joined(start_id, cursor) => (Events::Group(cursor), Some(start_id), None),
+            let (events, start_id) = match opened {
+                Opened::Joined(start_id, cursor) => (Events::Group(cursor), Some(start_id)),
                 Opened::Ready(start_id) => {
                     let rx = rx.counted(&self.metrics.streams_own_queue);
-                    (Events::then(rx, slot), Some(start_id), Some(registration))
+                    (Events::then(rx, slot, Some(registration)), Some(start_id))
                 }
                 Opened::CatchUp {
                     from,
@@ -324,7 +326,7 @@ impl Hub {
                     };
                     tokio::spawn(self.clone().catch_up(job));
                     let rx = rx.counted(&self.metrics.streams_own_queue);
-                    (Events::then(rx, slot), None, Some(registration))
+                    (Events::then(rx, slot, Some(registration)), None)
                 }
             };
             return Ok(Subscription {
@@ -332,7 +334,6 @@ impl Hub {
                 start_id,
                 series: hub.series.clone(),
                 prelude,
-                _registration: registration,
             });
         }
     }
