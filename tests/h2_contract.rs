@@ -208,6 +208,28 @@ async fn h2_refuses_streams_past_its_limit_as_a_frame_and_the_wire_lets_them_go(
     assert_eq!(server.wire.held(), 1, "only the answered stream is held");
 }
 
+/// A client opens 256 streams at once (a page's EventSources reconnecting after a restart).
+/// The wire hands their HEADERS to `h2` only 16 ahead of the task accepting them, and relies
+/// on `h2` handing out a stream for every complete request it read before it reports nothing
+/// to accept: were that to change, the task (which, unlike the gateway's, does not let a held
+/// stream through when `h2` has none) would wait here for good.
+#[tokio::test(start_paused = true)]
+async fn h2_hands_out_every_stream_of_a_burst_that_the_wire_paces() {
+    let (mut client, mut server) = connected(1 << 20, 256).await;
+    let ids: Vec<u32> = (1..=511).step_by(2).collect();
+    for &id in &ids {
+        client.get(id, "/").await;
+    }
+    let mut accepted = Vec::new();
+    for _ in &ids {
+        let next = tokio::time::timeout(Duration::from_secs(5), server.requests.recv()).await;
+        accepted.push(next.expect("a stream of the burst not handed out").unwrap());
+    }
+    let order: Vec<u32> = accepted.iter().map(|(id, _, _)| *id).collect();
+    assert_eq!(order, ids, "every stream, in order");
+    assert_eq!(server.wire.held(), 256);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_client_reset_during_the_response_headers_ends_the_stream_on_the_wire() {
     let (mut client, mut server) = connected(1 << 20, 8).await;

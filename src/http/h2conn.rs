@@ -172,7 +172,15 @@ where
         let grace_until = goodbye.as_ref().map(|(_, until)| *until);
         tokio::select! {
             // Polling the connection writes what its streams handed over.
-            accepted = poll_fn(|cx| connection.poll_accept(cx)) => match accepted {
+            accepted = poll_fn(|cx| {
+                let accepted = connection.poll_accept(cx);
+                // A new stream held back for one `h2` would hand out, and it has none: the
+                // held one goes on, and `h2` is polled again to read it.
+                if accepted.is_pending() && wire.nothing_to_accept() {
+                    cx.waker().wake_by_ref();
+                }
+                accepted
+            }) => match accepted {
                 Some(Ok((request, respond))) => streams.insert_with(|token| {
                     let out = wire.attach(respond.stream_id().as_u32(), token);
                     // What a stream keeps while it sends is small: the request and what handling

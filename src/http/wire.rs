@@ -43,7 +43,7 @@ mod windows;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 
 use parking_lot::{Mutex, MutexGuard};
 use slab::Slab;
@@ -89,6 +89,12 @@ pub struct State {
     goaway_last: Option<u32>,
     goaway_bytes: Option<Vec<u8>>,
     unanswered: usize,
+    /// The connection's task, while the way in holds back a new stream's HEADERS because
+    /// [`AHEAD`] streams wait in `h2` to be accepted: woken when one is.
+    held_back: Option<Waker>,
+    /// `h2` had no stream to hand out while the way in held one back (the count was off):
+    /// the next new stream goes through all the same.
+    let_one_through: bool,
     /// Streams waiting for the connection's window, in turn order.
     waiting: Vec<usize>,
     /// The connection's window ran out with streams wanting it: until they are all served,
@@ -197,6 +203,8 @@ impl Wire {
                 goaway_last: None,
                 goaway_bytes: None,
                 unanswered: 0,
+                held_back: None,
+                let_one_through: false,
                 waiting: Vec::new(),
                 rationed: false,
                 starved_since: None,
@@ -227,7 +235,7 @@ impl Wire {
         let mut state = self.state.lock();
         let key = match state.ids.get(id) {
             Some(key) => {
-                state.unanswered -= 1;
+                state.answered_one();
                 state.streams[key].token = Some(token as u32);
                 u32::try_from(key).ok()
             }
@@ -240,6 +248,18 @@ impl Wire {
     /// The output and windows, for the streams to write.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock()
+    }
+
+    /// `h2` had no stream to hand out: if the way in was holding a new stream back for it,
+    /// that one goes through (the count of streams in `h2` was off), and true is returned:
+    /// the caller polls `h2` again.
+    pub fn nothing_to_accept(&self) -> bool {
+        let mut state = self.state.lock();
+        if state.held_back.take().is_none() {
+            return false;
+        }
+        state.let_one_through = true;
+        true
     }
 
     /// Streams the wire holds an entry for (open, or not released yet): for tests, including
@@ -269,6 +289,19 @@ impl<I: AsyncWrite + Unpin> Link<I> {
     }
 }
 
+/// The output room a connection keeps after a write of `wrote` bytes: about that write's
+/// size (the next power of two, as the buffer grew to it), at least [`KEPT_ROOM_MIN`]. So a
+/// connection holds about what its recent writes need: one that wrote a burst and now writes
+/// an event or a heartbeat at a time keeps a few KiB, not its largest write's room, and one
+/// that writes every record for many streams keeps its size and does not grow it again each
+/// time.
+fn kept_room(wrote: usize) -> usize {
+    wrote.next_power_of_two().max(KEPT_ROOM_MIN)
+}
+
+/// The least output room a connection keeps between writes.
+const KEPT_ROOM_MIN: usize = 4 << 10;
+
 impl State {
     /// True while the streams may write before the connection's next write.
     pub fn room(&self) -> bool {
@@ -288,11 +321,14 @@ impl State {
             }
             self.written += n;
         }
+        let wrote = self.out.len();
         self.out.clear();
         self.written = 0;
-        if self.out.capacity() > 4 * WRITE_BYTES {
-            // A burst (a catch-up, many heartbeats at once) is over: its room is not kept.
-            self.out.shrink_to(WRITE_BYTES);
+        let keep = kept_room(wrote);
+        if wrote > 0 && self.out.capacity() > 2 * keep {
+            // The room of a burst (a catch-up, a resume's first frames, h2's HEADERS for many
+            // streams) is not kept once the writes are small again.
+            self.out.shrink_to(keep);
         }
         Pin::new(&mut *io).poll_flush(cx)
     }
@@ -328,7 +364,7 @@ mod proptests;
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use tokio::io::ReadBuf;
+    use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
     use super::*;
     use crate::wake::{counting_waker, WakeCount};
@@ -389,8 +425,18 @@ mod tests {
             // Later bytes of a connection whose preface went by.
             filter.preface = Some(0);
         }
+        feed(wire, &mut filter, bytes, step)
+    }
+
+    /// Runs more of the client's bytes through `filter`, as [`inbound`] does.
+    pub(super) fn feed(wire: &Wire, filter: &mut Inbound, bytes: &[u8], step: usize) -> Vec<u8> {
         let mut seen = Vec::new();
-        for chunk in bytes.chunks(step) {
+        // No bytes: what the filter holds is looked at again.
+        let chunks: Vec<&[u8]> = match bytes.is_empty() {
+            true => vec![bytes],
+            false => bytes.chunks(step).collect(),
+        };
+        for chunk in chunks {
             filter.make_room();
             filter.buf.extend_from_slice(chunk);
             loop {
@@ -404,6 +450,35 @@ mod tests {
             }
         }
         seen
+    }
+
+    /// Writes `bytes` through the connection's output, whole, and returns the room it keeps.
+    fn write_through(state: &mut State, bytes: usize) -> usize {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        state.out.resize(bytes, 0);
+        let mut sink = Vec::new();
+        assert!(state.write_to(&mut sink, &mut cx).is_ready());
+        assert_eq!(sink.len(), bytes);
+        state.out.capacity()
+    }
+
+    #[test]
+    fn a_burst_leaves_no_room_behind_once_the_writes_are_small_again() {
+        let (wire, _, _) = wire();
+        let mut state = wire.state.lock();
+        // Every record for many streams: the room grows once and stays.
+        let steady = write_through(&mut state, 40_000);
+        assert!(steady >= 40_000);
+        for _ in 0..3 {
+            assert_eq!(write_through(&mut state, 40_000), steady);
+            assert_eq!(write_through(&mut state, 30_000), steady);
+        }
+        // A catch-up's burst, then an event at a time: a few KiB are kept, not the burst's.
+        assert!(write_through(&mut state, 300_000) >= 300_000);
+        assert!(write_through(&mut state, 200) <= 2 * KEPT_ROOM_MIN);
+        // A write with nothing to write (the task polled with nothing due) changes nothing.
+        let before = write_through(&mut state, 40_000);
+        assert_eq!(write_through(&mut state, 0), before);
     }
 
     #[test]
@@ -749,7 +824,77 @@ mod tests {
         let (wire, _, _) = wire();
         let ids: Vec<u32> = (1..200).step_by(2).collect();
         let client = opening(&[], &ids);
-        inbound(&wire, &client, 100);
+        let mut filter = Inbound::default();
+        feed(&wire, &mut filter, &client, 100);
+        assert_eq!(wire.held(), AHEAD, "the others wait on the way in");
+        // Were the count of streams in `h2` off, each new one would go through in turn: the
+        // wire still holds no more than its bound, and leaves the rest to `h2`.
+        for _ in 0..100 {
+            wire.state.lock().held_back = Some(Waker::noop().clone());
+            assert!(wire.nothing_to_accept());
+            feed(&wire, &mut filter, &[], 100);
+        }
         assert_eq!(wire.held(), 8 + 16);
+    }
+
+    /// Polls `splice` (as `h2` reads) until it is pending: what it handed on.
+    fn read_all<I: AsyncRead + AsyncWrite + Unpin>(
+        splice: &mut Splice<I>,
+        cx: &mut Context<'_>,
+    ) -> Vec<u8> {
+        let mut passed = Vec::new();
+        loop {
+            let mut space = [0u8; 64];
+            let mut buf = ReadBuf::new(&mut space);
+            match Pin::new(&mut *splice).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => panic!("the client went away"),
+                Poll::Ready(Ok(())) => passed.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => return passed,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn new_streams_wait_on_the_way_in_until_h2_hands_out_those_it_holds() {
+        let (wire, _, _) = wire();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (mut splice, _link) = wire.splice(server);
+        let (task, waker) = counting_waker();
+        let mut cx = Context::from_waker(&waker);
+        // A page's 21 EventSources reconnect at once, then the client pings.
+        let ids: Vec<u32> = (1..=41).step_by(2).collect();
+        let ping = frame(0x6, 0, 0, &[0; 8]);
+        client
+            .write_all(&[opening(&[], &ids), ping.clone()].concat())
+            .await
+            .unwrap();
+        assert_eq!(read_all(&mut splice, &mut cx), opening(&[], &ids[..AHEAD]));
+        assert_eq!(task.get(), 0);
+        // The task accepts one: it is woken, and `h2` reads one more stream.
+        let _first = wire.attach(ids[0], 0);
+        assert_eq!(task.get(), 1, "woken once a stream is accepted");
+        let next = frame(HEADERS, END_HEADERS, ids[AHEAD], b"h");
+        assert_eq!(read_all(&mut splice, &mut cx), next);
+        // `h2` answers one itself (a reset): one more.
+        wire.state.lock().ended(ids[1]);
+        assert_eq!(task.get(), 2);
+        let next = frame(HEADERS, END_HEADERS, ids[AHEAD + 1], b"h");
+        assert_eq!(read_all(&mut splice, &mut cx), next);
+        // `h2` finds nothing to hand out while one is held back: it goes through.
+        assert!(wire.nothing_to_accept());
+        let next = frame(HEADERS, END_HEADERS, ids[AHEAD + 2], b"h");
+        assert_eq!(read_all(&mut splice, &mut cx), next);
+        // The rest, and the PING after them, once the task accepts.
+        for &id in &ids[2..] {
+            wire.attach(id, 0);
+        }
+        let rest: Vec<u8> = ids[AHEAD + 3..]
+            .iter()
+            .flat_map(|&id| frame(HEADERS, END_HEADERS, id, b"h"))
+            .chain(ping)
+            .collect();
+        assert_eq!(read_all(&mut splice, &mut cx), rest);
+        assert!(!wire.nothing_to_accept(), "nothing held back");
     }
 }

@@ -33,6 +33,13 @@ pub(super) const OUT_LIMIT: usize = 4 << 20;
 /// (a smaller window goes whole to the first in line, the next round to the next ones).
 pub(super) const MIN_SHARE: i64 = 512;
 
+/// New streams `h2` may hold that the connection's task has not accepted yet; the HEADERS of
+/// the next wait in the way in until it accepts one. `h2` keeps each request it has read
+/// but not handed out in a slab of the connection that never shrinks: a client that opens
+/// 256 streams at once (every EventSource of a page reconnecting after a restart) grew it to
+/// 256 requests, about 64 KiB held for the connection's life.
+pub(super) const AHEAD: usize = 16;
+
 /// The bytes a connection's streams may write between two of the connection's writes.
 /// Streams due when it is spent wait for the next write (see `http::answers`).
 pub const WRITE_BYTES: usize = 64 << 10;

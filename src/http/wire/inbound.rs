@@ -12,13 +12,37 @@ use super::windows::{granted, initial_change};
 use super::{Entry, Splice, State};
 
 impl State {
+    /// Whether a HEADERS frame on stream `id` opens a stream the wire would hold.
+    fn opens(&self, id: u32) -> bool {
+        id > self.last_opened
+            && id % 2 == 1
+            && self.unanswered < self.max_unanswered
+            && self.goaway_last.is_none_or(|last| id <= last)
+    }
+
+    /// Whether the way in holds back the HEADERS of a new stream: [`AHEAD`] streams wait in
+    /// `h2` for the connection's task to accept them.
+    fn holds_back(&mut self) -> bool {
+        if self.unanswered < AHEAD {
+            return false;
+        }
+        !std::mem::take(&mut self.let_one_through)
+    }
+
+    /// A stream the wire held unanswered was answered (or is gone): a new stream held back
+    /// for it may go on to `h2`.
+    pub(super) fn answered_one(&mut self) {
+        self.unanswered -= 1;
+        if self.unanswered < AHEAD {
+            if let Some(task) = self.held_back.take() {
+                task.wake();
+            }
+        }
+    }
+
     /// The client opened the stream `id` (its HEADERS are on their way to `h2`).
     pub(super) fn opened(&mut self, id: u32) {
-        if id <= self.last_opened
-            || id % 2 == 0
-            || self.unanswered >= self.max_unanswered
-            || self.goaway_last.is_some_and(|last| id > last)
-        {
+        if !self.opens(id) {
             return;
         }
         self.last_opened = id;
@@ -154,11 +178,14 @@ pub(super) struct Inbound {
     pub(super) preface: Option<usize>,
     /// Bytes of the current frame still to hand on as they are.
     pub(super) pass: usize,
+    /// The last filter stopped at a new stream's HEADERS held back (see [`AHEAD`]).
+    pub(super) holding: bool,
 }
 
 impl Inbound {
     /// Hands on what is read and decided, as much as `out` takes.
     pub(super) fn filter(&mut self, state: &mut State, out: &mut ReadBuf<'_>) {
+        self.holding = false;
         let preface = self.preface.get_or_insert(PREFACE_LEN);
         loop {
             let avail = &self.buf[self.start..];
@@ -213,6 +240,10 @@ impl Inbound {
                         }
                     }
                 }
+                HEADERS if state.opens(head.id) && state.holds_back() => {
+                    self.holding = true;
+                    break;
+                }
                 HEADERS => {
                     state.opened(head.id);
                     self.pass = whole;
@@ -243,10 +274,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Splice<I> {
         let this = self.get_mut();
         loop {
             let before = out.filled().len();
-            this.inbound.filter(&mut this.wire.state.lock(), out);
+            let mut state = this.wire.state.lock();
+            this.inbound.filter(&mut state, out);
             if out.filled().len() > before || out.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
+            if this.inbound.holding {
+                // Nothing more is read until the task accepts a stream `h2` holds.
+                state.held_back = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            drop(state);
             this.inbound.make_room();
             let buf = &mut this.inbound.buf;
             let len = buf.len();

@@ -136,7 +136,7 @@ impl State {
     pub(super) fn forget_unanswered(&mut self, key: usize) {
         let entry = self.streams.remove(key);
         self.ids.remove(entry.id);
-        self.unanswered -= 1;
+        self.answered_one();
     }
 
     /// `h2` said GOAWAY, taking no stream after `last`: it ignores later ones without a
