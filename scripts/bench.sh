@@ -22,7 +22,8 @@
 #
 # Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams, and (gateway only, 60 s)
-#       at 1,000,192 streams, with /healthz and /metrics asked once a second throughout
+#       at 1,000,192 streams, with /healthz and /metrics asked once a second throughout; then
+#       (W1-busy) the million at W1_RATE broadcast records/s (default 1)
 #   W2  broadcast fan-out: 1,024 and 4,096 streams of one topic at 100 records/s, then 4,096
 #       streams at higher rates up to the knee
 #   W3  keyed: 4,096 streams, one key each, 2,000 and 20,000 records/s spread over the keys
@@ -53,7 +54,7 @@
 #
 # Environment: BENCH_SECONDS (measured window, default 15), BENCH_WARMUP (default 3),
 # BENCH_OUT (default docs), BENCH_PERF=0 to skip the profile, BENCH_GW_BIN (another gateway
-# binary to measure, e.g. an older build), W9_CONNECTIONS and W9_RATE (W9's size),
+# binary to measure, e.g. an older build), W9_CONNECTIONS and W9_RATE (W9's size), W1_RATE (W1-busy's rate),
 # BENCH_PROFILE (the cargo profile built and run, default release; scripts/test.sh's smoke run
 # uses `ci`, thin LTO, which builds faster: figures for docs/ come from release).
 set -euo pipefail
@@ -278,6 +279,11 @@ workload() {
       # 10 GiB for them (10.3 KiB per stream above).
       KSG_MAX_STREAMS=1000192 run W1 gateway --url URL_FANOUT --idle true --connections 3907 \
         --streams 256 --warmup 5 --seconds 60 --probe PROBE
+      # The same million with broadcast records (W1-busy): W1_RATE records/s, default 1, a
+      # million deliveries a second, about what the load generator reads beside the gateway on
+      # this machine's 2 cores (10 records/s would be 10 million a second).
+      KSG_MAX_STREAMS=1000192 run W1-busy gateway --url URL_FANOUT --publish PUB_FANOUT \
+        --connections 3907 --streams 256 --rate "${W1_RATE:-1}" --warmup 5 --seconds 60 --probe PROBE
       ;;
     W2)
       both W2 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100
