@@ -15,7 +15,9 @@
 //! (`kafka://brokers/topic`) or to an HTTP publisher such as nchan's (`http://host:port/path`),
 //! and reads every stream: events counted, produce→receive latency in an HdrHistogram, every
 //! stream's sequence checked for loss and duplicates. The server's CPU time and RSS (every pid
-//! given, summed) are read from /proc around the measured window. One JSON object is printed.
+//! given, summed) are read from /proc around the measured window, and so are its threads' CPU
+//! time and context switches (`wakeups_per_sec`, and `threads`: each thread name's share, the
+//! busiest first). One JSON object is printed.
 //!
 //! `{key}` in `--url` and `--publish` is replaced by the stream's key (`k0`, `k1`, …) when
 //! `--keys N` is given: stream `i` reads key `k{i % N}`, the publisher cycles through the keys.
@@ -48,7 +50,7 @@
 //! then `exec`s the gateway) and is continued SECS after the SIGTERM; the times are then counted
 //! from its continuation.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -878,6 +880,117 @@ fn proc_usage(pids: &[u32]) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// One thread of a measured process at one moment: its name, CPU seconds (user + system) and
+/// context switches (voluntary: it waited and was woken; involuntary: it was preempted).
+struct ThreadSample {
+    name: String,
+    cpu: f64,
+    switches: u64,
+}
+
+/// Every thread of the given processes, by (pid, tid), from /proc/PID/task.
+fn thread_usage(pids: &[u32]) -> BTreeMap<(u32, u32), ThreadSample> {
+    let mut threads = BTreeMap::new();
+    for &pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let dir = task.path();
+            let (Ok(stat), Ok(status)) = (
+                std::fs::read_to_string(dir.join("stat")),
+                std::fs::read_to_string(dir.join("status")),
+            ) else {
+                continue; // the thread ended meanwhile
+            };
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let name = head.split_once('(').map_or("?", |(_, n)| n).to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            let count = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            let switches = count("voluntary_ctxt_switches:") + count("nonvoluntary_ctxt_switches:");
+            let cpu = (tick(11) + tick(12)) / 100.0; // USER_HZ
+            threads.insert(
+                (pid, tid),
+                ThreadSample {
+                    name,
+                    cpu,
+                    switches,
+                },
+            );
+        }
+    }
+    threads
+}
+
+/// What the threads of one name (tokio's workers, librdkafka's broker threads, nginx's
+/// workers) did in a window: their CPU time and context switches per second.
+#[derive(Debug, PartialEq)]
+struct ThreadShare {
+    name: String,
+    threads: usize,
+    cpu_ms_per_sec: f64,
+    switches_per_sec: f64,
+}
+
+impl ThreadShare {
+    /// The shares between two samples `seconds` apart, the busiest first. A thread born in the
+    /// window counts from zero; one that ended in it is missing (its time is still in the
+    /// process's `cpu_seconds`).
+    fn between(
+        start: &BTreeMap<(u32, u32), ThreadSample>,
+        end: &BTreeMap<(u32, u32), ThreadSample>,
+        seconds: f64,
+    ) -> Vec<ThreadShare> {
+        let mut by_name: BTreeMap<&str, ThreadShare> = BTreeMap::new();
+        for (id, now) in end {
+            let (cpu0, switches0) = start.get(id).map_or((0.0, 0), |s| (s.cpu, s.switches));
+            let share = by_name.entry(&now.name).or_insert_with(|| ThreadShare {
+                name: now.name.clone(),
+                threads: 0,
+                cpu_ms_per_sec: 0.0,
+                switches_per_sec: 0.0,
+            });
+            share.threads += 1;
+            share.cpu_ms_per_sec += (now.cpu - cpu0).max(0.0) * 1000.0 / seconds;
+            share.switches_per_sec += now.switches.saturating_sub(switches0) as f64 / seconds;
+        }
+        let mut shares: Vec<ThreadShare> = by_name.into_values().collect();
+        shares.sort_by(|a, b| {
+            b.cpu_ms_per_sec
+                .total_cmp(&a.cpu_ms_per_sec)
+                .then(b.switches_per_sec.total_cmp(&a.switches_per_sec))
+        });
+        shares
+    }
+
+    /// `name ×N: CPU ms/s, switches/s` for the names that did anything, busiest first.
+    fn describe(shares: &[ThreadShare]) -> String {
+        shares
+            .iter()
+            .filter(|s| s.cpu_ms_per_sec >= 0.5 || s.switches_per_sec >= 1.0)
+            .map(|s| {
+                format!(
+                    "{} ×{}: {:.0} ms/s, {:.0}/s",
+                    s.name, s.threads, s.cpu_ms_per_sec, s.switches_per_sec
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 /// A record's value: publish time, sequence number per key, the key's number if keyed,
 /// padding up to `size` bytes.
 fn payload(t: u64, s: u64, k: Option<usize>, size: usize) -> String {
@@ -1149,6 +1262,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
     let lag_start = consumer_lag(o.metrics.as_deref()).await?;
     let start = proc_usage(&o.pids);
+    let threads0 = thread_usage(&o.pids);
     let resumes0 = shared.resumes.load(Ordering::Relaxed);
     let published0 = shared.published.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -1165,6 +1279,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
     };
     let window = t0.elapsed().as_secs_f64();
     let end = proc_usage(&o.pids);
+    let threads = ThreadShare::between(&threads0, &thread_usage(&o.pids), window);
     let records = shared.published.load(Ordering::Relaxed) - published0;
     let lag_end = consumer_lag(o.metrics.as_deref()).await?;
     let resumes = shared.resumes.load(Ordering::Relaxed) - resumes0;
@@ -1241,6 +1356,11 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ("cpu_us_per_record", Value::N(us_per(cpu, records))),
     ];
     // Only what was measured: a missing field is an empty cell in the report, not a zero.
+    if !threads.is_empty() {
+        let wakeups: f64 = threads.iter().map(|t| t.switches_per_sec).sum();
+        fields.push(("wakeups_per_sec", Value::N(wakeups.round())));
+        fields.push(("threads", Value::S(ThreadShare::describe(&threads))));
+    }
     if let (Some(a), Some(b)) = (lag_start, lag_end) {
         fields.push(("lag_start", Value::N(a as f64)));
         fields.push(("lag_end", Value::N(b as f64)));
@@ -1503,37 +1623,57 @@ fn report(path: &str) -> Result<(), BoxError> {
         ],
         |_| true,
     );
+    // Where the server's CPU went: its threads, by name.
+    table_of_runs_with(
+        &text,
+        "threads",
+        &[
+            ("name", "workload"),
+            ("server", "server"),
+            ("streams", "streams"),
+            ("rate", "records/s"),
+            ("cpu_percent", "CPU %"),
+            ("wakeups_per_sec", "context switches/s"),
+            ("threads", "threads: CPU ms/s, context switches/s"),
+        ],
+    );
     // Rolling restarts (W9): the old process in the window above, the new one here.
-    let restarts = |line: &str| line.contains("\"restart_seconds\":");
-    if text.lines().any(restarts) {
-        println!();
-        table(
-            &text,
-            &[
-                ("name", "restart"),
-                ("streams", "streams"),
-                ("rate", "records/s"),
-                ("outage_seconds", "outage s"),
-                ("restart_seconds", "all back in s"),
-                ("restart_answer_p99_ms", "answer p99 ms"),
-                ("restart_answer_max_ms", "answer max ms"),
-                ("restart_server_cpu_seconds", "server CPU-s until back"),
-                ("restart_client_cpu_seconds", "client CPU-s until back"),
-                ("restart_refused_429", "429"),
-                ("restart_refused_503", "503"),
-                ("cpu_percent", "old CPU %"),
-                ("new_cpu_percent", "new CPU %"),
-                ("rss_kib_end", "old RSS KiB"),
-                ("new_rss_kib", "new RSS KiB"),
-                ("new_peak_rss_kib", "new peak RSS KiB"),
-                ("new_p99_ms", "new p99 ms"),
-                ("lost", "lost"),
-                ("duplicates", "dup"),
-            ],
-            restarts,
-        );
-    }
+    table_of_runs_with(
+        &text,
+        "restart_seconds",
+        &[
+            ("name", "restart"),
+            ("streams", "streams"),
+            ("rate", "records/s"),
+            ("outage_seconds", "outage s"),
+            ("restart_seconds", "all back in s"),
+            ("restart_answer_p99_ms", "answer p99 ms"),
+            ("restart_answer_max_ms", "answer max ms"),
+            ("restart_server_cpu_seconds", "server CPU-s until back"),
+            ("restart_client_cpu_seconds", "client CPU-s until back"),
+            ("restart_refused_429", "429"),
+            ("restart_refused_503", "503"),
+            ("cpu_percent", "old CPU %"),
+            ("new_cpu_percent", "new CPU %"),
+            ("rss_kib_end", "old RSS KiB"),
+            ("new_rss_kib", "new RSS KiB"),
+            ("new_peak_rss_kib", "new peak RSS KiB"),
+            ("new_p99_ms", "new p99 ms"),
+            ("lost", "lost"),
+            ("duplicates", "dup"),
+        ],
+    );
     Ok(())
+}
+
+/// After a blank line, a Markdown table of the runs that have `field`, if any has.
+fn table_of_runs_with(text: &str, field: &str, columns: &[(&str, &str)]) {
+    let marker = format!("\"{field}\":");
+    let has = |line: &str| line.contains(&marker);
+    if text.lines().any(has) {
+        println!();
+        table(text, columns, has);
+    }
 }
 
 /// A Markdown table of the runs (`{` lines of `text`) that `pick` accepts.
@@ -1593,5 +1733,69 @@ mod tests {
         assert_eq!(cell(&run, "name"), "W\"2");
         assert_eq!(cell(&run, "p99_ms"), "3.25");
         assert_eq!(cell(&run, "missing"), "");
+    }
+
+    fn sample(name: &str, cpu: f64, switches: u64) -> ThreadSample {
+        ThreadSample {
+            name: name.into(),
+            cpu,
+            switches,
+        }
+    }
+
+    #[test]
+    fn thread_shares_sum_by_name_count_new_threads_and_sort_busiest_first() {
+        let start = BTreeMap::from([
+            ((1, 1), sample("worker", 1.0, 100)),
+            ((1, 2), sample("worker", 2.0, 200)),
+            ((1, 3), sample("broker", 0.5, 1_000)),
+            ((1, 4), sample("gone", 9.0, 9)),
+        ]);
+        let end = BTreeMap::from([
+            ((1, 1), sample("worker", 1.5, 300)),
+            ((1, 2), sample("worker", 2.25, 400)),
+            ((1, 3), sample("broker", 1.5, 3_000)),
+            // Born in the window: counted from zero.
+            ((1, 5), sample("reader", 0.25, 50)),
+        ]);
+        let shares = ThreadShare::between(&start, &end, 2.0);
+        let row = |name: &str, threads, cpu_ms_per_sec, switches_per_sec| ThreadShare {
+            name: name.into(),
+            threads,
+            cpu_ms_per_sec,
+            switches_per_sec,
+        };
+        assert_eq!(
+            shares,
+            vec![
+                row("broker", 1, 500.0, 1_000.0),
+                row("worker", 2, 375.0, 200.0),
+                row("reader", 1, 125.0, 25.0),
+            ]
+        );
+        assert_eq!(
+            ThreadShare::describe(&shares),
+            "broker ×1: 500 ms/s, 1000/s; worker ×2: 375 ms/s, 200/s; reader ×1: 125 ms/s, 25/s"
+        );
+    }
+
+    #[test]
+    fn thread_usage_names_the_threads_of_a_live_process() {
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("ksg-probe".into())
+            .spawn(move || wait.recv())
+            .unwrap();
+        let me = std::process::id();
+        let threads = thread_usage(&[me]);
+        release.send(()).unwrap();
+        thread.join().unwrap().unwrap();
+        assert!(threads.keys().all(|(pid, _)| *pid == me));
+        assert!(
+            threads.values().any(|t| t.name == "ksg-probe"),
+            "{:?}",
+            threads.values().map(|t| &t.name).collect::<Vec<_>>()
+        );
+        assert!(thread_usage(&[u32::MAX]).is_empty());
     }
 }
