@@ -99,6 +99,9 @@ run options (defaults in brackets):
                      continued (SIGCONT): an outage between the two [0]
   --http1 true       every stream on an HTTP/1.1 connection of its own (as EventSource over
                      HTTP/1.1 does), C x S of them; not with --churn, --stall, --extra, --restart
+  --perf FILE        `perf record -g` of the --pids processes over the window (with --restart:
+                     of the new process, from the SIGTERM (or SIGCONT) until every stream is
+                     back) into FILE; the run's figures then include perf's own cost
 ";
 
 fn main() {
@@ -157,6 +160,7 @@ struct Options {
     new_pid: Option<u32>,
     outage: f64,
     http1: bool,
+    perf: Option<String>,
 }
 
 impl Options {
@@ -221,6 +225,7 @@ impl Options {
                 .transpose()?,
             outage: num(take("outage"), "outage", 0.0)?,
             http1: num(take("http1"), "http1", false)?,
+            perf: take("perf"),
         };
         if let Some(k) = map.keys().next() {
             return Err(format!("unknown option --{k}").into());
@@ -880,6 +885,40 @@ fn proc_usage(pids: &[u32]) -> (f64, u64) {
     (cpu, rss)
 }
 
+/// `perf record -g` of some processes, from [`Profile::start`] to [`Profile::stop`].
+struct Profile(std::process::Child);
+
+impl Profile {
+    fn start(file: &str, pids: &[u32]) -> Result<Profile, BoxError> {
+        let pids = pids
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let child = std::process::Command::new("perf")
+            .args(["record", "-F", "999", "-g", "-p", &pids, "-o", file])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| format!("--perf: cannot run perf: {e}"))?;
+        Ok(Profile(child))
+    }
+
+    /// Ends the recording as Ctrl-C does, so that perf writes its file out.
+    fn stop(mut self) -> Result<(), BoxError> {
+        let pid = self.0.id().to_string();
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status();
+        let status = self.0.wait()?;
+        // perf ends with 0, or with SIGINT's code when the signal came before its handler.
+        if !status.success() && status.code().is_some() {
+            return Err(format!("--perf: perf record ended with {status}").into());
+        }
+        Ok(())
+    }
+}
+
 /// One thread of a measured process at one moment: its name, CPU seconds (user + system) and
 /// context switches (voluntary: it waited and was woken; involuntary: it was preempted).
 struct ThreadSample {
@@ -975,11 +1014,12 @@ impl ThreadShare {
         shares
     }
 
-    /// `name ×N: CPU ms/s, switches/s` for the names that did anything, busiest first.
+    /// `name ×N: CPU ms/s, switches/s` for the names that did anything (half a millisecond of
+    /// CPU a second, or ten context switches), busiest first.
     fn describe(shares: &[ThreadShare]) -> String {
         shares
             .iter()
-            .filter(|s| s.cpu_ms_per_sec >= 0.5 || s.switches_per_sec >= 1.0)
+            .filter(|s| s.cpu_ms_per_sec >= 0.5 || s.switches_per_sec >= 10.0)
             .map(|s| {
                 format!(
                     "{} ×{}: {:.0} ms/s, {:.0}/s",
@@ -1263,6 +1303,11 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let lag_start = consumer_lag(o.metrics.as_deref()).await?;
     let start = proc_usage(&o.pids);
     let threads0 = thread_usage(&o.pids);
+    // With a restart, the profile is of the new process as the streams come back.
+    let profile = match (&o.perf, o.new_pid) {
+        (Some(file), None) => Some(Profile::start(file, &o.pids)?),
+        _ => None,
+    };
     let resumes0 = shared.resumes.load(Ordering::Relaxed);
     let published0 = shared.published.load(Ordering::Relaxed);
     let t0 = Instant::now();
@@ -1279,6 +1324,9 @@ async fn run(o: Options) -> Result<(), BoxError> {
     };
     let window = t0.elapsed().as_secs_f64();
     let end = proc_usage(&o.pids);
+    if let Some(profile) = profile {
+        profile.stop()?;
+    }
     let threads = ThreadShare::between(&threads0, &thread_usage(&o.pids), window);
     let records = shared.published.load(Ordering::Relaxed) - published0;
     let lag_end = consumer_lag(o.metrics.as_deref()).await?;
@@ -1436,6 +1484,10 @@ async fn restart(
         }
         signalled = Instant::now();
     }
+    let profile = match &o.perf {
+        Some(file) => Some(Profile::start(file, &[new_pid])?),
+        None => None,
+    };
     // Who was busy while the streams came back: the new server, and this client.
     let me = std::process::id();
     let (busy0, client0) = (proc_usage(&[new_pid]).0, proc_usage(&[me]).0);
@@ -1456,6 +1508,9 @@ async fn restart(
     peak = peak.max(sample_until(signalled + LIMIT, true).await);
     let moved = shared.moved.load(Ordering::Relaxed);
     let back_in = signalled.elapsed().as_secs_f64();
+    if let Some(profile) = profile {
+        profile.stop()?;
+    }
     let (busy, client) = (
         proc_usage(&[new_pid]).0 - busy0,
         proc_usage(&[me]).0 - client0,
@@ -1757,6 +1812,7 @@ mod tests {
             ((1, 3), sample("broker", 1.5, 3_000)),
             // Born in the window: counted from zero.
             ((1, 5), sample("reader", 0.25, 50)),
+            ((1, 6), sample("quiet", 0.0, 18)),
         ]);
         let shares = ThreadShare::between(&start, &end, 2.0);
         let row = |name: &str, threads, cpu_ms_per_sec, switches_per_sec| ThreadShare {
@@ -1771,8 +1827,10 @@ mod tests {
                 row("broker", 1, 500.0, 1_000.0),
                 row("worker", 2, 375.0, 200.0),
                 row("reader", 1, 125.0, 25.0),
+                row("quiet", 1, 0.0, 9.0),
             ]
         );
+        // The quiet thread is left out of the description.
         assert_eq!(
             ThreadShare::describe(&shares),
             "broker ×1: 500 ms/s, 1000/s; worker ×2: 375 ms/s, 200/s; reader ×1: 125 ms/s, 25/s"
@@ -1782,10 +1840,16 @@ mod tests {
     #[test]
     fn thread_usage_names_the_threads_of_a_live_process() {
         let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started, running) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("ksg-probe".into())
-            .spawn(move || wait.recv())
+            .spawn(move || {
+                // The thread's name is set before this runs.
+                started.send(()).unwrap();
+                wait.recv()
+            })
             .unwrap();
+        running.recv().unwrap();
         let me = std::process::id();
         let threads = thread_usage(&[me]);
         release.send(()).unwrap();
