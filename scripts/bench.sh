@@ -6,11 +6,14 @@
 #                             and docs/benchmarks.md (tables, machine, profile)
 #   scripts/bench.sh smoke    a few seconds of W2 on both servers, results in /tmp only: checks
 #                             that the benchmark itself works (scripts/test.sh runs it)
-#   scripts/bench.sh report   docs/benchmarks.md again from docs/benchmarks.json and the last
-#                             profile, without running anything
+#   scripts/bench.sh report   docs/benchmarks.md again from docs/benchmarks.json, and
+#                             docs/profiles.md from the last profiles' data if it is still in
+#                             /tmp/ksg-bench, without running anything
 #   scripts/bench.sh only W3 [WK ...]
 #                             the named workloads alone, on both servers; results in
 #                             /tmp/ksg-bench/only.json and a table (docs/ untouched)
+#   scripts/bench.sh profile [P2 P3-2000 ...]
+#                             the profiles alone (all, or the named ones): docs/profiles.md
 #   scripts/bench.sh compare NAME=BINARY...
 #                             before/after: W2 at 1,024 and 4,096 streams on each given gateway
 #                             binary in turn, then nchan, BENCH_REPS times (default 3), all in
@@ -48,6 +51,12 @@
 #       W9-outage: 10,240 streams at 20 records/s, the second gateway starting 30 s after the
 #       first stopped: its peak RSS and the time until every stream is back
 #
+# Profiles (docs/profiles.md): the gateway alone under one workload's load, `perf record -g` over
+# the window (W9: the new process while the streams come back), in runs of their own after the
+# measured ones, so perf's cost stays out of the figures: P2 (W2, 1,024 streams), PK (WK's key
+# streams, 1,024), P3-2000 and P3-20000 (W3), P4 (W4), P8 (W8 at 20,000 records/s), P9 (W9's
+# new process) and P1 (W1-busy, the million streams).
+#
 # Each run restarts the server it measures, so RSS starts clean. Kafka comes from
 # scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
 # CPU and RSS are the server's own, from /proc; the load generator runs on the same cores.
@@ -75,6 +84,7 @@ mkdir -p "$DATA"
 if [ "$mode" = compare ] || [ "$mode" = only ]; then
   OUT="$DATA/$mode"
 fi
+profiled=("${@:2}")
 if [ "$mode" = smoke ]; then
   SECONDS_=3
   WARMUP=1
@@ -111,7 +121,7 @@ cleanup() {
   if [ "$started_kafka" = 1 ]; then scripts/kafka-local.sh stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
-if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
+if [ "$mode" != report ] && ! scripts/kafka-local.sh status >/dev/null 2>&1; then
   # A broker of its own, on empty storage removed at the stop (see scripts/kafka-local.sh).
   export KAFKA_LOCAL_DATA="${TMPDIR:-/tmp}/ksg-kafka-bench" KAFKA_LOCAL_EPHEMERAL=1
   started_kafka=1
@@ -119,6 +129,7 @@ if ! scripts/kafka-local.sh status >/dev/null 2>&1; then
 fi
 BROKER="127.0.0.1:${KAFKA_LOCAL_PORT:-9092}"
 for t in "bench-fanout 1" "bench-keys 6" "bench-ingest 12"; do
+  [ "$mode" = report ] && break
   set -- $t
   scripts/kafka-local.sh topics --create --if-not-exists --topic "$1" --partitions "$2" >/dev/null
 done
@@ -178,6 +189,7 @@ results="$OUT/benchmarks.json"
 [ "$mode" = smoke ] && results="$OUT/smoke.json"
 [ "$mode" = compare ] && results="$DATA/compare.json"
 [ "$mode" = only ] && results="$DATA/only.json"
+[ "$mode" = profile ] && results="$DATA/profiled.json"
 [ "$mode" = report ] || : >"$results"
 
 # run NAME SERVER ARGS...: one ksg-bench run against a freshly started SERVER.
@@ -215,6 +227,8 @@ run() {
     esac
     args+=("$a")
   done
+  # PERF_AS=NAME: a profile run, perf's data in $DATA/profiles/NAME.data.
+  [ -n "${PERF_AS:-}" ] && args+=(--perf "$DATA/profiles/$PERF_AS.data")
   say "$name on $server: ${args[*]}"
   "$BENCH" run --name "$name" --server "$server" --ca "$DATA/ca.pem" --pids "$pids" \
     --warmup "$WARMUP" --seconds "$SECONDS_" "${args[@]}" | tee -a "$results"
@@ -223,41 +237,36 @@ run() {
 
 both() { run "$1" gateway "${@:2}"; run "$1" nchan "${@:2}"; }
 
-# docs/benchmarks.md: its text up to the results marker, then the machine, the table of
-# $results and the top symbols of the last profile ($DATA/perf.data), if any.
+# docs/benchmarks.md: its text up to the results marker, then the machine and the table of
+# $results.
 write_report() {
-  local profile=""
-  if [ -f "$DATA/perf.data" ]; then
-    profile=$(perf report -i "$DATA/perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-      grep -E '^ +[0-9.]+%' | cut -c1-150 | sed -E 's/ +$//' | head -25 || true)
-  fi
   {
     sed -n "1,/^<!-- results -->/p" docs/benchmarks.md | sed "\$d"
     echo "<!-- results -->"
-    echo
-    echo "Run on $(date -u +%Y-%m-%d) by \`scripts/bench.sh\`: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"
-    echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') +"
-    echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
-    echo "Raw results: \`docs/benchmarks.json\` (one run per line)."
-    echo
-    "$BENCH" report "$results"
-    if [ -n "$profile" ]; then
+    if [ "$mode" = report ]; then
+      # The results' own run: its machine and gateway, as written then.
+      sed -n '/^<!-- results -->/,/^| workload/p' docs/benchmarks.md | sed '1d;$d'
+    else
       echo
-      echo "### Profile: the gateway under W2, 1,024 streams (\`perf record -g\`, self time)"
+      echo "Run on $(date -u +%Y-%m-%d) by \`scripts/bench.sh\`: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB,"
+      echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') +"
+      echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
+      echo "Raw results: \`docs/benchmarks.json\` (one run per line). Profiles: \`docs/profiles.md\`."
       echo
-      echo '```text'
-      echo "$profile"
-      echo '```'
     fi
+    "$BENCH" report "$results"
   } >"$DATA/benchmarks.md"
   mv "$DATA/benchmarks.md" "$OUT/benchmarks.md"
   say "wrote $results and $OUT/benchmarks.md"
 }
 
-if [ "$mode" = report ]; then
-  write_report
-  exit 0
-fi
+# field NAME LINE: the value of NAME in LINE, one JSON object of ksg-bench.
+field() {
+  local v
+  v=$(sed -nE 's/.*"'"$1"'":"([^"]*)".*/\1/p' <<<"$2")
+  [ -n "$v" ] || v=$(sed -nE 's/.*"'"$1"'":([^,}]*).*/\1/p' <<<"$2")
+  echo "$v"
+}
 
 # path_args PATH: the URL and publisher of W2's shape as all-keys streams ("all") or, with every
 # record keyed k0, as all-keys ("all1") or key streams ("key") with the same deliveries.
@@ -268,6 +277,111 @@ path_args() {
     key) echo "--url URL_FANOUT_KEY --publish PUB_FANOUT_KEY --keys 1" ;;
   esac
 }
+
+# profile_spec NAME: a profile's title (P_TITLE), the stream limit it needs (P_MAX, if any) and
+# its load (P_ARGS, as for run).
+profile_spec() {
+  P_MAX=""
+  case "$1" in
+    P2) P_TITLE="W2, 1,024 all-keys streams, 100 records/s"
+      P_ARGS=(--url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100) ;;
+    PK) P_TITLE="WK, 1,024 key streams, 100 records/s of their key"
+      # shellcheck disable=SC2207
+      P_ARGS=($(path_args key) --connections 4 --streams 256 --rate 100) ;;
+    P3-2000|P3-20000) P_TITLE="W3, 4,096 key streams (one key each), ${1#P3-} records/s"
+      P_ARGS=(--url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate "${1#P3-}") ;;
+    P4) P_TITLE="W4, 1,024 streams, 100 resumes/s"
+      P_ARGS=(--url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100) ;;
+    P8) P_TITLE="W8, 20,000 records/s ingested, 100 key streams and 10 all-keys streams"
+      P_ARGS=(--url URL_INGEST_KEY --keys 100 --connections 1 --streams 100 --extra URL_INGEST
+        --extra-streams 10 --publish PUB_INGEST --rate 20000 --metrics METRICS) ;;
+    P9) P_TITLE="W9, the new process while 51,200 streams resume on it"
+      P_ARGS=(--url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections "${W9_CONNECTIONS:-200}"
+        --streams 256 --publish PUB_KEYS --rate "${W9_RATE:-10}" --warmup 10 --restart RESTART_URL
+        --new-pid NEW_PID) ;;
+    P1) P_TITLE="W1-busy, 1,000,192 streams, ${W1_RATE:-1} broadcast record/s"
+      P_MAX=1000192
+      P_ARGS=(--url URL_FANOUT --publish PUB_FANOUT --connections 3907 --streams 256
+        --rate "${W1_RATE:-1}" --warmup 5 --seconds 20) ;;
+    *) say "unknown profile $1 (${ALL_PROFILES[*]})"; exit 2 ;;
+  esac
+}
+ALL_PROFILES=(P2 PK P3-2000 P3-20000 P4 P8 P9 P1)
+
+# profile NAME: one profile run (see the header): perf's data in $DATA/profiles/NAME.data, the
+# run's line in $results.
+profile() {
+  profile_spec "$1"
+  mkdir -p "$DATA/profiles"
+  rm -f "$DATA/profiles/$1".*
+  # What was profiled, for docs/profiles.md.
+  if [ -n "${BENCH_GW_BIN:-}" ]; then echo "$BENCH_GW_BIN"; else git describe --always --dirty; fi \
+    >"$DATA/profiles/gateway"
+  if [ -n "$P_MAX" ]; then
+    KSG_MAX_STREAMS=$P_MAX PERF_AS=$1 run "$1" gateway "${P_ARGS[@]}"
+  else
+    PERF_AS=$1 run "$1" gateway "${P_ARGS[@]}"
+  fi
+}
+
+# profile_section NAME: the profile's part of docs/profiles.md: the run's own figures (perf's
+# cost included), its busy threads, and the top symbols (self time).
+profile_section() {
+  profile_spec "$1"
+  local line
+  line=$(grep "\"name\":\"$1\"" "$DATA/profiled.json" | tail -1)
+  echo "### $1: $P_TITLE"
+  echo
+  if [ "$1" = P9 ]; then
+    echo "- all $(field streams "$line") streams back in $(field restart_seconds "$line") s; each resume's"
+    echo "  answer p99 $(field restart_answer_p99_ms "$line") ms; the new process's CPU until then"
+    echo "  $(field restart_server_cpu_seconds "$line") s"
+  else
+    echo "- $(field events_per_sec "$line") events/s, $(field cpu_us_per_event "$line") CPU-µs per event"
+    echo "  ($(field cpu_us_per_record "$line") per record), p99 $(field p99_ms "$line") ms"
+  fi
+  echo "- threads (CPU ms/s, context switches/s): $(field threads "$line")"
+  echo
+  echo '```text'
+  perf report -i "$DATA/profiles/$1.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+    grep -E '^ +[0-9.]+%' | cut -c1-150 | sed -E 's/ +$//' | head -20 || true
+  echo '```'
+  echo
+}
+
+# docs/profiles.md: the profiles taken in this run.
+write_profiles() {
+  {
+    echo "# Profiles"
+    echo
+    echo "The gateway alone under each workload's load (docs/benchmarks.md), \`perf record -F 999 -g\`"
+    echo "over the measured window (P9: the new process from the SIGTERM until every stream is"
+    echo "back), self time by shared object and symbol, the top 20. Each profile's run is its own,"
+    echo "after the measured ones: its figures include perf's cost, and its threads line says which"
+    echo "threads were busy. Written by \`scripts/bench.sh\` (all of them, after a full run) or"
+    echo "\`scripts/bench.sh profile [NAME...]\`; \`scripts/bench.sh report\` writes it again from the"
+    echo "last profiles' data."
+    echo
+    echo "Run on $(date -u -r "$DATA/profiled.json" +%Y-%m-%d): $(nproc) cores, Linux $(uname -r), Apache"
+    echo "Kafka $(scripts/kafka-local.sh version), gateway $(cat "$DATA/profiles/gateway" 2>/dev/null)."
+    echo
+    for p in "$@"; do profile_section "$p"; done
+  } >"$DATA/profiles.md"
+  mv "$DATA/profiles.md" "$OUT/profiles.md"
+  say "wrote $OUT/profiles.md"
+}
+
+if [ "$mode" = report ]; then
+  write_report
+  # The last profiles, if their data is still there.
+  have=()
+  for p in "${ALL_PROFILES[@]}"; do
+    [ -f "$DATA/profiles/$p.data" ] && grep -q "\"name\":\"$p\"" "$DATA/profiled.json" 2>/dev/null &&
+      have+=("$p")
+  done
+  [ ${#have[@]} -eq 0 ] || write_profiles "${have[@]}"
+  exit 0
+fi
 
 # workload NAME: one workload of the set, on both servers.
 workload() {
@@ -348,6 +462,14 @@ if [ "$mode" = only ]; then
   exit 0
 fi
 
+if [ "$mode" = profile ]; then
+  command -v perf >/dev/null || { say "profiles need perf (Debian: linux-perf)"; exit 1; }
+  [ ${#profiled[@]} -gt 0 ] || profiled=("${ALL_PROFILES[@]}")
+  for p in "${profiled[@]}"; do profile "$p"; done
+  write_profiles "${profiled[@]}"
+  exit 0
+fi
+
 if [ "$mode" = compare ]; then
   [ ${#compared[@]} -gt 0 ] || { say "compare needs NAME=BINARY arguments"; exit 2; }
   for spec in "${compared[@]}"; do
@@ -394,17 +516,11 @@ fi
 
 for w in W1 W2 W3 W4 W5 WK WH W8 WS WM W9; do workload "$w"; done
 
-# A profile of the gateway under W2 at 1,024 streams: the top symbols, for the next step.
-rm -f "$DATA/perf.data"
-if [ "${BENCH_PERF:-1}" != 0 ] && command -v perf >/dev/null; then
-  gw_start
-  "$BENCH" run --name W2-profile --server gateway --ca "$DATA/ca.pem" --pids "$gw_pid" \
-    --url "https://127.0.0.1:$GW_PORT/bench-fanout" --publish "kafka://$BROKER/bench-fanout" \
-    --connections 4 --streams 256 --rate 100 --warmup 3 --seconds 14 >/dev/null &
-  load=$!
-  sleep 5
-  perf record -F 999 -g -p "$gw_pid" -o "$DATA/perf.data" -- sleep 8 >/dev/null 2>&1 || true
-  wait "$load"
-fi
 gw_stop
 write_report
+if [ "${BENCH_PERF:-1}" != 0 ] && command -v perf >/dev/null; then
+  results="$DATA/profiled.json"
+  : >"$results"
+  for p in "${ALL_PROFILES[@]}"; do profile "$p"; done
+  write_profiles "${ALL_PROFILES[@]}"
+fi
