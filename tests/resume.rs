@@ -840,7 +840,8 @@ async fn resume_ids_ahead_of_the_log_open_with_a_gap_and_read_those_partitions_f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_the_ring_outruns_ends_with_its_id_and_resumes_from_kafka_with_nothing_lost() {
+async fn a_replay_the_ring_outruns_ends_with_its_id_resumes_from_kafka_with_nothing_lost_and_keeps_up(
+) {
     let cluster = Cluster::new();
     let topic = unique_topic("outrun");
     cluster.create_topic(&topic, 3).await;
@@ -902,5 +903,14 @@ async fn a_replay_the_ring_outruns_ends_with_its_id_and_resumes_from_kafka_with_
     read_checked(&mut sse, 140 - seen.count, &mut seen).await;
     assert!(names.iter().all(|k| seen.next_of(k) == 35));
     assert_eq!(metric(&metrics(&gw).await, &resumed("kafka")), 1.0);
+    // From there it keeps up: the next records come live, with no second cut-off and no
+    // second resume.
+    produce(35..45);
+    p.flush().await;
+    read_checked(&mut sse, 40, &mut seen).await;
+    assert!(names.iter().all(|k| seen.next_of(k) == 45));
+    let after = metrics(&gw).await;
+    assert_eq!(metric(&after, &cutoffs), 1.0, "cut off once");
+    assert_eq!(metric(&after, &resumed("kafka")), 1.0);
     gw.shutdown().await;
 }
