@@ -324,7 +324,7 @@ impl Hub {
                         scope,
                         handoff,
                     };
-                    tokio::spawn(self.clone().catch_up(job));
+                    self.catch_up(job);
                     let rx = rx.counted(&self.metrics.streams_own_queue);
                     (Events::then(rx, slot, Some(registration)), None)
                 }

@@ -51,7 +51,17 @@ pub(super) struct Readers {
     /// Readers not in use, each with when it was last given back (the last one given back is
     /// taken first, so the others age and close).
     idle: Mutex<Vec<(Reader, tokio::time::Instant)>>,
-    waiting: Mutex<HashMap<String, Vec<Job>>>,
+    /// The resumes waiting for a reader, by topic.
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+/// A topic's resumes waiting for a reader, and whether a task is on its way to take them: one
+/// such task per topic, not one per resume (a restart's storm of resumes would otherwise hold a
+/// task each until a reader frees up).
+#[derive(Default)]
+struct Waiting {
+    jobs: Vec<Job>,
+    runner: bool,
 }
 
 impl Readers {
@@ -90,33 +100,40 @@ impl Readers {
             .push((consumer, tokio::time::Instant::now()));
     }
 
-    fn wait(&self, job: Job) {
+    /// Queues a resume for a reader of its topic. True when no task is on its way to take the
+    /// topic's waiting resumes: the caller starts one ([`Hub::catch_up`]).
+    fn wait(&self, job: Job) -> bool {
         let mut waiting = self.waiting.lock();
-        waiting.entry(job.topic.name.clone()).or_default().push(job);
+        let entry = waiting.entry(job.topic.name.clone()).or_default();
+        entry.jobs.push(job);
+        !std::mem::replace(&mut entry.runner, true)
     }
 
-    /// The resumes of `topic` still waiting that `pick` accepts (the others go on waiting).
+    /// The resumes of `topic` still waiting that `pick` accepts (the others go on waiting, as
+    /// does the task on its way to them, if any).
     fn take_waiting_if(&self, topic: &str, pick: impl Fn(&Job) -> bool) -> Vec<Job> {
         let mut waiting = self.waiting.lock();
-        let Some(jobs) = waiting.get_mut(topic) else {
+        let Some(entry) = waiting.get_mut(topic) else {
             return Vec::new();
         };
-        jobs.retain(|j| !j.tx.is_closed());
-        let (taken, left): (Vec<Job>, Vec<Job>) = std::mem::take(jobs).into_iter().partition(pick);
-        if left.is_empty() {
+        entry.jobs.retain(|j| !j.tx.is_closed());
+        let (taken, left): (Vec<Job>, Vec<Job>) =
+            std::mem::take(&mut entry.jobs).into_iter().partition(pick);
+        entry.jobs = left;
+        if entry.jobs.is_empty() && !entry.runner {
             waiting.remove(topic);
-        } else {
-            *jobs = left;
         }
         taken
     }
 
-    /// Every resume of `topic` still waiting (none if another reader took them).
+    /// Every resume of `topic` still waiting (none if another reader took them), for the task
+    /// on its way to them: resumes queued from now on start another.
     fn take_waiting(&self, topic: &str) -> Vec<Job> {
         let mut waiting = self.waiting.lock();
         waiting
             .remove(topic)
             .unwrap_or_default()
+            .jobs
             .into_iter()
             .filter(|j| !j.tx.is_closed())
             .collect()
@@ -140,16 +157,23 @@ pub(super) struct Job {
 }
 
 impl Hub {
-    /// Runs a catch-up: waits for a reader, reads, hands over to live. Resumes of one topic
-    /// that wait at the same time share one reader; a snapshot has a reader to itself.
-    pub(super) async fn catch_up(self: Arc<Self>, job: Job) {
-        let topic = job.topic.name.clone();
-        let mut solo = None;
+    /// Starts a catch-up: a task waits for a reader, reads, hands over to live. Resumes of one
+    /// topic that wait at the same time share one reader and one task; a snapshot has a reader
+    /// and a task to itself.
+    pub(super) fn catch_up(self: &Arc<Self>, job: Job) {
         if job.snapshot {
-            solo = Some(job);
-        } else {
-            self.readers.wait(job);
+            tokio::spawn(self.clone().run_catch_up(job.topic.name.clone(), Some(job)));
+            return;
         }
+        let topic = job.topic.name.clone();
+        if self.readers.wait(job) {
+            tokio::spawn(self.clone().run_catch_up(topic, None));
+        }
+    }
+
+    /// Waits for a reader, then reads for `solo` (a snapshot) or for every resume of `topic`
+    /// waiting by then.
+    async fn run_catch_up(self: Arc<Self>, topic: String, solo: Option<Job>) {
         let Ok(_permit) = self.readers.permits.acquire().await else {
             return;
         };
@@ -448,5 +472,69 @@ impl Hub {
             self.promise_broken(topic, &mut state, p, seen_by);
         }
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::group::{Fanout, Handoff};
+    use crate::metrics::Metrics;
+    use crate::wake::Ready;
+
+    /// A resume of `topic` (its queue's receiver too: a job whose receiver is gone is dropped).
+    fn job(topic: &Arc<Topic>, id: u64) -> (Job, queue::Receiver) {
+        let (tx, rx) = queue::channel(8, usize::MAX);
+        let fanout = Fanout::new(Ready::new(futures_util::task::noop_waker()));
+        let job = Job {
+            topic: topic.clone(),
+            id,
+            key: None,
+            from: vec![LogStart::Offset(0)],
+            tx,
+            snapshot: false,
+            scope: None,
+            handoff: Handoff::new(&fanout.seat(0)),
+        };
+        (job, rx)
+    }
+
+    #[test]
+    fn one_task_per_topic_takes_the_resumes_that_wait() {
+        let metrics = Metrics::new(&[]);
+        let (a, b) = (
+            Arc::new(Topic::new("a", None, false, &metrics)),
+            Arc::new(Topic::new("b", None, false, &metrics)),
+        );
+        let readers = Readers::new(2);
+        let mut receivers = Vec::new();
+        let mut wait = |topic: &Arc<Topic>, id| {
+            let (job, rx) = job(topic, id);
+            receivers.push(rx);
+            readers.wait(job)
+        };
+        // The first resume of a topic starts a task; the next ones wait for it.
+        assert!(wait(&a, 1));
+        assert!(!wait(&a, 2));
+        assert!(wait(&b, 3), "another topic, another task");
+        // A running reader takes the resumes ahead of it: the task on its way stays on it.
+        let ids = |jobs: Vec<Job>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(readers.take_waiting_if("a", |j| j.id == 2)), [2]);
+        assert!(!wait(&a, 4));
+        assert_eq!(ids(readers.take_waiting_if("a", |_| true)), [1, 4]);
+        assert!(
+            !wait(&a, 5),
+            "the task is still on its way: it takes this one"
+        );
+        // The task takes what waits; a resume after that starts another.
+        assert_eq!(ids(readers.take_waiting("a")), [5]);
+        assert!(readers.take_waiting("a").is_empty());
+        assert!(wait(&a, 6));
+        assert_eq!(ids(readers.take_waiting("b")), [3]);
+        // Without a task on its way, a reader that takes every resume leaves nothing behind.
+        assert_eq!(ids(readers.take_waiting("a")), [6]);
+        assert!(wait(&a, 7));
+        drop(readers.take_waiting("a"));
+        assert!(readers.waiting.lock().is_empty());
     }
 }
