@@ -21,7 +21,9 @@
 #                             BENCH_COMPARE="CONNECTIONS:RATE ..." picks other W2 shapes
 #                             (default "4:100 16:100"; "16:800" is past the knee);
 #                             BENCH_PATHS="all key" also runs each shape as key streams (the
-#                             WK pair below; default "all")
+#                             WK pair below; default "all"); "keys" runs W3's shape (e.g.
+#                             BENCH_COMPARE="16:2000 16:20000"), "ingest" W8's (gateway only,
+#                             100 key streams on CONNECTIONS connections: "1:20000")
 #
 # Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams, and (gateway only, 60 s)
@@ -269,12 +271,16 @@ field() {
 }
 
 # path_args PATH: the URL and publisher of W2's shape as all-keys streams ("all") or, with every
-# record keyed k0, as all-keys ("all1") or key streams ("key") with the same deliveries.
+# record keyed k0, as all-keys ("all1") or key streams ("key") with the same deliveries; W3's
+# shape ("keys": one key each of 4,096, on the 6-partition topic); W8's ("ingest": key streams of
+# 100 keys and 10 all-keys streams on the 12-partition topic, gateway only).
 path_args() {
   case "$1" in
     all) echo "--url URL_FANOUT --publish PUB_FANOUT" ;;
     all1) echo "--url URL_FANOUT --publish PUB_FANOUT_KEY --keys 1" ;;
     key) echo "--url URL_FANOUT_KEY --publish PUB_FANOUT_KEY --keys 1" ;;
+    keys) echo "--url URL_KEYS --publish PUB_KEYS --keys 4096" ;;
+    ingest) echo "--url URL_INGEST_KEY --keys 100 --extra URL_INGEST --extra-streams 10 --publish PUB_INGEST --metrics METRICS" ;;
   esac
 }
 
@@ -482,20 +488,39 @@ if [ "$mode" = compare ]; then
       rate=${shape#*:}
       for path in ${BENCH_PATHS:-all}; do
         # The key pair compares key streams with all-keys streams of the same keyed records.
-        [ "$path" = key ] && paths="all1 key" || paths=all
+        case "$path" in
+          key) paths="all1 key" ;;
+          *) paths=$path ;;
+        esac
         for p in $paths; do
-          name=W2
-          [ "$p" = all1 ] && name=WK-all
-          [ "$p" = key ] && name=WK-key
+          streams=256
+          case "$p" in
+            all) name=W2 ;;
+            all1) name=WK-all ;;
+            key) name=WK-key ;;
+            keys) name=W3 ;;
+            # W8's shape: 100 key streams on CONNECTIONS connections, and the 10 all-keys ones.
+            ingest) name=W8; streams=$((100 / conns)) ;;
+            *) say "unknown path $p (all key keys ingest)"; exit 2 ;;
+          esac
           for spec in "${compared[@]}"; do
             GW_BIN="${spec#*=}"
             # shellcheck disable=SC2046
-            run "$name-${spec%%=*}" gateway $(path_args "$p") --connections "$conns" --streams 256 --rate "$rate"
+            run "$name-${spec%%=*}" gateway $(path_args "$p") --connections "$conns" --streams "$streams" --rate "$rate"
           done
         done
       done
-      # shellcheck disable=SC2046
-      run W2 nchan $(path_args all) --connections "$conns" --streams 256 --rate "$rate"
+      # nchan beside them, where it can do the same work (W8 has no nchan run).
+      case " ${BENCH_PATHS:-all} " in
+        *" all "*|*" key "*)
+          # shellcheck disable=SC2046
+          run W2 nchan $(path_args all) --connections "$conns" --streams 256 --rate "$rate" ;;
+      esac
+      case " ${BENCH_PATHS:-all} " in
+        *" keys "*)
+          # shellcheck disable=SC2046
+          run W3 nchan $(path_args keys) --connections "$conns" --streams 256 --rate "$rate" ;;
+      esac
     done
   done
   GW_BIN=$built
