@@ -51,9 +51,10 @@ use tracing::{debug, warn};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
 use crate::position;
-use crate::source::{Deliver, LiveRecord, RecordSink, Source, SourceError};
+use crate::source::{LiveRecord, RecordSink, Source, SourceError};
 use crate::sse;
 use floor::for_stream;
+use group::Group;
 pub use group::{Fanout, Seat};
 use replay::{Entry, Record};
 pub use subscribe::{Events, Parts, Subscription};
@@ -185,85 +186,112 @@ impl Hub {
         state.end_short_streams(hub.fingerprint);
     }
 
-    /// The event with an id naming only partition `p`, for short-id key streams of `key`;
+    /// The event with an id naming only partition `p`, for short-id key streams of `key`
+    /// (`subs` and `groups`: the key's streams with queues of their own, and its groups);
     /// `None` when there are none.
     fn scoped_event(
         state: &TopicState,
-        hub: &Topic,
-        key: &[u8],
-        p: usize,
-        offset: i64,
+        subs: Option<&HashMap<u64, Sub>>,
+        groups: Option<&HashMap<u64, Arc<Group>>>,
+        fingerprint: u32,
+        (p, offset): (usize, i64),
         event: &Bytes,
     ) -> Option<Bytes> {
         if !state.key_scoping {
             return None;
         }
-        let subs = state.by_key.get(key).into_iter().flat_map(HashMap::values);
-        let groups = state
-            .key_groups
-            .get(key)
-            .into_iter()
-            .flat_map(HashMap::values);
+        let subs = subs.into_iter().flat_map(HashMap::values);
+        let groups = groups.into_iter().flat_map(HashMap::values);
         let any = subs
             .map(|sub| sub.scope)
             .chain(groups.map(|g| g.view().scope));
         if !any.into_iter().any(|scope| scope.is_some()) {
             return None;
         }
-        let id = position::encode_sparse(hub.fingerprint, &[(p as i32, offset + 1)]);
+        let id = position::encode_sparse(fingerprint, &[(p as i32, offset + 1)]);
         Some(sse::with_id(event, &id))
     }
 
-    /// Fans one record of the live consumer out to the matching streams, in steps: advance the
-    /// topic's position, encode the event once, offer it to the streams with queues of their
-    /// own, push it to the connections' groups, move the streams it carried past their floor
-    /// into their groups, and keep it in the ring. Called by the poll thread only, under the
-    /// topic's lock.
-    fn dispatch(&self, record: LiveRecord<'_>) {
-        let Some(hub) = self.topics.get(record.topic).map(|e| e.value().clone()) else {
+    /// Fans the records of one topic that came in a row out to its streams, under one lock of
+    /// the topic, and keeps them in its ring under one lock of the ring. Called by the poll
+    /// thread only.
+    fn dispatch_run(&self, run: &[LiveRecord<'_>], now_ms: i64) {
+        let Some(first) = run.first() else {
             return;
         };
-        hub.records.inc();
+        let Some(hub) = self.topics.get(first.topic).map(|e| e.value().clone()) else {
+            return;
+        };
+        hub.records.inc_by(run.len() as u64);
         // Streams that move to their connection's group: dropped after the lock (a stream that
         // is gone leaves its cursor to them, and a cursor's drop takes the lock).
         let mut moved: Vec<Sub> = Vec::new();
         let mut guard = hub.lock();
         let state = &mut *guard;
-        let Some(p) = self.advance_position(&hub, state, &record) else {
-            return;
-        };
-        let key = record.key;
-        let keyed =
-            key.is_some_and(|k| state.by_key.contains_key(k) || state.key_groups.contains_key(k));
-        let live = !state.all.is_empty() || !state.groups.is_empty() || keyed;
-        if !live {
-            // No stream takes it: the ring keeps the record as it came, encoded when a replay
-            // first needs it (never, for most).
-            if state.ring.is_some() {
-                let kept = match self.oversize(&hub, p, record.offset, record.value) {
-                    Some(bytes) => Record::Oversize(bytes),
-                    None => Record::Value(record.value.map(Bytes::copy_from_slice)),
-                };
-                let partitions = state.positions.len();
-                let entry = Entry::later(
-                    p,
-                    record.offset,
-                    key.map(Bytes::copy_from_slice),
-                    kept,
-                    partitions,
-                );
-                self.keep_in_ring(state, entry);
+        let mut kept = Vec::new();
+        for record in run {
+            if let Some(entry) = self.dispatch(&hub, state, record, now_ms, &mut moved) {
+                kept.push(entry);
             }
-            return;
+        }
+        if let Some(ring) = state.ring.as_ref().filter(|_| !kept.is_empty()) {
+            let mut ring = ring.write();
+            let change: isize = kept.into_iter().map(|entry| ring.push(entry)).sum();
+            self.metrics.replay_bytes.add(change as i64);
+        }
+        drop(guard);
+        drop(moved);
+    }
+
+    /// Fans one record of the live consumer out to the matching streams, in steps: advance the
+    /// topic's position, encode the event once, offer it to the streams with queues of their
+    /// own, push it to the connections' groups, and move the streams it carried past their
+    /// floor into their groups (into `moved`, dropped by the caller after the lock). Returns
+    /// the record's entry for the ring, if the topic has one: the event, or the record as it
+    /// came when no stream takes it (encoded when a replay first needs it: never, for most).
+    fn dispatch(
+        &self,
+        hub: &Arc<Topic>,
+        state: &mut TopicState,
+        record: &LiveRecord<'_>,
+        now_ms: i64,
+        moved: &mut Vec<Sub>,
+    ) -> Option<Entry> {
+        let p = self.advance_position(hub, state, record)?;
+        let key = record.key;
+        let subs = key
+            .and_then(|k| state.by_key.get(k))
+            .filter(|set| !set.is_empty());
+        let keyed = key.and_then(|k| state.key_groups.get(k));
+        let live =
+            !state.all.is_empty() || !state.groups.is_empty() || subs.is_some() || keyed.is_some();
+        if !live {
+            state.ring.as_ref()?;
+            let kept = match self.oversize(hub, p, record.offset, record.value) {
+                Some(bytes) => Record::Oversize(bytes),
+                None => Record::Value(record.value.map(Bytes::copy_from_slice)),
+            };
+            let partitions = state.positions.len();
+            let key = key.map(Bytes::copy_from_slice);
+            return Some(Entry::later(p, record.offset, key, kept, partitions));
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
-        let event = self.encode(&hub, &id, p, record.offset, key, record.value);
+        let event = self.encode(hub, &id, p, record.offset, key, record.value);
         hub.encoded.inc();
-        observe_latency(&hub, record.timestamp_ms);
+        observe_latency(hub, record.timestamp_ms, now_ms);
         // Key streams whose ids name only their key's partition share a second encoding.
-        let scoped = key.and_then(|k| Self::scoped_event(state, &hub, k, p, record.offset, &event));
+        let scoped = key.and_then(|_| {
+            Self::scoped_event(
+                state,
+                subs,
+                keyed,
+                hub.fingerprint,
+                (p, record.offset),
+                &event,
+            )
+        });
         let mut fan = Fan {
-            hub: &hub,
+            hub,
             p,
             offset: record.offset,
             event: &event,
@@ -281,12 +309,15 @@ impl Hub {
                 }
             }
         }
-        fan.push_to_groups(state, key);
+        fan.push_to_groups(state.groups.values());
+        if let Some(keyed) = keyed {
+            fan.push_to_groups(keyed.values());
+        }
         let (gone, cut) = (fan.gone, fan.cut);
         // After the groups took this event, so the moved streams read from the next one.
-        self.move_to_groups(&hub, state, None, moving_all, &mut moved);
+        self.move_to_groups(hub, state, None, moving_all, moved);
         if let Some(k) = key.filter(|_| !moving_key.is_empty()) {
-            self.move_to_groups(&hub, state, Some(k), moving_key, &mut moved);
+            self.move_to_groups(hub, state, Some(k), moving_key, moved);
             if state.by_key.get(k).is_some_and(HashMap::is_empty) {
                 state.by_key.remove(k);
             }
@@ -297,8 +328,9 @@ impl Hub {
         if cut > 0 {
             state.log_cutoffs(record.topic, cut);
         }
-        let entry = Entry::encoded(p, record.offset, key.map(Bytes::copy_from_slice), event);
-        self.keep_in_ring(state, entry);
+        state.ring.as_ref()?;
+        let key = key.map(Bytes::copy_from_slice);
+        Some(Entry::encoded(p, record.offset, key, event))
     }
 
     /// Advances the topic's position past the record and checks it against the partitioner
@@ -353,15 +385,6 @@ impl Hub {
         }
     }
 
-    /// Keeps the record in the topic's replay ring, if it has one.
-    fn keep_in_ring(&self, state: &mut TopicState, entry: Entry) {
-        if let Some(ring) = &state.ring {
-            self.metrics
-                .replay_bytes
-                .add(ring.write().push(entry) as i64);
-        }
-    }
-
     /// Ends every stream (their queues drain first, then an id of the live position) and
     /// refuses new ones.
     pub fn close(&self) {
@@ -375,20 +398,25 @@ impl Hub {
 }
 
 impl RecordSink for Hub {
-    /// A batch of records: every connection its streams wake is woken once, at the end.
-    fn batch(&self, records: &mut dyn FnMut(&mut Deliver<'_>)) {
-        crate::wake::batch(|| records(&mut |record| self.dispatch(record)));
+    /// A batch of records: the records of one topic in a row are dispatched under one lock of
+    /// it, and every connection their streams wake is woken once, at the end.
+    fn batch(&self, records: &[LiveRecord<'_>]) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        crate::wake::batch(|| {
+            for run in records.chunk_by(|a, b| a.topic == b.topic) {
+                self.dispatch_run(run, now_ms);
+            }
+        });
     }
 }
 
 /// Observes the produce-to-dispatch latency of a record handed to streams (once per record,
-/// never per stream).
-fn observe_latency(hub: &Topic, timestamp_ms: Option<i64>) {
+/// never per stream), against the time its batch was polled.
+fn observe_latency(hub: &Topic, timestamp_ms: Option<i64>, now_ms: i64) {
     if let Some(ms) = timestamp_ms {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        hub.latency.observe((now - ms).max(0) as f64 / 1000.0);
+        hub.latency.observe((now_ms - ms).max(0) as f64 / 1000.0);
     }
 }
 
@@ -456,15 +484,10 @@ impl<'a> Fan<'a> {
         moving
     }
 
-    /// Pushes the event to every connection's group of the topic's records and of the
-    /// record's key: once per group, for all its streams; the slowest past the bound are cut
+    /// Pushes the event to `groups` (connections' groups of the topic's records, or of the
+    /// record's key): once per group, for all its streams; the slowest past the bound are cut
     /// off.
-    fn push_to_groups(&mut self, state: &TopicState, key: Option<&[u8]>) {
-        let keyed = key.and_then(|k| state.key_groups.get(k));
-        let groups = state
-            .groups
-            .values()
-            .chain(keyed.into_iter().flat_map(HashMap::values));
+    fn push_to_groups<'g>(&mut self, groups: impl Iterator<Item = &'g Arc<Group>>) {
         for group in groups {
             let slow = group.push(self.shared(group.view().scope));
             if slow > 0 {

@@ -46,15 +46,12 @@ pub struct LiveRecord<'a> {
     pub timestamp_ms: Option<i64>,
 }
 
-/// What a batch hands each record to.
-pub type Deliver<'a> = dyn FnMut(LiveRecord<'_>) + 'a;
-
 /// Where the live consumer's records go.
 pub trait RecordSink: Send + Sync {
-    /// One batch of the records already fetched: `records` hands each of them, in order, to
-    /// the function it is given. The sink may hold back what the records cause (the hub wakes
-    /// each connection once per batch) until `records` returns.
-    fn batch(&self, records: &mut dyn FnMut(&mut Deliver<'_>));
+    /// One batch of the records already fetched, in the order polled (up to
+    /// `DISPATCH_BATCH`). The sink does once per batch what it can (the hub locks a topic once
+    /// for the records of it in a row, and wakes each connection once).
+    fn batch(&self, records: &[LiveRecord<'_>]);
 }
 
 /// A Kafka problem, classified by who is at fault.
@@ -267,39 +264,40 @@ impl Source {
         Ok(())
     }
 
-    /// Polls until `stop` is set, handing every record to `sink`. Runs on its own thread.
+    /// Polls until `stop` is set, handing every record to `sink`, what is already fetched (up
+    /// to `DISPATCH_BATCH` records) as one batch. Runs on its own thread.
     pub fn poll_loop(&self, sink: &dyn RecordSink, stop: &AtomicBool) {
+        let mut polled = Vec::with_capacity(DISPATCH_BATCH);
         while !stop.load(Ordering::Relaxed) {
             let Some(first) = self.consumer.poll(POLL_TIMEOUT) else {
                 continue;
             };
-            // What is already fetched (up to DISPATCH_BATCH records) goes out as one batch.
-            let mut first = Some(first);
-            sink.batch(&mut |deliver| {
-                if let Some(first) = first.take() {
-                    self.handle(deliver, first);
+            self.keep(&mut polled, first);
+            for _ in 1..DISPATCH_BATCH {
+                match self.consumer.poll(Duration::ZERO) {
+                    Some(next) => self.keep(&mut polled, next),
+                    None => break,
                 }
-                for _ in 1..DISPATCH_BATCH {
-                    match self.consumer.poll(Duration::ZERO) {
-                        Some(next) => self.handle(deliver, next),
-                        None => break,
-                    }
-                }
-            });
+            }
+            if polled.is_empty() {
+                continue;
+            }
+            let records: Vec<LiveRecord<'_>> = polled.iter().map(live_record).collect();
+            sink.batch(&records);
+            drop(records);
+            // The messages go back to librdkafka after the batch that borrowed them.
+            polled.clear();
         }
     }
 
-    /// Hands one polled record to `deliver`; counts and logs consume errors.
-    fn handle(&self, deliver: &mut Deliver<'_>, polled: KafkaResult<BorrowedMessage<'_>>) {
+    /// Keeps a polled record for the batch; counts and logs consume errors.
+    fn keep<'c>(
+        &self,
+        batch: &mut Vec<BorrowedMessage<'c>>,
+        polled: KafkaResult<BorrowedMessage<'c>>,
+    ) {
         match polled {
-            Ok(message) => deliver(LiveRecord {
-                topic: message.topic(),
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key(),
-                value: message.payload(),
-                timestamp_ms: message.timestamp().to_millis(),
-            }),
+            Ok(message) => batch.push(message),
             // Reaching the end of a partition is not an error.
             Err(KafkaError::PartitionEOF(_)) => {}
             Err(e) => {
@@ -310,6 +308,18 @@ impl Source {
                 warn!(code = %code, "Kafka consume error: {e}");
             }
         }
+    }
+}
+
+/// A polled message as the hub reads it.
+fn live_record<'m>(message: &'m BorrowedMessage<'_>) -> LiveRecord<'m> {
+    LiveRecord {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key(),
+        value: message.payload(),
+        timestamp_ms: message.timestamp().to_millis(),
     }
 }
 
