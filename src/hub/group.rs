@@ -41,6 +41,19 @@ pub struct Fanout {
     /// The connection's streams due for a poll, and its task's waker.
     ready: Arc<Ready>,
     groups: Mutex<Vec<Arc<Group>>>,
+    touched: Arc<Touched>,
+}
+
+/// The groups of a connection with something for its task to do: waiting members to mark due
+/// (listed by the append that finds them waiting) and reads to count (listed by the first read
+/// since the last count). The task looks at these, not at every group: a connection with
+/// hundreds of groups (key streams of many keys) does work for the few that a batch of records
+/// touched, and leaves the others' memory alone. Locked on their own, under a group's log at
+/// most (see `hub::order`), never with another lock taken inside.
+#[derive(Default)]
+struct Touched {
+    notified: Mutex<Vec<Weak<Group>>>,
+    read: Mutex<Vec<Weak<Group>>>,
 }
 
 /// Which records of a topic a group's streams take, and which ids they carry.
@@ -84,6 +97,7 @@ impl Fanout {
         Arc::new(Fanout {
             ready,
             groups: Mutex::new(Vec::new()),
+            touched: Arc::default(),
         })
     }
 
@@ -96,20 +110,21 @@ impl Fanout {
     }
 
     /// Marks due every stream that waits for an event appended since the last call. The
-    /// connection's task calls it before polling its due streams. A group with nothing new
-    /// costs a load of its own flag, not its lock.
+    /// connection's task calls it before polling its due streams; only the groups appended to
+    /// since are looked at.
     pub fn mark_readers_due(&self) {
-        for group in self.groups().iter() {
-            if group.notified.load(Ordering::Acquire) {
-                group.mark_readers_due();
-            }
+        let notified = std::mem::take(&mut *self.touched.notified.lock());
+        for group in notified.iter().filter_map(Weak::upgrade) {
+            group.mark_readers_due();
         }
     }
 
     /// Counts what the streams wrote since the last call into the topics' series. The
-    /// connection's task calls it after polling its streams; only groups read since are locked.
+    /// connection's task calls it after polling its streams; only the groups read since are
+    /// looked at.
     pub fn count_sent(&self) {
-        for group in self.groups().iter() {
+        let read = std::mem::take(&mut *self.touched.read.lock());
+        for group in read.iter().filter_map(Weak::upgrade) {
             if group.unflushed.swap(false, Ordering::Relaxed) {
                 group.sent.flush(&mut group.log());
             }
@@ -141,11 +156,11 @@ impl Fanout {
             id: new_id,
             key: view.key.map(<[u8]>::to_vec),
             scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
-            notified: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
             owner: Arc::downgrade(owner),
             fanout: Arc::downgrade(self),
             ready: self.ready.clone(),
+            touched: self.touched.clone(),
             bound: bound.max(1),
             log: Mutex::new(Log::default()),
             version: AtomicU64::new(0),
@@ -182,9 +197,8 @@ pub(super) struct Group {
     /// The partition its streams' ids name alone ([`NO_SCOPE`]: full ids); changed only under
     /// the topic's lock (partitions added widen it).
     scope: AtomicUsize,
-    /// A copy of the log's `notified`, read without the lock.
-    notified: AtomicBool,
-    /// Its streams read events not yet counted into the topic's series.
+    /// Its streams read events not yet counted into the topic's series (and it is listed in
+    /// its connection's `Touched::read`).
     unflushed: AtomicBool,
     /// Its topic, not kept alive by it (the topic's state holds its groups: a strong reference
     /// back would be a cycle), and known only as an [`Owner`].
@@ -192,6 +206,8 @@ pub(super) struct Group {
     fanout: Weak<Fanout>,
     /// The connection's due list.
     ready: Arc<Ready>,
+    /// The connection's lists of groups to look at.
+    touched: Arc<Touched>,
     /// Events kept for the slowest stream at most.
     bound: usize,
     log: Mutex<Log>,
@@ -355,7 +371,7 @@ impl Group {
 
     /// Appends `event` for every member (under the topic's lock, by the poll thread); returns
     /// the members cut off as slow to make room.
-    pub(super) fn push(&self, event: &Bytes) -> u64 {
+    pub(super) fn push(self: &Arc<Self>, event: &Bytes) -> u64 {
         let mut log = self.log();
         if log.closed || log.readers == 0 {
             return 0;
@@ -379,7 +395,7 @@ impl Group {
         log.entries.push_back(Entry { event, unread });
         if !log.waiting.is_empty() && !log.notified {
             log.notified = true;
-            self.notified.store(true, Ordering::Release);
+            self.touched.notified.lock().push(Arc::downgrade(self));
             self.ready.wake_connection();
         }
         cut
@@ -424,7 +440,6 @@ impl Group {
             return;
         }
         log.notified = false;
-        self.notified.store(false, Ordering::Relaxed);
         log.mark_waiting_due(&self.ready);
         // They wait no more: their next look takes the lock (and waits again if need be).
         self.version.fetch_add(1, Ordering::Release);
@@ -536,8 +551,12 @@ impl Cursor {
         let mut log = self.group.log();
         let slot = self.slot as usize;
         let read = Self::read_locked(&mut log, slot);
-        if matches!(read, Read::Event(..)) {
-            self.group.unflushed.store(true, Ordering::Relaxed);
+        let first = |flag: &AtomicBool| {
+            !flag.load(Ordering::Relaxed) && !flag.swap(true, Ordering::Relaxed)
+        };
+        if matches!(read, Read::Event(..)) && first(&self.group.unflushed) {
+            let group = Arc::downgrade(&self.group);
+            self.group.touched.read.lock().push(group);
         }
         self.more = matches!(read, Read::Event(_, true));
         self.parked = false;
@@ -716,6 +735,42 @@ mod tests {
         assert_eq!(connection.get(), 2);
         fanout.mark_readers_due();
         assert_eq!(due(&ready), [3]);
+    }
+
+    #[test]
+    fn the_connection_looks_only_at_the_groups_a_batch_touched() {
+        let (_, ready, fanout, group, topic) = group(8);
+        let counter = |n: &str| IntCounter::new(n, n).unwrap();
+        let view = View {
+            key: Some(b"other"),
+            scope: None,
+        };
+        let owner = topic.clone() as Arc<dyn Owner>;
+        let counters = || (counter("events"), counter("bytes"));
+        let (other, _) = fanout.group_for(&owner, view, |_| true, 8, 8, counters);
+        topic.lock().insert_group(other.clone());
+        let (mut a, _b) = (join(&topic, &group, 1), join(&topic, &other, 2));
+        assert_eq!(a.poll_recv(), Poll::Pending);
+        group.push(&ev("1"));
+        group.push(&ev("2"));
+        let listed = |list: &Mutex<Vec<Weak<Group>>>| {
+            let list = list.lock();
+            list.iter().map(|g| g.as_ptr()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            listed(&fanout.touched.notified),
+            [Arc::as_ptr(&group)],
+            "listed once, the other group not at all"
+        );
+        fanout.mark_readers_due();
+        assert!(listed(&fanout.touched.notified).is_empty());
+        assert_eq!(due(&ready), [1]);
+        assert_eq!(a.poll_recv(), Poll::Ready(Some(ev("1"))));
+        assert_eq!(a.try_more(), Some(ev("2")));
+        assert_eq!(listed(&fanout.touched.read), [Arc::as_ptr(&group)]);
+        fanout.count_sent();
+        assert!(listed(&fanout.touched.read).is_empty());
+        assert_eq!(group.sent.counters.0.get(), 2);
     }
 
     #[test]

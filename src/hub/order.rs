@@ -8,11 +8,13 @@
 //!
 //! A topic's replay ring has a lock of its own, a leaf: taken under the topic's lock by the poll
 //! thread (to append) and by a stream opening (to place its replay), and under a stream's
-//! queue's lock by the stream reading its replay; nothing is taken under it.
+//! queue's lock by the stream reading its replay; nothing is taken under it. So are a
+//! connection's lists of the groups it has to look at (`group::Touched`): taken under a group's
+//! log (by an append, or a stream's read) or alone (by the connection's task).
 //!
 //! The poll thread takes 1 then 3 (it appends each record's event to the logs under the topic's
-//! lock); opening and ending a stream take 1, then 2 or 3; a connection's task takes 2 then 3,
-//! or 3 alone. None of them holds a lock across an `.await`. In debug builds each lock taken
+//! lock); opening and ending a stream take 1, then 2 or 3; a connection's task takes 2 or 3
+//! alone. None of them holds a lock across an `.await`. In debug builds each lock taken
 //! through [`Ordered`] asserts that the thread holds no lock of its level or a later one.
 
 use std::ops::{Deref, DerefMut};
