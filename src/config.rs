@@ -56,6 +56,9 @@ pub const STREAM_QUEUE_BYTES: &str = "KSG_STREAM_QUEUE_BYTES";
 pub const REPLAY_BYTES: &str = "KSG_REPLAY_BYTES";
 /// `KSG_CATCHUP_READERS`: Kafka consumers reading for resumes at most (more resumes wait).
 pub const CATCHUP_READERS: &str = "KSG_CATCHUP_READERS";
+/// `KSG_WORKER_THREADS`: threads serving connections (0: the cores available, less one, at
+/// least one).
+pub const WORKER_THREADS: &str = "KSG_WORKER_THREADS";
 /// `KSG_CATCHUP_READER_IDLE_SECS`: a catch-up reader left unused this long is closed.
 pub const CATCHUP_READER_IDLE_SECS: &str = "KSG_CATCHUP_READER_IDLE_SECS";
 /// `KSG_SNAPSHOT_BYTES`: what one snapshot may hold before it is sent early.
@@ -167,6 +170,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (STREAM_QUEUE_BYTES, "65536"),
     (REPLAY_BYTES, "4194304"),
     (CATCHUP_READERS, "4"),
+    (WORKER_THREADS, "0"),
     (CATCHUP_READER_IDLE_SECS, "10"),
     (SNAPSHOT_BYTES, "67108864"),
     (SNAPSHOT_TOPICS, "(none)"),
@@ -244,6 +248,8 @@ pub struct Config {
     pub replay_bytes: usize,
     /// Catch-up readers at most.
     pub catchup_readers: usize,
+    /// Threads serving connections as set; 0: automatic ([`Config::workers`]).
+    pub worker_threads: usize,
     /// A catch-up reader left unused this long is closed.
     pub catchup_reader_idle: Duration,
     /// Bytes one snapshot may hold before it is sent early.
@@ -411,6 +417,18 @@ fn memory_limit_under(root: &std::path::Path) -> Option<u64> {
 }
 
 impl Config {
+    /// The runtime's threads serving connections: `KSG_WORKER_THREADS`, or else the cores
+    /// available to the process (a CPU quota counts) less one, at least one. The core left is
+    /// the Kafka client's (the poll thread and librdkafka's broker threads): a runtime with
+    /// fewer workers wakes fewer of them per batch of records (docs/benchmarks.md).
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get().saturating_sub(1).max(1)),
+            n => n,
+        }
+    }
+
     /// Reads the process environment (only `KSG_*` names are looked at).
     pub fn from_env() -> Result<Config, ConfigError> {
         Config::from_vars(std::env::vars_os().filter_map(|(k, v)| {
@@ -533,6 +551,7 @@ impl Config {
         let stream_queue_bytes = r.number(STREAM_QUEUE_BYTES, 16usize << 10, 1 << 30);
         let replay_bytes = r.number(REPLAY_BYTES, 0usize, 1 << 34);
         let catchup_readers = r.number(CATCHUP_READERS, 1usize, 256);
+        let worker_threads = r.number(WORKER_THREADS, 0usize, 1024);
         let catchup_reader_idle =
             Duration::from_secs(r.number(CATCHUP_READER_IDLE_SECS, 0u64, 86_400));
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 1u64, 3600));
@@ -624,6 +643,7 @@ impl Config {
                 stream_queue_bytes,
                 replay_bytes,
                 catchup_readers,
+                worker_threads,
                 catchup_reader_idle,
                 snapshot_bytes,
                 snapshot_topics,
@@ -879,6 +899,17 @@ mod tests {
             let row = format!("| `{name}` | {shown} |");
             assert!(readme.contains(&row), "README lacks the row {row}");
         }
+    }
+
+    #[test]
+    fn worker_threads_leave_a_core_to_the_kafka_client_unless_set() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let automatic = cfg(&[]).unwrap();
+        assert_eq!(automatic.worker_threads, 0);
+        assert_eq!(automatic.workers(), cores.saturating_sub(1).max(1));
+        assert_eq!(cfg(&[(WORKER_THREADS, "3")]).unwrap().workers(), 3);
+        let e = cfg(&[(WORKER_THREADS, "2000")]).unwrap_err();
+        assert_eq!(problem_vars(e), [WORKER_THREADS]);
     }
 
     #[test]

@@ -85,6 +85,7 @@ fn main() -> ExitCode {
         .init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.workers())
         .enable_all()
         .build()
     {

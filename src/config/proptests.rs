@@ -52,6 +52,7 @@ const NUMBERS: &[Number] = &[
     }),
     number(REPLAY_BYTES, 0, 1 << 34, |c| c.replay_bytes as u64),
     number(CATCHUP_READERS, 1, 256, |c| c.catchup_readers as u64),
+    number(WORKER_THREADS, 0, 1024, |c| c.worker_threads as u64),
     number(CATCHUP_READER_IDLE_SECS, 0, DAY, |c| {
         c.catchup_reader_idle.as_secs()
     }),
