@@ -17,7 +17,7 @@
 //! - [`mod@start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
 //! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
 //! - [`stream`]: one SSE response body with heartbeats.
-//! - [`source`]: the one Kafka consumer and the task that reads it, and the catch-up readers.
+//! - [`source`]: the one Kafka consumer and its poll thread, and the catch-up readers.
 //! - [`embedded`]: the in-process mock Kafka cluster.
 //! - [`demo`]: demo ticker and starter page.
 //! - [`metrics`]: the Prometheus registry.
@@ -47,6 +47,7 @@ pub mod wake;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -83,10 +84,13 @@ pub enum StartError {
     /// A listener could not be bound.
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A running gateway. [`Handle::shutdown`] stops it gracefully; dropping it without calling
-/// `shutdown` stops the Kafka reader and the demo but leaves tasks to the runtime.
+/// `shutdown` stops the Kafka thread and the demo but leaves tasks to the runtime.
 pub struct Handle {
     /// Address of the SSE listener.
     pub addr: SocketAddr,
@@ -103,8 +107,8 @@ pub struct Handle {
     server: Arc<Server>,
     hub: Arc<Hub>,
     grace: Duration,
-    /// The task reading the live consumer ([`Source::read_live`]).
-    live: tokio::task::JoinHandle<()>,
+    stop_poll: Arc<AtomicBool>,
+    poller: Option<JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     demo: Option<Demo>,
 }
@@ -135,7 +139,9 @@ pub async fn start(mut config: Config) -> Result<Handle, StartError> {
     let (listener, addr) = bind(config.listen).await?;
     let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
 
-    let live = tokio::spawn(source.clone().read_live(hub.clone()));
+    let stop_poll = Arc::new(AtomicBool::new(false));
+    let poller = source::spawn_poller(source.clone(), hub.clone(), stop_poll.clone())
+        .map_err(StartError::Thread)?;
 
     let (shutdown, signal) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -212,7 +218,8 @@ pub async fn start(mut config: Config) -> Result<Handle, StartError> {
         server,
         hub,
         grace: config.shutdown_grace,
-        live,
+        stop_poll,
+        poller: Some(poller),
         tasks,
         demo,
     })
@@ -425,7 +432,9 @@ impl Handle {
             task.abort();
             let _ = task.await;
         }
-        let _ = (&mut self.live).await;
+        if let Some(poller) = self.poller.take() {
+            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+        }
         // The Kafka clients (consumer, catch-up readers) close before the embedded cluster
         // goes away, so they never log errors about a cluster that vanished under them.
         let demo = self.demo.take();
@@ -437,17 +446,17 @@ impl Handle {
     }
 
     /// What both a shutdown and a drop do first: the listeners and connections are told to
-    /// stop, every stream ends, and the Kafka reader stops.
+    /// stop, every stream ends, and the Kafka poll thread stops at its next poll.
     fn stop(&self) {
         let _ = self.shutdown.send(true);
         self.hub.close();
-        self.live.abort();
+        self.stop_poll.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for Handle {
-    /// Stops without waiting: the steps of [`Handle::shutdown`], with its tasks aborted (a
-    /// shutdown has taken them already).
+    /// Stops without waiting: the steps of [`Handle::shutdown`], with its tasks aborted and its
+    /// poll thread left to end by itself (a shutdown has taken them already).
     fn drop(&mut self) {
         self.stop();
         for task in &self.tasks {

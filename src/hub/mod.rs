@@ -1,7 +1,6 @@
 //! The hub: a registry from topic to its live channel, key filters, replay and fan-out.
 //!
-//! The Kafka reader ([`crate::source::Source::read_live`]) calls [`Hub::dispatch`] for every
-//! record, a batch at a time. Under the topic's lock it advances
+//! The poll thread calls [`Hub::dispatch`] for every record. Under the topic's lock it advances
 //! the topic's position vector, encodes the event once if a stream takes it (its id is the
 //! vector after the record; a record nobody takes is kept as it came, see [`replay`]), keeps it
 //! in the topic's replay ring and appends the same [`Bytes`] once to each connection's shared
@@ -214,8 +213,8 @@ impl Hub {
     }
 
     /// Fans the records of one topic that came in a row out to its streams, under one lock of
-    /// the topic, and keeps them in its ring under one lock of the ring. Called by the Kafka
-    /// reader only.
+    /// the topic, and keeps them in its ring under one lock of the ring. Called by the poll
+    /// thread only.
     fn dispatch_run(&self, run: &[LiveRecord<'_>], now_ms: i64) {
         let Some(first) = run.first() else {
             return;

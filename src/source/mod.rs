@@ -1,19 +1,18 @@
 //! The Kafka source: ONE rdkafka consumer per gateway, partitions assigned explicitly, no group
-//! commits. A task on the runtime reads it ([`read_live`]) and hands every record to a
-//! [`RecordSink`] (the hub, which this module knows nothing else of), a fetched batch at a
-//! time; the blocking metadata,
+//! commits. A dedicated thread polls it and hands every record to a [`RecordSink`] (the hub,
+//! which this module knows nothing else of), a fetched batch at a time; the blocking metadata,
 //! offset and assignment calls run on tokio's blocking pool. The hub's catch-ups read with
 //! [`Reader`]s of their own (`reader`).
 
 mod reader;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -25,6 +24,8 @@ pub use reader::{FetchPosition, Polled, ReadError, Reader, Record};
 
 /// How long one blocking Kafka request may take before the caller gets `503`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the poll thread blocks waiting for a record (bounds shutdown latency).
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Records dispatched at most between two rounds of connection wake-ups.
 const DISPATCH_BATCH: usize = 256;
 
@@ -106,7 +107,7 @@ impl ConsumerContext for Context {}
 
 /// The gateway's one live Kafka consumer, and the factory of its catch-up readers.
 pub struct Source {
-    consumer: StreamConsumer<Context>,
+    consumer: BaseConsumer<Context>,
     config: ClientConfig,
     metrics: Metrics,
 }
@@ -263,32 +264,29 @@ impl Source {
         Ok(())
     }
 
-    /// Reads the live consumer for good, handing every record to `sink`: what is already
-    /// fetched (up to `DISPATCH_BATCH` records) as one batch. A task on the runtime, not a
-    /// thread of its own: librdkafka wakes it when its queue has records, and the worker that
-    /// fans them out then runs the connections they wake. A thread in between was one more
-    /// wake-up per fetch (docs/benchmarks.md).
-    pub async fn read_live(self: Arc<Self>, sink: Arc<dyn RecordSink>) {
-        let mut stream = self.consumer.stream();
+    /// Polls until `stop` is set, handing every record to `sink`, what is already fetched (up
+    /// to `DISPATCH_BATCH` records) as one batch. Runs on its own thread.
+    pub fn poll_loop(&self, sink: &dyn RecordSink, stop: &AtomicBool) {
         let mut polled = Vec::with_capacity(DISPATCH_BATCH);
-        while let Some(first) = stream.next().await {
+        while !stop.load(Ordering::Relaxed) {
+            let Some(first) = self.consumer.poll(POLL_TIMEOUT) else {
+                continue;
+            };
             self.keep(&mut polled, first);
-            // What is there now, without waiting.
-            while polled.len() < DISPATCH_BATCH {
-                match stream.next().now_or_never() {
-                    Some(Some(next)) => self.keep(&mut polled, next),
-                    _ => break,
+            for _ in 1..DISPATCH_BATCH {
+                match self.consumer.poll(Duration::ZERO) {
+                    Some(next) => self.keep(&mut polled, next),
+                    None => break,
                 }
             }
-            if !polled.is_empty() {
-                let records: Vec<LiveRecord<'_>> = polled.iter().map(live_record).collect();
-                sink.batch(&records);
-                drop(records);
-                // The messages go back to librdkafka after the batch that borrowed them.
-                polled.clear();
+            if polled.is_empty() {
+                continue;
             }
-            // The connections woken run before the next batch.
-            tokio::task::yield_now().await;
+            let records: Vec<LiveRecord<'_>> = polled.iter().map(live_record).collect();
+            sink.batch(&records);
+            drop(records);
+            // The messages go back to librdkafka after the batch that borrowed them.
+            polled.clear();
         }
     }
 
@@ -344,4 +342,15 @@ fn all_known(offsets: Vec<i64>) -> Result<Vec<i64>, SourceError> {
         return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::InvalidArgument).into());
     }
     Ok(offsets)
+}
+
+/// Starts the poll thread, handing the records to `sink`; it ends when `stop` is set.
+pub fn spawn_poller(
+    source: Arc<Source>,
+    sink: Arc<dyn RecordSink>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("ksg-kafka-poll".into())
+        .spawn(move || source.poll_loop(&*sink, &stop))
 }
