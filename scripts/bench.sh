@@ -48,7 +48,8 @@
 #   W9  rolling restart: 51,200 streams (half all-keys, half one key each of 4,096) on one
 #       gateway; a second one starts, the first gets SIGTERM, and every stream resumes on the
 #       second as EventSource does (retry: plus jitter, Last-Event-ID, one new connection per
-#       old one): time until every stream is back, each resume's answer time, refusals, loss,
+#       old one): time until every stream is back, each resume's answer time (as the client
+#       saw it, and as the new gateway's ksg_answer_seconds did), refusals, loss,
 #       and the new process's CPU and RSS beside the old one's (gateway only); then
 #       W9-outage: 10,240 streams at 20 records/s, the second gateway starting 30 s after the
 #       first stopped: its peak RSS and the time until every stream is back
@@ -214,6 +215,7 @@ run() {
       RESTART_URL) a="https://127.0.0.1:$((GW_PORT + 1))/" ;;
       NEW_PID) gw2_start; a=$gw2_pid ;;
       NEW_PID_STOPPED) gw2_start stopped; a=$gw2_pid ;;
+      NEW_METRICS) a="http://127.0.0.1:$((GW_ADMIN + 1))/metrics" ;;
       URL_KEYS) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-keys/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
       URL_FANOUT_KEY) [ "$server" = gateway ] && a="https://127.0.0.1:$GW_PORT/bench-fanout/{key}" || a="https://127.0.0.1:8743/sub/{key}" ;;
       PUB_FANOUT_KEY) [ "$server" = gateway ] && a="kafka://$BROKER/bench-fanout" || a="http://127.0.0.1:8780/pub/{key}" ;;
@@ -304,7 +306,7 @@ profile_spec() {
     P9) P_TITLE="W9, the new process while 51,200 streams resume on it"
       P_ARGS=(--url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections "${W9_CONNECTIONS:-200}"
         --streams 256 --publish PUB_KEYS --rate "${W9_RATE:-10}" --warmup 10 --restart RESTART_URL
-        --new-pid NEW_PID) ;;
+        --new-pid NEW_PID --new-metrics NEW_METRICS) ;;
     P1) P_TITLE="W1-busy, 1,000,192 streams, ${W1_RATE:-1} broadcast record/s"
       P_MAX=1000192
       P_ARGS=(--url URL_FANOUT --publish PUB_FANOUT --connections 3907 --streams 256
@@ -452,10 +454,10 @@ workload() {
     W9)
       run W9 gateway --url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections "${W9_CONNECTIONS:-200}" \
         --streams 256 --publish PUB_KEYS --rate "${W9_RATE:-10}" --warmup 10 \
-        --restart RESTART_URL --new-pid NEW_PID
+        --restart RESTART_URL --new-pid NEW_PID --new-metrics NEW_METRICS
       run W9-outage gateway --url URL_KEYS --mix URL_KEYS_ALL --keys 4096 --connections 40 \
         --streams 256 --publish PUB_KEYS --rate 20 --warmup 10 \
-        --restart RESTART_URL --new-pid NEW_PID_STOPPED --outage 30
+        --restart RESTART_URL --new-pid NEW_PID_STOPPED --new-metrics NEW_METRICS --outage 30
       ;;
     *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK WH W8 WS WM W9)"; exit 2 ;;
   esac

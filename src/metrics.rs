@@ -65,6 +65,9 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Admin requests refused for a missing or wrong `KSG_ADMIN_TOKEN`.
     pub admin_unauthorized: IntCounter,
+    /// Seconds from a request's arrival to its response head, whatever the answer (a stream's
+    /// `200`, a refusal, a resume read from Kafka): what a client waits for before `open`.
+    pub answer: Histogram,
     /// Seconds from a record's Kafka timestamp to the moment its event is handed to the streams
     /// that get it (once per record), by topic.
     pub event_latency: HistogramVec,
@@ -262,7 +265,20 @@ impl Metrics {
             .register(Box::new(consumer_lag.clone()))
             .expect("unique metric");
 
+        let answer = Histogram::with_opts(
+            HistogramOpts::new(
+                "ksg_answer_seconds",
+                "Seconds from a request's arrival to its response head, whatever the answer",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(answer.clone()))
+            .expect("unique metric");
+
         let m = Metrics {
+            answer,
             event_latency: histogram(
                 "ksg_event_latency_seconds",
                 "Seconds from a record's Kafka timestamp to its event being handed to the streams that get it",

@@ -591,6 +591,8 @@ async fn admin_metrics_export_every_documented_family() {
         metric(&text, &format!("ksg_first_event_seconds_count{{{route}}}")),
         2.0
     );
+    // Both streams' requests were answered (and timed), whatever else the test asked.
+    assert!(metric(&text, "ksg_answer_seconds_count") >= 2.0);
     assert!(
         metric(
             &text,
@@ -633,6 +635,7 @@ async fn admin_metrics_export_every_documented_family() {
         ("ksg_catchup_handovers_total", "counter"),
         ("ksg_stalled_stream_resets_total", "counter"),
         ("ksg_event_latency_seconds", "histogram"),
+        ("ksg_answer_seconds", "histogram"),
         ("ksg_first_event_seconds", "histogram"),
         ("ksg_stream_duration_seconds", "histogram"),
         ("ksg_consumer_lag", "gauge"),

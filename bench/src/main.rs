@@ -43,9 +43,11 @@
 //! connection per old connection (a browser shares one per origin) to URL, sent once the
 //! server's SETTINGS arrived; a `429` is retried after its `Retry-After`, a `503` after the
 //! retry time, a lost connection on a new one. Reported: the time from SIGTERM until every
-//! stream was answered again, each resume's request→response time (p99, max), the refusals, the
-//! new process's peak RSS, and its CPU and RSS over a window once every stream is back, beside
-//! the old process's in the first window. Loss and duplicates are counted across the restart.
+//! stream was answered again, each resume's request→response time (p50, p99, max), with
+//! `--new-metrics URL` the new process's own answer times (its `ksg_answer_seconds`: the 99th
+//! percentile's bucket and the share within 0.5 s), the refusals, the new process's peak RSS,
+//! and its CPU and RSS over a window once every stream is back, beside the old process's in the
+//! first window. Loss and duplicates are counted across the restart.
 //! `--outage SECS`: the new process waits stopped (SIGSTOP, e.g. a shell that stops itself and
 //! then `exec`s the gateway) and is continued SECS after the SIGTERM; the times are then counted
 //! from its continuation.
@@ -95,6 +97,8 @@ run options (defaults in brackets):
   --restart URL      a rolling restart after the window: SIGTERM to the --pids process; every
                      stream that ends resumes on URL as EventSource does (see below) ...
   --new-pid P        ... whose process P is then measured for another window
+  --new-metrics URL  ... whose admin /metrics is URL: its ksg_answer_seconds, the time it took
+                     to answer, read once every stream is back
   --outage SECS      ... and which is stopped (SIGSTOP) until SECS after the SIGTERM, then
                      continued (SIGCONT): an outage between the two [0]
   --http1 true       every stream on an HTTP/1.1 connection of its own (as EventSource over
@@ -158,6 +162,7 @@ struct Options {
     mix: Option<String>,
     restart: Option<String>,
     new_pid: Option<u32>,
+    new_metrics: Option<String>,
     outage: f64,
     http1: bool,
     perf: Option<String>,
@@ -223,6 +228,7 @@ impl Options {
             new_pid: take("new-pid")
                 .map(|v| v.parse().map_err(|_| format!("--new-pid: bad value {v}")))
                 .transpose()?,
+            new_metrics: take("new-metrics"),
             outage: num(take("outage"), "outage", 0.0)?,
             http1: num(take("http1"), "http1", false)?,
             perf: take("perf"),
@@ -1543,10 +1549,14 @@ async fn restart(
         .clone()
         .ok_or("answers")?;
     let ms = |v: u64| v as f64 / 1000.0;
-    Ok(vec![
+    let mut measured = vec![
         ("restart_streams_back", Value::N(moved as f64)),
         ("outage_seconds", Value::N(o.outage)),
         ("restart_seconds", Value::N(back_in)),
+        (
+            "restart_answer_p50_ms",
+            Value::N(ms(answers.value_at_quantile(0.5))),
+        ),
         (
             "restart_answer_p99_ms",
             Value::N(ms(answers.value_at_quantile(0.99))),
@@ -1568,7 +1578,91 @@ async fn restart(
         ("new_events_per_sec", Value::N(events as f64 / window)),
         ("new_cpu_us_per_event", Value::N(us_per(cpu, events))),
         ("new_p99_ms", Value::N(ms(h.value_at_quantile(0.99)))),
-    ])
+    ];
+    if let Some(url) = &o.new_metrics {
+        let answered = Answered::read(url).await?;
+        measured.push((
+            "restart_server_answer_p99_le_ms",
+            Value::N(answered.quantile_bound(0.99) * 1000.0),
+        ));
+        measured.push((
+            "restart_server_answered_500ms_pct",
+            Value::N(
+                answered
+                    .share_within(0.5)
+                    .ok_or("--new-metrics: no answers, or no 0.5 s bucket")?
+                    * 100.0,
+            ),
+        ));
+    }
+    Ok(measured)
+}
+
+/// The gateway's `ksg_answer_seconds` histogram, read from its admin `/metrics`: how long its
+/// requests waited for their response heads, as the server saw it (the client's own delays
+/// left out).
+struct Answered {
+    /// `(le, cumulative count)`, in the order of the exposition (ascending, `+Inf` last).
+    buckets: Vec<(f64, f64)>,
+    count: f64,
+}
+
+impl Answered {
+    async fn read(url: &str) -> Result<Answered, BoxError> {
+        Answered::parse(&http_get(url).await?).ok_or_else(|| {
+            format!("--new-metrics: no ksg_answer_seconds histogram at {url}").into()
+        })
+    }
+
+    fn parse(text: &str) -> Option<Answered> {
+        let mut buckets = Vec::new();
+        let mut count = None;
+        for line in text.lines() {
+            let Some((name, Ok(value))) = line
+                .rsplit_once(' ')
+                .map(|(name, value)| (name, value.parse::<f64>()))
+            else {
+                continue;
+            };
+            if let Some(le) = name
+                .strip_prefix("ksg_answer_seconds_bucket{le=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+            {
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                buckets.push((le, value));
+            } else if name == "ksg_answer_seconds_count" {
+                count = Some(value);
+            }
+        }
+        (!buckets.is_empty()).then_some(())?;
+        Some(Answered {
+            buckets,
+            count: count?,
+        })
+    }
+
+    /// The upper bound of the bucket that holds quantile `q` (seconds).
+    fn quantile_bound(&self, q: f64) -> f64 {
+        let wanted = q * self.count;
+        self.buckets
+            .iter()
+            .find(|(_, cumulative)| *cumulative >= wanted)
+            .map_or(f64::INFINITY, |(le, _)| *le)
+    }
+
+    /// The share of the answers within `le` seconds, which must be a bucket's bound; `None`
+    /// without such a bucket or without answers.
+    fn share_within(&self, le: f64) -> Option<f64> {
+        let (_, within) = self
+            .buckets
+            .iter()
+            .find(|(bound, _)| (*bound - le).abs() < 1e-9)?;
+        (self.count > 0.0).then(|| within / self.count)
+    }
 }
 
 /// The sum of the `ksg_consumer_lag` series at `url` (an admin `/metrics`), if asked for.
@@ -1702,8 +1796,17 @@ fn report(path: &str) -> Result<(), BoxError> {
             ("rate", "records/s"),
             ("outage_seconds", "outage s"),
             ("restart_seconds", "all back in s"),
+            ("restart_answer_p50_ms", "answer p50 ms"),
             ("restart_answer_p99_ms", "answer p99 ms"),
             ("restart_answer_max_ms", "answer max ms"),
+            (
+                "restart_server_answer_p99_le_ms",
+                "server's answer p99 ≤ ms",
+            ),
+            (
+                "restart_server_answered_500ms_pct",
+                "server answered ≤ 0.5 s %",
+            ),
             ("restart_server_cpu_seconds", "server CPU-s until back"),
             ("restart_client_cpu_seconds", "client CPU-s until back"),
             ("restart_refused_429", "429"),
@@ -1774,6 +1877,26 @@ mod tests {
         let v = payload(1_234, 56, Some(17), 100);
         assert_eq!(v.len(), 100);
         assert_eq!(field(v.as_bytes(), b"\"k\":"), Some(17));
+    }
+
+    #[test]
+    fn the_servers_answer_times_are_read_from_its_histogram() {
+        let text = "# TYPE ksg_answer_seconds histogram\n\
+            ksg_answer_seconds_bucket{le=\"0.1\"} 90\n\
+            \n\
+            ksg_answer_seconds_bucket{le=\"0.5\"} 98\n\
+            ksg_answer_seconds_bucket{le=\"1\"} 100\n\
+            ksg_answer_seconds_bucket{le=\"+Inf\"} 100\n\
+            ksg_answer_seconds_sum 12.5\n\
+            ksg_answer_seconds_count 100\n\
+            ksg_consumer_lag{topic=\"t\"} 0\n";
+        let answered = Answered::parse(text).expect("a histogram");
+        assert_eq!(answered.share_within(0.5), Some(0.98));
+        assert_eq!(answered.quantile_bound(0.9), 0.1);
+        assert_eq!(answered.quantile_bound(0.99), 1.0);
+        assert_eq!(answered.share_within(0.25), None);
+        // A gateway without the histogram is an error, not a zero.
+        assert!(Answered::parse("ksg_consumer_lag{topic=\"t\"} 0\n").is_none());
     }
 
     #[test]

@@ -188,8 +188,9 @@ where
                     let app = app.clone();
                     let opens = opens.clone();
                     let seat = fanout.seat(token);
+                    let arrived = std::time::Instant::now();
                     let handling: Handling = Box::pin(async move {
-                        app.handle(request.map(RequestBody), &opens, &seat).await
+                        app.handle(request.map(RequestBody), &opens, &seat, arrived).await
                     });
                     answer(handling, respond, activity.open(), out)
                 }),

@@ -397,8 +397,9 @@ impl Server {
             let opens = opens.clone();
             let open = requests.open();
             let fanout = fanout.clone();
+            let arrived = std::time::Instant::now();
             async move {
-                let response = app.handle(request, &opens, &fanout.seat()).await;
+                let response = app.handle(request, &opens, &fanout.seat(), arrived).await;
                 Ok::<_, Infallible>(response.map(|body| fanout.pump(body, open)))
             }
         });

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -78,11 +78,14 @@ impl App {
     /// body, and without opening a stream.
     /// `opens` is the stream-open budget of the request's connection, `seat` the request's place
     /// on it: a stream reads its connection's shared logs (HTTP/2 and HTTP/1.1 alike).
+    /// `arrived` is when the request came off its connection: the time to the response head
+    /// goes into `ksg_answer_seconds`.
     pub async fn handle<B>(
         &self,
         request: Request<B>,
         opens: &OpenRate,
         seat: &Seat,
+        arrived: Instant,
     ) -> Response<ResponseBody>
     where
         B: Body + Unpin,
@@ -110,6 +113,7 @@ impl App {
             }
         }
         self.cors.apply(request.headers(), response.headers_mut());
+        self.metrics.answer.observe(arrived.elapsed().as_secs_f64());
         response
     }
 
