@@ -31,7 +31,8 @@
 //! given back after a load). The records published in the window give `cpu_us_per_record`.
 //! Every run counts the heartbeats (comment-only blocks) read in the window and the longest any
 //! stream went without receiving anything (`max_silence_ms`); `--probe URL,...` asks each URL
-//! once a second in the window and reports the slowest answer and the failures.
+//! once a second in the window, from a thread and a runtime of its own (so the load
+//! generator's own backlog stays out of it), and reports the slowest answer and the failures.
 //!
 //! Workloads: `--idle true` publishes nothing and reports RSS per open stream; `--stall F` adds
 //! a fraction F of streams that never read (HTTP/2's default 64 KiB windows, on connections of
@@ -91,8 +92,8 @@ run options (defaults in brackets):
   --extra-streams N  ... with N streams [0]
   --metrics URL      http://host:port/metrics: ksg_consumer_lag at the window's start and end
   --after SECS       close every connection after the window, read RSS SECS later [0: no]
-  --probe URL,...    http:// URLs (e.g. /healthz, /metrics) asked once a second in the window:
-                     the slowest answer and the failures
+  --probe URL,...    http:// URLs (e.g. /healthz, /metrics) asked once a second in the window,
+                     from a thread of their own: the slowest answer and the failures
   --mix URL          every second connection reads URL instead of --url
   --restart URL      a rolling restart after the window: SIGTERM to the --pids process; every
                      stream that ends resumes on URL as EventSource does (see below) ...
@@ -1319,13 +1320,25 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
     let probe_stop = Arc::new(AtomicBool::new(false));
-    let prober =
-        (!o.probe.is_empty()).then(|| tokio::spawn(probe(o.probe.clone(), probe_stop.clone())));
+    // The probe asks from a thread and a runtime of its own, as a kubelet or a Prometheus
+    // would from another process: its times are the server's, not the load generator's
+    // backlog of events on the runtime that reads the streams.
+    let prober = (!o.probe.is_empty()).then(|| {
+        let (urls, stop) = (o.probe.clone(), probe_stop.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        std::thread::spawn(move || runtime.map(|rt| rt.block_on(probe(urls, stop))))
+    });
     tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     probe_stop.store(true, Ordering::Relaxed);
     let probed = match prober {
-        Some(p) => Some(p.await?),
+        Some(p) => Some(
+            tokio::task::spawn_blocking(move || p.join())
+                .await?
+                .map_err(|_| "the probe's thread panicked")??,
+        ),
         None => None,
     };
     let window = t0.elapsed().as_secs_f64();
