@@ -171,7 +171,7 @@ pub async fn start(mut config: Config) -> Result<Handle, StartError> {
     });
     let mut tasks = vec![
         tokio::spawn(server.clone().run(listener, signal.clone())),
-        tokio::spawn(admin.run(admin_listener, signal.clone())),
+        admin_thread(admin, admin_listener, admin_addr, signal.clone())?,
         tokio::spawn(watch_readiness(
             source,
             ready.clone(),
@@ -345,6 +345,39 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
         .local_addr()
         .map_err(|e| StartError::Bind(addr, e))?;
     Ok((listener, bound))
+}
+
+/// Serves the admin listener on a thread of its own, with a runtime of its own: probes and
+/// scrapes are answered while the runtime's workers are busy (a fan-out to a million streams
+/// keeps the one worker for a while), so a liveness probe's timeout does not see a busy gateway
+/// as a dead one. The task returned ends when the thread does (at the shutdown signal).
+fn admin_thread(
+    admin: Arc<Admin>,
+    listener: TcpListener,
+    addr: SocketAddr,
+    signal: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = listener.into_std().map_err(|e| StartError::Bind(addr, e))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(StartError::Thread)?;
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("ksg-admin".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => admin.run(listener, signal).await,
+                    Err(e) => warn!("admin listener lost: {e}"),
+                }
+            });
+            let _ = done.send(());
+        })
+        .map_err(StartError::Thread)?;
+    Ok(tokio::spawn(async move {
+        let _ = ended.await;
+    }))
 }
 
 /// Resolves once the shutdown signal is true (or its sender is gone).

@@ -95,6 +95,35 @@ async fn metrics_need_the_admin_token_when_one_is_set() {
     gw.shutdown().await;
 }
 
+/// Probes and scrapes are answered while the runtime that runs the streams is busy: the admin
+/// listener has a thread of its own. Here the runtime's only thread is held, waiting for the
+/// answer, so the answer cannot come from it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_admin_listener_answers_while_the_runtime_is_held() {
+    use std::io::{Read, Write};
+    let cluster = Cluster::new();
+    let gw = gateway(&cluster, &[]).await;
+    let addr = gw.admin_addr;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let asked = (|| -> std::io::Result<String> {
+            let mut tcp = std::net::TcpStream::connect(addr)?;
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+            tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            tcp.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        let _ = tx.send(asked);
+    });
+    let answer = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no answer while the runtime was held")
+        .expect("the admin answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    gw.shutdown().await;
+}
+
 /// A TCP connection to the gateway that starts with `header`.
 async fn behind_proxy(gw: &kafka_sse_gateway::Handle, header: &[u8]) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
