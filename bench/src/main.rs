@@ -1651,7 +1651,9 @@ impl Answered {
                 count = Some(value);
             }
         }
-        (!buckets.is_empty()).then_some(())?;
+        if buckets.is_empty() {
+            return None;
+        }
         Some(Answered {
             buckets,
             count: count?,
