@@ -39,8 +39,11 @@
 #   WH  WK over HTTP/1.1: 1,024 streams at 100 records/s, each on a connection of its own (as
 #       EventSource over HTTP/1.1 has), all-keys and key streams
 #   W8  ingest: a 12-partition topic at 10,000 to 40,000 records/s of 100 keys, read by 100 key
-#       streams and 10 all-keys streams: CPU per record ingested, and ksg_consumer_lag at the
-#       window's start and end (gateway only: nchan has no Kafka to ingest from)
+#       streams and 10 all-keys streams: CPU per record ingested, and ksg_consumer_lag once a
+#       second (gateway only: nchan has no Kafka to ingest from); then higher rates (W8-ramp)
+#       until one is not held (the records the broker has not acknowledged, or the gateway's
+#       consumer lag, grow by 1% of the rate a second), and the highest rate held for 60 s
+#       (W8-hold)
 #   WS  256 stalled catch-ups: key streams ?from=earliest on one connection whose client grants
 #       no window, while the key's records keep coming: the RSS growth (gateway only)
 #   WM  memory given back: W2 past the knee (4,096 streams, 800 records/s), then every
@@ -432,10 +435,25 @@ workload() {
       done
       ;;
     W8)
-      for rate in 10000 20000 40000; do
-        run W8 gateway --url URL_INGEST_KEY --keys 100 --connections 1 --streams 100 \
-          --extra URL_INGEST --extra-streams 10 --publish PUB_INGEST --rate "$rate" --metrics METRICS
+      # 10,000 to 40,000 records/s (W8), then up by half each step (W8-ramp) until the broker or
+      # the gateway's consumer no longer keeps the pace (ksg-bench's "held"); then the highest
+      # rate held, for 60 s (W8-hold).
+      local w8=(--url URL_INGEST_KEY --keys 100 --connections 1 --streams 100 --extra URL_INGEST
+        --extra-streams 10 --publish PUB_INGEST --metrics METRICS)
+      local held="" name line
+      for rate in 10000 20000 40000 60000 90000 135000 200000 300000 450000 675000 1000000; do
+        name=W8
+        [ "$rate" -gt 40000 ] && name=W8-ramp
+        run "$name" gateway "${w8[@]}" --rate "$rate"
+        line=$(tail -n 1 "$results")
+        [ "$(field held "$line")" = true ] || break
+        held=$rate
       done
+      if [ -n "$held" ]; then
+        SECONDS_=60 run W8-hold gateway "${w8[@]}" --rate "$held"
+      else
+        say "W8: no rate was held"
+      fi
       ;;
     WS)
       run WS gateway --url URL_FANOUT_KEY_EARLIEST --keys 1 --connections 0 --streams 256 \

@@ -26,7 +26,12 @@
 //!
 //! `--extra URL --extra-streams N` adds one more connection of N streams reading `URL` (for
 //! example all-keys streams beside key streams). `--metrics URL` (the gateway's admin
-//! `/metrics`) adds the summed `ksg_consumer_lag` at the window's start and end. `--after SECS`
+//! `/metrics`) samples the summed `ksg_consumer_lag` once a second through the window: its start,
+//! end, peak and growth per second (least squares), and `held`: whether the publisher queued at
+//! least 99% of `--rate`, and both the lag and its records not yet acknowledged by the broker
+//! (librdkafka's delivery reports; `acked_per_sec`) grew by less than 1% of it per second; `routed`: held, and the streams
+//! received at least 99% of the deliveries the records owed them (`delivered_pct`, where the
+//! run's shape says how many). `--after SECS`
 //! closes every connection when the window ends and reads the server's RSS SECS later (memory
 //! given back after a load). The records published in the window give `cpu_us_per_record`.
 //! Every run counts the heartbeats (comment-only blocks) read in the window and the longest any
@@ -60,8 +65,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -90,7 +97,9 @@ run options (defaults in brackets):
   --churn R          drop and resume R streams per second with Last-Event-ID [0]
   --extra URL        one more connection, reading URL ...
   --extra-streams N  ... with N streams [0]
-  --metrics URL      http://host:port/metrics: ksg_consumer_lag at the window's start and end
+  --metrics URL      http://host:port/metrics: ksg_consumer_lag once a second in the window
+                     (start, end, peak, growth per second), and whether the broker and the
+                     consumer held the rate (and the streams got their records: routed)
   --after SECS       close every connection after the window, read RSS SECS later [0: no]
   --probe URL,...    http:// URLs (e.g. /healthz, /metrics) asked once a second in the window,
                      from a thread of their own: the slowest answer and the failures
@@ -288,8 +297,10 @@ struct Shared {
     resets: AtomicU64,
     opened: AtomicU64,
     failed: AtomicU64,
-    /// Records handed to the publisher's sink.
+    /// Records handed to the publisher's sink, and of those, the ones the broker (or the HTTP
+    /// publisher) acknowledged.
     published: AtomicU64,
+    acked: Arc<AtomicU64>,
     /// Heartbeats (comment-only blocks) read in the window, and the longest a stream went
     /// without receiving anything, ending in the window (µs).
     heartbeats: AtomicU64,
@@ -333,6 +344,7 @@ impl Shared {
             opened: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             published: AtomicU64::new(0),
+            acked: Arc::new(AtomicU64::new(0)),
             heartbeats: AtomicU64::new(0),
             silence_us: AtomicU64::new(0),
             drivers: Mutex::new(Vec::new()),
@@ -1061,7 +1073,7 @@ async fn publish(o: Options, shared: Arc<Shared>) -> Result<u64, BoxError> {
         (0..o.keys).map(|k| Some(format!("k{k}"))).collect()
     };
     let mut seqs = vec![0u64; keys.len()];
-    let mut sink = Sink::new(&target)?;
+    let mut sink = Sink::new(&target, shared.acked.clone())?;
     let start = tokio::time::Instant::now();
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -1084,16 +1096,33 @@ async fn publish(o: Options, shared: Arc<Shared>) -> Result<u64, BoxError> {
 
 /// Where records go: Kafka, or an HTTP publisher (one keep-alive HTTP/1.1 connection).
 enum Sink {
-    Kafka(ThreadedProducer<DefaultProducerContext>, String),
+    Kafka(ThreadedProducer<Acks>, String),
     Http {
         addr: String,
         path: String,
         conn: Option<TcpStream>,
+        acked: Arc<AtomicU64>,
     },
 }
 
+/// Counts the records the broker acknowledged (librdkafka's delivery reports): what the
+/// producer sustained, as opposed to what it queued.
+struct Acks(Arc<AtomicU64>);
+
+impl ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if result.is_ok() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl Sink {
-    fn new(target: &str) -> Result<Sink, BoxError> {
+    fn new(target: &str, acked: Arc<AtomicU64>) -> Result<Sink, BoxError> {
         if let Some(rest) = target.strip_prefix("kafka://") {
             let (brokers, topic) = rest.split_once('/').ok_or("kafka://brokers/topic")?;
             // linger.ms=0: the benchmark measures the gateway, not the producer's batching
@@ -1101,7 +1130,7 @@ impl Sink {
             let producer = ClientConfig::new()
                 .set("bootstrap.servers", brokers)
                 .set("linger.ms", "0")
-                .create()?;
+                .create_with_context(Acks(acked))?;
             Ok(Sink::Kafka(producer, topic.to_string()))
         } else if let Some(rest) = target.strip_prefix("http://") {
             let (addr, path) = rest.split_once('/').ok_or("http://host:port/path")?;
@@ -1109,6 +1138,7 @@ impl Sink {
                 addr: addr.to_string(),
                 path: format!("/{path}"),
                 conn: None,
+                acked,
             })
         } else {
             Err(format!("--publish: unsupported {target}").into())
@@ -1138,7 +1168,12 @@ impl Sink {
                     }
                 }
             }
-            Sink::Http { addr, path, conn } => {
+            Sink::Http {
+                addr,
+                path,
+                conn,
+                acked,
+            } => {
                 let path = path.replace("{key}", key.unwrap_or(""));
                 if conn.is_none() {
                     let c = TcpStream::connect(&*addr).await?;
@@ -1151,7 +1186,9 @@ impl Sink {
                     value.len()
                 );
                 c.write_all(request.as_bytes()).await?;
-                read_http_response(c).await
+                read_http_response(c).await?;
+                acked.fetch_add(1, Ordering::Relaxed);
+                Ok(())
             }
         }
     }
@@ -1307,7 +1344,6 @@ async fn run(o: Options) -> Result<(), BoxError> {
         Some(tokio::spawn(publish(o, shared)))
     };
     tokio::time::sleep(Duration::from_secs_f64(o.warmup)).await;
-    let lag_start = consumer_lag(o.metrics.as_deref()).await?;
     let start = proc_usage(&o.pids);
     let threads0 = thread_usage(&o.pids);
     // With a restart, the profile is of the new process as the streams come back.
@@ -1317,9 +1353,19 @@ async fn run(o: Options) -> Result<(), BoxError> {
     };
     let resumes0 = shared.resumes.load(Ordering::Relaxed);
     let published0 = shared.published.load(Ordering::Relaxed);
+    let acked0 = shared.acked.load(Ordering::Relaxed);
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
     let probe_stop = Arc::new(AtomicBool::new(false));
+    // The pace once a second through the window, asked like the probe: from a thread and a
+    // runtime of its own.
+    let pacer = o.metrics.clone().map(|url| {
+        let (shared, stop) = (shared.clone(), probe_stop.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        std::thread::spawn(move || runtime.map(|rt| rt.block_on(sample_pace(url, shared, stop))))
+    });
     // The probe asks from a thread and a runtime of its own, as a kubelet or a Prometheus
     // would from another process: its times are the server's, not the load generator's
     // backlog of events on the runtime that reads the streams.
@@ -1341,6 +1387,14 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ),
         None => None,
     };
+    let pace = match pacer {
+        Some(l) => Some(
+            tokio::task::spawn_blocking(move || l.join())
+                .await?
+                .map_err(|_| "the pace sampler's thread panicked")???,
+        ),
+        None => None,
+    };
     let window = t0.elapsed().as_secs_f64();
     let end = proc_usage(&o.pids);
     if let Some(profile) = profile {
@@ -1348,7 +1402,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
     }
     let threads = ThreadShare::between(&threads0, &thread_usage(&o.pids), window);
     let records = shared.published.load(Ordering::Relaxed) - published0;
-    let lag_end = consumer_lag(o.metrics.as_deref()).await?;
+    let acked = shared.acked.load(Ordering::Relaxed) - acked0;
     let resumes = shared.resumes.load(Ordering::Relaxed) - resumes0;
     let events = shared.events.load(Ordering::Relaxed);
     let h = merged(&shared)?;
@@ -1428,9 +1482,17 @@ async fn run(o: Options) -> Result<(), BoxError> {
         fields.push(("wakeups_per_sec", Value::N(wakeups.round())));
         fields.push(("threads", Value::S(ThreadShare::describe(&threads))));
     }
-    if let (Some(a), Some(b)) = (lag_start, lag_end) {
-        fields.push(("lag_start", Value::N(a as f64)));
-        fields.push(("lag_end", Value::N(b as f64)));
+    if !o.idle {
+        fields.push(("acked_per_sec", Value::N(acked as f64 / window)));
+    }
+    let delivered_pct = fanout(&o, total)
+        .filter(|f| *f > 0.0 && records > 0)
+        .map(|f| events as f64 * 100.0 / (records as f64 * f));
+    if let Some(pct) = delivered_pct {
+        fields.push(("delivered_pct", Value::N(pct)));
+    }
+    if let Some(pace) = pace {
+        fields.extend(pace.fields(o.rate, records as f64 / window, delivered_pct));
     }
     fields.push((
         "heartbeats",
@@ -1680,10 +1742,121 @@ impl Answered {
     }
 }
 
-/// The sum of the `ksg_consumer_lag` series at `url` (an admin `/metrics`), if asked for.
-/// A missing family is an error, not a zero.
-async fn consumer_lag(url: Option<&str>) -> Result<Option<i64>, BoxError> {
-    let Some(url) = url else { return Ok(None) };
+/// The pace through a window, once a second: the consumer's summed `ksg_consumer_lag`, and
+/// the records the publisher queued that the broker had not acknowledged yet.
+struct Pace(Vec<Sample>);
+
+struct Sample {
+    /// Seconds into the window.
+    t: f64,
+    lag: i64,
+    unacked: i64,
+}
+
+/// The least-squares slope of `points` (per second); `None` with fewer than three.
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    if points.len() < 3 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let mt = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mv = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (cov, var) = points.iter().fold((0.0, 0.0), |(cov, var), (t, v)| {
+        (cov + (t - mt) * (v - mv), var + (t - mt) * (t - mt))
+    });
+    (var > 0.0).then(|| cov / var)
+}
+
+impl Pace {
+    fn growth(&self, of: impl Fn(&Sample) -> i64) -> Option<f64> {
+        let points: Vec<(f64, f64)> = self.0.iter().map(|s| (s.t, of(s) as f64)).collect();
+        slope(&points)
+    }
+
+    /// The window's fields: the lag at its start and end, its peak and its growth per second,
+    /// the growth of what the broker had not acknowledged; whether the rate was held (the
+    /// publisher queued at least 99% of `rate`, and both grew by less than 1% of it per second:
+    /// the broker and the gateway's consumer each kept at least 99% of the pace); and whether
+    /// it was routed too (held, and the streams received at least 99% of what they were owed).
+    fn fields(
+        &self,
+        rate: f64,
+        published_per_sec: f64,
+        delivered_pct: Option<f64>,
+    ) -> Vec<(&'static str, Value)> {
+        let mut fields = Vec::new();
+        if let (Some(first), Some(last)) = (self.0.first(), self.0.last()) {
+            fields.push(("lag_start", Value::N(first.lag as f64)));
+            fields.push(("lag_end", Value::N(last.lag as f64)));
+        }
+        let max = self.0.iter().map(|s| s.lag).max().unwrap_or(0);
+        fields.push(("lag_max", Value::N(max as f64)));
+        let (Some(lag), Some(unacked)) = (self.growth(|s| s.lag), self.growth(|s| s.unacked))
+        else {
+            return fields;
+        };
+        fields.push(("lag_growth_per_sec", Value::N(lag)));
+        fields.push(("unacked_growth_per_sec", Value::N(unacked)));
+        let held = published_per_sec >= 0.99 * rate && lag < 0.01 * rate && unacked < 0.01 * rate;
+        fields.push(("held", Value::S(held.to_string())));
+        if let Some(pct) = delivered_pct {
+            fields.push(("routed", Value::S((held && pct >= 99.0).to_string())));
+        }
+        fields
+    }
+}
+
+/// The deliveries each published record owes the `streams` reading streams (stalled ones
+/// aside): one per stream of an all-keys URL, and for a `{key}` URL the streams of the record's
+/// key (stream `i` reads key `i % keys`, and the publisher cycles through the keys); `None`
+/// where the run's shape does not say (idle, a mix of URLs, a restart, churn).
+fn fanout(o: &Options, streams: usize) -> Option<f64> {
+    if o.idle || o.mix.is_some() || o.restart.is_some() || o.churn > 0.0 {
+        return None;
+    }
+    let per = |url: &str, n: usize| {
+        if url.contains("{key}") && o.keys > 0 {
+            n as f64 / o.keys as f64
+        } else {
+            n as f64
+        }
+    };
+    let extra = o.extra.as_deref().map_or(0.0, |u| per(u, o.extra_streams));
+    Some(per(&o.url, streams) + extra)
+}
+
+/// Samples the pace (the consumer's lag at `url`, the publisher's unacknowledged records) once
+/// a second until `stop`, and once more then.
+async fn sample_pace(
+    url: String,
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> Result<Pace, BoxError> {
+    let t0 = Instant::now();
+    let mut next = tokio::time::Instant::now();
+    let mut samples = Vec::new();
+    loop {
+        let last = stop.load(Ordering::Relaxed);
+        let acked = shared.acked.load(Ordering::Relaxed);
+        let published = shared.published.load(Ordering::Relaxed);
+        samples.push(Sample {
+            t: t0.elapsed().as_secs_f64(),
+            lag: consumer_lag(&url).await?,
+            unacked: published.saturating_sub(acked) as i64,
+        });
+        if last {
+            return Ok(Pace(samples));
+        }
+        next += Duration::from_secs(1);
+        while !stop.load(Ordering::Relaxed) && tokio::time::Instant::now() < next {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The sum of the `ksg_consumer_lag` series at `url` (an admin `/metrics`). A missing family
+/// is an error, not a zero.
+async fn consumer_lag(url: &str) -> Result<i64, BoxError> {
     let text = http_get(url).await?;
     let mut sum = None;
     for line in text.lines().filter(|l| l.starts_with("ksg_consumer_lag{")) {
@@ -1694,8 +1867,7 @@ async fn consumer_lag(url: Option<&str>) -> Result<Option<i64>, BoxError> {
             .ok_or_else(|| format!("--metrics: bad line {line}"))?;
         sum = Some(sum.unwrap_or(0) + value as i64);
     }
-    sum.map(Some)
-        .ok_or_else(|| format!("--metrics: no ksg_consumer_lag series at {url}").into())
+    sum.ok_or_else(|| format!("--metrics: no ksg_consumer_lag series at {url}").into())
 }
 
 /// The whole answer (head and body) to `GET url` over plain HTTP/1.1, within 5 s; an error
@@ -1786,6 +1958,30 @@ fn report(path: &str) -> Result<(), BoxError> {
             ("duplicates", "dup"),
         ],
         |_| true,
+    );
+    // Ingest (W8): what the broker took and how the consumer kept up.
+    table_of_runs_with(
+        &text,
+        "lag_growth_per_sec",
+        &[
+            ("name", "ingest"),
+            ("streams", "streams"),
+            ("rate", "records/s"),
+            ("acked_per_sec", "acknowledged/s"),
+            ("cpu_us_per_record", "CPU-µs/record"),
+            ("events_per_sec", "events/s"),
+            ("lag_start", "lag start"),
+            ("lag_max", "lag peak"),
+            ("lag_end", "lag end"),
+            ("lag_growth_per_sec", "lag growth/s"),
+            ("unacked_growth_per_sec", "unacknowledged growth/s"),
+            ("held", "held"),
+            ("delivered_pct", "delivered %"),
+            ("routed", "routed"),
+            ("seconds", "seconds"),
+            ("resumes_per_sec", "resumes/s"),
+            ("p99_ms", "p99 ms"),
+        ],
     );
     // Where the server's CPU went: its threads, by name.
     table_of_runs_with(
@@ -1892,6 +2088,72 @@ mod tests {
         let v = payload(1_234, 56, Some(17), 100);
         assert_eq!(v.len(), 100);
         assert_eq!(field(v.as_bytes(), b"\"k\":"), Some(17));
+    }
+
+    #[test]
+    fn a_rate_is_held_when_the_broker_and_the_consumer_keep_its_pace() {
+        let pace = |lag: fn(usize) -> i64, unacked: fn(usize) -> i64| {
+            Pace(
+                (0..10)
+                    .map(|t| Sample {
+                        t: t as f64,
+                        lag: lag(t),
+                        unacked: unacked(t),
+                    })
+                    .collect(),
+            )
+        };
+        let verdict = |pace: &Pace, name: &str, pct: Option<f64>| {
+            pace.fields(10_000.0, 10_000.0, pct)
+                .into_iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| matches!(v, Value::S(s) if s == "true"))
+        };
+        // Both go up and down by a fetch's (or a produce batch's) worth: no growth, held.
+        let steady = pace(|t| [5, 400][t % 2], |t| [0, 300][t % 2]);
+        assert!(steady.growth(|s| s.lag).unwrap().abs() < 50.0);
+        assert_eq!(verdict(&steady, "held", None), Some(true));
+        assert_eq!(verdict(&steady, "routed", None), None);
+        // Held, and the streams got 99.5% or 60% of what they were owed.
+        assert_eq!(verdict(&steady, "routed", Some(99.5)), Some(true));
+        assert_eq!(verdict(&steady, "routed", Some(60.0)), Some(false));
+        // The consumer falls behind by 200 records a second (2% of the rate): not held.
+        let behind = pace(|t| 200 * t as i64, |_| 0);
+        assert!((behind.growth(|s| s.lag).unwrap() - 200.0).abs() < 1e-9);
+        assert_eq!(verdict(&behind, "held", None), Some(false));
+        // The broker falls behind the publisher the same way: not held either.
+        let unacked = pace(|_| 0, |t| 200 * t as i64);
+        assert_eq!(verdict(&unacked, "held", None), Some(false));
+        // The publisher could not queue the rate at all: not held.
+        assert!(steady
+            .fields(10_000.0, 9_500.0, None)
+            .iter()
+            .any(|(k, v)| *k == "held" && matches!(v, Value::S(s) if s == "false")));
+        // Too few samples to tell: no verdict at all.
+        let short = Pace(pace(|_| 1, |_| 1).0.into_iter().take(2).collect());
+        assert_eq!(verdict(&short, "held", None), None);
+    }
+
+    #[test]
+    fn the_deliveries_a_record_owes_follow_the_runs_shape() {
+        let parse = |args: &str| {
+            let args = format!("--publish kafka://b/t {args}");
+            let args: Vec<String> = args.split_whitespace().map(String::from).collect();
+            Options::parse(&args).expect("options")
+        };
+        // W8: 100 key streams of 100 keys, and 10 all-keys streams: 11 per record.
+        let w8 = parse("--url https://h/t/{key} --keys 100 --streams 100 --extra https://h/t --extra-streams 10");
+        assert_eq!(fanout(&w8, 100), Some(11.0));
+        // W3: 4,096 streams of 4,096 keys: one each. W2: every stream.
+        let w3 = parse("--url https://h/t/{key} --keys 4096 --connections 16 --streams 256");
+        assert_eq!(fanout(&w3, 4096), Some(1.0));
+        assert_eq!(
+            fanout(&parse("--url https://h/t --streams 256"), 256),
+            Some(256.0)
+        );
+        // Shapes that do not say.
+        assert_eq!(fanout(&parse("--url https://h/t --idle true"), 1), None);
+        assert_eq!(fanout(&parse("--url https://h/t --churn 10"), 1), None);
     }
 
     #[test]
