@@ -313,6 +313,42 @@ async fn a_stalled_stream_sharing_a_connection_is_cut_off_and_its_neighbour_goes
     gw.shutdown().await;
 }
 
+/// A burst of records that reach the gateway together, ten times `KSG_STREAM_QUEUE`: the poll
+/// thread appends them to the connection's log faster than the connection writes them (each
+/// batch of up to 256 records before the connection is even woken), and streams whose clients
+/// read them all are not cut off for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_queue_bound_reaches_streams_that_read_it() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("burst");
+    cluster.create_topic(&topic, 1).await;
+    let gw = gateway(&cluster, &[("KSG_STREAM_QUEUE", "100")]).await;
+    let h2 = h2_connect(&gw).await;
+    let (_, mut a) = get(&h2, &format!("/{topic}"), &[]).await;
+    let (_, mut b) = get(&h2, &format!("/{topic}"), &[]).await;
+    a.next_block().await.unwrap();
+    b.next_block().await.unwrap();
+    let p = cluster.producer();
+    let records = 1000;
+    for seq in 0..records {
+        p.send(&topic, None, Some(b"k"), Some(seq.to_string().as_bytes()));
+    }
+    p.flush().await;
+    for stream in [&mut a, &mut b] {
+        let texts: Vec<String> = stream
+            .events(records)
+            .await
+            .iter()
+            .map(|e| e.text().to_string())
+            .collect();
+        let expected: Vec<String> = (0..records).map(|s| s.to_string()).collect();
+        assert_eq!(texts, expected, "every record of the burst, in order");
+    }
+    let cutoffs = format!("ksg_slow_stream_cutoffs_total{{topic=\"{topic}\"}}");
+    assert_eq!(metric(&metrics(&gw).await, &cutoffs), 0.0);
+    gw.shutdown().await;
+}
+
 /// Records numbered from 0, produced in batches that one stream reads before the next batch
 /// while another stream is not read at all.
 struct Overrun<'a> {

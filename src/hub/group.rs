@@ -13,11 +13,16 @@
 //! slot and a wake-up per stream and record, each touching memory the connection's thread read
 //! next.
 //!
-//! The log keeps an event until every stream of the group has read it, and at most the stream
-//! queue bound (`KSG_STREAM_QUEUE`) of them: appending past the bound cuts off the streams that
-//! still hold the oldest event, exactly as a full queue does for a stream on its own. A cut-off
-//! stream ends at its next read (its client resumes from the last id it received, so nothing is
-//! lost) and its unread events are released at once.
+//! The log keeps an event until every stream of the group has read it. A stream may be the
+//! stream queue bound (`KSG_STREAM_QUEUE`) of events behind the newest; past it, a burst is
+//! allowed for [`BURST_GRACE`], up to [`BURST_FACTOR`] times the bound: records that reach the
+//! gateway together (after a broker's or a network's hiccup) are appended faster than the
+//! connection's task writes them, and a client that reads them all in that time is not cut off
+//! for the gateway's own burst. An append that finds the log past the bound for longer than the
+//! grace, or past the burst's bound, cuts off every stream at least the bound behind, as a full
+//! queue does for a stream on its own. A cut-off stream ends at its next read (its client
+//! resumes from the last id it received, so nothing is lost) and its unread events are released
+//! at once.
 //!
 //! Everything a group's streams touch per event is the connection's own: a small event is
 //! copied into the group once (its streams' handles on it then count in memory no other
@@ -28,10 +33,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntCounter;
+use tokio::time::Instant;
 
 use super::order::{Level, Ordered};
 use crate::wake::Ready;
@@ -228,6 +235,11 @@ const COPY_WHILE_BELOW: usize = 64;
 /// A group whose streams carry full ids.
 const NO_SCOPE: usize = usize::MAX;
 
+/// How long a group's log may stay past its bound (a burst) before the streams that far behind
+/// are cut off, and how many times the bound it may reach in that time.
+pub(crate) const BURST_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const BURST_FACTOR: usize = 16;
+
 /// `ksg_events_sent_total` and `ksg_event_bytes_sent_total` of the topic: the events and bytes
 /// the group's streams read are added up in the log, under the lock each read takes anyway, and
 /// counted here once per poll of the connection.
@@ -269,6 +281,8 @@ struct Log {
     notified: bool,
     /// Members still reading (not cut off).
     readers: u32,
+    /// Since when the log has been past its bound (a burst), if it is.
+    over_since: Option<Instant>,
     /// No more events: members read what is left, then end.
     closed: bool,
     /// Events read by the members, and their bytes, not counted yet.
@@ -335,29 +349,31 @@ impl Log {
         self.readers -= 1;
     }
 
-    /// Cuts off the members still holding the oldest event and marks them due (to end);
-    /// returns how many. They are all at the oldest event, so their unread events are released
-    /// in one pass over the log.
-    fn cut_slowest(&mut self, ready: &Ready) -> u64 {
-        let base = self.base;
-        let mut cut = 0;
-        let slowest = self.members.iter_mut();
-        ready.mark(
-            slowest
-                .filter(|m| m.used && !m.cut && m.pos <= base)
-                .map(|m| {
-                    m.cut = true;
-                    cut += 1;
-                    m.token
-                }),
-        );
-        if cut > 0 {
-            ready.wake_connection();
-            for entry in self.entries.iter_mut() {
-                entry.unread -= cut;
-            }
-            self.readers -= cut;
+    /// Cuts off the members at least `behind` events behind the newest and marks them due (to
+    /// end); returns how many. Their unread events are released in one pass over the log.
+    fn cut_behind(&mut self, ready: &Ready, behind: usize) -> u64 {
+        let (base, limit) = (self.base, self.head().saturating_sub(behind as u64));
+        let slow = |m: &Member| m.used && !m.cut && m.pos <= limit;
+        if !self.members.iter().any(slow) {
+            return 0;
         }
+        // How many cut members start reading at each entry; each entry is unread by those that
+        // start at or before it.
+        let mut starting = vec![0u32; self.entries.len() + 1];
+        let mut cut = 0;
+        ready.mark(self.members.iter_mut().filter(|m| slow(m)).map(|m| {
+            m.cut = true;
+            cut += 1;
+            starting[(m.pos.max(base) - base) as usize] += 1;
+            m.token
+        }));
+        ready.wake_connection();
+        let mut releasing = 0;
+        for (entry, starts) in self.entries.iter_mut().zip(&starting) {
+            releasing += starts;
+            entry.unread -= releasing;
+        }
+        self.readers -= cut;
         self.trim();
         u64::from(cut)
     }
@@ -372,15 +388,33 @@ impl Group {
     /// Appends `event` for every member (under the topic's lock, by the poll thread); returns
     /// the members cut off as slow to make room.
     pub(super) fn push(self: &Arc<Self>, event: &Bytes) -> u64 {
+        self.push_at(event, Instant::now)
+    }
+
+    /// [`Group::push`], with the clock read only when the log is past its bound.
+    fn push_at(self: &Arc<Self>, event: &Bytes, now: impl FnOnce() -> Instant) -> u64 {
         let mut log = self.log();
         if log.closed || log.readers == 0 {
             return 0;
         }
         self.version.fetch_add(1, Ordering::Release);
-        let cut = if log.entries.len() >= self.bound {
-            log.cut_slowest(&self.ready)
-        } else {
+        let cut = if log.entries.len() < self.bound {
+            log.over_since = None;
             0
+        } else {
+            let now = now();
+            let since = *log.over_since.get_or_insert(now);
+            let burst_over = now.duration_since(since) >= BURST_GRACE
+                || log.entries.len() >= self.bound.saturating_mul(BURST_FACTOR);
+            if burst_over {
+                let cut = log.cut_behind(&self.ready, self.bound);
+                if log.entries.len() < self.bound {
+                    log.over_since = None;
+                }
+                cut
+            } else {
+                0
+            }
         };
         if log.readers == 0 {
             return cut;
@@ -774,17 +808,24 @@ mod tests {
     }
 
     #[test]
-    fn past_the_bound_the_slowest_are_cut_off_and_release_their_events() {
+    fn past_the_bound_for_longer_than_a_burst_the_slowest_are_cut_off_and_release_their_events() {
         let (connection, ready, _fanout, group, topic) = group(2);
         let (mut slow, mut fast) = (join(&topic, &group, 0), join(&topic, &group, 1));
         let mut slow2 = join(&topic, &group, 2);
         assert_eq!(slow.poll_recv(), Poll::Pending);
-        assert_eq!(group.push(&ev("1")), 0);
+        let t0 = Instant::now();
+        let at = |ms: u64| move || t0 + Duration::from_millis(ms);
+        assert_eq!(group.push_at(&ev("1"), at(0)), 0);
         assert_eq!(fast.try_recv(), Some(ev("1")));
-        assert_eq!(group.push(&ev("2")), 0);
+        assert_eq!(group.push_at(&ev("2"), at(0)), 0);
         assert_eq!(fast.try_recv(), Some(ev("2")));
-        // Two events held for the slow members: the third cuts both off.
-        assert_eq!(group.push(&ev("3")), 2);
+        // Two events held for the slow members: the bound. A burst past it is allowed...
+        assert_eq!(group.push_at(&ev("3"), at(10)), 0);
+        assert_eq!(fast.try_recv(), Some(ev("3")));
+        assert_eq!(due(&ready), [0; 0], "nobody is cut off yet");
+        // ... for the grace: the append after it cuts off the two members two or more behind.
+        let after = BURST_GRACE.as_millis() as u64 + 10;
+        assert_eq!(group.push_at(&ev("4"), at(after)), 2);
         assert_eq!(due(&ready), [0, 2], "the cut members are due, to end");
         assert_eq!(
             connection.get(),
@@ -799,14 +840,70 @@ mod tests {
                 "only what the fast member has not read"
             );
             assert_eq!(log.entries[0].unread, 1);
+            assert_eq!(log.over_since, None, "under the bound again");
         }
         assert_eq!(slow.poll_recv(), Poll::Ready(None));
         assert_eq!(slow2.try_recv(), None);
-        assert_eq!(fast.try_recv(), Some(ev("3")));
-        assert_eq!(group.push(&ev("4")), 0, "cut once");
+        assert_eq!(fast.try_recv(), Some(ev("4")));
+        assert_eq!(group.push_at(&ev("5"), at(after + 2000)), 0, "cut once");
         drop((slow, slow2));
         assert_eq!(topic.lock().streams, 1);
-        assert_eq!(fast.try_recv(), Some(ev("4")));
+        assert_eq!(fast.try_recv(), Some(ev("5")));
+    }
+
+    #[test]
+    fn a_burst_within_the_grace_is_read_by_every_member_and_only_a_reader_left_behind_is_cut() {
+        let bound = 4;
+        let (_, _ready, _fanout, group, topic) = group(bound);
+        let (mut a, mut b) = (join(&topic, &group, 0), join(&topic, &group, 1));
+        let mut lagging = join(&topic, &group, 2);
+        let t0 = Instant::now();
+        // Ten times the bound at once, faster than the connection writes: nobody is cut off.
+        let burst: Vec<Bytes> = (0..bound * 10)
+            .map(|i| Bytes::from(i.to_string()))
+            .collect();
+        for event in &burst {
+            assert_eq!(group.push_at(event, || t0), 0);
+        }
+        // Two members read it all; the third reads half of it.
+        for reader in [&mut a, &mut b] {
+            for event in &burst {
+                assert_eq!(reader.try_recv().as_ref(), Some(event));
+            }
+        }
+        for event in &burst[..bound * 5] {
+            assert_eq!(lagging.try_recv().as_ref(), Some(event));
+        }
+        // Still past the bound after the grace: only the member that far behind is cut off,
+        // and the events only it had not read are released.
+        let late = || t0 + BURST_GRACE;
+        assert_eq!(group.push_at(&ev("next"), late), 1);
+        assert_eq!(group.log().entries.len(), 1);
+        assert_eq!(lagging.try_recv(), None);
+        assert_eq!(a.try_recv(), Some(ev("next")));
+        assert_eq!(b.try_recv(), Some(ev("next")));
+    }
+
+    #[test]
+    fn a_burst_past_its_own_bound_cuts_off_at_once() {
+        let bound = 4;
+        let (_, _ready, _fanout, group, topic) = group(bound);
+        let (mut reader, mut idle) = (join(&topic, &group, 0), join(&topic, &group, 1));
+        let t0 = Instant::now();
+        let mut cut = 0;
+        for i in 0..bound * BURST_FACTOR {
+            cut += group.push_at(&Bytes::from(i.to_string()), || t0);
+            assert_eq!(reader.try_recv(), Some(Bytes::from(i.to_string())));
+        }
+        assert_eq!(cut, 0, "up to the burst's bound");
+        assert_eq!(
+            group.push_at(&ev("over"), || t0),
+            1,
+            "past it, within the grace"
+        );
+        assert_eq!(idle.try_recv(), None);
+        assert_eq!(reader.try_recv(), Some(ev("over")));
+        assert_eq!(group.log().entries.len(), 0);
     }
 
     #[test]
