@@ -1046,6 +1046,24 @@ mod tests {
         let state = topic.lock();
         assert!(state.holds_group(&a) && state.holds_group(&short) && state.holds_group(&all));
         assert_eq!(state.key_groups[&b"a"[..]].len(), 2);
+        assert_eq!(
+            state.key_groups[&b"b"[..]].len(),
+            1,
+            "one connection: inline"
+        );
+        drop(state);
+        // Their groups leave one at a time; the key leaves with the last.
+        let mut state = topic.lock();
+        state.remove_group(&short);
+        assert!(!state.holds_group(&short) && state.holds_group(&a));
+        state.remove_group(&a);
+        assert!(!state.key_groups.contains_key(&b"a"[..]));
+        state.remove_group(&b);
+        assert!(state.key_groups.is_empty() && state.holds_group(&all));
+        for group in [&a, &short, &b] {
+            state.insert_group(group.clone());
+        }
+        assert!([&a, &short, &b].iter().all(|g| state.holds_group(g)));
         drop(state);
         // Widened (partitions added), the short-id group carries full ids.
         short.widen();

@@ -58,7 +58,7 @@ use group::Group;
 pub use group::{Fanout, Seat};
 use replay::{Entry, Record};
 pub use subscribe::{Events, Parts, Subscription};
-use topic::{Sub, Topic, TopicState};
+use topic::{KeyGroups, Sub, Topic, TopicState};
 
 /// Why a stream could not be opened.
 #[derive(Debug, Error)]
@@ -192,7 +192,7 @@ impl Hub {
     fn scoped_event(
         state: &TopicState,
         subs: Option<&HashMap<u64, Sub>>,
-        groups: Option<&HashMap<u64, Arc<Group>>>,
+        groups: Option<&KeyGroups>,
         fingerprint: u32,
         (p, offset): (usize, i64),
         event: &Bytes,
@@ -201,7 +201,7 @@ impl Hub {
             return None;
         }
         let subs = subs.into_iter().flat_map(HashMap::values);
-        let groups = groups.into_iter().flat_map(HashMap::values);
+        let groups = groups.into_iter().flat_map(KeyGroups::iter);
         let any = subs
             .map(|sub| sub.scope)
             .chain(groups.map(|g| g.view().scope));
@@ -311,7 +311,7 @@ impl Hub {
         }
         fan.push_to_groups(state.groups.values());
         if let Some(keyed) = keyed {
-            fan.push_to_groups(keyed.values());
+            fan.push_to_groups(keyed.iter());
         }
         let (gone, cut) = (fan.gone, fan.cut);
         // After the groups took this event, so the moved streams read from the next one.

@@ -518,7 +518,7 @@ impl Hub {
                 Some(key) => state
                     .key_groups
                     .get(key)
-                    .is_some_and(|s| s.contains_key(&g)),
+                    .is_some_and(|s| s.get(g).is_some()),
             };
             let counters = || (hub.series.events.clone(), hub.series.bytes.clone());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);

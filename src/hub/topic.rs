@@ -59,6 +59,76 @@ pub(super) struct Sub {
     pub(super) handoff: Handoff,
 }
 
+/// The connections' groups of one key. Most keys are read on one connection: that group is
+/// kept in the topic's map itself, so the poll thread reaches it without looking through a
+/// second map (a cache miss per keyed record on a busy topic of many keys); a key read on
+/// several connections has its groups by id.
+pub(super) enum KeyGroups {
+    One(Arc<Group>),
+    Many(HashMap<u64, Arc<Group>>),
+}
+
+impl KeyGroups {
+    pub(super) fn get(&self, id: u64) -> Option<&Arc<Group>> {
+        match self {
+            KeyGroups::One(g) => (g.id == id).then_some(g),
+            KeyGroups::Many(set) => set.get(&id),
+        }
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Arc<Group>> {
+        let (one, many) = match self {
+            KeyGroups::One(g) => (Some(g), None),
+            KeyGroups::Many(set) => (None, Some(set.values())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        match self {
+            KeyGroups::One(_) => 1,
+            KeyGroups::Many(set) => set.len(),
+        }
+    }
+
+    /// Adds `group` (replacing one of its id).
+    fn insert(&mut self, group: Arc<Group>) {
+        match self {
+            KeyGroups::One(g) if g.id == group.id => *g = group,
+            KeyGroups::One(g) => {
+                let set = HashMap::from([(g.id, g.clone()), (group.id, group)]);
+                *self = KeyGroups::Many(set);
+            }
+            KeyGroups::Many(set) => {
+                set.insert(group.id, group);
+            }
+        }
+    }
+
+    /// Removes the group `id`; true when none is left.
+    fn remove(&mut self, id: u64) -> bool {
+        match self {
+            KeyGroups::One(g) => g.id == id,
+            KeyGroups::Many(set) => {
+                set.remove(&id);
+                set.is_empty()
+            }
+        }
+    }
+
+    /// Keeps the groups `keep` says to; true when none is left.
+    fn retain(&mut self, mut keep: impl FnMut(&Arc<Group>) -> bool) -> bool {
+        match self {
+            KeyGroups::One(g) => !keep(g),
+            KeyGroups::Many(set) => {
+                set.retain(|_, g| keep(g));
+                set.is_empty()
+            }
+        }
+    }
+}
+
 /// What a topic's lock guards: its position, its ring and its streams.
 #[derive(Default)]
 pub(super) struct TopicState {
@@ -74,7 +144,7 @@ pub(super) struct TopicState {
     /// Connections' groups of live streams that take every record, by id.
     pub(super) groups: HashMap<u64, Arc<Group>>,
     /// Connections' groups of live streams of one key, by key, then by id.
-    pub(super) key_groups: HashMap<Vec<u8>, HashMap<u64, Arc<Group>>>,
+    pub(super) key_groups: HashMap<Vec<u8>, KeyGroups>,
     /// Streams catching up from Kafka, not yet receiving live records.
     pub(super) pending: HashSet<u64>,
     pub(super) streams: usize,
@@ -92,28 +162,33 @@ impl TopicState {
         for sub in self.by_key.values_mut().flat_map(|set| set.values_mut()) {
             sub.scope = None;
         }
-        for group in self.key_groups.values().flat_map(HashMap::values) {
+        for group in self.key_groups.values().flat_map(KeyGroups::iter) {
             group.widen();
         }
     }
 
     /// True when `group` is registered with the topic (not closed or replaced).
     pub(super) fn holds_group(&self, group: &Arc<Group>) -> bool {
-        let set = match &group.key {
-            None => Some(&self.groups),
-            Some(key) => self.key_groups.get(key),
+        let held = match &group.key {
+            None => self.groups.get(&group.id),
+            Some(key) => self.key_groups.get(key).and_then(|set| set.get(group.id)),
         };
-        set.and_then(|set| set.get(&group.id))
-            .is_some_and(|g| Arc::ptr_eq(g, group))
+        held.is_some_and(|g| Arc::ptr_eq(g, group))
     }
 
     /// Registers a connection's new group.
     pub(super) fn insert_group(&mut self, group: Arc<Group>) {
-        let set = match &group.key {
-            None => &mut self.groups,
-            Some(key) => self.key_groups.entry(key.clone()).or_default(),
-        };
-        set.insert(group.id, group);
+        match &group.key {
+            None => {
+                self.groups.insert(group.id, group);
+            }
+            Some(key) => match self.key_groups.get_mut(key) {
+                Some(set) => set.insert(group),
+                None => {
+                    self.key_groups.insert(key.clone(), KeyGroups::One(group));
+                }
+            },
+        }
     }
 
     /// Unregisters a group whose last stream went.
@@ -123,11 +198,12 @@ impl TopicState {
                 self.groups.remove(&group.id);
             }
             Some(key) => {
-                if let Some(set) = self.key_groups.get_mut(key) {
-                    set.remove(&group.id);
-                    if set.is_empty() {
-                        self.key_groups.remove(key);
-                    }
+                let emptied = self
+                    .key_groups
+                    .get_mut(key)
+                    .is_some_and(|set| set.remove(group.id));
+                if emptied {
+                    self.key_groups.remove(key);
                 }
             }
         }
@@ -157,17 +233,16 @@ impl TopicState {
         // The groups of short-id streams end the same way: their streams have read everything
         // up to the live position when they read the last block.
         let positions = &self.positions;
-        for set in self.key_groups.values_mut() {
-            set.retain(|_, group| {
+        self.key_groups.retain(|_, set| {
+            !set.retain(|group| {
                 let Some(p) = group.view().scope else {
                     return true;
                 };
                 let id = position::encode_every(fingerprint, &[(p as i32, positions[p])]);
                 ended += group.close(Some(&sse::id_only(&id)));
                 false
-            });
-        }
-        self.key_groups.retain(|_, set| !set.is_empty());
+            })
+        });
         for _ in 0..ended {
             self.stream_gone();
         }
@@ -187,7 +262,7 @@ impl TopicState {
         let grouped: usize = self
             .groups
             .values()
-            .chain(self.key_groups.values().flat_map(HashMap::values))
+            .chain(self.key_groups.values().flat_map(KeyGroups::iter))
             .map(|g| g.close(Some(&last(g.view().scope, None))))
             .sum();
         let count = self.all.len()
