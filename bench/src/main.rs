@@ -29,9 +29,9 @@
 //! `/metrics`) samples the summed `ksg_consumer_lag` once a second through the window: its start,
 //! end, peak and growth per second (least squares), and `held`: whether the publisher queued at
 //! least 99% of `--rate`, and both the lag and its records not yet acknowledged by the broker
-//! (librdkafka's delivery reports; `acked_per_sec`) grew by less than 1% of it per second; `routed`: held, and the streams
-//! received at least 99% of the deliveries the records owed them (`delivered_pct`, where the
-//! run's shape says how many). `--after SECS`
+//! (librdkafka's delivery reports; `acked_per_sec`) grew by less than 1% of it per second;
+//! `routed`: held, and the streams received at least 99% of the deliveries the records owed them
+//! (`delivered_pct`, where the run's shape says how many). `--after SECS`
 //! closes every connection when the window ends and reads the server's RSS SECS later (memory
 //! given back after a load). The records published in the window give `cpu_us_per_record`.
 //! Every run counts the heartbeats (comment-only blocks) read in the window and the longest any
@@ -1357,42 +1357,27 @@ async fn run(o: Options) -> Result<(), BoxError> {
     let t0 = Instant::now();
     shared.measuring.store(true, Ordering::Relaxed);
     let probe_stop = Arc::new(AtomicBool::new(false));
-    // The pace once a second through the window, asked like the probe: from a thread and a
-    // runtime of its own.
+    // The pace once a second through the window, and the probe: each asks from a thread and a
+    // runtime of its own, as a kubelet or a Prometheus would from another process, so that its
+    // times are the server's, not the load generator's backlog of events on the runtime that
+    // reads the streams.
     let pacer = o.metrics.clone().map(|url| {
         let (shared, stop) = (shared.clone(), probe_stop.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        std::thread::spawn(move || runtime.map(|rt| rt.block_on(sample_pace(url, shared, stop))))
+        OwnThread::spawn(sample_pace(url, shared, stop))
     });
-    // The probe asks from a thread and a runtime of its own, as a kubelet or a Prometheus
-    // would from another process: its times are the server's, not the load generator's
-    // backlog of events on the runtime that reads the streams.
     let prober = (!o.probe.is_empty()).then(|| {
         let (urls, stop) = (o.probe.clone(), probe_stop.clone());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        std::thread::spawn(move || runtime.map(|rt| rt.block_on(probe(urls, stop))))
+        OwnThread::spawn(async move { Ok(probe(urls, stop).await) })
     });
     tokio::time::sleep(Duration::from_secs_f64(o.seconds)).await;
     shared.measuring.store(false, Ordering::Relaxed);
     probe_stop.store(true, Ordering::Relaxed);
     let probed = match prober {
-        Some(p) => Some(
-            tokio::task::spawn_blocking(move || p.join())
-                .await?
-                .map_err(|_| "the probe's thread panicked")??,
-        ),
+        Some(p) => Some(p.join("probe").await?),
         None => None,
     };
     let pace = match pacer {
-        Some(l) => Some(
-            tokio::task::spawn_blocking(move || l.join())
-                .await?
-                .map_err(|_| "the pace sampler's thread panicked")???,
-        ),
+        Some(p) => Some(p.join("pace sampler").await?),
         None => None,
     };
     let window = t0.elapsed().as_secs_f64();
@@ -1890,6 +1875,28 @@ async fn http_get(url: &str) -> Result<String, BoxError> {
         return Err(format!("{url} did not answer 200").into());
     }
     Ok(text)
+}
+
+/// A task run on a thread and a current-thread runtime of its own.
+struct OwnThread<T>(std::thread::JoinHandle<Result<T, BoxError>>);
+
+impl<T: Send + 'static> OwnThread<T> {
+    fn spawn(
+        task: impl std::future::Future<Output = Result<T, BoxError>> + Send + 'static,
+    ) -> Self {
+        OwnThread(std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(task)
+        }))
+    }
+
+    /// Its result, waited for off the caller's runtime; `name` says whose thread panicked.
+    async fn join(self, name: &str) -> Result<T, BoxError> {
+        let joined = tokio::task::spawn_blocking(move || self.0.join()).await?;
+        joined.map_err(|_| format!("the {name}'s thread panicked"))?
+    }
 }
 
 /// Asks each of `urls` once a second until `stop`: the slowest answer (µs) and the number of
