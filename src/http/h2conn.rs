@@ -209,7 +209,7 @@ where
             // end the loop's turns.
             written = poll_fn(|cx| {
                 deferred.register(cx.waker());
-                if let Poll::Ready(Err(e)) = link.poll_write_out(cx) {
+                if let Poll::Ready(Err(e)) = link.poll_make_room(cx) {
                     return Poll::Ready(Stop::Failed(e));
                 }
                 fanout.mark_readers_due();

@@ -109,6 +109,11 @@ pub struct State {
     ready: Arc<Ready>,
     /// A stream was marked due while `h2` wrote or read: wake the connection's task.
     woke: bool,
+    /// `h2` wrote the response HEADERS of a stream now due to write its first DATA: `h2`'s
+    /// flush leaves them to the connection's task, which writes them with that DATA (one
+    /// write, one TLS record, one wake-up of the client, where there were two). Cleared by a
+    /// write.
+    headers_wait: bool,
 }
 
 /// The connection's streams by HTTP/2 id: their keys in the slab, sorted by id (ids only grow,
@@ -211,6 +216,7 @@ impl Wire {
                 after_frame: Vec::new(),
                 ready,
                 woke: false,
+                headers_wait: false,
             }),
         })
     }
@@ -281,7 +287,23 @@ impl<I: AsyncWrite + Unpin> Link<I> {
     pub fn poll_write_out(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.wire.state.lock();
         let mut io = self.io.lock();
-        let done = state.write_to(&mut *io, cx);
+        Self::write_out(&mut state, &mut io, cx)
+    }
+
+    /// Before the streams write: writes what is waiting only if they have no room left.
+    /// Otherwise it goes out with what they write now, in the same write (`h2`'s HEADERS with
+    /// a new stream's first DATA, say).
+    pub fn poll_make_room(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut state = self.wire.state.lock();
+        if state.room() {
+            return Poll::Ready(Ok(()));
+        }
+        let mut io = self.io.lock();
+        Self::write_out(&mut state, &mut io, cx)
+    }
+
+    fn write_out(state: &mut State, io: &mut I, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let done = state.write_to(io, cx);
         if let Poll::Ready(Ok(())) = done {
             state.budget = WRITE_BYTES;
         }
@@ -324,6 +346,7 @@ impl State {
         let wrote = self.out.len();
         self.out.clear();
         self.written = 0;
+        self.headers_wait = false;
         let keep = kept_room(wrote);
         if wrote > 0 && self.out.capacity() > 2 * keep {
             // The room of a burst (a catch-up, a resume's first frames, h2's HEADERS for many
@@ -621,6 +644,55 @@ mod tests {
         assert!(data.is_empty());
         out.release(&mut wire.lock());
         assert_eq!(wire.held(), 0, "an answered stream is gone with its answer");
+    }
+
+    /// What the client can read now, without waiting.
+    fn readable(client: &mut tokio::io::DuplexStream) -> Vec<u8> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut got = Vec::new();
+        loop {
+            let mut space = [0u8; 256];
+            let mut buf = ReadBuf::new(&mut space);
+            match Pin::new(&mut *client).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                    got.extend_from_slice(buf.filled())
+                }
+                _ => return got,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_streams_headers_go_out_with_its_first_data_in_one_write() {
+        let (wire, ready, _) = wire();
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (mut splice, link) = wire.splice(server);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        client.write_all(&opening(&[], &[1])).await.unwrap();
+        assert_eq!(read_all(&mut splice, &mut cx), opening(&[], &[1]));
+        let mut out = wire.attach(1, 7);
+        // `h2` writes the response HEADERS and flushes: they wait for the stream's DATA.
+        let headers = frame(HEADERS, END_HEADERS, 1, &[0x88]);
+        let wrote = Pin::new(&mut splice).poll_write(&mut cx, &headers);
+        assert!(matches!(wrote, Poll::Ready(Ok(n)) if n == headers.len()));
+        assert!(Pin::new(&mut splice).poll_flush(&mut cx).is_ready());
+        assert_eq!(due(&ready), vec![7], "the stream is due for its DATA");
+        assert!(readable(&mut client).is_empty(), "held for the DATA");
+        // The connection's task: nothing is written before the streams while they have room;
+        // the stream writes; then one write takes both.
+        assert!(link.poll_make_room(&mut cx).is_ready());
+        assert!(readable(&mut client).is_empty());
+        let mut data = Bytes::from_static(b"data: x\n\n");
+        assert_eq!(out.send(&mut wire.lock(), &mut data), Sent::All);
+        assert!(link.poll_write_out(&mut cx).is_ready());
+        let both = [headers, frame(DATA, 0, 1, b"data: x\n\n")].concat();
+        assert_eq!(readable(&mut client), both);
+        // After that write, `h2`'s flushes write at once again (a PING's answer, say).
+        let pong = frame(0x6, 0x1, 0, &[0; 8]);
+        assert!(Pin::new(&mut splice).poll_write(&mut cx, &pong).is_ready());
+        assert!(Pin::new(&mut splice).poll_flush(&mut cx).is_ready());
+        assert_eq!(readable(&mut client), pong);
+        out.release(&mut wire.lock());
     }
 
     #[test]

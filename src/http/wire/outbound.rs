@@ -124,7 +124,10 @@ impl State {
         let entry = &mut self.streams[key];
         entry.headers_out = true;
         match entry.token() {
-            Some(token) => self.mark(Some(token)),
+            Some(token) => {
+                self.mark(Some(token));
+                self.headers_wait = true;
+            }
             // A response `h2` gave itself (its bare 431 for a header list over its limit): the
             // stream is over, and no answer will come for it.
             None if end => self.forget_unanswered(key),
@@ -336,6 +339,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Splice<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut state = self.wire.state.lock();
+        if state.headers_wait {
+            // A stream's HEADERS wait for its first DATA: the connection's task is woken (the
+            // stream is due) and writes both.
+            return Poll::Ready(Ok(()));
+        }
         let mut io = self.io.lock();
         state.write_to(&mut *io, cx)
     }
