@@ -237,8 +237,9 @@ const NO_SCOPE: usize = usize::MAX;
 
 /// How long a group's log may stay past its bound (a burst) before the streams that far behind
 /// are cut off, and how many times the bound it may reach in that time.
-const BURST_GRACE: Duration = Duration::from_secs(1);
-const BURST_FACTOR: usize = 16;
+/// A stream on a queue of its own has the same allowance (`hub::queue`).
+pub(super) const BURST_GRACE: Duration = Duration::from_secs(1);
+pub(super) const BURST_FACTOR: usize = 16;
 
 /// `ksg_events_sent_total` and `ksg_event_bytes_sent_total` of the topic: the events and bytes
 /// the group's streams read are added up in the log, under the lock each read takes anyway, and

@@ -8,7 +8,10 @@
 //! learns that the queue is empty from a counter, and its waker stays registered across
 //! events (the sender wakes it when the queue stops being empty, without taking it). A full
 //! queue refuses the event: the hub then ends the stream (its client resumes from its last
-//! id), so the queue never grows past its bound.
+//! id), so the queue never grows past its bound for long: like a connection's shared log
+//! (`hub::group`), it may hold a burst of live events past the bound for [`BURST_GRACE`], up to
+//! [`BURST_FACTOR`] times the bound, so a resumed stream that reads a burst in that time is not
+//! cut off for it.
 //!
 //! A resumed stream's replay takes one slot however many events it holds: a place in the
 //! topic's replay ring ([`Replay`]), read in place one event at a time as the stream sends them,
@@ -30,6 +33,9 @@ use bytes::Bytes;
 use parking_lot::{Mutex, MutexGuard};
 use prometheus::IntGauge;
 
+use tokio::time::Instant;
+
+use super::group::{BURST_FACTOR, BURST_GRACE};
 use super::replay::{Behind, Replay};
 
 /// Why an event was not queued; the event comes back.
@@ -70,6 +76,8 @@ struct State {
     closed: bool,
     /// The receiver's task, woken whenever the queue stops being empty or ends.
     receiver: Option<Waker>,
+    /// Since when live events have held the queue at or past its bound (a burst).
+    over_since: Option<Instant>,
 }
 
 impl State {
@@ -111,14 +119,29 @@ pub fn channel(bound: usize, max_bytes: usize) -> (Sender, Receiver) {
 pub struct Sender(Arc<Shared>);
 
 impl Sender {
-    /// Queues `event` unless the queue is full or the receiver is gone.
+    /// Queues the live event `event` unless the queue is full or the receiver is gone. Full:
+    /// at its bound for [`BURST_GRACE`] already, or at [`BURST_FACTOR`] times it.
     pub fn try_send(&self, event: Bytes) -> Result<(), TrySendError> {
+        self.try_send_at(event, Instant::now)
+    }
+
+    /// [`Sender::try_send`], with the clock read only when the queue is at its bound.
+    fn try_send_at(&self, event: Bytes, now: impl FnOnce() -> Instant) -> Result<(), TrySendError> {
         let mut state = self.0.lock();
         if state.closed {
             return Err(TrySendError::Closed(event));
         }
-        if state.items.len() >= self.0.bound {
-            return Err(TrySendError::Full(event));
+        let queued = state.items.len();
+        if queued < self.0.bound {
+            state.over_since = None;
+        } else {
+            let now = now();
+            let since = *state.over_since.get_or_insert(now);
+            if now.duration_since(since) >= BURST_GRACE
+                || queued >= self.0.bound.saturating_mul(BURST_FACTOR)
+            {
+                return Err(TrySendError::Full(event));
+            }
         }
         Self::push(&self.0, &mut state, Item::One(event));
         Ok(())
@@ -342,13 +365,18 @@ mod tests {
         let tx2 = tx.clone();
         assert!(tx.try_send(Bytes::from_static(b"a")).is_ok());
         assert!(tx2.try_send(Bytes::from_static(b"b")).is_ok());
+        assert_eq!(tx.capacity(), 0);
+        // At its bound for longer than a burst's grace: full.
+        let t0 = Instant::now();
+        let late = t0 + BURST_GRACE;
+        assert!(tx.try_send_at(Bytes::from_static(b"c"), || t0).is_ok());
         assert!(matches!(
-            tx.try_send(Bytes::from_static(b"c")),
+            tx.try_send_at(Bytes::from_static(b"c"), || late),
             Err(TrySendError::Full(_))
         ));
-        assert_eq!(tx.capacity(), 0);
         assert_eq!(poll(&mut rx), Poll::Ready(Some(Bytes::from_static(b"a"))));
         assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"b")));
+        assert_eq!(rx.try_recv(), Some(Bytes::from_static(b"c")));
         assert_eq!(poll(&mut rx), Poll::Pending);
         drop(tx);
         assert_eq!(poll(&mut rx), Poll::Pending, "one sender is left");
@@ -356,6 +384,51 @@ mod tests {
         drop(tx2);
         assert_eq!(poll(&mut rx), Poll::Ready(Some(Bytes::from_static(b"d"))));
         assert_eq!(poll(&mut rx), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_burst_of_live_events_may_pass_the_bound_for_its_grace_up_to_its_factor() {
+        let bound = 4;
+        let (tx, mut rx) = channel(bound, usize::MAX);
+        let t0 = Instant::now();
+        let event = Bytes::from_static(b"data: x\n\n");
+        for _ in 0..bound * BURST_FACTOR {
+            tx.try_send_at(event.clone(), || t0).unwrap();
+        }
+        assert!(
+            matches!(
+                tx.try_send_at(event.clone(), || t0),
+                Err(TrySendError::Full(_))
+            ),
+            "never past the burst's bound"
+        );
+        // The client reads it within the grace: under the bound again, the grace starts over.
+        for _ in 0..bound * BURST_FACTOR - 1 {
+            assert_eq!(rx.try_recv(), Some(event.clone()));
+        }
+        let later = t0 + BURST_GRACE;
+        tx.try_send_at(event.clone(), || later).unwrap();
+        for _ in 0..bound - 2 {
+            tx.try_send_at(event.clone(), || later).unwrap();
+        }
+        assert!(
+            tx.try_send_at(event.clone(), || later).is_ok(),
+            "at the bound: a new burst"
+        );
+        assert!(
+            matches!(
+                tx.try_send_at(event.clone(), || later + BURST_GRACE),
+                Err(TrySendError::Full(_))
+            ),
+            "at the bound for the whole grace: full"
+        );
+        // Owned chunks and replays never go past the bound.
+        assert!(matches!(
+            tx.try_send_owned(event.clone()),
+            Err(TrySendError::Full(_))
+        ));
+        let (_ring, replay) = replay_of(std::slice::from_ref(&event), 1 << 20);
+        assert!(!tx.try_send_replay(replay));
     }
 
     #[test]
