@@ -235,6 +235,10 @@ const COPY_WHILE_BELOW: usize = 64;
 /// A group whose streams carry full ids.
 const NO_SCOPE: usize = usize::MAX;
 
+/// The room for entries a log keeps after a burst while it is not empty (40 KiB): more is
+/// given back once an eighth of it is in use.
+const KEPT_ENTRIES: usize = 1024;
+
 /// How long a group's log may stay past its bound (a burst) before the streams that far behind
 /// are cut off, and how many times the bound it may reach in that time.
 /// A stream on a queue of its own has the same allowance (`hub::queue`).
@@ -334,9 +338,14 @@ impl Log {
             self.entries.pop_front();
             self.base += 1;
         }
-        if self.entries.is_empty() && self.entries.capacity() > 64 {
+        let (len, room) = (self.entries.len(), self.entries.capacity());
+        if len == 0 && room > 64 {
             // A burst is over: give its buffer back.
             self.entries = VecDeque::new();
+        } else if room > KEPT_ENTRIES && len < room / 8 {
+            // A burst is mostly read, and the log may never be empty again (a busy topic):
+            // most of its room goes back now, not only once it is empty.
+            self.entries.shrink_to((2 * len).max(KEPT_ENTRIES));
         }
     }
 
@@ -850,6 +859,31 @@ mod tests {
         drop((slow, slow2));
         assert_eq!(topic.lock().streams, 1);
         assert_eq!(fast.try_recv(), Some(ev("5")));
+    }
+
+    #[test]
+    fn a_log_gives_back_the_room_of_a_burst_while_it_is_never_empty() {
+        let bound = 1024;
+        let (_, _ready, _fanout, group, topic) = group(bound);
+        let mut reader = join(&topic, &group, 0);
+        let t0 = Instant::now();
+        for i in 0..bound * 8 {
+            group.push_at(&Bytes::from(i.to_string()), || t0);
+        }
+        let burst = group.log().entries.capacity();
+        assert!(burst >= bound * 8);
+        // The reader catches up to ten events behind; records keep coming.
+        for i in 0..bound * 8 - 10 {
+            assert_eq!(reader.try_recv(), Some(Bytes::from(i.to_string())));
+        }
+        group.push_at(&ev("more"), || t0);
+        let log = group.log();
+        assert_eq!(log.entries.len(), 11);
+        assert!(
+            log.entries.capacity() < burst / 4,
+            "{} of {burst} entries' room kept",
+            log.entries.capacity()
+        );
     }
 
     #[test]
