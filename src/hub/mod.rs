@@ -383,6 +383,7 @@ impl Hub {
                 moved.push(sub);
             }
         }
+        state.tidy();
     }
 
     /// Ends every stream (their queues drain first, then an id of the live position) and

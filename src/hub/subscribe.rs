@@ -174,6 +174,7 @@ impl Drop for Registration {
             };
         if removed {
             state.stream_gone();
+            state.tidy();
         }
     }
 }
@@ -701,6 +702,7 @@ impl Hub {
             return HandOver::Gone;
         }
         state.pending.remove(&id);
+        state.tidy();
         let via = if from_ring { "ring" } else { "live" };
         self.metrics
             .catchup_handovers

@@ -3,6 +3,7 @@
 //! record, connections' groups of streams for every record, and those still catching up).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -154,7 +155,29 @@ pub(super) struct TopicState {
     pub(super) cutoffs_logged_at: Option<Instant>,
 }
 
+/// Maps and sets of a topic's streams larger than this keep their room.
+const KEPT_ROOM: usize = 1024;
+
+/// Gives back most of a map's room once it holds less than an eighth of it: after a burst of
+/// resumes (every stream of a restarted replica catches up at once) the topic's lists of
+/// pending and resuming streams are nearly empty again, and a map never shrinks by itself.
+fn shrink_sparse<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > KEPT_ROOM && map.len() < map.capacity() / 8 {
+        map.shrink_to(2 * map.len());
+    }
+}
+
 impl TopicState {
+    /// Gives back the room of the streams' lists that a burst left mostly empty (called where
+    /// streams leave them).
+    pub(super) fn tidy(&mut self) {
+        if self.pending.capacity() > KEPT_ROOM && self.pending.len() < self.pending.capacity() / 8 {
+            self.pending.shrink_to(2 * self.pending.len());
+        }
+        shrink_sparse(&mut self.all);
+        shrink_sparse(&mut self.by_key);
+    }
+
     /// From now on every key stream of the topic carries full ids: those with short ids switch
     /// in place (partitions were added: keys move, but no record of a key was ever elsewhere).
     pub(super) fn widen_key_streams(&mut self) {
@@ -388,5 +411,39 @@ impl Owner for Topic {
             }
         }
         empty
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lists_a_burst_of_resumes_filled_give_their_room_back() {
+        let mut state = TopicState::default();
+        // A restarted replica: every stream is pending a catch-up at once.
+        state.pending.extend(0..50_000u64);
+        let burst = state.pending.capacity();
+        // They are handed over; a few are still catching up.
+        for id in 100..50_000 {
+            state.pending.remove(&id);
+            state.tidy();
+        }
+        assert_eq!(state.pending.len(), 100);
+        assert!(
+            state.pending.capacity() <= KEPT_ROOM.max(burst / 16),
+            "{} of {burst} kept",
+            state.pending.capacity()
+        );
+        assert!((0..100).all(|id| state.pending.contains(&id)));
+        // A list that stays small keeps its room: no reallocation per stream.
+        let mut small = TopicState::default();
+        small.pending.extend(0..500u64);
+        let room = small.pending.capacity();
+        for id in 0..490 {
+            small.pending.remove(&id);
+            small.tidy();
+        }
+        assert_eq!(small.pending.capacity(), room);
     }
 }
