@@ -436,14 +436,15 @@ mod tests {
             state.pending.capacity()
         );
         assert!((0..100).all(|id| state.pending.contains(&id)));
-        // A list that stays small keeps its room: no reallocation per stream.
+        // A list that stays small keeps its room: no reallocation per stream. (A removal may
+        // itself lower a map's capacity, by the slot it leaves marked: only `tidy` is checked.)
         let mut small = TopicState::default();
         small.pending.extend(0..500u64);
-        let room = small.pending.capacity();
         for id in 0..490 {
             small.pending.remove(&id);
+            let room = small.pending.capacity();
             small.tidy();
+            assert_eq!(small.pending.capacity(), room);
         }
-        assert_eq!(small.pending.capacity(), room);
     }
 }
