@@ -33,6 +33,8 @@
 #       streams at higher rates up to the knee
 #   W3  keyed: 4,096 streams, one key each, 2,000 and 20,000 records/s spread over the keys
 #   W4  reconnect churn: 1,024 streams, 100 drops/s, each resumed with Last-Event-ID
+#   W6  watchlists: 1,024 streams, each of 300 keys out of 5,000 (?key=…), at 2,000 records/s
+#       spread over the keys (gateway only: nchan has no stream of several channels' keys)
 #   W5  1% of 4,096 streams stalled (a client that stops reading) on a busy topic
 #   WK  the key path beside the all-keys path, same deliveries: every record has key k0, and
 #       1,024 / 4,096 streams read /bench-fanout (all keys) or /bench-fanout/k0 (one key)
@@ -422,6 +424,10 @@ workload() {
         both W3 --url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate "$rate"
       done
       ;;
+    W6)
+      run W6 gateway --url URL_KEYS_ALL --publish PUB_KEYS --keys 5000 --watch 300 \
+        --connections 4 --streams 256 --rate 2000
+      ;;
     W4) both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100 ;;
     W5) SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01 ;;
     WK)
@@ -477,12 +483,12 @@ workload() {
         --streams 256 --publish PUB_KEYS --rate 20 --warmup 10 \
         --restart RESTART_URL --new-pid NEW_PID_STOPPED --new-metrics NEW_METRICS --outage 30
       ;;
-    *) say "unknown workload $1 (W1 W2 W3 W4 W5 WK WH W8 WS WM W9)"; exit 2 ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 W6 WK WH W8 WS WM W9)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 WK WH W8 WS WM W9)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 W6 WK WH W8 WS WM W9)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0
@@ -559,7 +565,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-for w in W1 W2 W3 W4 W5 WK WH W8 WS WM W9; do workload "$w"; done
+for w in W1 W2 W3 W4 W5 W6 WK WH W8 WS WM W9; do workload "$w"; done
 
 gw_stop
 write_report

@@ -70,6 +70,8 @@ pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
 /// `KSG_METADATA_REFRESH_SECS`: how often attached topics are checked for new partitions and
 /// deletion.
 pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
+/// `KSG_MAX_KEYS_PER_STREAM`: `key=` parameters one stream may name.
+pub const MAX_KEYS_PER_STREAM: &str = "KSG_MAX_KEYS_PER_STREAM";
 /// `KSG_MAX_EVENT_BYTES`: largest record value sent as an event.
 pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
 /// `KSG_KEY_PARTITIONER`: `none` (key streams read every partition and carry full ids), or a
@@ -177,6 +179,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (STREAM_MAX_SECS, "0"),
     (METADATA_REFRESH_SECS, "10"),
     (MAX_EVENT_BYTES, "4194304"),
+    (MAX_KEYS_PER_STREAM, "1000"),
     (KEY_PARTITIONER, "none"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (IDLE_TIMEOUT_SECS, "60"),
@@ -262,6 +265,8 @@ pub struct Config {
     pub metadata_refresh: Duration,
     /// Largest record value sent as an event.
     pub max_event_bytes: usize,
+    /// Keys one stream may name with `key=` parameters.
+    pub max_keys_per_stream: usize,
     /// The partitioner the operator promises producers use (`None`: no promise, full ids).
     pub key_partitioner: Option<KeyPartitioner>,
     /// TLS and HTTP handshake deadline.
@@ -556,6 +561,7 @@ impl Config {
             Duration::from_secs(r.number(CATCHUP_READER_IDLE_SECS, 0u64, 86_400));
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 1u64, 3600));
         let max_event_bytes = r.number(MAX_EVENT_BYTES, 1usize, 1 << 30);
+        let max_keys_per_stream = r.number(MAX_KEYS_PER_STREAM, 1usize, 100_000);
         let key_partitioner = r.listed(KEY_PARTITIONER, |s| match s {
             "none" => Ok(None),
             "murmur2" => Ok(Some(KeyPartitioner::Murmur2)),
@@ -650,6 +656,7 @@ impl Config {
                 stream_max_lifetime,
                 metadata_refresh,
                 max_event_bytes,
+                max_keys_per_stream,
                 key_partitioner,
                 handshake_timeout,
                 idle_timeout,

@@ -33,6 +33,7 @@ pub mod demo;
 pub mod embedded;
 pub mod http;
 pub mod hub;
+pub mod keyset;
 pub mod metrics;
 pub mod partitioner;
 pub mod position;
@@ -291,6 +292,7 @@ pub fn app(
         slots: http::limits::StreamSlots::new(config.max_streams),
         opens_per_sec: config.max_stream_opens_per_sec,
         opens_burst: config.max_streams_per_connection,
+        max_keys: config.max_keys_per_stream,
     }
 }
 

@@ -4,12 +4,16 @@
 //! (names or glob patterns with `*` and `?`). `KSG_ROUTES` adds templates, tried first, such as
 //! `/quotes/{key}=stock-prices` (a fixed topic, allowed through that route only) or
 //! `/feeds/{topic}` (topic from the path, still checked against `KSG_TOPICS`). Segments are
-//! percent-decoded, so a key may hold any bytes (`%2F` for a slash).
+//! percent-decoded, so a key may hold any bytes (`%2F` for a slash). A path of every key may
+//! name several keys in its query instead (`/stock-prices?key=GOOG&key=AAPL`, see
+//! [`stream_keys`]).
 
 use std::sync::Arc;
 
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
+
+use crate::keyset::Keys;
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
@@ -95,6 +99,60 @@ pub struct Target {
     pub key: Option<Vec<u8>>,
     /// The route's template, a bounded metric label.
     pub route: Arc<str>,
+}
+
+/// Why the keys a request asks for cannot be served (400).
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum KeysError {
+    /// More distinct keys than `KSG_MAX_KEYS_PER_STREAM`.
+    #[error("{asked} keys asked; a stream takes at most {max} (KSG_MAX_KEYS_PER_STREAM)")]
+    TooMany {
+        /// How many the request named.
+        asked: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `key=` on a path that already names its key.
+    #[error("this path names its key: key= parameters are for a path of every key")]
+    OnKeyPath,
+    /// An empty key, or an escape that is not `%` and two hex digits.
+    #[error("key= parameter: {0}")]
+    Bad(String),
+}
+
+/// The raw values of a query's `key` parameters (a pair without `=` is an empty key).
+pub fn query_key_values(query: Option<&str>) -> impl Iterator<Item = &str> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (name == "key").then_some(value)
+        })
+}
+
+/// The keys a stream of `target` takes: its path's key, or the `key=` parameters of `query`,
+/// percent-decoded like a path's key (a `+` is a plus), at most `max` distinct ones (the
+/// parameters themselves are bounded by the request head's size); `None`: every record.
+pub fn stream_keys(
+    target: &Target,
+    query: Option<&str>,
+    max: usize,
+) -> Result<Option<Keys>, KeysError> {
+    if query_key_values(query).next().is_none() {
+        return Ok(target.key.clone().map(Keys::one));
+    }
+    if target.key.is_some() {
+        return Err(KeysError::OnKeyPath);
+    }
+    let keys = query_key_values(query)
+        .map(|raw| decode_key(raw).map_err(|e| KeysError::Bad(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keys = Keys::new(keys);
+    match keys.as_ref().map_or(0, Keys::len) {
+        asked if asked > max => Err(KeysError::TooMany { asked, max }),
+        _ => Ok(keys),
+    }
 }
 
 /// All routes of a gateway.
@@ -344,6 +402,47 @@ mod tests {
             r.resolve("/a/b/c"),
             Err(ResolveError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn key_parameters_name_the_keys_of_a_path_of_every_key() {
+        let r = routes("*", "/q/{key}=t,/watch=t");
+        let keys = |path: &str, query: &str| {
+            let query = Some(query).filter(|q| !q.is_empty());
+            stream_keys(&r.resolve(path).unwrap(), query, 3)
+                .map(|k| k.map(|k| k.iter().map(<[u8]>::to_vec).collect::<Vec<_>>()))
+        };
+        let list = |l: &[&[u8]]| Ok(Some(l.iter().map(|k| k.to_vec()).collect()));
+        assert_eq!(keys("/t", ""), Ok(None));
+        assert_eq!(keys("/t", "from=earliest&keys=x"), Ok(None));
+        assert_eq!(keys("/t/GOOG", ""), list(&[b"GOOG"]));
+        assert_eq!(keys("/q/GOOG", "from=earliest"), list(&[b"GOOG"]));
+        // Sorted, without repeats, decoded like a path's key (a `+` is a plus).
+        assert_eq!(
+            keys("/t", "key=b&from=earliest&key=a%2Fc&key=b&key=x+y"),
+            list(&[b"a/c", b"b", b"x+y"])
+        );
+        assert_eq!(keys("/watch", "key=%FF%00"), list(&[&[0xff, 0]]));
+        assert_eq!(
+            keys("/t", "key=a&key=b&key=c&key=d"),
+            Err(KeysError::TooMany { asked: 4, max: 3 })
+        );
+        assert_eq!(
+            keys("/t", "key=a&key=b&key=c&key=a&key=c").map(|k| k.map(|k| k.len())),
+            Ok(Some(3)),
+            "the limit counts distinct keys"
+        );
+        assert_eq!(keys("/t/GOOG", "key=AAPL"), Err(KeysError::OnKeyPath));
+        assert_eq!(keys("/q/GOOG", "key=AAPL"), Err(KeysError::OnKeyPath));
+        for bad in ["key=", "key", "key=a&key=", "key=%4", "key=%zz"] {
+            assert!(matches!(keys("/t", bad), Err(KeysError::Bad(_))), "{bad}");
+        }
+        let too_many = stream_keys(&r.resolve("/t").unwrap(), Some("key=a&key=b"), 1);
+        let why = too_many.unwrap_err().to_string();
+        assert!(
+            why.contains("at most 1") && why.contains("KSG_MAX_KEYS_PER_STREAM"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -470,3 +470,63 @@ async fn streams_end_when_the_key_that_verified_their_token_leaves_the_key_set()
     let _ = std::fs::remove_file(&path);
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_several_keys_needs_every_key_allowed_and_no_parameter_widens_a_grant() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("watch");
+    cluster.create_topic(&topic, 2).await;
+    let gw = gateway(&cluster, &jwt_vars(&[])).await;
+    let h2 = h2_connect(&gw).await;
+    let patterns = [
+        format!("/{topic}/GOOG"),
+        format!("/{topic}/AAPL"),
+        format!("/{topic}/{{sub}}"),
+    ];
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    let bearer = format!("Bearer {}", token("alice", &patterns, 300));
+    let auth = [("authorization", bearer.as_str())];
+    let status = |query: &'static str| {
+        let (h2, topic, auth) = (h2.clone(), topic.clone(), auth);
+        async move { get(&h2, &format!("/{topic}{query}"), &auth).await.0.status }
+    };
+    for query in [
+        "?key=GOOG&key=AAPL",
+        "?key=AAPL",
+        "?key=%47OOG&key=alice",
+        "?key=GOOG&key=GOOG",
+    ] {
+        assert_eq!(status(query).await, 200, "{query}");
+    }
+    for query in [
+        "",
+        "?key=GOOG&key=MSFT",
+        "?key=MSFT",
+        "?key=bob",
+        "?key=GOOG&key=",
+        "?key=GOOG&key",
+        "?key=GOOG&key=%zz",
+        "?key=GOOG;key=MSFT",
+        "?key=GOOG&key=GOOG%2FX",
+        "?from=earliest",
+    ] {
+        assert_eq!(status(query).await, 403, "{query}");
+    }
+    // A key path the token allows, with keys in its query: refused, never widened.
+    let (head, _) = get(&h2, &format!("/{topic}/GOOG?key=MSFT"), &auth).await;
+    assert_eq!(head.status, 400);
+    // Parameters that are not `key` exactly name no key: the stream is the allowed one only.
+    let mut sse = get_stream(
+        &h2,
+        &format!("/{topic}?key=GOOG&Key=MSFT&%6Bey=MSFT&keys=MSFT"),
+        &auth,
+    )
+    .await;
+    sse.next_block().await.unwrap();
+    let p = cluster.producer();
+    p.produce(&topic, Some("MSFT"), Some("MSFT:1")).await;
+    p.produce(&topic, Some("GOOG"), Some("GOOG:1")).await;
+    assert_eq!(sse.next_event().await.unwrap().text(), "GOOG:1");
+    no_event_for(&mut sse, Duration::from_millis(300)).await;
+    gw.shutdown().await;
+}

@@ -24,6 +24,10 @@
 //! A keyed record's value names its key's number (`"k":17`), so a stream of several keys (all
 //! keys, `--extra`) checks each key's sequence on its own.
 //!
+//! `--watch W` (with `--keys N`) makes each stream a watchlist: stream `i` names W of the N keys
+//! in its query (`?key=k3&key=k17&…`, a choice fixed by `i`, every key in about as many
+//! streams), and checks each key's sequence on its own.
+//!
 //! `--extra URL --extra-streams N` adds one more connection of N streams reading `URL` (for
 //! example all-keys streams beside key streams). `--metrics URL` (the gateway's admin
 //! `/metrics`) samples the summed `ksg_consumer_lag` once a second through the window: its start,
@@ -88,6 +92,7 @@ run options (defaults in brackets):
   --publish P        kafka://brokers/topic or http://host:port/path ({key} allowed)
   --rate R           records per second [100]      --size B       value bytes [100]
   --keys K           keys k0..k{K-1}, stream i reads k{i % K} [0: no keys]
+  --watch W          with --keys: stream i reads W of the keys, named as ?key=… [0: no]
   --warmup SECS      before measuring [3]          --seconds SECS measured window [20]
   --pids P1,P2       server processes whose CPU and RSS are read from /proc
   --idle true        publish nothing (RSS per open stream)
@@ -156,6 +161,7 @@ struct Options {
     rate: f64,
     size: usize,
     keys: usize,
+    watch: usize,
     warmup: f64,
     seconds: f64,
     pids: Vec<u32>,
@@ -209,6 +215,7 @@ impl Options {
             rate: num(take("rate"), "rate", 100.0)?,
             size: num(take("size"), "size", 100)?,
             keys: num(take("keys"), "keys", 0)?,
+            watch: num(take("watch"), "watch", 0)?,
             warmup: num(take("warmup"), "warmup", 3.0)?,
             seconds: num(take("seconds"), "seconds", 20.0)?,
             pids: match take("pids") {
@@ -268,6 +275,9 @@ impl Options {
         {
             return Err("--http1 true goes with plain streams only (no --churn, --stall, --stalled, --extra, --restart, --mix)".into());
         }
+        if o.watch > o.keys || (o.watch > 0 && o.url.contains("{key}")) {
+            return Err("--watch W needs --keys N >= W and a --url without {key}".into());
+        }
         if !o.idle && o.publish.is_none() {
             return Err("--publish is required unless --idle true".into());
         }
@@ -275,7 +285,40 @@ impl Options {
     }
 
     fn key(&self, i: usize) -> Option<String> {
-        (self.keys > 0).then(|| format!("k{}", i % self.keys))
+        (self.keys > 0 && self.watch == 0).then(|| format!("k{}", i % self.keys))
+    }
+
+    /// The keys stream `i` watches (`--watch`): W distinct keys, drawn by a generator seeded
+    /// with `i` (a partial shuffle of the N keys), so each key is in about streams × W / N.
+    fn watched(&self, i: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.keys).collect();
+        let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for j in 0..self.watch {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let pick = j + (x % (self.keys - j) as u64) as usize;
+            order.swap(j, pick);
+        }
+        order.truncate(self.watch);
+        order
+    }
+
+    /// The path of stream `i` for the path `path` of the URL it reads.
+    fn stream_path(&self, i: usize, path: String) -> String {
+        if self.watch > 0 {
+            let query: Vec<String> = self
+                .watched(i)
+                .iter()
+                .map(|k| format!("key=k{k}"))
+                .collect();
+            let join = if path.contains('?') { '&' } else { '?' };
+            return format!("{path}{join}{}", query.join("&"));
+        }
+        match self.key(i) {
+            Some(k) => path.replace("{key}", &k),
+            None => path,
+        }
     }
 }
 
@@ -1289,10 +1332,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
                         .split_once("://")
                         .and_then(|(_, r)| r.find('/').map(|at| r[at..].to_string()))
                         .unwrap_or_else(|| "/".into());
-                    match o.key(i) {
-                        Some(k) => path.replace("{key}", &k),
-                        None => path,
-                    }
+                    o.stream_path(i, path)
                 };
                 let sub = Sub {
                     path: path_of(url),
@@ -1427,6 +1467,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ("streams", Value::N(open)),
         ("stalled_streams", Value::N(stalled as f64)),
         ("keys", Value::N(o.keys as f64)),
+        ("watch", Value::N(o.watch as f64)),
         ("rate", Value::N(if o.idle { 0.0 } else { o.rate })),
         ("size", Value::N(o.size as f64)),
         ("seconds", Value::N(window)),
@@ -1800,7 +1841,9 @@ fn fanout(o: &Options, streams: usize) -> Option<f64> {
         return None;
     }
     let per = |url: &str, n: usize| {
-        if url.contains("{key}") && o.keys > 0 {
+        if o.watch > 0 && url == o.url {
+            n as f64 * o.watch as f64 / o.keys as f64
+        } else if url.contains("{key}") && o.keys > 0 {
             n as f64 / o.keys as f64
         } else {
             n as f64
@@ -2158,9 +2201,52 @@ mod tests {
             fanout(&parse("--url https://h/t --streams 256"), 256),
             Some(256.0)
         );
+        // W6: 1,024 watchlists of 300 keys out of 5,000.
+        let w6 = parse("--url https://h/t --keys 5000 --watch 300 --connections 4 --streams 256");
+        assert!((fanout(&w6, 1024).unwrap() - 1024.0 * 300.0 / 5000.0).abs() < 1e-9);
         // Shapes that do not say.
         assert_eq!(fanout(&parse("--url https://h/t --idle true"), 1), None);
         assert_eq!(fanout(&parse("--url https://h/t --churn 10"), 1), None);
+    }
+
+    #[test]
+    fn watchlists_name_distinct_keys_spread_over_every_key() {
+        let parse = |s: &str| {
+            let args: Vec<String> = s.split(' ').map(String::from).collect();
+            Options::parse(&args).unwrap()
+        };
+        let o = parse("--url https://h/t --keys 5000 --watch 300 --publish kafka://b/t");
+        let mut streams_of = vec![0usize; 5000];
+        for i in 0..1024 {
+            let keys = o.watched(i);
+            assert_eq!(keys, o.watched(i), "fixed by the stream's number");
+            let distinct: std::collections::HashSet<_> = keys.iter().collect();
+            assert_eq!(distinct.len(), 300);
+            for k in keys {
+                streams_of[k] += 1;
+            }
+        }
+        assert_ne!(o.watched(0), o.watched(1));
+        // About 61 streams per key: none far off.
+        let (min, max) = (
+            streams_of.iter().min().unwrap(),
+            streams_of.iter().max().unwrap(),
+        );
+        assert!(*min >= 30 && *max <= 100, "{min}..{max}");
+        let path = o.stream_path(7, "/t".into());
+        assert!(path.starts_with("/t?key=k") && path.matches("key=").count() == 300);
+        assert_eq!(o.stream_path(7, "/t?x=1".into()).matches('?').count(), 1);
+        let bad = [
+            "--url https://h/t/{key} --keys 10 --watch 3",
+            "--url https://h/t --keys 2 --watch 3",
+        ];
+        for args in bad {
+            let args: Vec<String> = format!("{args} --publish kafka://b/t")
+                .split(' ')
+                .map(String::from)
+                .collect();
+            assert!(Options::parse(&args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -184,6 +184,21 @@ impl Grant {
     pub fn allows(&self, path: &str) -> bool {
         pattern::allows(&self.patterns, self.subject.as_deref(), path)
     }
+
+    /// Whether the token allows the stream a request for `path` with `query` opens: the path
+    /// itself (every key of it), or, for a request that names keys (`key=` parameters), the
+    /// path of each key below it (`/stock-prices/GOOG` for `/stock-prices?key=GOOG`). No
+    /// parameter widens what the path alone allows: a key that does not decode is not allowed.
+    pub fn allows_stream(&self, path: &str, query: Option<&str>) -> bool {
+        if self.allows(path) {
+            return true;
+        }
+        let mut keys = crate::routes::query_key_values(query).peekable();
+        keys.peek().is_some()
+            && keys.all(|raw| {
+                pattern::allows_below(&self.patterns, self.subject.as_deref(), path, raw)
+            })
+    }
 }
 
 #[derive(Deserialize, Default)]

@@ -25,6 +25,21 @@ pub fn allows(patterns: &[String], subject: Option<&str>, path: &str) -> bool {
         .any(|pattern| matches(pattern, subject, &segments))
 }
 
+/// Whether `path/segment` (`segment` percent-encoded as in a path, never empty) is matched by
+/// one of `patterns`: the key stream below a path of every key.
+pub fn allows_below(patterns: &[String], subject: Option<&str>, path: &str, segment: &str) -> bool {
+    let (Some(mut segments), Some(below)) = (decoded_segments(path), decode(segment)) else {
+        return false;
+    };
+    if below.is_empty() {
+        return false;
+    }
+    segments.push(below);
+    patterns
+        .iter()
+        .any(|pattern| matches(pattern, subject, &segments))
+}
+
 /// Whether one pattern matches the decoded segments of a path.
 fn matches(pattern: &str, subject: Option<&str>, path: &[Vec<u8>]) -> bool {
     let Some(rest) = pattern.strip_prefix('/') else {
@@ -112,6 +127,25 @@ mod tests {
         assert!(allows(&pats, None, "/stock-prices"));
         assert!(!allows(&pats, None, "/stock-prices/GOOG"));
         assert!(!allows(&pats, None, "/stock-prices2"));
+    }
+
+    #[test]
+    fn a_key_below_a_path_is_matched_as_its_key_stream_path() {
+        let pats = p(&["/stock-prices/GOOG", "/stock-prices/a%2Fb", "/orders/{sub}"]);
+        assert!(allows_below(&pats, None, "/stock-prices", "GOOG"));
+        assert!(allows_below(&pats, None, "/stock-prices", "%47OOG"));
+        assert!(allows_below(&pats, None, "/stock-prices", "a%2Fb"));
+        // A slash in a query value is part of the key, as `%2F` is in a path.
+        assert!(allows_below(&pats, None, "/stock-prices", "a/b"));
+        assert!(!allows_below(&pats, None, "/stock-prices", "AAPL"));
+        assert!(!allows_below(&pats, None, "/stock-prices", ""));
+        assert!(!allows_below(&pats, None, "/stock-prices", "%4"));
+        assert!(!allows_below(&pats, None, "/stock-prices/GOOG", "x"));
+        assert!(allows_below(&pats, Some("al"), "/orders", "al"));
+        assert!(!allows_below(&pats, Some("al"), "/orders", "bo"));
+        let every = p(&["/stock-prices/*"]);
+        assert!(allows_below(&every, None, "/stock-prices", "ANY"));
+        assert!(!allows_below(&every, None, "/orders", "ANY"));
     }
 
     #[test]

@@ -64,6 +64,9 @@ const NUMBERS: &[Number] = &[
         c.metadata_refresh.as_secs()
     }),
     number(MAX_EVENT_BYTES, 1, 1 << 30, |c| c.max_event_bytes as u64),
+    number(MAX_KEYS_PER_STREAM, 1, 100_000, |c| {
+        c.max_keys_per_stream as u64
+    }),
     number(HANDSHAKE_TIMEOUT_SECS, 1, 300, |c| {
         c.handshake_timeout.as_secs()
     }),

@@ -64,6 +64,8 @@ pub struct App {
     pub opens_per_sec: u32,
     /// The burst: `KSG_MAX_STREAMS_PER_CONNECTION`.
     pub opens_burst: u32,
+    /// `key=` parameters one stream may name (`KSG_MAX_KEYS_PER_STREAM`).
+    pub max_keys: usize,
 }
 
 impl App {
@@ -154,8 +156,9 @@ impl App {
         }
         if let Some(auth) = &self.auth {
             let checked = auth.check(request.headers(), request.uri().query());
+            let query = request.uri().query();
             let allowed = checked.and_then(|grant| {
-                if grant.allows(path) {
+                if grant.allows_stream(path, query) {
                     Ok(grant)
                 } else {
                     Err(Failure::Forbidden)
@@ -175,6 +178,10 @@ impl App {
             Err(ResolveError::BadRequest(why)) => {
                 return self.refuse(StatusCode::BAD_REQUEST, "bad_request", &why)
             }
+        };
+        let keys = match crate::routes::stream_keys(&target, request.uri().query(), self.max_keys) {
+            Ok(keys) => keys,
+            Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_keys", &e.to_string()),
         };
         let default = if self.snapshot_topics.allows(&target.topic) {
             Start::Snapshot
@@ -204,11 +211,7 @@ impl App {
         };
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
-        let subscription = match self
-            .hub
-            .subscribe(&target.topic, target.key, start, seat)
-            .await
-        {
+        let subscription = match self.hub.subscribe(&target.topic, keys, start, seat).await {
             Ok(s) => s,
             Err(e) => {
                 let (status, reason, why) = refusal(&e);

@@ -41,6 +41,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::order::{Level, Ordered};
+use crate::keyset::Keys;
 use crate::wake::Ready;
 
 /// One connection's groups, one per view of a topic it streams.
@@ -66,8 +67,8 @@ struct Touched {
 /// Which records of a topic a group's streams take, and which ids they carry.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(super) struct View<'a> {
-    /// Every record (`None`), or only those of this key.
-    pub(super) key: Option<&'a [u8]>,
+    /// Every record (`None`), or only those of these keys.
+    pub(super) keys: Option<&'a Keys>,
     /// For a key stream whose ids name only its key's partition, that partition.
     pub(super) scope: Option<usize>,
 }
@@ -161,7 +162,7 @@ impl Fanout {
         }
         let group = Arc::new(Group {
             id: new_id,
-            key: view.key.map(<[u8]>::to_vec),
+            keys: view.keys.cloned(),
             scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
             unflushed: AtomicBool::new(false),
             owner: Arc::downgrade(owner),
@@ -199,8 +200,8 @@ pub(super) trait Owner: Send + Sync {
 pub(super) struct Group {
     /// Its key among the topic's groups.
     pub(super) id: u64,
-    /// The record key its streams take, or `None` for every record.
-    pub(super) key: Option<Vec<u8>>,
+    /// The record keys its streams take, or `None` for every record.
+    pub(super) keys: Option<Keys>,
     /// The partition its streams' ids name alone ([`NO_SCOPE`]: full ids); changed only under
     /// the topic's lock (partitions added widen it).
     scope: AtomicUsize,
@@ -449,7 +450,7 @@ impl Group {
     pub(super) fn view(&self) -> View<'_> {
         let scope = self.scope.load(Ordering::Relaxed);
         View {
-            key: self.key.as_deref(),
+            keys: self.keys.as_ref(),
             scope: (scope != NO_SCOPE).then_some(scope),
         }
     }
@@ -708,7 +709,7 @@ mod tests {
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
         let counters = || (counter("events"), counter("bytes"));
         let all = View {
-            key: None,
+            keys: None,
             scope: None,
         };
         let (group, new) = fanout.group_for(
@@ -785,8 +786,9 @@ mod tests {
     fn the_connection_looks_only_at_the_groups_a_batch_touched() {
         let (_, ready, fanout, group, topic) = group(8);
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
+        let other = Keys::one(b"other".to_vec());
         let view = View {
-            key: Some(b"other"),
+            keys: Some(&other),
             scope: None,
         };
         let owner = topic.clone() as Arc<dyn Owner>;
@@ -1049,7 +1051,11 @@ mod tests {
         let (_, _ready, fanout, all, topic) = group(8);
         let counter = |n: &str| IntCounter::new(n, n).unwrap();
         let find = |key: Option<&[u8]>, scope: Option<usize>, id: u64| {
-            let view = View { key, scope };
+            let keys = key.map(|k| Keys::one(k.to_vec()));
+            let view = View {
+                keys: keys.as_ref(),
+                scope,
+            };
             let counters = || (counter("events"), counter("bytes"));
             let (group, new) = fanout.group_for(
                 &(topic.clone() as Arc<dyn Owner>),
@@ -1065,7 +1071,7 @@ mod tests {
             (group, new)
         };
         let (a, new) = find(Some(b"a"), None, 8);
-        assert!(new && a.view().key == Some(&b"a"[..]));
+        assert!(new && a.view().keys.and_then(Keys::single) == Some(&b"a"[..]));
         assert!(!Arc::ptr_eq(&a, &all));
         let (b, new) = find(Some(b"b"), None, 9);
         assert!(new && !Arc::ptr_eq(&a, &b));
@@ -1100,6 +1106,51 @@ mod tests {
         // Widened (partitions added), the short-id group carries full ids.
         short.widen();
         assert_eq!(short.view().scope, None);
+    }
+
+    #[test]
+    fn a_group_of_several_keys_is_found_under_each_and_ended_once() {
+        let (_, _ready, fanout, all, topic) = group(8);
+        let counter = |n: &str| IntCounter::new(n, n).unwrap();
+        let owner = topic.clone() as Arc<dyn Owner>;
+        let set = Keys::new(vec![b"b".to_vec(), b"a".to_vec()]).unwrap();
+        let view = View {
+            keys: Some(&set),
+            scope: None,
+        };
+        let counters = || (counter("events"), counter("bytes"));
+        let (ab, new) = fanout.group_for(&owner, view, |_| true, 8, 8, counters);
+        assert!(new);
+        topic.lock().insert_group(ab.clone());
+        let same = Keys::new(vec![b"a".to_vec(), b"b".to_vec(), b"a".to_vec()]).unwrap();
+        let view = View {
+            keys: Some(&same),
+            scope: None,
+        };
+        let (again, new) = fanout.group_for(&owner, view, |_| true, 9, 8, counters);
+        assert!(
+            !new && Arc::ptr_eq(&ab, &again),
+            "the same keys: the same group"
+        );
+        let mut members = (join(&topic, &ab, 1), join(&topic, &all, 2));
+        {
+            let state = topic.lock();
+            assert!(state.holds_group(&ab));
+            for key in [&b"a"[..], b"b"] {
+                assert!(state.key_groups[key].get(ab.id).is_some());
+            }
+        }
+        // Every stream ends once (a stream counted twice would take the count below zero).
+        topic
+            .lock()
+            .end_all(|_, _| Bytes::from_static(b"id: end\n\n"));
+        assert_eq!(topic.lock().streams, 0);
+        assert_eq!(members.0.poll_recv(), Poll::Ready(Some(ev("id: end\n\n"))));
+        assert_eq!(members.1.poll_recv(), Poll::Ready(Some(ev("id: end\n\n"))));
+        let mut state = topic.lock();
+        state.insert_group(ab.clone());
+        state.remove_group(&ab);
+        assert!(state.key_groups.is_empty() && !state.holds_group(&ab));
     }
 
     #[test]

@@ -112,10 +112,7 @@ impl Hub {
                 if let Some(ring) = &state.ring {
                     ring.write().grow(new);
                 }
-                let subs = state
-                    .all
-                    .values_mut()
-                    .chain(state.by_key.values_mut().flat_map(|m| m.values_mut()));
+                let subs = state.own_queue_subs_mut();
                 for floor in subs.filter_map(|sub| sub.floor.as_mut()) {
                     floor.extend_from_slice(new);
                 }

@@ -4,10 +4,12 @@
 //! the topic's position vector, encodes the event once if a stream takes it (its id is the
 //! vector after the record; a record nobody takes is kept as it came, see [`replay`]), keeps it
 //! in the topic's replay ring and appends the same [`Bytes`] once to each connection's shared
-//! log of a matching view (every record, or the record's key), where every live stream, HTTP/2
-//! or HTTP/1.1, reads at its own place ([`group`]). Only a resumed stream whose id is ahead of
-//! the live position gets it in its own bounded queue ([`queue`]), after its replay or
-//! catch-up, until the live position covers its id. A full queue or log ends the slow stream
+//! log of a matching view (every record, the record's key, or a set of keys holding it: such a
+//! log is listed under each of its keys, so a record finds it once, through its key), where
+//! every live stream, HTTP/2 or HTTP/1.1, reads at its own place ([`group`]). Only a resumed
+//! stream whose id is ahead of the live position gets it in its own bounded queue ([`queue`]),
+//! after its replay or catch-up, until the live position covers its id (streams of several
+//! keys are found there through an index from key to streams, too). A full queue or log ends the slow stream
 //! (counted); the consumer and the other streams never wait. Locks are never held across an
 //! `.await`, and are taken in one order, written and checked in `order`: a topic's state, then
 //! a connection's groups, then a group's log.
@@ -58,7 +60,7 @@ use group::Group;
 pub use group::{Fanout, Seat};
 use replay::{Entry, Record};
 pub use subscribe::{Events, Parts, Subscription};
-use topic::{KeyGroups, Sub, Topic, TopicState};
+use topic::{KeyGroups, Listed, SetSubs, Sub, Topic, TopicState};
 
 /// Why a stream could not be opened.
 #[derive(Debug, Error)]
@@ -263,8 +265,13 @@ impl Hub {
             .and_then(|k| state.by_key.get(k))
             .filter(|set| !set.is_empty());
         let keyed = key.and_then(|k| state.key_groups.get(k));
-        let live =
-            !state.all.is_empty() || !state.groups.is_empty() || subs.is_some() || keyed.is_some();
+        let in_sets =
+            !state.sets.subs.is_empty() && key.is_some_and(|k| state.sets.index.contains_key(k));
+        let live = !state.all.is_empty()
+            || !state.groups.is_empty()
+            || subs.is_some()
+            || keyed.is_some()
+            || in_sets;
         if !live {
             state.ring.as_ref()?;
             let kept = match self.oversize(hub, p, record.offset, record.value) {
@@ -300,13 +307,16 @@ impl Hub {
             cut: 0,
         };
         let moving_all = fan.offer(&mut state.all, &state.positions);
-        let mut moving_key = Vec::new();
+        let (mut moving_key, mut moving_set) = (Vec::new(), Vec::new());
         if let Some(k) = key {
             if let Some(set) = state.by_key.get_mut(k) {
                 moving_key = fan.offer(set, &state.positions);
                 if set.is_empty() {
                     state.by_key.remove(k);
                 }
+            }
+            if in_sets {
+                moving_set = fan.offer_sets(&mut state.sets, k, &state.positions);
             }
         }
         fan.push_to_groups(state.groups.values());
@@ -315,12 +325,10 @@ impl Hub {
         }
         let (gone, cut) = (fan.gone, fan.cut);
         // After the groups took this event, so the moved streams read from the next one.
-        self.move_to_groups(hub, state, None, moving_all, moved);
-        if let Some(k) = key.filter(|_| !moving_key.is_empty()) {
-            self.move_to_groups(hub, state, Some(k), moving_key, moved);
-            if state.by_key.get(k).is_some_and(HashMap::is_empty) {
-                state.by_key.remove(k);
-            }
+        self.move_to_groups(hub, state, Listed::All, moving_all, moved);
+        if let Some(k) = key {
+            self.move_to_groups(hub, state, Listed::Key(k), moving_key, moved);
+            self.move_to_groups(hub, state, Listed::Set, moving_set, moved);
         }
         for _ in 0..gone {
             state.stream_gone();
@@ -363,23 +371,22 @@ impl Hub {
         Some(p)
     }
 
-    /// Hands the streams of `key` (every record: `None`) listed in `ids` over to their
-    /// connection's group; they are dropped into `moved`, after the lock.
+    /// Hands the streams of `list` whose ids are `ids` over to their connection's group; they
+    /// are dropped into `moved`, after the lock.
     fn move_to_groups(
         &self,
         hub: &Arc<Topic>,
         state: &mut TopicState,
-        key: Option<&[u8]>,
+        list: Listed<'_>,
         ids: Vec<u64>,
         moved: &mut Vec<Sub>,
     ) {
+        if ids.is_empty() {
+            return;
+        }
         for id in ids {
-            let sub = match key {
-                None => state.all.remove(&id),
-                Some(k) => state.by_key.get_mut(k).and_then(|set| set.remove(&id)),
-            };
-            if let Some(sub) = sub {
-                self.hand_to_group(hub, state, key, &sub);
+            if let Some(sub) = state.unregister(id, list) {
+                self.hand_to_group(hub, state, &sub);
                 moved.push(sub);
             }
         }
@@ -421,6 +428,16 @@ fn observe_latency(hub: &Topic, timestamp_ms: Option<i64>, now_ms: i64) {
     }
 }
 
+/// What offering an event did to a stream with a queue of its own.
+enum Offered {
+    /// Queued or skipped; it stays where it is.
+    Kept,
+    /// Queued, and its floor is covered: it goes to its connection's group.
+    Covered,
+    /// Cut off, or its client is gone.
+    Gone,
+}
+
 /// One record's event on its way to the streams, and what the way cost (streams gone, and
 /// of those, streams cut off as too slow).
 struct Fan<'a> {
@@ -449,40 +466,67 @@ impl<'a> Fan<'a> {
     /// streams whose floor the event covered: they go to their connection's group.
     fn offer(&mut self, streams: &mut HashMap<u64, Sub>, after: &[i64]) -> Vec<u64> {
         let mut moving = Vec::new();
-        streams.retain(|id, sub| {
-            let shared = self.shared(sub.scope);
-            let Some(bytes) = for_stream(
-                &mut sub.floor,
-                sub.scope,
-                self.p,
-                self.offset,
-                after,
-                shared,
-                self.hub.fingerprint,
-            ) else {
-                return true;
-            };
-            match sub.tx.try_send(bytes) {
-                Ok(()) => {
-                    if sub.floor.is_none() {
-                        moving.push(*id);
-                    }
-                    true
-                }
-                Err(queue::TrySendError::Full(_)) => {
-                    self.hub.cutoffs.inc();
-                    debug!(topic = %self.hub.name, "stream cut off: its client fell behind (queue full)");
-                    self.cut += 1;
-                    self.gone += 1;
-                    false
-                }
-                Err(queue::TrySendError::Closed(_)) => {
-                    self.gone += 1;
-                    false
-                }
+        streams.retain(|id, sub| match self.offer_one(sub, after) {
+            Offered::Kept => true,
+            Offered::Covered => {
+                moving.push(*id);
+                true
             }
+            Offered::Gone => false,
         });
         moving
+    }
+
+    /// [`Fan::offer`] for the streams of several keys among which the record's key `key` is,
+    /// found through their index.
+    fn offer_sets(&mut self, sets: &mut SetSubs, key: &[u8], after: &[i64]) -> Vec<u64> {
+        let (mut moving, mut gone) = (Vec::new(), Vec::new());
+        let SetSubs { subs, index } = sets;
+        for id in index.get(key).into_iter().flatten() {
+            let Some(sub) = subs.get_mut(id) else {
+                continue;
+            };
+            match self.offer_one(sub, after) {
+                Offered::Kept => {}
+                Offered::Covered => moving.push(*id),
+                Offered::Gone => gone.push(*id),
+            }
+        }
+        for id in gone {
+            sets.remove(id);
+        }
+        moving
+    }
+
+    /// Offers the event to one stream with a queue of its own.
+    fn offer_one(&mut self, sub: &mut Sub, after: &[i64]) -> Offered {
+        let shared = self.shared(sub.scope);
+        let Some(bytes) = for_stream(
+            &mut sub.floor,
+            sub.scope,
+            self.p,
+            self.offset,
+            after,
+            shared,
+            self.hub.fingerprint,
+        ) else {
+            return Offered::Kept;
+        };
+        match sub.tx.try_send(bytes) {
+            Ok(()) if sub.floor.is_none() => Offered::Covered,
+            Ok(()) => Offered::Kept,
+            Err(queue::TrySendError::Full(_)) => {
+                self.hub.cutoffs.inc();
+                debug!(topic = %self.hub.name, "stream cut off: its client fell behind (queue full)");
+                self.cut += 1;
+                self.gone += 1;
+                Offered::Gone
+            }
+            Err(queue::TrySendError::Closed(_)) => {
+                self.gone += 1;
+                Offered::Gone
+            }
+        }
     }
 
     /// Pushes the event to `groups` (connections' groups of the topic's records, or of the
@@ -501,5 +545,200 @@ impl<'a> Fan<'a> {
                 self.cut += slow;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyset::Keys;
+    use crate::wake::Ready;
+    use group::Handoff;
+
+    fn keys(list: &[&str]) -> Keys {
+        Keys::new(list.iter().map(|k| k.as_bytes().to_vec()).collect()).unwrap()
+    }
+
+    /// A hub with topic `t` of `partitions` partitions attached at offset 0 (its consumer
+    /// never connects: records are dispatched by the test).
+    fn hub_with_topic(partitions: usize) -> (Hub, Arc<Topic>) {
+        let metrics = Metrics::new(&[]);
+        let source = Source::new("127.0.0.1:9", &Default::default(), metrics.clone()).unwrap();
+        let config = HubConfig {
+            queue: 8,
+            queue_bytes: 1 << 16,
+            replay_bytes: 0,
+            catchup_readers: 1,
+            catchup_reader_idle: std::time::Duration::from_secs(1),
+            snapshot_bytes: 1 << 20,
+            max_event_bytes: 1 << 20,
+            key_partitioner: None,
+        };
+        let hub = Hub::new(Arc::new(source), metrics.clone(), config);
+        let topic = Arc::new(Topic::new("t", None, false, &metrics));
+        topic.lock().positions = vec![0; partitions];
+        let _ = topic.attached.set(());
+        hub.topics.insert("t".into(), topic.clone());
+        (hub, topic)
+    }
+
+    fn record<'a>(p: i32, offset: i64, key: &'a str, value: &'a str) -> LiveRecord<'a> {
+        LiveRecord {
+            topic: "t",
+            partition: p,
+            offset,
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            timestamp_ms: None,
+        }
+    }
+
+    fn value_and_id(event: Option<Bytes>) -> (String, Vec<(i32, i64)>) {
+        let event = event.expect("an event");
+        let text = String::from_utf8(event.to_vec()).unwrap();
+        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).unwrap();
+        let id = position::decode(field("id: "), "t").unwrap().entries;
+        (field("data: ").to_string(), id)
+    }
+
+    #[test]
+    fn a_resumed_stream_of_several_keys_waits_for_its_floor_then_reads_its_group() {
+        let (hub, topic) = hub_with_topic(2);
+        let fanout = Fanout::new(crate::wake::Ready::new(futures_util::task::noop_waker()));
+        let (tx, mut rx) = queue::channel(8, 1 << 16);
+        let handoff = Handoff::new(&fanout.seat(5));
+        let slot = handoff.slot.clone();
+        {
+            // Its client came from a replica that read partition 0 up to offset 3.
+            let mut state = topic.lock();
+            state.streams += 1;
+            let sub = Sub {
+                keys: Some(keys(&["b", "a"])),
+                tx,
+                floor: Some(vec![3, 0]),
+                scope: None,
+                handoff,
+            };
+            state.register(1, sub);
+        }
+        hub.dispatch_run(
+            &[
+                record(0, 0, "a", "a0"),
+                record(0, 1, "c", "c1"),
+                record(1, 0, "b", "b0"),
+                record(0, 2, "b", "b2"),
+            ],
+            0,
+        );
+        // Below the floor: skipped; another key: not offered; past the floor on partition 1:
+        // its id raised to cover the client's position.
+        assert_eq!(
+            value_and_id(rx.try_recv()),
+            ("b0".into(), vec![(0, 3), (1, 1)])
+        );
+        assert_eq!(rx.try_recv(), None);
+        assert!(slot.lock().is_none(), "still on its own queue");
+        hub.dispatch_run(&[record(0, 3, "a", "a3"), record(1, 1, "a", "a1")], 0);
+        // The event that covers the floor is the shared one; the stream then reads its group.
+        assert_eq!(
+            value_and_id(rx.try_recv()),
+            ("a3".into(), vec![(0, 4), (1, 1)])
+        );
+        assert_eq!(rx.try_recv(), None);
+        let mut cursor = slot.lock().take().expect("handed to its group");
+        assert_eq!(
+            value_and_id(cursor.try_recv()),
+            ("a1".into(), vec![(0, 4), (1, 2)])
+        );
+        hub.dispatch_run(&[record(0, 4, "c", "c4"), record(1, 2, "b", "b2")], 0);
+        assert_eq!(value_and_id(cursor.try_recv()).0, "b2");
+        assert_eq!(cursor.try_recv(), None);
+        let state = topic.lock();
+        assert!(state.sets.subs.is_empty() && state.sets.index.is_empty());
+        assert!(
+            state.key_groups.contains_key(&b"a"[..]) && state.key_groups.contains_key(&b"b"[..])
+        );
+        drop(state);
+        drop(cursor);
+        let state = topic.lock();
+        assert!(
+            state.key_groups.is_empty(),
+            "its group leaves with its last stream"
+        );
+        assert_eq!(state.streams, 0);
+    }
+
+    #[test]
+    fn streams_of_several_keys_get_the_records_of_their_keys_through_the_index() {
+        let metrics = Metrics::new(&[]);
+        let topic = Topic::new("t", None, false, &metrics);
+        let fp = topic.fingerprint;
+        let fanout = Fanout::new(Ready::new(futures_util::task::noop_waker()));
+        let sub = |list: &[&str], floor: Vec<i64>| {
+            let (tx, rx) = queue::channel(8, usize::MAX);
+            let handoff = Handoff::new(&fanout.seat(0));
+            let sub = Sub {
+                keys: Some(keys(list)),
+                tx,
+                floor: Some(floor),
+                scope: None,
+                handoff,
+            };
+            (sub, rx)
+        };
+        // Resumed streams whose clients have more than the live position on some partition.
+        let (ab, mut ab_rx) = sub(&["a", "b"], vec![5, 5]);
+        let (bc, bc_rx) = sub(&["b", "c"], vec![0, 9]);
+        let (cd, mut cd_rx) = sub(&["c", "d"], vec![0, 0]);
+        let mut sets = SetSubs::default();
+        for (id, sub) in [(1, ab), (2, bc), (3, cd)] {
+            sets.insert_for_test(id, sub);
+        }
+        let listed = |sets: &SetSubs, key: &str| sets.index.get(key.as_bytes()).cloned();
+        assert_eq!(listed(&sets, "b"), Some(vec![1, 2]));
+        // Offers record `key`@`p`/`offset`, after which the position is `after`.
+        let offer = |sets: &mut SetSubs, key: &str, (p, offset): (usize, i64), after: &[i64]| {
+            let id = position::encode_dense(fp, after);
+            let event = sse::record_event(&id, Some(key.as_bytes()), Some(b"v"));
+            let mut fan = Fan {
+                hub: &topic,
+                p,
+                offset,
+                event: &event,
+                scoped: None,
+                gone: 0,
+                cut: 0,
+            };
+            let moving = fan.offer_sets(sets, key.as_bytes(), after);
+            (moving, fan.gone)
+        };
+        let id_of = |event: Option<Bytes>| {
+            let event = event.expect("an event");
+            let text = String::from_utf8(event.to_vec()).unwrap();
+            let id = text.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+            position::decode(id, "t").unwrap().entries
+        };
+        // a: only the streams of a; its id raised to cover the client's floor.
+        assert_eq!(offer(&mut sets, "a", (0, 5), &[6, 3]), (vec![], 0));
+        assert_eq!(id_of(ab_rx.try_recv()), [(0, 6), (1, 5)]);
+        assert_eq!(cd_rx.try_recv(), None);
+        // b: a stream whose client is gone leaves the list and the index.
+        drop(bc_rx);
+        assert_eq!(offer(&mut sets, "b", (0, 6), &[7, 3]), (vec![], 1));
+        assert_eq!(id_of(ab_rx.try_recv()), [(0, 7), (1, 5)]);
+        assert_eq!(listed(&sets, "b"), Some(vec![1]));
+        assert!(!sets.subs.contains_key(&2));
+        // A record below a floor is skipped.
+        assert_eq!(offer(&mut sets, "b", (1, 3), &[7, 4]), (vec![], 0));
+        assert_eq!(ab_rx.try_recv(), None);
+        // c covers cd's floor: it goes to its group, with the shared event.
+        assert_eq!(offer(&mut sets, "c", (1, 4), &[7, 5]), (vec![3], 0));
+        assert_eq!(id_of(cd_rx.try_recv()), [(0, 7), (1, 5)]);
+        // A key no stream asked for reaches none.
+        assert_eq!(offer(&mut sets, "e", (0, 7), &[8, 5]), (vec![], 0));
+        assert!(sets.remove(3).is_some());
+        assert_eq!((listed(&sets, "c"), listed(&sets, "d")), (None, None));
+        assert!(sets.remove(1).is_some());
+        assert!(sets.index.is_empty() && sets.subs.is_empty());
     }
 }

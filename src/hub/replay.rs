@@ -27,6 +27,7 @@ use parking_lot::RwLock;
 use prometheus::IntCounter;
 
 use super::floor::{id_for, judge, Verdict};
+use crate::keyset::Keys;
 use crate::position;
 use crate::sse;
 
@@ -295,15 +296,15 @@ pub struct Replay {
     position: Vec<i64>,
     /// The position the client already has, until an event's id covers it.
     floor: Option<Vec<i64>>,
-    key: Option<Bytes>,
+    keys: Option<Keys>,
     scope: Option<usize>,
     fingerprint: u32,
 }
 
 /// What a stream's replay starts from: its filter, its ids and the position its client has.
 pub struct Origin<'a> {
-    /// The stream's key (`None`: every record).
-    pub key: Option<&'a [u8]>,
+    /// The stream's keys (`None`: every record).
+    pub keys: Option<&'a Keys>,
     /// The partition its ids name alone, for a short-id key stream.
     pub scope: Option<usize>,
     /// The topic's fingerprint, for the ids made for the stream.
@@ -336,7 +337,10 @@ impl Replay {
             }
             let p = entry.partition;
             let before = std::mem::replace(&mut position[p], entry.offset + 1);
-            if from.key.is_some() && entry.key.as_deref() != from.key {
+            if from
+                .keys
+                .is_some_and(|keys| !keys.contains(entry.key.as_deref()))
+            {
                 continue;
             }
             let verdict = judge(&mut floor, p, entry.offset, &position);
@@ -355,7 +359,7 @@ impl Replay {
             end,
             position,
             floor: Some(from.position),
-            key: from.key.map(Bytes::copy_from_slice),
+            keys: from.keys.cloned(),
             scope: from.scope,
             fingerprint: from.fingerprint,
         };
@@ -371,7 +375,7 @@ impl Replay {
             end: 0,
             position: Vec::new(),
             floor: None,
-            key: None,
+            keys: None,
             scope: None,
             fingerprint: 0,
         }
@@ -411,7 +415,11 @@ impl Replay {
                 continue;
             }
             self.position[p] = entry.offset + 1;
-            if self.key.is_some() && entry.key != self.key {
+            if self
+                .keys
+                .as_ref()
+                .is_some_and(|keys| !keys.contains(entry.key.as_deref()))
+            {
                 continue;
             }
             // The id the stream gets, when it is not the shared event's own.
@@ -444,7 +452,7 @@ pub(crate) fn replay_of(events: &[Bytes], limit: usize) -> (Shared, Replay) {
     }
     let shared = Arc::new(RwLock::new(ring));
     let origin = Origin {
-        key: None,
+        keys: None,
         scope: None,
         fingerprint: 0,
         position: vec![0],
@@ -507,9 +515,9 @@ mod tests {
         (Arc::new(RwLock::new(ring)), events)
     }
 
-    fn from<'a>(key: Option<&'a [u8]>, scope: Option<usize>, fp: u32, at: &[i64]) -> Origin<'a> {
+    fn from<'a>(keys: Option<&'a Keys>, scope: Option<usize>, fp: u32, at: &[i64]) -> Origin<'a> {
         Origin {
-            key,
+            keys,
             scope,
             fingerprint: fp,
             position: at.to_vec(),
@@ -540,7 +548,10 @@ mod tests {
                 .all(|(a, b)| a.as_ptr() == b.as_ptr()),
             "the ring's own bytes, not copies"
         );
-        let (mut replay, floor) = start(&ring, from(Some(b"a"), None, fp, &[11, 20]));
+        let (mut replay, floor) = start(
+            &ring,
+            from(Some(&Keys::one(b"a".to_vec())), None, fp, &[11, 20]),
+        );
         assert_eq!(floor, None);
         assert_eq!(
             drain(&mut replay),
@@ -564,7 +575,10 @@ mod tests {
         let raised = sse::with_id(&events[1], &position::encode_dense(fp, &[12, 21]));
         assert_eq!(drain(&mut replay), [raised]);
         // A short-id stream of key a on partition 0 gets ids naming p0 alone.
-        let (mut replay, floor) = start(&ring, from(Some(b"a"), Some(0), fp, &[11, 21]));
+        let (mut replay, floor) = start(
+            &ring,
+            from(Some(&Keys::one(b"a".to_vec())), Some(0), fp, &[11, 21]),
+        );
         assert_eq!(floor, None);
         let short = sse::with_id(&events[2], &position::encode_sparse(fp, &[(0, 12)]));
         assert_eq!(drain(&mut replay), [short]);
@@ -716,7 +730,10 @@ mod tests {
             .all(|(a, b)| a.as_ptr() == b.as_ptr()));
         assert_eq!(encoded.get(), 3);
         // Key a only, short ids of partition 1: made from the kept record's encoding.
-        let (mut replay, _) = start(&ring, from(Some(b"a"), Some(1), fp, &[11, 20]));
+        let (mut replay, _) = start(
+            &ring,
+            from(Some(&Keys::one(b"a".to_vec())), Some(1), fp, &[11, 20]),
+        );
         let short = sse::with_id(&eager[2], &position::encode_sparse(fp, &[(1, 22)]));
         assert_eq!(drain(&mut replay), [short]);
         // Evicted, an entry takes its encoding's bytes with it.
@@ -751,7 +768,7 @@ mod tests {
         for (seq, entry) in (ring.first..).zip(&ring.entries) {
             let event = &eager[seq as usize];
             position[entry.partition] = entry.offset + 1;
-            if from.key.is_some() && entry.key.as_deref() != from.key {
+            if from.keys.is_some_and(|k| !k.contains(entry.key.as_deref())) {
                 continue;
             }
             let shared = match scope {
@@ -777,7 +794,7 @@ mod tests {
             resume in proptest::prelude::any::<proptest::sample::Index>(),
             own in proptest::collection::vec(proptest::prelude::any::<proptest::sample::Index>(), 3),
             at_an_event in proptest::prelude::any::<bool>(),
-            key in proptest::option::of(0u8..3),
+            key in proptest::option::of(0u8..4),
             scope in proptest::option::of(0usize..3),
         ) {
             let fp = position::fingerprint("t");
@@ -819,8 +836,13 @@ mod tests {
                     })
                     .collect()
             };
-            let key = key.map(|k| names[usize::from(k)]);
-            let origin = || from(key, scope, fp, &client);
+            // A key, or (3) a set of two keys, whose streams carry full ids.
+            let keys = key.map(|k| match k {
+                3 => Keys::new(vec![b"a".to_vec(), b"c".to_vec()]).unwrap(),
+                k => Keys::one(names[usize::from(k)].to_vec()),
+            });
+            let scope = scope.filter(|_| key != Some(3));
+            let origin = || from(keys.as_ref(), scope, fp, &client);
             let (expected, expected_floor) = walked(&ring, &eager, origin());
             let shared = Arc::new(RwLock::new(ring));
             let (mut replay, floor) = start(&shared, origin());

@@ -12,8 +12,9 @@ use parking_lot::Mutex;
 use super::floor::{covers, id_for};
 use super::group::{Cursor, Handoff, Owner, Seat, View};
 use super::replay::{Origin, Replay};
-use super::topic::{Sub, Topic, TopicState};
+use super::topic::{Listed, Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
+use crate::keyset::Keys;
 use crate::metrics::TopicSeries;
 use crate::partitioner::KeyPartitioner;
 use crate::position::Position;
@@ -152,26 +153,16 @@ pub struct Parts {
 pub(super) struct Registration {
     topic: Arc<Topic>,
     id: u64,
-    key: Option<Vec<u8>>,
+    keys: Option<Keys>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
         let mut state = self.topic.lock();
         let removed = state.pending.remove(&self.id)
-            || match &self.key {
-                None => state.all.remove(&self.id).is_some(),
-                Some(key) => match state.by_key.get_mut(key) {
-                    Some(set) => {
-                        let removed = set.remove(&self.id).is_some();
-                        if set.is_empty() {
-                            state.by_key.remove(key);
-                        }
-                        removed
-                    }
-                    None => false,
-                },
-            };
+            || state
+                .unregister(self.id, Listed::of(self.keys.as_ref()))
+                .is_some();
         if removed {
             state.stream_gone();
             state.tidy();
@@ -182,7 +173,7 @@ impl Drop for Registration {
 /// What a new stream asks for.
 struct Spec<'a> {
     id: u64,
-    key: Option<&'a [u8]>,
+    keys: Option<&'a Keys>,
     scope: Option<usize>,
     snapshot: bool,
 }
@@ -209,7 +200,7 @@ pub(super) enum HandOver {
 }
 
 /// The partition whose offset alone a key stream's ids carry, or `None` for full ids: a
-/// stream of key `key` on a topic of `partitions` partitions whose partitioner promise
+/// stream of the one key `keys` holds (a stream of several keys carries full ids) on a topic of `partitions` partitions whose partitioner promise
 /// (`promise`, while it holds) places the key there. A resumed stream stays short only when
 /// resumed from a short id of its key's own partition; a full id, another partition's, or one
 /// marked "every partition" is read with full-id meaning (partitions it does not name start at
@@ -217,10 +208,10 @@ pub(super) enum HandOver {
 fn key_scope(
     promise: Option<KeyPartitioner>,
     partitions: usize,
-    key: Option<&[u8]>,
+    keys: Option<&Keys>,
     start: &Start,
 ) -> Option<usize> {
-    let p = match (key, promise) {
+    let p = match (keys.and_then(Keys::single), promise) {
         (Some(k), Some(promise)) if !k.is_empty() => promise.partition(k, partitions),
         _ => return None,
     };
@@ -235,13 +226,13 @@ fn key_scope(
 }
 
 impl Hub {
-    /// Opens a stream of `topic` from `start`, optionally only records with key `key`, at `seat`
+    /// Opens a stream of `topic` from `start`, optionally only records of `keys`, at `seat`
     /// on its connection. It reads its connection's group for its view of the topic once live:
     /// at once when it starts live, after its replay or catch-up otherwise.
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
-        key: Option<Vec<u8>>,
+        keys: Option<Keys>,
         mut start: Start,
         seat: &Seat,
     ) -> Result<Subscription, SubscribeError> {
@@ -265,7 +256,7 @@ impl Hub {
             let scope = key_scope(
                 hub.promise.filter(|_| scoping),
                 partitions,
-                key.as_deref(),
+                keys.as_ref(),
                 &start,
             );
             let from = self
@@ -285,7 +276,7 @@ impl Hub {
                 let unscoped = scope.is_some() && !state.key_scoping;
                 let spec = Spec {
                     id,
-                    key: key.as_deref(),
+                    keys: keys.as_ref(),
                     scope,
                     snapshot,
                 };
@@ -299,7 +290,7 @@ impl Hub {
             let registration = Registration {
                 topic: hub.clone(),
                 id,
-                key,
+                keys,
             };
             let (events, start_id) = match opened {
                 Opened::Joined(start_id, cursor) => (Events::Group(cursor), Some(start_id)),
@@ -314,11 +305,11 @@ impl Hub {
                     scope,
                     handoff,
                 } => {
-                    let key = registration.key.clone();
+                    let keys = registration.keys.clone();
                     let job = catchup::Job {
                         topic: hub.clone(),
                         id,
-                        key,
+                        keys,
                         from,
                         tx,
                         snapshot,
@@ -514,11 +505,11 @@ impl Hub {
         state.idle_since = None;
         let (group, new) = {
             let state = &*state;
-            let registered = |g| match view.key {
+            let registered = |g| match view.keys {
                 None => state.groups.contains_key(&g),
-                Some(key) => state
+                Some(keys) => state
                     .key_groups
-                    .get(key)
+                    .get(keys.first())
                     .is_some_and(|s| s.get(g).is_some()),
             };
             let counters = || (hub.series.events.clone(), hub.series.bytes.clone());
@@ -535,20 +526,13 @@ impl Hub {
 
     /// Registers a stream that goes live with `sub`'s queue holding what comes before (a
     /// replay, a catch-up): in its connection's group when it has one and no floor (the queue
-    /// then ends after what it holds, and the stream reads the group), otherwise under its key
+    /// then ends after what it holds, and the stream reads the group), otherwise under its keys
     /// with its queue (a floor moves it to the group once covered, see [`Hub::dispatch`]).
-    pub(super) fn go_live(
-        &self,
-        hub: &Arc<Topic>,
-        state: &mut TopicState,
-        id: u64,
-        key: Option<&[u8]>,
-        sub: Sub,
-    ) {
+    pub(super) fn go_live(&self, hub: &Arc<Topic>, state: &mut TopicState, id: u64, sub: Sub) {
         if sub.floor.is_none() {
-            self.hand_to_group(hub, state, key, &sub);
+            self.hand_to_group(hub, state, &sub);
         } else {
-            state.register(id, key, sub);
+            state.register(id, sub);
         }
     }
 
@@ -556,15 +540,9 @@ impl Hub {
     /// to the stream's slot, which the stream reads once its queue has ended. The caller drops
     /// `sub` (its queue's sender) after the lock when the stream may be gone already, since a
     /// cursor's drop takes the lock.
-    pub(super) fn hand_to_group(
-        &self,
-        hub: &Arc<Topic>,
-        state: &mut TopicState,
-        key: Option<&[u8]>,
-        sub: &Sub,
-    ) {
+    pub(super) fn hand_to_group(&self, hub: &Arc<Topic>, state: &mut TopicState, sub: &Sub) {
         let view = View {
-            key,
+            keys: sub.keys.as_ref(),
             scope: sub.scope,
         };
         let cursor = self.join_group(hub, state, &sub.handoff.seat, view);
@@ -584,7 +562,7 @@ impl Hub {
     ) -> Opened {
         let Spec {
             id,
-            key,
+            keys,
             scope,
             snapshot,
         } = spec;
@@ -592,7 +570,7 @@ impl Hub {
         state.idle_since = None;
         let Some(from) = from else {
             let start_id = id_for(hub.fingerprint, scope, &state.positions);
-            let cursor = self.join_group(hub, state, &handoff.seat, View { key, scope });
+            let cursor = self.join_group(hub, state, &handoff.seat, View { keys, scope });
             return Opened::Joined(start_id, cursor);
         };
         let from: Vec<LogStart> = from
@@ -623,7 +601,7 @@ impl Hub {
         self.metrics.resumes.with_label_values(&["memory"]).inc();
         let start_id = id_for(hub.fingerprint, scope, &at);
         let origin = Origin {
-            key,
+            keys,
             scope,
             fingerprint: hub.fingerprint,
             position: at,
@@ -635,12 +613,13 @@ impl Hub {
         // The queue is new and empty: one slot takes the whole replay, read in the ring.
         let _ = tx.try_send_replay(replay);
         let sub = Sub {
+            keys: keys.cloned(),
             tx,
             floor,
             scope,
             handoff,
         };
-        self.go_live(hub, state, id, key, sub);
+        self.go_live(hub, state, id, sub);
         Opened::Ready(start_id)
     }
 
@@ -675,7 +654,7 @@ impl Hub {
         let (replay, floor) = match (&shared, &held) {
             (Some(shared), Some(held)) => {
                 let origin = Origin {
-                    key: job.key.as_deref(),
+                    keys: job.keys.as_ref(),
                     scope,
                     fingerprint: job.topic.fingerprint,
                     position: position.to_vec(),
@@ -709,12 +688,13 @@ impl Hub {
             .with_label_values(&[via])
             .inc();
         let sub = Sub {
+            keys: job.keys.clone(),
             tx: tx.clone(),
             floor,
             scope,
             handoff: job.handoff.clone(),
         };
-        self.go_live(&job.topic, &mut state, id, job.key.as_deref(), sub);
+        self.go_live(&job.topic, &mut state, id, sub);
         HandOver::Done
     }
 
@@ -733,12 +713,16 @@ mod tests {
     fn key_scope_is_the_promised_partition_unless_resumed_from_a_full_id() {
         let promise = Some(KeyPartitioner::Crc32);
         let p = KeyPartitioner::Crc32.partition(b"k", 4);
-        let key = Some(&b"k"[..]);
+        let k = Keys::one(b"k".to_vec());
+        let key = Some(&k);
         assert_eq!(key_scope(promise, 4, key, &Start::Live), Some(p));
         assert_eq!(key_scope(promise, 4, key, &Start::Earliest), Some(p));
         assert_eq!(key_scope(None, 4, key, &Start::Live), None);
         assert_eq!(key_scope(promise, 4, None, &Start::Live), None);
-        assert_eq!(key_scope(promise, 4, Some(b""), &Start::Live), None);
+        let empty = Keys::one(Vec::new());
+        assert_eq!(key_scope(promise, 4, Some(&empty), &Start::Live), None);
+        let two = Keys::new(vec![b"k".to_vec(), b"l".to_vec()]).unwrap();
+        assert_eq!(key_scope(promise, 4, Some(&two), &Start::Live), None);
         let token = |entries: Vec<(i32, i64)>, every| Start::Token(Position { entries, every });
         let short = token(vec![(p as i32, 5)], false);
         assert_eq!(key_scope(promise, 4, key, &short), Some(p));

@@ -18,6 +18,7 @@ use super::group::{Group, Handoff, Owner};
 use super::order::{Level, Ordered};
 use super::queue;
 use super::replay;
+use crate::keyset::Keys;
 use crate::metrics::{Metrics, TopicSeries};
 use crate::partitioner::KeyPartitioner;
 use crate::position;
@@ -50,10 +51,11 @@ pub(super) struct Topic {
     pub(super) keyless: IntCounter,
 }
 
-/// A registered stream: its queue, while resuming its floor, and for a key stream whose ids
-/// name only its key's partition, that partition. It is here only until its floor is covered:
-/// then it moves to its connection's group (`handoff`).
+/// A registered stream: its keys (`None`: every record), its queue, while resuming its floor,
+/// and for a key stream whose ids name only its key's partition, that partition. It is here
+/// only until its floor is covered: then it moves to its connection's group (`handoff`).
 pub(super) struct Sub {
+    pub(super) keys: Option<Keys>,
     pub(super) tx: queue::Sender,
     pub(super) floor: Option<Vec<i64>>,
     pub(super) scope: Option<usize>,
@@ -130,6 +132,69 @@ impl KeyGroups {
     }
 }
 
+/// Streams of several keys with queues of their own (resumed ones, until the live position
+/// covers their floor), and an index from each key to them: a record is offered to the streams
+/// of its key, found through the index, never by looking at every such stream.
+#[derive(Default)]
+pub(super) struct SetSubs {
+    pub(super) subs: HashMap<u64, Sub>,
+    pub(super) index: HashMap<Vec<u8>, Vec<u64>>,
+}
+
+impl SetSubs {
+    fn insert(&mut self, id: u64, sub: Sub) {
+        for key in sub.keys.iter().flat_map(Keys::iter) {
+            self.index.entry(key.to_vec()).or_default().push(id);
+        }
+        self.subs.insert(id, sub);
+    }
+
+    #[cfg(test)]
+    pub(super) fn insert_for_test(&mut self, id: u64, sub: Sub) {
+        self.insert(id, sub);
+    }
+
+    /// Takes stream `id` out, with its entries in the index.
+    pub(super) fn remove(&mut self, id: u64) -> Option<Sub> {
+        let sub = self.subs.remove(&id)?;
+        for key in sub.keys.iter().flat_map(Keys::iter) {
+            if let Some(ids) = self.index.get_mut(key) {
+                ids.retain(|i| *i != id);
+                if ids.is_empty() {
+                    self.index.remove(key);
+                }
+            }
+        }
+        Some(sub)
+    }
+
+    fn clear(&mut self) {
+        self.subs.clear();
+        self.index.clear();
+    }
+}
+
+/// Which list of a topic's streams with queues of their own a stream is in.
+#[derive(Clone, Copy)]
+pub(super) enum Listed<'a> {
+    /// Every record.
+    All,
+    /// One key.
+    Key(&'a [u8]),
+    /// Several keys.
+    Set,
+}
+
+impl<'a> Listed<'a> {
+    /// The list of a stream of `keys`.
+    pub(super) fn of(keys: Option<&'a Keys>) -> Listed<'a> {
+        match keys {
+            None => Listed::All,
+            Some(keys) => keys.single().map_or(Listed::Set, Listed::Key),
+        }
+    }
+}
+
 /// What a topic's lock guards: its position, its ring and its streams.
 #[derive(Default)]
 pub(super) struct TopicState {
@@ -142,9 +207,11 @@ pub(super) struct TopicState {
     pub(super) ring: Option<replay::Shared>,
     pub(super) all: HashMap<u64, Sub>,
     pub(super) by_key: HashMap<Vec<u8>, HashMap<u64, Sub>>,
+    pub(super) sets: SetSubs,
     /// Connections' groups of live streams that take every record, by id.
     pub(super) groups: HashMap<u64, Arc<Group>>,
-    /// Connections' groups of live streams of one key, by key, then by id.
+    /// Connections' groups of live streams of one key or several, by key (a group of several
+    /// keys under each of them), then by id.
     pub(super) key_groups: HashMap<Vec<u8>, KeyGroups>,
     /// Streams catching up from Kafka, not yet receiving live records.
     pub(super) pending: HashSet<u64>,
@@ -176,6 +243,16 @@ impl TopicState {
         }
         shrink_sparse(&mut self.all);
         shrink_sparse(&mut self.by_key);
+        shrink_sparse(&mut self.sets.subs);
+        shrink_sparse(&mut self.sets.index);
+    }
+
+    /// Every stream with a queue of its own.
+    pub(super) fn own_queue_subs_mut(&mut self) -> impl Iterator<Item = &mut Sub> {
+        self.all
+            .values_mut()
+            .chain(self.by_key.values_mut().flat_map(HashMap::values_mut))
+            .chain(self.sets.subs.values_mut())
     }
 
     /// From now on every key stream of the topic carries full ids: those with short ids switch
@@ -192,44 +269,57 @@ impl TopicState {
 
     /// True when `group` is registered with the topic (not closed or replaced).
     pub(super) fn holds_group(&self, group: &Arc<Group>) -> bool {
-        let held = match &group.key {
+        let held = match &group.keys {
             None => self.groups.get(&group.id),
-            Some(key) => self.key_groups.get(key).and_then(|set| set.get(group.id)),
+            Some(keys) => self
+                .key_groups
+                .get(keys.first())
+                .and_then(|set| set.get(group.id)),
         };
         held.is_some_and(|g| Arc::ptr_eq(g, group))
     }
 
     /// Registers a connection's new group.
     pub(super) fn insert_group(&mut self, group: Arc<Group>) {
-        match &group.key {
-            None => {
-                self.groups.insert(group.id, group);
-            }
-            Some(key) => match self.key_groups.get_mut(key) {
-                Some(set) => set.insert(group),
+        let Some(keys) = &group.keys else {
+            self.groups.insert(group.id, group);
+            return;
+        };
+        for key in keys.iter() {
+            match self.key_groups.get_mut(key) {
+                Some(set) => set.insert(group.clone()),
                 None => {
-                    self.key_groups.insert(key.clone(), KeyGroups::One(group));
+                    self.key_groups
+                        .insert(key.to_vec(), KeyGroups::One(group.clone()));
                 }
-            },
+            }
         }
     }
 
     /// Unregisters a group whose last stream went.
     pub(super) fn remove_group(&mut self, group: &Arc<Group>) {
-        match &group.key {
-            None => {
-                self.groups.remove(&group.id);
-            }
-            Some(key) => {
-                let emptied = self
-                    .key_groups
-                    .get_mut(key)
-                    .is_some_and(|set| set.remove(group.id));
-                if emptied {
-                    self.key_groups.remove(key);
-                }
+        let Some(keys) = &group.keys else {
+            self.groups.remove(&group.id);
+            return;
+        };
+        for key in keys.iter() {
+            let emptied = self
+                .key_groups
+                .get_mut(key)
+                .is_some_and(|set| set.remove(group.id));
+            if emptied {
+                self.key_groups.remove(key);
             }
         }
+    }
+
+    /// Every group once (a group of several keys is listed under each of them).
+    fn every_group(&self) -> impl Iterator<Item = &Arc<Group>> {
+        let keyed = self.key_groups.iter().flat_map(|(key, set)| {
+            set.iter()
+                .filter(move |g| g.keys.as_ref().is_some_and(|k| k.first() == key.as_slice()))
+        });
+        self.groups.values().chain(keyed)
     }
 
     /// A record broke the partitioner promise: records of a key may be on partitions its
@@ -275,27 +365,21 @@ impl TopicState {
     /// is already queued for it, then its queue closes; catch-ups in progress stop at their next
     /// hand-over check.
     pub(super) fn end_all(&mut self, last: impl Fn(Option<usize>, Option<&[i64]>) -> Bytes) {
-        for sub in self
-            .all
-            .values()
-            .chain(self.by_key.values().flat_map(|m| m.values()))
-        {
+        let mut count = 0;
+        for sub in self.own_queue_subs_mut() {
             let _ = sub.tx.try_send(last(sub.scope, sub.floor.as_deref()));
+            count += 1;
         }
         let grouped: usize = self
-            .groups
-            .values()
-            .chain(self.key_groups.values().flat_map(KeyGroups::iter))
+            .every_group()
             .map(|g| g.close(Some(&last(g.view().scope, None))))
             .sum();
-        let count = self.all.len()
-            + self.by_key.values().map(HashMap::len).sum::<usize>()
-            + self.pending.len()
-            + grouped;
+        count += self.pending.len() + grouped;
         self.groups.clear();
         self.key_groups.clear();
         self.all.clear();
         self.by_key.clear();
+        self.sets.clear();
         self.pending.clear();
         for _ in 0..count {
             self.stream_gone();
@@ -341,12 +425,35 @@ impl TopicState {
         }
     }
 
-    /// Registers a live stream: under its key, or among the streams of every record.
-    pub(super) fn register(&mut self, id: u64, key: Option<&[u8]>, sub: Sub) {
-        match key {
-            None => self.all.insert(id, sub),
-            Some(k) => self.by_key.entry(k.to_vec()).or_default().insert(id, sub),
-        };
+    /// Registers a live stream with a queue of its own: among the streams of every record, of
+    /// its key, or of several keys.
+    pub(super) fn register(&mut self, id: u64, sub: Sub) {
+        match Listed::of(sub.keys.as_ref()) {
+            Listed::All => {
+                self.all.insert(id, sub);
+            }
+            Listed::Key(k) => {
+                let k = k.to_vec();
+                self.by_key.entry(k).or_default().insert(id, sub);
+            }
+            Listed::Set => self.sets.insert(id, sub),
+        }
+    }
+
+    /// Takes stream `id` out of `list`, if it is there.
+    pub(super) fn unregister(&mut self, id: u64, list: Listed<'_>) -> Option<Sub> {
+        match list {
+            Listed::All => self.all.remove(&id),
+            Listed::Key(k) => {
+                let set = self.by_key.get_mut(k)?;
+                let sub = set.remove(&id);
+                if set.is_empty() {
+                    self.by_key.remove(k);
+                }
+                sub
+            }
+            Listed::Set => self.sets.remove(id),
+        }
     }
 }
 

@@ -269,6 +269,19 @@ pub async fn only_heartbeats_for(sse: &mut SseReader, period: Duration) -> usize
     heartbeats
 }
 
+/// Reads for `period`, expecting no event (heartbeats and id-only blocks are fine; the stream
+/// may end): after everything produced was read, an event would be a duplicate or a record the
+/// stream should not have.
+pub async fn no_event_for(sse: &mut SseReader, period: Duration) {
+    let until = tokio::time::Instant::now() + period;
+    while let Some(left) = until.checked_duration_since(tokio::time::Instant::now()) {
+        match sse.next_block_within(left).await {
+            Ok(Some(block)) => assert!(block.data.is_empty(), "an extra event: {block:?}"),
+            Ok(None) | Err(()) => break,
+        }
+    }
+}
+
 /// Checks a stream of `key:seq` payloads: per key, sequence numbers continue exactly.
 #[derive(Default)]
 pub struct Continuity {

@@ -17,6 +17,7 @@ use crate::hub::queue::{self, TrySendError};
 use crate::hub::subscribe::HandOver;
 use crate::hub::topic::Topic;
 use crate::hub::Hub;
+use crate::keyset::Keys;
 use crate::position;
 use crate::sse::{self, Gap};
 use crate::start::LogStart;
@@ -38,8 +39,8 @@ pub(super) struct Member {
 pub(super) struct Cohort {
     /// The streams' common position: what their clients have, or will have once `batch` is sent.
     pub(super) at: Vec<i64>,
-    /// The view: a key, or every record.
-    pub(super) key: Option<Vec<u8>>,
+    /// The view: some keys, or every record.
+    pub(super) keys: Option<Keys>,
     /// The key's partition, when the streams' ids name only it.
     pub(super) scope: Option<usize>,
     /// Events encoded and not queued yet.
@@ -51,7 +52,7 @@ impl Cohort {
     pub(super) fn new(member: Member, at: Vec<i64>) -> Cohort {
         Cohort {
             at,
-            key: member.job.key.clone(),
+            keys: member.job.keys.clone(),
             scope: member.job.scope,
             batch: BytesMut::new(),
             members: vec![member],
@@ -65,12 +66,14 @@ impl Cohort {
 
     /// True when `record_key` belongs to this cohort's view.
     pub(super) fn wants(&self, record_key: Option<&[u8]>) -> bool {
-        self.key.is_none() || self.key.as_deref() == record_key
+        self.keys
+            .as_ref()
+            .is_none_or(|keys| keys.contains(record_key))
     }
 }
 
-/// A cohort's view and position: key, scope, position.
-type View = (Option<Vec<u8>>, Option<usize>, Vec<i64>);
+/// A cohort's view and position: keys, scope, position.
+type View = (Option<Keys>, Option<usize>, Vec<i64>);
 
 /// Merges cohorts of the same view now at the same position (none with events waiting: call it
 /// right after every cohort was flushed). Streams that started apart share from here on.
@@ -86,7 +89,7 @@ pub(super) fn merge(cohorts: &mut Vec<Cohort>) {
             kept.push(c);
             continue;
         }
-        let view = (c.key.clone(), c.scope, c.at.clone());
+        let view = (c.keys.clone(), c.scope, c.at.clone());
         match index.get(&view) {
             Some(&i) => kept[i].members.append(&mut c.members),
             None => {

@@ -144,7 +144,8 @@ impl Readers {
 pub(super) struct Job {
     pub(super) topic: Arc<Topic>,
     pub(super) id: u64,
-    pub(super) key: Option<Vec<u8>>,
+    /// The stream's keys (`None`: every record).
+    pub(super) keys: Option<crate::keyset::Keys>,
     /// Where each partition starts (a partition added since starts at its log start).
     pub(super) from: Vec<LogStart>,
     pub(super) tx: queue::Sender,
@@ -489,7 +490,7 @@ mod tests {
         let job = Job {
             topic: topic.clone(),
             id,
-            key: None,
+            keys: None,
             from: vec![LogStart::Offset(0)],
             tx,
             snapshot: false,
