@@ -122,8 +122,14 @@ impl Fanout {
     /// since are looked at.
     pub fn mark_readers_due(&self) {
         let notified = std::mem::take(&mut *self.touched.notified.lock());
+        // Every group's waiting members in one list, marked due under one lock of the list:
+        // a connection of many groups of one stream each (streams of many keys) takes it once.
+        let mut due = Vec::new();
         for group in notified.iter().filter_map(Weak::upgrade) {
-            group.mark_readers_due();
+            group.take_waiting(&mut due);
+        }
+        if !due.is_empty() {
+            self.ready.mark(due);
         }
     }
 
@@ -325,8 +331,15 @@ impl Log {
 
     /// Marks the members waiting for an event due; they wait no more.
     fn mark_waiting_due(&mut self, ready: &Ready) {
+        let mut due = Vec::new();
+        self.take_waiting(&mut due);
+        ready.mark(due);
+    }
+
+    /// Adds the tokens of the members waiting for an event to `due`; they wait no more.
+    fn take_waiting(&mut self, due: &mut Vec<usize>) {
         let members = &mut self.members;
-        ready.mark(self.waiting.drain(..).map(|slot| {
+        due.extend(self.waiting.drain(..).map(|slot| {
             let m = &mut members[slot];
             m.waiting = false;
             m.token
@@ -478,14 +491,15 @@ impl Group {
         log.members()
     }
 
-    /// Marks due the members waiting for the events appended since the last call.
-    fn mark_readers_due(&self) {
+    /// Adds to `due` the members waiting for the events appended since the last call (the
+    /// connection marks them due).
+    fn take_waiting(&self, due: &mut Vec<usize>) {
         let mut log = self.log();
         if !log.notified {
             return;
         }
         log.notified = false;
-        log.mark_waiting_due(&self.ready);
+        log.take_waiting(due);
         // They wait no more: their next look takes the lock (and waits again if need be).
         self.version.fetch_add(1, Ordering::Release);
     }
