@@ -534,7 +534,13 @@ impl<'a> Fan<'a> {
     /// off.
     fn push_to_groups<'g>(&mut self, groups: impl Iterator<Item = &'g Arc<Group>>) {
         for group in groups {
-            let slow = group.push(self.shared(group.view().scope));
+            // A group's scope is read only when there is a scoped event: reading it would
+            // touch the group's memory (the connection's thread's) once more per record.
+            let event = match self.scoped {
+                Some(_) => self.shared(group.view().scope),
+                None => self.event,
+            };
+            let slow = group.push(event);
             if slow > 0 {
                 self.hub.cutoffs.inc_by(slow);
                 debug!(
