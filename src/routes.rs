@@ -14,6 +14,7 @@ use percent_encoding::percent_decode_str;
 use thiserror::Error;
 
 use crate::keyset::Keys;
+use crate::sse::Format;
 
 /// Longest topic name Kafka accepts.
 const MAX_TOPIC_LEN: usize = 249;
@@ -153,6 +154,30 @@ pub fn stream_keys(
         asked if asked > max => Err(KeysError::TooMany { asked, max }),
         _ => Ok(keys),
     }
+}
+
+/// The format a request asks for with `format=`: `plain` (the default) or `envelope`.
+pub fn stream_format(query: Option<&str>) -> Result<Format, String> {
+    let mut asked = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (name == "format").then_some(value)
+        });
+    let format = match asked.next() {
+        None | Some("plain") => Format::Plain,
+        Some("envelope") => Format::Envelope,
+        Some(other) => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(format!("format={shown:?} is not plain or envelope"));
+        }
+    };
+    let first = asked.next();
+    if first.is_some_and(|again| stream_format(Some(&format!("format={again}"))) != Ok(format)) {
+        return Err("format= is given twice, with different values".into());
+    }
+    Ok(format)
 }
 
 /// All routes of a gateway.
@@ -443,6 +468,30 @@ mod tests {
             why.contains("at most 1") && why.contains("KSG_MAX_KEYS_PER_STREAM"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn format_is_plain_unless_envelope_is_asked_for() {
+        assert_eq!(stream_format(None), Ok(Format::Plain));
+        assert_eq!(stream_format(Some("from=earliest")), Ok(Format::Plain));
+        assert_eq!(stream_format(Some("format=plain")), Ok(Format::Plain));
+        assert_eq!(
+            stream_format(Some("key=a&format=envelope")),
+            Ok(Format::Envelope)
+        );
+        assert_eq!(
+            stream_format(Some("format=envelope&format=envelope")),
+            Ok(Format::Envelope)
+        );
+        for bad in [
+            "format=json",
+            "format=",
+            "format",
+            "format=Envelope",
+            "format=plain&format=envelope",
+        ] {
+            assert!(stream_format(Some(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -134,6 +134,128 @@ pub fn with_id(event: &[u8], id: &str) -> Bytes {
     out.freeze()
 }
 
+/// How a stream's events carry records: the value alone (the default), or an envelope.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// The value as `data` (see the module's rules).
+    #[default]
+    Plain,
+    /// One JSON object per record as `data` ([`envelope_event`]).
+    Envelope,
+}
+
+/// What a record's envelope says (`?format=envelope`).
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The partition and the offset.
+    pub partition: usize,
+    /// The record's offset.
+    pub offset: i64,
+    /// Milliseconds since the epoch, if the record has a timestamp.
+    pub timestamp_ms: Option<i64>,
+    /// The key, if any.
+    pub key: Option<&'a [u8]>,
+    /// `None`: a tombstone.
+    pub value: Option<&'a [u8]>,
+    /// The record's headers as a JSON object ([`headers_json`]); `None`: none.
+    pub headers: Option<&'a [u8]>,
+}
+
+/// Encodes a record as one JSON object in one `data:` line: `topic`, `partition`, `offset`,
+/// `timestamp` (ms, or null), `key` and `value` (strings when valid UTF-8; otherwise null,
+/// with `key_b64` / `value_b64` in standard base64; a tombstone's value is null) and `headers`
+/// (an object, `{}` for none). A tombstone is `event: delete`; every other record is a default
+/// event.
+pub fn envelope_event(id: &str, r: &Envelope<'_>) -> Bytes {
+    let held = r.key.map_or(0, <[u8]>::len) + r.value.map_or(0, <[u8]>::len);
+    let mut data = Vec::with_capacity(held + r.headers.map_or(2, <[u8]>::len) + 128);
+    data.extend_from_slice(b"{\"topic\":");
+    json_string(&mut data, r.topic);
+    let timestamp = r.timestamp_ms.map_or("null".to_string(), |t| t.to_string());
+    let place = format!(
+        ",\"partition\":{},\"offset\":{},\"timestamp\":{timestamp}",
+        r.partition, r.offset
+    );
+    data.extend_from_slice(place.as_bytes());
+    json_bytes(&mut data, "key", r.key);
+    json_bytes(&mut data, "value", r.value);
+    data.extend_from_slice(b",\"headers\":");
+    data.extend_from_slice(r.headers.unwrap_or(b"{}"));
+    data.push(b'}');
+    let data = String::from_utf8(data).expect("JSON is UTF-8");
+    let event_type = r.value.is_none().then_some(EVENT_DELETE);
+    event(event_type, id, &data)
+}
+
+/// A record's headers as one JSON object: a value that is valid UTF-8 as a string, another as
+/// `{"b64": …}`, a null value as null. A name given more than once keeps its last value.
+/// `None` when there are no headers.
+pub fn headers_json<'h>(
+    headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+) -> Option<Bytes> {
+    let all: Vec<(&str, Option<&[u8]>)> = headers.into_iter().collect();
+    if all.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    let mut first = true;
+    for (i, (name, value)) in all.iter().enumerate() {
+        if all[i + 1..].iter().any(|(later, _)| later == name) {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        json_string(&mut out, name);
+        out.push(b':');
+        match value.map(|v| (v, std::str::from_utf8(v))) {
+            None => out.extend_from_slice(b"null"),
+            Some((_, Ok(text))) => json_string(&mut out, text),
+            Some((bytes, Err(_))) => {
+                out.extend_from_slice(b"{\"b64\":\"");
+                out.extend_from_slice(base64_std(bytes).as_bytes());
+                out.extend_from_slice(b"\"}");
+            }
+        }
+    }
+    out.push(b'}');
+    Some(Bytes::from(out))
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("a string serializes");
+}
+
+/// Appends `,"name":…` for bytes that may not be text: a string when valid UTF-8, otherwise
+/// null and `,"name_b64":"…"`; null when absent.
+fn json_bytes(out: &mut Vec<u8>, name: &str, bytes: Option<&[u8]>) {
+    out.extend_from_slice(format!(",\"{name}\":").as_bytes());
+    match bytes.map(|b| (b, std::str::from_utf8(b))) {
+        None => out.extend_from_slice(b"null"),
+        Some((_, Ok(text))) => json_string(out, text),
+        Some((raw, Err(_))) => {
+            out.extend_from_slice(format!("null,\"{name}_b64\":\"").as_bytes());
+            out.extend_from_slice(base64_std(raw).as_bytes());
+            out.push(b'"');
+        }
+    }
+}
+
+/// The part of `event` (a default event of this module) that is `value` itself, when the value
+/// went out as one `data:` line unchanged (valid UTF-8 without line breaks): what a holder of
+/// both keeps once. `None` otherwise.
+pub fn value_within(event: &Bytes, value: &[u8]) -> Option<Bytes> {
+    let at = memchr::memmem::find(event, b"data: ")? + 6;
+    let slice = event.get(at..at + value.len())?;
+    (slice == value && event.get(at + value.len()) == Some(&b'\n'))
+        .then(|| event.slice(at..at + value.len()))
+}
+
 /// Encodes `event: oversize` for a record too large to send: where it is and how large.
 pub fn oversize_event(id: &str, partition: usize, offset: i64, bytes: usize) -> Bytes {
     let data = format!(r#"{{"partition":{partition},"offset":{offset},"bytes":{bytes}}}"#);
@@ -318,6 +440,98 @@ mod tests {
         assert_eq!(
             text(gap_event("x", &g)),
             "event: gap\nid: x\ndata: {\"partitions\":[{\"partition\":0,\"from\":3,\"to\":10,\"skipped\":7},{\"partition\":2,\"from\":0,\"to\":1,\"skipped\":1}]}\n\n"
+        );
+    }
+
+    /// The envelope's JSON, and the event's type.
+    fn envelope_of(event: Bytes) -> (Option<String>, serde_json::Value) {
+        let text = text(event);
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+        };
+        assert_eq!(text.matches("data: ").count(), 1, "one data line: {text:?}");
+        let data = field("data: ").unwrap();
+        (field("event: "), serde_json::from_str(&data).unwrap())
+    }
+
+    #[test]
+    fn an_envelope_is_one_json_line_with_the_records_place_key_value_and_headers() {
+        let headers = headers_json([
+            ("tenant", Some(&b"acme"[..])),
+            ("raw", Some(&[0xff, 0x00][..])),
+            ("none", None),
+            ("tenant", Some(b"other")),
+        ]);
+        let r = Envelope {
+            topic: "orders",
+            partition: 2,
+            offset: 41,
+            timestamp_ms: Some(1_700_000_000_123),
+            key: Some(b"o-1"),
+            value: Some(b"{\"a\":\"line1\\nline2\"}\r\nsecond"),
+            headers: headers.as_deref(),
+        };
+        let (event_type, json) = envelope_of(envelope_event("ID", &r));
+        assert_eq!(event_type, None);
+        let expected = serde_json::json!({
+            "topic": "orders", "partition": 2, "offset": 41, "timestamp": 1_700_000_000_123i64,
+            "key": "o-1", "value": "{\"a\":\"line1\\nline2\"}\r\nsecond",
+            "headers": {"raw": {"b64": "/wA="}, "none": null, "tenant": "other"},
+        });
+        assert_eq!(json, expected);
+        // Bytes that are not text: null, and base64 beside; a tombstone: `event: delete`.
+        let r = Envelope {
+            key: Some(&[0xfe]),
+            value: None,
+            timestamp_ms: None,
+            headers: None,
+            ..r
+        };
+        let (event_type, json) = envelope_of(envelope_event("ID", &r));
+        assert_eq!(event_type.as_deref(), Some(EVENT_DELETE));
+        assert_eq!(json["key"], serde_json::Value::Null);
+        assert_eq!(json["key_b64"], "/g==");
+        assert_eq!(json["value"], serde_json::Value::Null);
+        assert!(json.get("value_b64").is_none());
+        assert_eq!(json["timestamp"], serde_json::Value::Null);
+        assert_eq!(json["headers"], serde_json::json!({}));
+        let r = Envelope {
+            key: None,
+            value: Some(&[0x80, b'a']),
+            ..r
+        };
+        let (_, json) = envelope_of(envelope_event("ID", &r));
+        assert_eq!(
+            (json["key"].clone(), json["value_b64"].clone()),
+            (serde_json::Value::Null, "gGE=".into())
+        );
+        assert_eq!(headers_json(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_one_line_value_is_found_within_its_event() {
+        for value in [&b"{\"a\":1}"[..], b"", b" spaced ", b"id: x"] {
+            let event = record_event("ID", Some(b"k"), Some(value));
+            let within = value_within(&event, value).expect("one line");
+            assert_eq!(&within[..], value);
+            if !value.is_empty() {
+                assert_eq!(
+                    within.as_ptr(),
+                    event[event.len() - value.len() - 2..].as_ptr()
+                );
+            }
+        }
+        for value in [&b"a\nb"[..], b"a\r\nb", b"a\rb", &[0xff, 0xfe][..]] {
+            let event = record_event("ID", Some(b"k"), Some(value));
+            assert_eq!(value_within(&event, value), None, "{value:?}");
+        }
+        let event = record_event("ID", Some(b"k"), Some(b"ab"));
+        assert_eq!(
+            value_within(&event, b"a"),
+            None,
+            "a prefix is not the value"
         );
     }
 

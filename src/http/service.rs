@@ -183,6 +183,10 @@ impl App {
             Ok(keys) => keys,
             Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_keys", &e.to_string()),
         };
+        let format = match crate::routes::stream_format(request.uri().query()) {
+            Ok(format) => format,
+            Err(why) => return self.refuse(StatusCode::BAD_REQUEST, "bad_format", &why),
+        };
         let default = if self.snapshot_topics.allows(&target.topic) {
             Start::Snapshot
         } else {
@@ -211,7 +215,11 @@ impl App {
         };
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
-        let subscription = match self.hub.subscribe(&target.topic, keys, start, seat).await {
+        let subscription = match self
+            .hub
+            .subscribe(&target.topic, keys, format, start, seat)
+            .await
+        {
             Ok(s) => s,
             Err(e) => {
                 let (status, reason, why) = refusal(&e);

@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use super::order::{Level, Ordered};
 use crate::keyset::Keys;
+use crate::sse::Format;
 use crate::wake::Ready;
 
 /// One connection's groups, one per view of a topic it streams.
@@ -71,6 +72,8 @@ pub(super) struct View<'a> {
     pub(super) keys: Option<&'a Keys>,
     /// For a key stream whose ids name only its key's partition, that partition.
     pub(super) scope: Option<usize>,
+    /// How its events carry records.
+    pub(super) format: Format,
 }
 
 /// A stream's place on its connection: the connection's groups and the stream's token, by which
@@ -169,6 +172,7 @@ impl Fanout {
         let group = Arc::new(Group {
             id: new_id,
             keys: view.keys.cloned(),
+            format: view.format,
             scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
             unflushed: AtomicBool::new(false),
             owner: Arc::downgrade(owner),
@@ -208,6 +212,8 @@ pub(super) struct Group {
     pub(super) id: u64,
     /// The record keys its streams take, or `None` for every record.
     pub(super) keys: Option<Keys>,
+    /// How its events carry records.
+    format: Format,
     /// The partition its streams' ids name alone ([`NO_SCOPE`]: full ids); changed only under
     /// the topic's lock (partitions added widen it).
     scope: AtomicUsize,
@@ -465,6 +471,7 @@ impl Group {
         View {
             keys: self.keys.as_ref(),
             scope: (scope != NO_SCOPE).then_some(scope),
+            format: self.format,
         }
     }
 
@@ -725,6 +732,7 @@ mod tests {
         let all = View {
             keys: None,
             scope: None,
+            format: Format::Plain,
         };
         let (group, new) = fanout.group_for(
             &(topic.clone() as Arc<dyn Owner>),
@@ -804,6 +812,7 @@ mod tests {
         let view = View {
             keys: Some(&other),
             scope: None,
+            format: Format::Plain,
         };
         let owner = topic.clone() as Arc<dyn Owner>;
         let counters = || (counter("events"), counter("bytes"));
@@ -1069,6 +1078,7 @@ mod tests {
             let view = View {
                 keys: keys.as_ref(),
                 scope,
+                format: Format::Plain,
             };
             let counters = || (counter("events"), counter("bytes"));
             let (group, new) = fanout.group_for(
@@ -1131,6 +1141,7 @@ mod tests {
         let view = View {
             keys: Some(&set),
             scope: None,
+            format: Format::Plain,
         };
         let counters = || (counter("events"), counter("bytes"));
         let (ab, new) = fanout.group_for(&owner, view, |_| true, 8, 8, counters);
@@ -1140,6 +1151,7 @@ mod tests {
         let view = View {
             keys: Some(&same),
             scope: None,
+            format: Format::Plain,
         };
         let (again, new) = fanout.group_for(&owner, view, |_| true, 9, 8, counters);
         assert!(

@@ -40,6 +40,7 @@ pub mod replay;
 mod subscribe;
 mod topic;
 
+use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,11 +55,11 @@ use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
 use crate::position;
 use crate::source::{LiveRecord, RecordSink, Source, SourceError};
-use crate::sse;
+use crate::sse::{self, Format};
 use floor::for_stream;
 use group::Group;
 pub use group::{Fanout, Seat};
-use replay::{Entry, Record};
+use replay::{Entry, Meta, Record};
 pub use subscribe::{Events, Parts, Subscription};
 use topic::{KeyGroups, Listed, SetSubs, Sub, Topic, TopicState};
 
@@ -175,6 +176,35 @@ impl Hub {
         }
     }
 
+    /// Encodes one record read by a catch-up reader in `format`: see [`Hub::encode`].
+    fn encode_read(
+        &self,
+        hub: &Topic,
+        format: Format,
+        id: &str,
+        partition: usize,
+        message: &crate::source::Record<'_>,
+    ) -> Bytes {
+        let (offset, key, value) = (message.offset(), message.key(), message.payload());
+        if format == Format::Plain {
+            return self.encode(hub, id, partition, offset, key, value);
+        }
+        if let Some(bytes) = self.oversize(hub, partition, offset, value) {
+            return sse::oversize_event(id, partition, offset, bytes);
+        }
+        let headers = message.headers_json();
+        let envelope = sse::Envelope {
+            topic: &hub.name,
+            partition,
+            offset,
+            timestamp_ms: message.timestamp_ms(),
+            key,
+            value,
+            headers: headers.as_deref(),
+        };
+        sse::envelope_event(id, &envelope)
+    }
+
     /// A record was found off the partition the promised partitioner gives its key: counted,
     /// logged once per topic, and the topic's key streams carry full ids for good.
     fn promise_broken(&self, hub: &Topic, state: &mut TopicState, partition: usize, seen_by: &str) {
@@ -274,13 +304,7 @@ impl Hub {
             || in_sets;
         if !live {
             state.ring.as_ref()?;
-            let kept = match self.oversize(hub, p, record.offset, record.value) {
-                Some(bytes) => Record::Oversize(bytes),
-                None => Record::Value(record.value.map(Bytes::copy_from_slice)),
-            };
-            let partitions = state.positions.len();
-            let key = key.map(Bytes::copy_from_slice);
-            return Some(Entry::later(p, record.offset, key, kept, partitions));
+            return Some(self.ring_entry(hub, state, record, p, None));
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(hub, &id, p, record.offset, key, record.value);
@@ -303,6 +327,12 @@ impl Hub {
             offset: record.offset,
             event: &event,
             scoped: scoped.as_ref(),
+            envelope: OnceCell::new(),
+            record,
+            id: &id,
+            oversized: record
+                .value
+                .is_some_and(|v| v.len() > self.config.max_event_bytes),
             gone: 0,
             cut: 0,
         };
@@ -337,8 +367,42 @@ impl Hub {
             state.log_cutoffs(record.topic, cut);
         }
         state.ring.as_ref()?;
-        let key = key.map(Bytes::copy_from_slice);
-        Some(Entry::encoded(p, record.offset, key, event))
+        Some(self.ring_entry(hub, state, record, p, Some(event)))
+    }
+
+    /// The ring's entry of `record` (on partition `p`): the record as it came (what any format
+    /// of its event is made of, later), with its plain `event` if a stream took it.
+    fn ring_entry(
+        &self,
+        hub: &Topic,
+        state: &TopicState,
+        record: &LiveRecord<'_>,
+        p: usize,
+        event: Option<Bytes>,
+    ) -> Entry {
+        // A record that has its event was counted as oversize when it was encoded.
+        let over = match event {
+            Some(_) => record
+                .value
+                .map(<[u8]>::len)
+                .filter(|&bytes| bytes > self.config.max_event_bytes),
+            None => self.oversize(hub, p, record.offset, record.value),
+        };
+        // A value its plain event carries unchanged is kept as a part of it, not copied.
+        let kept = match (over, record.value, &event) {
+            (Some(bytes), _, _) => Record::Oversize(bytes),
+            (None, Some(value), Some(event)) => Record::Value(Some(
+                sse::value_within(event, value).unwrap_or_else(|| Bytes::copy_from_slice(value)),
+            )),
+            (None, value, _) => Record::Value(value.map(Bytes::copy_from_slice)),
+        };
+        let meta = Meta {
+            timestamp_ms: record.timestamp_ms,
+            headers: record.headers_json(),
+        };
+        let key = record.key.map(Bytes::copy_from_slice);
+        let partitions = state.positions.len();
+        Entry::new((p, record.offset), key, kept, meta, partitions, event)
     }
 
     /// Advances the topic's position past the record and checks it against the partitioner
@@ -447,6 +511,13 @@ struct Fan<'a> {
     event: &'a Bytes,
     /// The event with an id naming only its partition, for short-id key streams.
     scoped: Option<&'a Bytes>,
+    /// The event in the envelope format, encoded for the first stream that takes it, of the
+    /// record, with the event's id.
+    envelope: OnceCell<Bytes>,
+    record: &'a LiveRecord<'a>,
+    id: &'a str,
+    /// The record is over `KSG_MAX_EVENT_BYTES`: every format's event is the notice.
+    oversized: bool,
     gone: usize,
     cut: u64,
 }
@@ -458,6 +529,30 @@ impl<'a> Fan<'a> {
         match (self.scoped, scope) {
             (Some(scoped), Some(_)) => scoped,
             _ => self.event,
+        }
+    }
+
+    /// The bytes a stream (or group) of `scope` and `format` shares: the envelope is encoded
+    /// once, for the first that takes it (streams of that format carry full ids).
+    fn for_view(&self, scope: Option<usize>, format: Format) -> &Bytes {
+        match format {
+            Format::Envelope if !self.oversized => {
+                let record = self.record;
+                self.envelope.get_or_init(|| {
+                    let headers = record.headers_json();
+                    let envelope = sse::Envelope {
+                        topic: &self.hub.name,
+                        partition: self.p,
+                        offset: self.offset,
+                        timestamp_ms: record.timestamp_ms,
+                        key: record.key,
+                        value: record.value,
+                        headers: headers.as_deref(),
+                    };
+                    sse::envelope_event(self.id, &envelope)
+                })
+            }
+            _ => self.shared(scope),
         }
     }
 
@@ -500,7 +595,7 @@ impl<'a> Fan<'a> {
 
     /// Offers the event to one stream with a queue of its own.
     fn offer_one(&mut self, sub: &mut Sub, after: &[i64]) -> Offered {
-        let shared = self.shared(sub.scope);
+        let shared = self.for_view(sub.scope, sub.format);
         let Some(bytes) = for_stream(
             &mut sub.floor,
             sub.scope,
@@ -534,13 +629,8 @@ impl<'a> Fan<'a> {
     /// off.
     fn push_to_groups<'g>(&mut self, groups: impl Iterator<Item = &'g Arc<Group>>) {
         for group in groups {
-            // A group's scope is read only when there is a scoped event: reading it would
-            // touch the group's memory (the connection's thread's) once more per record.
-            let event = match self.scoped {
-                Some(_) => self.shared(group.view().scope),
-                None => self.event,
-            };
-            let slow = group.push(event);
+            let view = group.view();
+            let slow = group.push(self.for_view(view.scope, view.format));
             if slow > 0 {
                 self.hub.cutoffs.inc_by(slow);
                 debug!(
@@ -596,6 +686,7 @@ mod tests {
             key: Some(key.as_bytes()),
             value: Some(value.as_bytes()),
             timestamp_ms: None,
+            headers: None,
         }
     }
 
@@ -620,6 +711,7 @@ mod tests {
             state.streams += 1;
             let sub = Sub {
                 keys: Some(keys(&["b", "a"])),
+                format: Format::Plain,
                 tx,
                 floor: Some(vec![3, 0]),
                 scope: None,
@@ -685,6 +777,7 @@ mod tests {
             let handoff = Handoff::new(&fanout.seat(0));
             let sub = Sub {
                 keys: Some(keys(list)),
+                format: Format::Plain,
                 tx,
                 floor: Some(floor),
                 scope: None,
@@ -706,12 +799,17 @@ mod tests {
         let offer = |sets: &mut SetSubs, key: &str, (p, offset): (usize, i64), after: &[i64]| {
             let id = position::encode_dense(fp, after);
             let event = sse::record_event(&id, Some(key.as_bytes()), Some(b"v"));
+            let record = record(p as i32, offset, key, "v");
             let mut fan = Fan {
                 hub: &topic,
                 p,
                 offset,
                 event: &event,
                 scoped: None,
+                envelope: OnceCell::new(),
+                record: &record,
+                id: &id,
+                oversized: false,
                 gone: 0,
                 cut: 0,
             };

@@ -29,7 +29,7 @@ use prometheus::IntCounter;
 use super::floor::{id_for, judge, Verdict};
 use crate::keyset::Keys;
 use crate::position;
-use crate::sse;
+use crate::sse::{self, Format};
 
 /// Fixed per-entry bookkeeping counted against the byte budget.
 pub(crate) const ENTRY_OVERHEAD: usize = 64;
@@ -42,18 +42,27 @@ pub struct Entry {
     pub offset: i64,
     /// Key, for key-filtered replays.
     pub key: Option<Bytes>,
-    event: Event,
+    /// The record as it came: what an envelope, or a plain event no stream took, is made of.
+    record: Record,
+    meta: Meta,
+    /// The topic's partitions when it was dispatched: its ids name those.
+    partitions: u32,
+    /// Its plain event: encoded when it was dispatched (a stream took it), or by the first
+    /// replay that needs it.
+    plain: OnceLock<Bytes>,
+    /// Its event in the envelope format, encoded by the first replay that needs it.
+    envelope: OnceLock<Bytes>,
+    /// The plain event came with the entry (counted in its cost, not as encoded later).
+    plain_given: bool,
 }
 
-/// A record's event: encoded when it was dispatched (a stream took it), or later.
-enum Event {
-    Encoded(Bytes),
-    Later {
-        record: Record,
-        /// The topic's partitions when it was dispatched: its id names those.
-        partitions: u32,
-        event: OnceLock<Bytes>,
-    },
+/// What a record's envelope says beyond its key and value.
+#[derive(Clone, Default)]
+pub struct Meta {
+    /// Milliseconds since the epoch, if the record has a timestamp.
+    pub timestamp_ms: Option<i64>,
+    /// Its headers as a JSON object, if it has any.
+    pub headers: Option<Bytes>,
 }
 
 /// What an event not encoded yet is made of.
@@ -66,18 +75,47 @@ pub enum Record {
 }
 
 impl Entry {
-    /// A record whose event was encoded as it was dispatched.
-    pub fn encoded(partition: usize, offset: i64, key: Option<Bytes>, event: Bytes) -> Entry {
+    /// A record dispatched on a topic of `partitions` partitions; `plain`: its plain event, if
+    /// a stream took it (otherwise encoded when a replay first needs it).
+    pub fn new(
+        (partition, offset): (usize, i64),
+        key: Option<Bytes>,
+        record: Record,
+        meta: Meta,
+        partitions: usize,
+        plain: Option<Bytes>,
+    ) -> Entry {
+        let plain_given = plain.is_some();
         Entry {
             partition,
             offset,
             key,
-            event: Event::Encoded(event),
+            record,
+            meta,
+            partitions: partitions as u32,
+            plain: plain.map_or_else(OnceLock::new, OnceLock::from),
+            envelope: OnceLock::new(),
+            plain_given,
         }
     }
 
-    /// A record no stream took as it was dispatched, on a topic of `partitions` partitions:
-    /// encoded when a replay first needs it.
+    /// A record whose plain event was encoded as it was dispatched, without what other
+    /// formats are made of: for tests of the plain format.
+    #[cfg(test)]
+    pub fn encoded(partition: usize, offset: i64, key: Option<Bytes>, event: Bytes) -> Entry {
+        let (record, meta) = (Record::Value(None), Meta::default());
+        Entry::new(
+            (partition, offset),
+            key,
+            record,
+            meta,
+            usize::MAX,
+            Some(event),
+        )
+    }
+
+    /// A record no stream took, on a topic of `partitions` partitions: for tests.
+    #[cfg(test)]
     pub fn later(
         partition: usize,
         offset: i64,
@@ -85,58 +123,67 @@ impl Entry {
         record: Record,
         partitions: usize,
     ) -> Entry {
-        Entry {
-            partition,
-            offset,
-            key,
-            event: Event::Later {
-                record,
-                partitions: partitions as u32,
-                event: OnceLock::new(),
-            },
-        }
+        let meta = Meta::default();
+        Entry::new((partition, offset), key, record, meta, partitions, None)
     }
 
-    /// The bytes it holds as appended (an event encoded later is counted when it is).
+    /// The bytes it holds as appended (an event encoded later is counted when it is; a value
+    /// kept as a part of its plain event, once).
     fn cost(&self) -> usize {
-        let held = match &self.event {
-            Event::Encoded(event) => event.len(),
-            Event::Later {
-                record: Record::Value(value),
-                ..
-            } => value.as_ref().map_or(0, Bytes::len),
-            Event::Later { .. } => 0,
+        let value = match (&self.record, self.plain.get()) {
+            (Record::Value(Some(value)), Some(plain))
+                if plain.as_ptr_range().contains(&value.as_ptr()) =>
+            {
+                0
+            }
+            (Record::Value(value), _) => value.as_ref().map_or(0, Bytes::len),
+            (Record::Oversize(_), _) => 0,
         };
-        held + self.key.as_ref().map_or(0, Bytes::len) + ENTRY_OVERHEAD
+        let plain = match self.plain_given {
+            true => self.plain.get().map_or(0, Bytes::len),
+            false => 0,
+        };
+        let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+        value + plain + len(&self.key) + len(&self.meta.headers) + ENTRY_OVERHEAD
     }
 
-    /// The bytes of an event encoded after it was appended.
+    /// The bytes of events encoded after it was appended.
     fn encoded_later(&self) -> usize {
-        match &self.event {
-            Event::Later { event, .. } => event.get().map_or(0, Bytes::len),
-            Event::Encoded(_) => 0,
-        }
+        let plain = match self.plain_given {
+            true => 0,
+            false => self.plain.get().map_or(0, Bytes::len),
+        };
+        plain + self.envelope.get().map_or(0, Bytes::len)
     }
 
-    /// Its event, encoded now if it was not, with the id of `after` (the hub's position after
-    /// the record) on the topic `fingerprint`; counted in `ring`.
-    fn event(&self, fingerprint: u32, after: &[i64], ring: &Ring) -> &Bytes {
-        let (record, partitions, cell) = match &self.event {
-            Event::Encoded(event) => return event,
-            Event::Later {
-                record,
-                partitions,
-                event,
-            } => (record, *partitions as usize, event),
+    /// Its event in `format`, encoded now if it was not, with the id of `after` (the hub's
+    /// position after the record) on topic `topic`; counted in `ring`.
+    fn event(&self, format: Format, topic: &Topic, after: &[i64], ring: &Ring) -> &Bytes {
+        let cell = match format {
+            Format::Plain => &self.plain,
+            Format::Envelope => &self.envelope,
         };
         cell.get_or_init(|| {
-            let id = position::encode_dense(fingerprint, &after[..partitions.min(after.len())]);
-            let event = match record {
-                Record::Value(value) => {
+            let partitions = self.partitions as usize;
+            let id = position::encode_dense(topic.1, &after[..partitions.min(after.len())]);
+            let event = match (&self.record, format) {
+                (Record::Oversize(bytes), _) => {
+                    sse::oversize_event(&id, self.partition, self.offset, *bytes)
+                }
+                (Record::Value(value), Format::Plain) => {
                     sse::record_event(&id, self.key.as_deref(), value.as_deref())
                 }
-                Record::Oversize(bytes) => {
-                    sse::oversize_event(&id, self.partition, self.offset, *bytes)
+                (Record::Value(value), Format::Envelope) => {
+                    let envelope = sse::Envelope {
+                        topic: topic.0,
+                        partition: self.partition,
+                        offset: self.offset,
+                        timestamp_ms: self.meta.timestamp_ms,
+                        key: self.key.as_deref(),
+                        value: value.as_deref(),
+                        headers: self.meta.headers.as_deref(),
+                    };
+                    sse::envelope_event(&id, &envelope)
                 }
             };
             ring.encoded_later.fetch_add(event.len(), Ordering::Relaxed);
@@ -147,6 +194,9 @@ impl Entry {
         })
     }
 }
+
+/// A topic's name and fingerprint, for the events a replay encodes.
+type Topic<'a> = (&'a str, u32);
 
 /// Entries between two marks: a replay finds its start from the latest mark before it, walking
 /// at most this many entries more than those it sends.
@@ -299,12 +349,19 @@ pub struct Replay {
     keys: Option<Keys>,
     scope: Option<usize>,
     fingerprint: u32,
+    format: Format,
+    /// The topic's name, for envelopes (empty for the plain format).
+    topic: String,
 }
 
 /// What a stream's replay starts from: its filter, its ids and the position its client has.
 pub struct Origin<'a> {
     /// The stream's keys (`None`: every record).
     pub keys: Option<&'a Keys>,
+    /// The format of its events.
+    pub format: Format,
+    /// Its topic's name (which envelopes carry).
+    pub topic: &'a str,
     /// The partition its ids name alone, for a short-id key stream.
     pub scope: Option<usize>,
     /// The topic's fingerprint, for the ids made for the stream.
@@ -362,6 +419,11 @@ impl Replay {
             keys: from.keys.cloned(),
             scope: from.scope,
             fingerprint: from.fingerprint,
+            format: from.format,
+            topic: match from.format {
+                Format::Plain => String::new(),
+                Format::Envelope => from.topic.to_string(),
+            },
         };
         (replay, floor)
     }
@@ -378,6 +440,8 @@ impl Replay {
             keys: None,
             scope: None,
             fingerprint: 0,
+            format: Format::Plain,
+            topic: String::new(),
         }
     }
 
@@ -432,7 +496,8 @@ impl Replay {
                     Some(id_for(self.fingerprint, self.scope, floor))
                 }
             };
-            let event = entry.event(self.fingerprint, &self.position, &ring);
+            let topic = (self.topic.as_str(), self.fingerprint);
+            let event = entry.event(self.format, &topic, &self.position, &ring);
             return Ok(Some(match id {
                 None => event.clone(),
                 Some(id) => sse::with_id(event, &id),
@@ -453,6 +518,8 @@ pub(crate) fn replay_of(events: &[Bytes], limit: usize) -> (Shared, Replay) {
     let shared = Arc::new(RwLock::new(ring));
     let origin = Origin {
         keys: None,
+        format: Format::Plain,
+        topic: "t",
         scope: None,
         fingerprint: 0,
         position: vec![0],
@@ -518,6 +585,8 @@ mod tests {
     fn from<'a>(keys: Option<&'a Keys>, scope: Option<usize>, fp: u32, at: &[i64]) -> Origin<'a> {
         Origin {
             keys,
+            format: Format::Plain,
+            topic: "t",
             scope,
             fingerprint: fp,
             position: at.to_vec(),
@@ -741,6 +810,109 @@ mod tests {
         held.limit = 0;
         held.push(Entry::later(0, 12, None, Record::Value(None), 2));
         assert_eq!(held.bytes(), 0);
+    }
+
+    #[test]
+    fn a_replay_in_the_envelope_format_encodes_each_record_as_it_came_with_the_same_ids() {
+        let fp = position::fingerprint("orders");
+        let mut ring = Ring::new(1 << 20, vec![0, 0]);
+        let headers = sse::headers_json([("tenant", Some(&b"acme"[..]))]);
+        let mut plain = Vec::new();
+        let mut at = vec![0, 0];
+        // Taken at dispatch (its plain event given), then one no stream took, then a tombstone.
+        for (p, offset, value, taken) in [
+            (1, 0, Some("v0"), true),
+            (0, 0, Some("v1"), false),
+            (1, 1, None, true),
+        ] {
+            at[p] = offset + 1;
+            let id = position::encode_dense(fp, &at);
+            let event = sse::record_event(&id, Some(b"k"), value.map(str::as_bytes));
+            plain.push(event.clone());
+            let meta = Meta {
+                timestamp_ms: Some(1000 + offset),
+                headers: headers.clone(),
+            };
+            let record = Record::Value(value.map(|v| Bytes::copy_from_slice(v.as_bytes())));
+            let key = Some(Bytes::from_static(b"k"));
+            ring.push(Entry::new(
+                (p, offset),
+                key,
+                record,
+                meta,
+                2,
+                taken.then_some(event),
+            ));
+        }
+        let shared = Arc::new(RwLock::new(ring));
+        let origin = |format| Origin {
+            keys: None,
+            format,
+            topic: "orders",
+            scope: None,
+            fingerprint: fp,
+            position: vec![0, 0],
+        };
+        let (mut replay, _) = start(&shared, origin(Format::Plain));
+        assert_eq!(
+            drain(&mut replay),
+            plain,
+            "the plain events, the given ones shared"
+        );
+        let (mut replay, _) = start(&shared, origin(Format::Envelope));
+        let sent = drain(&mut replay);
+        assert_eq!(sent.len(), 3);
+        for (envelope, plain) in sent.iter().zip(&plain) {
+            let (text, plain) = (
+                String::from_utf8_lossy(envelope),
+                String::from_utf8_lossy(plain),
+            );
+            let id = |t: &str| {
+                t.lines()
+                    .find(|l| l.starts_with("id: "))
+                    .map(str::to_string)
+            };
+            assert_eq!(id(&text), id(&plain), "the same id");
+            let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+            let json: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(json["topic"], "orders");
+            assert_eq!(json["key"], "k");
+            assert_eq!(json["headers"], serde_json::json!({"tenant": "acme"}));
+            assert_eq!(json["timestamp"], 1000 + json["offset"].as_i64().unwrap());
+        }
+        let value = |e: &Bytes| {
+            let t = String::from_utf8_lossy(e).to_string();
+            let data = t
+                .lines()
+                .find_map(|l| l.strip_prefix("data: "))
+                .unwrap()
+                .to_string();
+            serde_json::from_str::<serde_json::Value>(&data).unwrap()["value"].clone()
+        };
+        assert_eq!(value(&sent[0]), "v0");
+        assert_eq!(value(&sent[1]), "v1");
+        assert_eq!(value(&sent[2]), serde_json::Value::Null);
+        assert!(String::from_utf8_lossy(&sent[2]).starts_with("event: delete\n"));
+        // Encoded once: a second replay shares the bytes.
+        let (mut again, _) = start(&shared, origin(Format::Envelope));
+        assert!(drain(&mut again)
+            .iter()
+            .zip(&sent)
+            .all(|(a, b)| a.as_ptr() == b.as_ptr()));
+    }
+
+    #[test]
+    fn a_value_kept_within_its_plain_event_is_counted_once() {
+        let event = sse::record_event("ID", Some(b"k"), Some(b"one line"));
+        let within = sse::value_within(&event, b"one line").unwrap();
+        let entry = |value: Bytes| {
+            let record = Record::Value(Some(value));
+            Entry::new((0, 0), None, record, Meta::default(), 1, Some(event.clone()))
+        };
+        let shared = entry(within);
+        assert_eq!(shared.cost(), event.len() + ENTRY_OVERHEAD);
+        let copied = entry(Bytes::from_static(b"one line"));
+        assert_eq!(copied.cost(), event.len() + 8 + ENTRY_OVERHEAD);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::partitioner::KeyPartitioner;
 use crate::position::Position;
 use crate::source::SourceError;
 use crate::sse;
+use crate::sse::Format;
 use crate::start::{self, LogStart, PartitionStart, Start};
 
 /// Where a stream's events come from.
@@ -174,6 +175,7 @@ impl Drop for Registration {
 struct Spec<'a> {
     id: u64,
     keys: Option<&'a Keys>,
+    format: Format,
     scope: Option<usize>,
     snapshot: bool,
 }
@@ -233,6 +235,7 @@ impl Hub {
         self: &Arc<Self>,
         topic: &str,
         keys: Option<Keys>,
+        format: Format,
         mut start: Start,
         seat: &Seat,
     ) -> Result<Subscription, SubscribeError> {
@@ -253,12 +256,14 @@ impl Hub {
                 let state = hub.lock();
                 (state.positions.len(), state.key_scoping)
             };
+            // Envelopes carry full ids: one encoding of a record per format.
             let scope = key_scope(
                 hub.promise.filter(|_| scoping),
                 partitions,
                 keys.as_ref(),
                 &start,
-            );
+            )
+            .filter(|_| format == Format::Plain);
             let from = self
                 .partition_starts(&hub, &start, partitions, scope)
                 .await?;
@@ -277,6 +282,7 @@ impl Hub {
                 let spec = Spec {
                     id,
                     keys: keys.as_ref(),
+                    format,
                     scope,
                     snapshot,
                 };
@@ -310,6 +316,7 @@ impl Hub {
                         topic: hub.clone(),
                         id,
                         keys,
+                        format,
                         from,
                         tx,
                         snapshot,
@@ -544,6 +551,7 @@ impl Hub {
         let view = View {
             keys: sub.keys.as_ref(),
             scope: sub.scope,
+            format: sub.format,
         };
         let cursor = self.join_group(hub, state, &sub.handoff.seat, view);
         *sub.handoff.slot.lock() = Some(cursor);
@@ -563,6 +571,7 @@ impl Hub {
         let Spec {
             id,
             keys,
+            format,
             scope,
             snapshot,
         } = spec;
@@ -570,7 +579,12 @@ impl Hub {
         state.idle_since = None;
         let Some(from) = from else {
             let start_id = id_for(hub.fingerprint, scope, &state.positions);
-            let cursor = self.join_group(hub, state, &handoff.seat, View { keys, scope });
+            let view = View {
+                keys,
+                scope,
+                format,
+            };
+            let cursor = self.join_group(hub, state, &handoff.seat, view);
             return Opened::Joined(start_id, cursor);
         };
         let from: Vec<LogStart> = from
@@ -602,6 +616,8 @@ impl Hub {
         let start_id = id_for(hub.fingerprint, scope, &at);
         let origin = Origin {
             keys,
+            format,
+            topic: &hub.name,
             scope,
             fingerprint: hub.fingerprint,
             position: at,
@@ -614,6 +630,7 @@ impl Hub {
         let _ = tx.try_send_replay(replay);
         let sub = Sub {
             keys: keys.cloned(),
+            format,
             tx,
             floor,
             scope,
@@ -655,6 +672,8 @@ impl Hub {
             (Some(shared), Some(held)) => {
                 let origin = Origin {
                     keys: job.keys.as_ref(),
+                    format: job.format,
+                    topic: &job.topic.name,
                     scope,
                     fingerprint: job.topic.fingerprint,
                     position: position.to_vec(),
@@ -689,6 +708,7 @@ impl Hub {
             .inc();
         let sub = Sub {
             keys: job.keys.clone(),
+            format: job.format,
             tx: tx.clone(),
             floor,
             scope,

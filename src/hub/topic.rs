@@ -56,6 +56,7 @@ pub(super) struct Topic {
 /// only until its floor is covered: then it moves to its connection's group (`handoff`).
 pub(super) struct Sub {
     pub(super) keys: Option<Keys>,
+    pub(super) format: crate::sse::Format,
     pub(super) tx: queue::Sender,
     pub(super) floor: Option<Vec<i64>>,
     pub(super) scope: Option<usize>,

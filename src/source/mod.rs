@@ -14,7 +14,7 @@ use std::time::Duration;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
@@ -30,7 +30,7 @@ const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 const DISPATCH_BATCH: usize = 256;
 
 /// A record of the live consumer, borrowed from it for the length of one call.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct LiveRecord<'a> {
     /// The record's topic.
     pub topic: &'a str,
@@ -44,6 +44,15 @@ pub struct LiveRecord<'a> {
     pub value: Option<&'a [u8]>,
     /// Milliseconds since the epoch, when the record has a timestamp.
     pub timestamp_ms: Option<i64>,
+    /// Its headers, when it has any.
+    pub headers: Option<&'a BorrowedHeaders>,
+}
+
+impl LiveRecord<'_> {
+    /// Its headers as a JSON object (`sse::headers_json`), when it has any.
+    pub fn headers_json(&self) -> Option<bytes::Bytes> {
+        crate::sse::headers_json(self.headers?.iter().map(|h| (h.key, h.value)))
+    }
 }
 
 /// Where the live consumer's records go.
@@ -320,7 +329,14 @@ fn live_record<'m>(message: &'m BorrowedMessage<'_>) -> LiveRecord<'m> {
         key: message.key(),
         value: message.payload(),
         timestamp_ms: message.timestamp().to_millis(),
+        headers: message.headers(),
     }
+}
+
+/// A message's headers as a JSON object (`sse::headers_json`), when it has any.
+pub(crate) fn headers_json(message: &BorrowedMessage<'_>) -> Option<bytes::Bytes> {
+    let headers = message.headers()?;
+    crate::sse::headers_json(headers.iter().map(|h| (h.key, h.value)))
 }
 
 /// Partitions `first..first + offsets.len()` of `topic`, at `offsets`.

@@ -72,6 +72,11 @@ impl Record<'_> {
     pub fn timestamp_ms(&self) -> Option<i64> {
         self.0.timestamp().to_millis()
     }
+
+    /// The record's headers as a JSON object, if it has any.
+    pub fn headers_json(&self) -> Option<bytes::Bytes> {
+        super::headers_json(&self.0)
+    }
 }
 
 /// A reader's fetch position in one partition, as Kafka's client reports it.

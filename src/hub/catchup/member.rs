@@ -39,8 +39,9 @@ pub(super) struct Member {
 pub(super) struct Cohort {
     /// The streams' common position: what their clients have, or will have once `batch` is sent.
     pub(super) at: Vec<i64>,
-    /// The view: some keys, or every record.
+    /// The view: some keys, or every record, in a format.
     pub(super) keys: Option<Keys>,
+    pub(super) format: crate::sse::Format,
     /// The key's partition, when the streams' ids name only it.
     pub(super) scope: Option<usize>,
     /// Events encoded and not queued yet.
@@ -53,6 +54,7 @@ impl Cohort {
         Cohort {
             at,
             keys: member.job.keys.clone(),
+            format: member.job.format,
             scope: member.job.scope,
             batch: BytesMut::new(),
             members: vec![member],
@@ -72,8 +74,8 @@ impl Cohort {
     }
 }
 
-/// A cohort's view and position: keys, scope, position.
-type View = (Option<Keys>, Option<usize>, Vec<i64>);
+/// A cohort's view and position: keys, format, scope, position.
+type View = (Option<Keys>, crate::sse::Format, Option<usize>, Vec<i64>);
 
 /// Merges cohorts of the same view now at the same position (none with events waiting: call it
 /// right after every cohort was flushed). Streams that started apart share from here on.
@@ -89,7 +91,7 @@ pub(super) fn merge(cohorts: &mut Vec<Cohort>) {
             kept.push(c);
             continue;
         }
-        let view = (c.keys.clone(), c.scope, c.at.clone());
+        let view = (c.keys.clone(), c.format, c.scope, c.at.clone());
         match index.get(&view) {
             Some(&i) => kept[i].members.append(&mut c.members),
             None => {

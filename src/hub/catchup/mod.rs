@@ -146,6 +146,8 @@ pub(super) struct Job {
     pub(super) id: u64,
     /// The stream's keys (`None`: every record).
     pub(super) keys: Option<crate::keyset::Keys>,
+    /// The format of its events.
+    pub(super) format: crate::sse::Format,
     /// Where each partition starts (a partition added since starts at its log start).
     pub(super) from: Vec<LogStart>,
     pub(super) tx: queue::Sender,
@@ -406,20 +408,22 @@ impl Hub {
             if !c.wants(message.key()) {
                 continue;
             }
+            let format = c.format;
             if let Some(l) = c.snapshot() {
-                self.snapshot_record(l, topic, p, message);
+                self.snapshot_record(l, topic, p, message, format);
                 continue;
             }
             let same = encoded
                 .as_ref()
                 .filter(|(j, _)| {
-                    cohorts[*j].scope == cohorts[i].scope && cohorts[*j].at == cohorts[i].at
+                    let (a, b) = (&cohorts[*j], &cohorts[i]);
+                    a.scope == b.scope && a.format == b.format && a.at == b.at
                 })
                 .map(|(_, event)| event.clone());
             let c = &mut cohorts[i];
             let event = same.unwrap_or_else(|| {
                 let id = id_for(topic.fingerprint, c.scope, &c.at);
-                let event = self.encode(topic, &id, p, offset, message.key(), message.payload());
+                let event = self.encode_read(topic, c.format, &id, p, message);
                 encoded = Some((i, event.clone()));
                 event
             });
@@ -491,6 +495,7 @@ mod tests {
             topic: topic.clone(),
             id,
             keys: None,
+            format: crate::sse::Format::Plain,
             from: vec![LogStart::Offset(0)],
             tx,
             snapshot: false,

@@ -103,21 +103,15 @@ impl Hub {
         topic: &Topic,
         partition: usize,
         message: &Record<'_>,
+        format: crate::sse::Format,
     ) {
         let Some(key) = message.key() else {
             topic.keyless.inc();
             return;
         };
-        let event = message.payload().map(|value| {
-            self.encode(
-                topic,
-                "",
-                partition,
-                message.offset(),
-                Some(key),
-                Some(value),
-            )
-        });
+        let event = message
+            .payload()
+            .map(|_| self.encode_read(topic, format, "", partition, message));
         let ts = message.timestamp_ms().unwrap_or(0);
         latest.record(partition, message.offset(), ts, key, event);
     }
