@@ -293,6 +293,7 @@ pub fn app(
         opens_per_sec: config.max_stream_opens_per_sec,
         opens_burst: config.max_streams_per_connection,
         max_keys: config.max_keys_per_stream,
+        snapshot_bytes: config.snapshot_bytes,
     }
 }
 

@@ -156,7 +156,16 @@ pub fn stream_keys(
     }
 }
 
-/// The format a request asks for with `format=`: `plain` (the default) or `envelope`.
+/// True when a request asks for one JSON document (`format=json`) rather than a stream.
+pub fn wants_json(query: Option<&str>) -> bool {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|pair| pair == "format=json")
+}
+
+/// The format a request asks for with `format=`: `plain` (the default) or `envelope` (also
+/// what `json`, one document rather than a stream, is made of).
 pub fn stream_format(query: Option<&str>) -> Result<Format, String> {
     let mut asked = query
         .into_iter()
@@ -167,10 +176,10 @@ pub fn stream_format(query: Option<&str>) -> Result<Format, String> {
         });
     let format = match asked.next() {
         None | Some("plain") => Format::Plain,
-        Some("envelope") => Format::Envelope,
+        Some("envelope" | "json") => Format::Envelope,
         Some(other) => {
             let shown: String = other.chars().take(32).collect();
-            return Err(format!("format={shown:?} is not plain or envelope"));
+            return Err(format!("format={shown:?} is not plain, envelope or json"));
         }
     };
     let first = asked.next();
@@ -483,8 +492,11 @@ mod tests {
             stream_format(Some("format=envelope&format=envelope")),
             Ok(Format::Envelope)
         );
+        assert_eq!(stream_format(Some("format=json")), Ok(Format::Envelope));
+        assert!(wants_json(Some("from=snapshot&format=json")));
+        assert!(!wants_json(Some("format=envelope")));
         for bad in [
-            "format=json",
+            "format=xml",
             "format=",
             "format",
             "format=Envelope",

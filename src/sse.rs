@@ -246,6 +246,32 @@ fn json_bytes(out: &mut Vec<u8>, name: &str, bytes: Option<&[u8]>) {
     }
 }
 
+/// Reads back one block of this module's events (without its blank line): its type, its id and
+/// its data (lines joined with LF), each `None` when absent. Text that is not UTF-8 reads as
+/// nothing.
+pub fn read_block(block: &[u8]) -> (Option<&str>, Option<&str>, Option<String>) {
+    let Ok(text) = std::str::from_utf8(block) else {
+        return (None, None, None);
+    };
+    let (mut kind, mut id, mut data): (_, _, Option<String>) = (None, None, None);
+    for line in text.split('\n') {
+        if let Some(value) = line.strip_prefix("event: ") {
+            kind = Some(value);
+        } else if let Some(value) = line.strip_prefix("id: ") {
+            id = Some(value);
+        } else if let Some(value) = line.strip_prefix("data: ") {
+            match &mut data {
+                Some(data) => {
+                    data.push('\n');
+                    data.push_str(value);
+                }
+                None => data = Some(value.to_string()),
+            }
+        }
+    }
+    (kind, id, data)
+}
+
 /// The part of `event` (a default event of this module) that is `value` itself, when the value
 /// went out as one `data:` line unchanged (valid UTF-8 without line breaks): what a holder of
 /// both keeps once. `None` otherwise.
@@ -533,6 +559,22 @@ mod tests {
             None,
             "a prefix is not the value"
         );
+    }
+
+    #[test]
+    fn a_block_reads_back_as_its_type_id_and_data() {
+        let record = record_event("ID", Some(b"k"), Some(b"one\ntwo"));
+        let block = &record[..record.len() - 2];
+        assert_eq!(
+            read_block(block),
+            (None, Some("ID"), Some("one\ntwo".into()))
+        );
+        let live = event(Some(EVENT_LIVE), "X", "{}");
+        assert_eq!(
+            read_block(&live[..live.len() - 2]),
+            (Some("live"), Some("X"), Some("{}".into()))
+        );
+        assert_eq!(read_block(b":"), (None, None, None));
     }
 
     #[test]

@@ -237,8 +237,112 @@ async fn envelopes_carry_every_part_of_a_record_for_every_kind_of_stream() {
     assert_eq!(latest[2].event.as_deref(), Some("live"));
 
     // A format this gateway does not know: 400, with the reason.
-    let (head, mut body) = get(&h2, &format!("/{topic}?format=json"), &[]).await;
+    let (head, mut body) = get(&h2, &format!("/{topic}?format=xml"), &[]).await;
     assert_eq!(head.status, 400);
-    assert!(body_text(&mut body).await.contains("not plain or envelope"));
+    assert!(body_text(&mut body)
+        .await
+        .contains("not plain, envelope or json"));
     gw.shutdown().await;
+}
+
+/// The JSON answer of `path`: its status and its document.
+async fn json_of(h2: &H2, path: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let (head, mut body) = get(h2, path, headers).await;
+    let text = body_text(&mut body).await;
+    if head.status != 200 {
+        return (head.status.as_u16(), json!(text));
+    }
+    let kind = head.headers.get("content-type").unwrap().to_str().unwrap();
+    assert_eq!(kind, "application/json");
+    (200, serde_json::from_str(&text).unwrap())
+}
+
+/// The `value`s of a document's records, sorted.
+fn values(doc: &Value) -> Vec<String> {
+    let mut values: Vec<String> = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap().to_string())
+        .collect();
+    values.sort();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_snapshot_hands_over_to_a_stream_with_no_gap_and_no_duplicate() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("jsonsnap");
+    cluster.create_topic(&topic, 3).await;
+    let p = cluster.producer();
+    produce_keyed(&p, &topic, 6, 0..10);
+    p.send(&topic, None, Some(b"key5"), None);
+    p.flush().await;
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+
+    // The latest record of every key (key5's is a tombstone: gone), and where they were read.
+    let (status, doc) = json_of(&h2, &format!("/{topic}?from=snapshot&format=json"), &[]).await;
+    assert_eq!(status, 200, "{doc}");
+    let latest: Vec<String> = (0..5).map(|k| format!("key{k}:9")).collect();
+    assert_eq!(values(&doc), latest);
+    assert!(doc["records"][0]["topic"] == json!(topic) && doc["records"][0]["partition"].is_i64());
+    let accept = [("accept", "application/json")];
+    let (_, by_accept) = json_of(&h2, &format!("/{topic}?from=snapshot"), &accept).await;
+    assert_eq!(values(&by_accept), latest);
+    assert_eq!(by_accept["id"], doc["id"]);
+    let (_, one) = json_of(
+        &h2,
+        &format!("/{topic}/key1?from=snapshot&format=json"),
+        &[],
+    )
+    .await;
+    assert_eq!(values(&one), ["key1:9"]);
+    let (_, two) = json_of(
+        &h2,
+        &format!("/{topic}?key=key2&key=key4&from=snapshot&format=json"),
+        &[],
+    )
+    .await;
+    assert_eq!(values(&two), ["key2:9", "key4:9"]);
+
+    // Render, then subscribe from the document's id: exactly what came after.
+    produce_keyed(&p, &topic, 6, 10..15);
+    p.flush().await;
+    let id = doc["id"].as_str().unwrap();
+    let mut sse = get_stream(&h2, &format!("/{topic}?lastEventId={id}"), &[]).await;
+    let mut seen = Continuity::starting_at((0..6).map(|k| format!("key{k}")), 10);
+    read_checked(&mut sse, 30, &mut seen).await;
+    no_event_for(&mut sse, Duration::from_millis(300)).await;
+
+    // `from=latest`: no records, the live position.
+    let (status, latest) = json_of(&h2, &format!("/{topic}?from=latest&format=json"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(latest["records"], json!([]));
+    produce_keyed(&p, &topic, 6, 15..17);
+    p.flush().await;
+    let id = latest["id"].as_str().unwrap();
+    let mut sse = get_stream(&h2, &format!("/{topic}"), &[("last-event-id", id)]).await;
+    let mut seen = Continuity::starting_at((0..6).map(|k| format!("key{k}")), 15);
+    read_checked(&mut sse, 12, &mut seen).await;
+    no_event_for(&mut sse, Duration::from_millis(300)).await;
+
+    // Only snapshots and the live position are documents.
+    let (status, why) = json_of(&h2, &format!("/{topic}?from=earliest&format=json"), &[]).await;
+    assert_eq!(status, 400);
+    assert!(why
+        .as_str()
+        .unwrap()
+        .contains("from=snapshot or from=latest"));
+    gw.shutdown().await;
+
+    // Past KSG_SNAPSHOT_BYTES: 413, with the reason.
+    let small = gateway(&cluster, &[("KSG_SNAPSHOT_BYTES", "1024")]).await;
+    let h2 = h2_connect(&small).await;
+    let (status, why) = json_of(&h2, &format!("/{topic}?from=snapshot&format=json"), &[]).await;
+    assert_eq!(status, 413, "{why}");
+    assert!(why.as_str().unwrap().contains("KSG_SNAPSHOT_BYTES"));
+    let refused = "ksg_streams_refused_total{reason=\"snapshot_too_large\"}";
+    assert_eq!(metric(&metrics(&small).await, refused), 1.0);
+    small.shutdown().await;
 }

@@ -8,6 +8,7 @@ pub mod cors;
 pub mod deadline;
 pub mod h1;
 pub mod h2conn;
+pub mod json;
 pub mod limits;
 pub mod proxy;
 pub mod server;

@@ -14,8 +14,9 @@ use tracing::debug;
 use crate::auth::{Authorizer, Failure};
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
+use crate::http::json;
 use crate::http::limits::{retry_after_secs, OpenRate, StreamSlots, FULL_RETRY_AFTER};
-use crate::hub::{Hub, Seat, SubscribeError};
+use crate::hub::{Hub, Seat, SubscribeError, Subscription};
 use crate::metrics::Metrics;
 use crate::routes::{ResolveError, Routes};
 use crate::start::Start;
@@ -27,6 +28,9 @@ use crate::stream::{SseStream, StreamSettings, TokenEnd};
 const DRAIN_BYTES: usize = 16 * 1024;
 /// ... and for at most this long.
 const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// How long a JSON snapshot answer may take to read its snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
 /// Largest request head accepted: target plus header fields, each field counted as HTTP/2
 /// counts it (name + value + 32 bytes). The protocol layers allow up to [`HEAD_HARD_LIMIT`], so
@@ -66,6 +70,8 @@ pub struct App {
     pub opens_burst: u32,
     /// `key=` parameters one stream may name (`KSG_MAX_KEYS_PER_STREAM`).
     pub max_keys: usize,
+    /// The records one JSON snapshot answer may hold, bytes (`KSG_SNAPSHOT_BYTES`).
+    pub snapshot_bytes: usize,
 }
 
 impl App {
@@ -201,6 +207,18 @@ impl App {
             Ok(start) => start,
             Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string()),
         };
+        // One JSON document instead of a stream: a snapshot, or the live position.
+        let json =
+            crate::routes::wants_json(request.uri().query()) || accepts_json(request.headers());
+        let json = match (json && !head, &start) {
+            (false, _) => None,
+            (true, Start::Snapshot) => Some(true),
+            (true, Start::Live) => Some(false),
+            (true, _) => {
+                let why = "a JSON answer is for from=snapshot or from=latest";
+                return self.refuse(StatusCode::BAD_REQUEST, "bad_format", why);
+            }
+        };
         if !self.ready.load(Ordering::Acquire) {
             let why = "Kafka has not been reached yet; retry shortly";
             return self.unavailable("kafka_unavailable", why);
@@ -215,6 +233,11 @@ impl App {
         };
         // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
         let start = if head { Start::Live } else { start };
+        // A JSON document's records are envelopes.
+        let format = match json {
+            Some(_) => crate::sse::Format::Envelope,
+            None => format,
+        };
         let subscription = match self
             .hub
             .subscribe(&target.topic, keys, format, start, seat)
@@ -239,6 +262,9 @@ impl App {
         {
             // The token expired while Kafka was asked where the stream starts.
             return self.refuse_auth(Failure::Expired);
+        }
+        if let Some(snapshot) = json {
+            return self.json_answer(subscription, snapshot).await;
         }
         if head {
             drop(subscription);
@@ -266,6 +292,44 @@ impl App {
         let mut response = Response::new(ResponseBody::Stream(stream));
         sse_headers(response.headers_mut());
         response
+    }
+
+    /// The JSON document of a snapshot read (`snapshot`: the records up to its `event: live`)
+    /// or of the live position (no records), from `subscription` (in the envelope format),
+    /// which is then dropped. Waits at most [`SNAPSHOT_WAIT`] for the snapshot.
+    async fn json_answer(
+        &self,
+        subscription: Subscription,
+        snapshot: bool,
+    ) -> Response<ResponseBody> {
+        let mut parts = subscription.into_parts();
+        let read = match (snapshot, parts.start_id.take()) {
+            (false, Some(id)) => Ok((id, Vec::new())),
+            _ => {
+                let read = json::read_snapshot(&mut parts.events, self.snapshot_bytes);
+                match tokio::time::timeout(SNAPSHOT_WAIT, read).await {
+                    Ok(read) => read,
+                    Err(_) => {
+                        let why = "the snapshot was not read in time; retry later";
+                        return self.unavailable("kafka_unavailable", why);
+                    }
+                }
+            }
+        };
+        match read {
+            Ok((id, records)) => {
+                let body = Bytes::from(json::document(&id, &records));
+                text_response(StatusCode::OK, "application/json", body)
+            }
+            Err(json::SnapshotError::TooLarge(bytes)) => {
+                let why = format!("the snapshot's records are over KSG_SNAPSHOT_BYTES ({} bytes; {bytes} read): read it as a stream (?from=snapshot) instead", self.snapshot_bytes);
+                self.refuse(StatusCode::PAYLOAD_TOO_LARGE, "snapshot_too_large", &why)
+            }
+            Err(json::SnapshotError::Ended) => self.unavailable(
+                "shutting_down",
+                "the snapshot ended before it was complete; retry later",
+            ),
+        }
     }
 
     /// A CORS preflight: allowed origins may send `Last-Event-ID` and `Cache-Control`.
@@ -428,7 +492,18 @@ fn jitter(max: u64) -> u64 {
 }
 
 /// Whether the request's `Accept` names `text/event-stream` (an EventSource always sends it).
+/// True when the request's `Accept` names `application/json` and not `text/event-stream` (an
+/// EventSource always names the latter).
+fn accepts_json(headers: &http::HeaderMap) -> bool {
+    accepts(headers, "application/json") && !accepts_event_stream(headers)
+}
+
 fn accepts_event_stream(headers: &http::HeaderMap) -> bool {
+    accepts(headers, "text/event-stream")
+}
+
+/// True when the request's `Accept` names `media` (parameters and quality aside).
+fn accepts(headers: &http::HeaderMap, media: &str) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
@@ -437,7 +512,7 @@ fn accepts_event_stream(headers: &http::HeaderMap) -> bool {
         .any(|item| {
             item.split(';')
                 .next()
-                .is_some_and(|media| media.trim().eq_ignore_ascii_case("text/event-stream"))
+                .is_some_and(|named| named.trim().eq_ignore_ascii_case(media))
         })
 }
 

@@ -907,7 +907,14 @@ mod tests {
         let within = sse::value_within(&event, b"one line").unwrap();
         let entry = |value: Bytes| {
             let record = Record::Value(Some(value));
-            Entry::new((0, 0), None, record, Meta::default(), 1, Some(event.clone()))
+            Entry::new(
+                (0, 0),
+                None,
+                record,
+                Meta::default(),
+                1,
+                Some(event.clone()),
+            )
         };
         let shared = entry(within);
         assert_eq!(shared.cost(), event.len() + ENTRY_OVERHEAD);
