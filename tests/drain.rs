@@ -23,6 +23,10 @@ async fn drain_then_resume_on_another_replica_loses_nothing() {
     // A key stream too: its key's last record is not the topic's.
     let (_, mut key0) = get(&to_leaving, &format!("/{topic}/key0"), &[]).await;
     key0.next_block().await.unwrap();
+    // And a stream of several keys.
+    let two_keys = format!("/{topic}?key=key1&key=key3");
+    let (_, mut keys) = get(&to_leaving, &two_keys, &[]).await;
+    keys.next_block().await.unwrap();
     let p = cluster.producer();
     produce_keyed(&p, &topic, 4, 0..5);
     p.flush().await;
@@ -65,11 +69,20 @@ async fn drain_then_resume_on_another_replica_loses_nothing() {
             seen_key0.check(&block);
         }
     }
+    let mut seen_keys = Continuity::default();
+    while let Some(block) = keys.next_block().await {
+        if !block.data.is_empty() {
+            seen_keys.check(&block);
+        }
+    }
     assert!(stopping.await.unwrap(), "drained in time");
     let id = sse.last_id.clone().unwrap();
     // Every stream ended with the live position: the key stream's last id is the topic's,
     // not that of key0's last record.
     assert_eq!(key0.last_id.as_ref(), Some(&id));
+    assert_eq!(keys.last_id.as_ref(), Some(&id));
+    assert!(["key1", "key3"].iter().all(|k| seen_keys.next_of(k) == 15));
+    assert_eq!(seen_keys.count, 30, "only its keys' records");
     let (_, mut key0) = get(
         &h2_connect(&staying).await,
         &format!("/{topic}/key0"),
@@ -91,6 +104,15 @@ async fn drain_then_resume_on_another_replica_loses_nothing() {
     // The key stream lost nothing either: key0's next record is the first it gets.
     assert_eq!(seen_key0.next_of("key0"), 15);
     seen_key0.check(&key0.next_event().await.unwrap());
+    // Nor the stream of several keys, resumed with the same id.
+    let (_, mut keys) = get(
+        &h2_connect(&staying).await,
+        &two_keys,
+        &[("last-event-id", &id)],
+    )
+    .await;
+    p.produce(&topic, Some("key3"), Some("key3:15")).await;
+    seen_keys.check(&keys.next_event().await.unwrap());
     staying.shutdown().await;
 }
 

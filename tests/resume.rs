@@ -778,9 +778,15 @@ async fn resume_ids_ahead_of_the_log_open_with_a_gap_and_read_those_partitions_f
             vec!["p0-0", "p0-1", "p1-0", "p1-1", "p2-0", "p2-1"],
         ),
     ];
+    // Every kind of path: every key, one key, several keys.
+    let paths = [
+        format!("/{topic}"),
+        format!("/{topic}/k"),
+        format!("/{topic}?key=k&key=other"),
+    ];
     for (id, partitions, expected) in cases {
-        for path in [format!("/{topic}"), format!("/{topic}/k")] {
-            let (head, mut sse) = get(&h2, &path, &[("last-event-id", &id)]).await;
+        for path in &paths {
+            let (head, mut sse) = get(&h2, path, &[("last-event-id", &id)]).await;
             assert_eq!(head.status, 200, "{path}");
             let first = sse.next_event().await.unwrap();
             assert_eq!(gap_of(&first), partitions, "{path}");
@@ -798,8 +804,8 @@ async fn resume_ids_ahead_of_the_log_open_with_a_gap_and_read_those_partitions_f
     // start from their earliest offsets, as for any id.
     let gone = position::encode_sparse(fp, &[(7, 0)]);
     let mut live = Vec::new();
-    for path in [format!("/{topic}"), format!("/{topic}/k")] {
-        let (head, mut sse) = get(&h2, &path, &[("last-event-id", &gone)]).await;
+    for path in &paths {
+        let (head, mut sse) = get(&h2, path, &[("last-event-id", &gone)]).await;
         assert_eq!(head.status, 200, "{path}");
         let first = sse.next_event().await.unwrap();
         assert_eq!(
@@ -823,7 +829,7 @@ async fn resume_ids_ahead_of_the_log_open_with_a_gap_and_read_those_partitions_f
     let text = metrics(&gw).await;
     assert_eq!(
         metric(&text, &format!("ksg_gaps_total{{topic=\"{topic}\"}}")),
-        6.0
+        9.0
     );
     assert_eq!(
         metric(&text, "ksg_streams_refused_total{reason=\"bad_resume_id\"}"),
