@@ -89,6 +89,17 @@ struct Template {
     label: Arc<str>,
     segments: Vec<Segment>,
     topic: Option<String>,
+    fixed: Fixed,
+}
+
+/// What a route fixes for every stream it serves (`KSG_ROUTES`: `/tech=stock-prices?key=GOOG`,
+/// `/watch=stock-prices?format=envelope`). A request may narrow it, never widen or change it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fixed {
+    /// Only these keys: a request may name some of them with `key=`, not others.
+    pub keys: Option<Keys>,
+    /// This format: a request may not ask for another.
+    pub format: Option<Format>,
 }
 
 /// What a path resolves to.
@@ -100,6 +111,8 @@ pub struct Target {
     pub key: Option<Vec<u8>>,
     /// The route's template, a bounded metric label.
     pub route: Arc<str>,
+    /// What the route fixes.
+    pub fixed: Fixed,
 }
 
 /// Why the keys a request asks for cannot be served (400).
@@ -116,6 +129,9 @@ pub enum KeysError {
     /// `key=` on a path that already names its key.
     #[error("this path names its key: key= parameters are for a path of every key")]
     OnKeyPath,
+    /// A key the route does not serve (it fixes its keys).
+    #[error("this route serves only its own keys: key= may name some of them, not others")]
+    NotInRoute,
     /// An empty key, or an escape that is not `%` and two hex digits.
     #[error("key= parameter: {0}")]
     Bad(String),
@@ -141,7 +157,8 @@ pub fn stream_keys(
     max: usize,
 ) -> Result<Option<Keys>, KeysError> {
     if query_key_values(query).next().is_none() {
-        return Ok(target.key.clone().map(Keys::one));
+        let fixed = target.fixed.keys.clone();
+        return Ok(fixed.or_else(|| target.key.clone().map(Keys::one)));
     }
     if target.key.is_some() {
         return Err(KeysError::OnKeyPath);
@@ -150,9 +167,37 @@ pub fn stream_keys(
         .map(|raw| decode_key(raw).map_err(|e| KeysError::Bad(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let keys = Keys::new(keys);
+    let outside = |fixed: &Keys| {
+        keys.iter()
+            .flat_map(Keys::iter)
+            .any(|k| !fixed.contains(Some(k)))
+    };
     match keys.as_ref().map_or(0, Keys::len) {
         asked if asked > max => Err(KeysError::TooMany { asked, max }),
+        _ if target.fixed.keys.as_ref().is_some_and(outside) => Err(KeysError::NotInRoute),
         _ => Ok(keys),
+    }
+}
+
+/// The format of a stream of `target` ([`stream_format`]), or the one its route fixes: a
+/// request may name that one (or `json`, for a route of envelopes), no other.
+pub fn stream_format_for(target: &Target, query: Option<&str>) -> Result<Format, String> {
+    let asked = stream_format(query)?;
+    let named = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .any(|pair| pair.split_once('=').unwrap_or((pair, "")).0 == "format");
+    match target.fixed.format {
+        None => Ok(asked),
+        Some(fixed) if !named || asked == fixed => Ok(fixed),
+        Some(fixed) => {
+            let name = if fixed == Format::Plain {
+                "plain"
+            } else {
+                "envelope"
+            };
+            Err(format!("this route serves format={name} only"))
+        }
     }
 }
 
@@ -252,6 +297,7 @@ impl Routes {
             topic,
             key,
             route: route.clone(),
+            fixed: Fixed::default(),
         })
     }
 }
@@ -288,12 +334,17 @@ impl Template {
             topic,
             key,
             route: self.label.clone(),
+            fixed: self.fixed.clone(),
         }))
     }
 }
 
-fn parse_template(item: &str) -> Result<Template, RouteError> {
-    let bad = |why| RouteError::BadTemplate(item.to_string(), why);
+fn parse_template(whole: &str) -> Result<Template, RouteError> {
+    let bad = |why| RouteError::BadTemplate(whole.to_string(), why);
+    let (item, fixed) = match whole.split_once('?') {
+        Some((item, query)) => (item.trim(), parse_fixed(query).map_err(bad)?),
+        None => (whole, Fixed::default()),
+    };
     let (path, topic) = match item.rsplit_once('=') {
         Some((path, topic)) => (path.trim(), Some(topic.trim().to_string())),
         None => (item, None),
@@ -315,6 +366,9 @@ fn parse_template(item: &str) -> Result<Template, RouteError> {
     if count(Segment::Key) > 1 || count(Segment::Topic) > 1 {
         return Err(bad("a placeholder appears twice"));
     }
+    if count(Segment::Key) > 0 && fixed.keys.is_some() {
+        return Err(bad("a template with {key} cannot fix keys"));
+    }
     match (&topic, count(Segment::Topic)) {
         (Some(t), 0) if is_topic_name(t) => {}
         (Some(_), 0) => return Err(bad("the topic after = is not a valid topic name")),
@@ -326,6 +380,29 @@ fn parse_template(item: &str) -> Result<Template, RouteError> {
         label: path.into(),
         segments,
         topic,
+        fixed,
+    })
+}
+
+/// What a template's query fixes: `key=` (any number, decoded like a path's key) and
+/// `format=` (`plain` or `envelope`).
+fn parse_fixed(query: &str) -> Result<Fixed, &'static str> {
+    let mut keys = Vec::new();
+    let mut format = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("key", raw)) => {
+                keys.push(decode_key(raw).map_err(|_| "a fixed key is empty or badly escaped")?)
+            }
+            Some(("format", "plain")) if format.is_none() => format = Some(Format::Plain),
+            Some(("format", "envelope")) if format.is_none() => format = Some(Format::Envelope),
+            Some(("format", _)) => return Err("format= is fixed once, as plain or envelope"),
+            _ => return Err("only key= and format= can be fixed"),
+        }
+    }
+    Ok(Fixed {
+        keys: Keys::new(keys),
+        format,
     })
 }
 
@@ -477,6 +554,60 @@ mod tests {
             why.contains("at most 1") && why.contains("KSG_MAX_KEYS_PER_STREAM"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn a_route_may_fix_keys_and_a_format_that_a_request_narrows_but_never_widens() {
+        let r = routes(
+            "*",
+            "/tech=t?key=GOOG&key=AAPL,/watch=t?format=envelope,/both/{topic}?key=a%2Fb&format=plain",
+        );
+        let keys = |t: &Target, q: &str| {
+            stream_keys(t, Some(q).filter(|q| !q.is_empty()), 10)
+                .map(|k| k.map(|k| k.iter().map(<[u8]>::to_vec).collect::<Vec<_>>()))
+        };
+        let tech = r.resolve("/tech").unwrap();
+        let list = |l: &[&[u8]]| Ok(Some(l.iter().map(|k| k.to_vec()).collect()));
+        assert_eq!(keys(&tech, ""), list(&[b"AAPL", b"GOOG"]));
+        assert_eq!(keys(&tech, "key=GOOG"), list(&[b"GOOG"]));
+        assert_eq!(keys(&tech, "key=GOOG&key=MSFT"), Err(KeysError::NotInRoute));
+        assert_eq!(stream_format_for(&tech, None), Ok(Format::Plain));
+        assert_eq!(
+            stream_format_for(&tech, Some("format=envelope")),
+            Ok(Format::Envelope)
+        );
+        let watch = r.resolve("/watch").unwrap();
+        assert_eq!(keys(&watch, ""), Ok(None));
+        assert_eq!(stream_format_for(&watch, None), Ok(Format::Envelope));
+        assert_eq!(
+            stream_format_for(&watch, Some("format=envelope")),
+            Ok(Format::Envelope)
+        );
+        assert_eq!(
+            stream_format_for(&watch, Some("format=json")),
+            Ok(Format::Envelope)
+        );
+        assert!(stream_format_for(&watch, Some("format=plain")).is_err());
+        let both = r.resolve("/both/t").unwrap();
+        assert_eq!(keys(&both, ""), list(&[b"a/b"]));
+        assert!(stream_format_for(&both, Some("format=envelope")).is_err());
+        assert!(stream_format_for(&both, Some("format=json")).is_err());
+        assert_eq!(
+            keys(&r.resolve("/t").unwrap(), ""),
+            Ok(None),
+            "default routes fix nothing"
+        );
+        let filter = || TopicFilter::parse("*").unwrap();
+        for bad in [
+            "/x/{key}=t?key=a",
+            "/x=t?where=/a=1",
+            "/x=t?format=json",
+            "/x=t?key=",
+            "/x=t?key=%zz",
+            "/x=t?format=plain&format=envelope",
+        ] {
+            assert!(Routes::parse(bad, filter()).is_err(), "{bad}");
+        }
     }
 
     #[test]

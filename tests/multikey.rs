@@ -247,3 +247,51 @@ async fn key_parameters_are_decoded_like_path_keys_and_bounded() {
     no_event_for(&mut sse, Duration::from_millis(300)).await;
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_fixes_keys_and_a_format_that_a_request_cannot_widen() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("routed");
+    cluster.create_topic(&topic, 2).await;
+    let routes = format!("/tech={topic}?key=GOOG&key=AAPL,/watch={topic}?format=envelope");
+    let gw = gateway(&cluster, &[("KSG_ROUTES", routes.as_str())]).await;
+    let h2 = h2_connect(&gw).await;
+    let mut tech = get_stream(&h2, "/tech", &[]).await;
+    let mut goog = get_stream(&h2, "/tech?key=GOOG", &[]).await;
+    let mut watch = get_stream(&h2, "/watch?key=MSFT", &[]).await;
+    for sse in [&mut tech, &mut goog, &mut watch] {
+        sse.next_block().await.unwrap();
+    }
+    for (query, why) in [
+        ("/tech?key=GOOG&key=MSFT", "only its own keys"),
+        ("/watch?format=plain", "format=envelope only"),
+    ] {
+        let (head, mut body) = get(&h2, query, &[]).await;
+        assert_eq!(head.status, 400, "{query}");
+        assert!(body_text(&mut body).await.contains(why), "{query}");
+    }
+    let p = cluster.producer();
+    for key in ["GOOG", "MSFT", "AAPL"] {
+        p.send(
+            &topic,
+            None,
+            Some(key.as_bytes()),
+            Some(format!("{key}:1").as_bytes()),
+        );
+    }
+    p.flush().await;
+    let mut got: Vec<String> = tech.events(2).await.iter().map(Block::text).collect();
+    got.sort();
+    assert_eq!(got, ["AAPL:1", "GOOG:1"]);
+    assert_eq!(goog.next_event().await.unwrap().text(), "GOOG:1");
+    let envelope: serde_json::Value =
+        serde_json::from_str(&watch.next_event().await.unwrap().text()).unwrap();
+    assert_eq!(
+        (envelope["key"].as_str(), envelope["value"].as_str()),
+        (Some("MSFT"), Some("MSFT:1"))
+    );
+    for sse in [&mut tech, &mut goog, &mut watch] {
+        no_event_for(sse, Duration::from_millis(300)).await;
+    }
+    gw.shutdown().await;
+}

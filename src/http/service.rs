@@ -189,7 +189,7 @@ impl App {
             Ok(keys) => keys,
             Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_keys", &e.to_string()),
         };
-        let format = match crate::routes::stream_format(request.uri().query()) {
+        let format = match crate::routes::stream_format_for(&target, request.uri().query()) {
             Ok(format) => format,
             Err(why) => return self.refuse(StatusCode::BAD_REQUEST, "bad_format", &why),
         };

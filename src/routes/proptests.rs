@@ -118,6 +118,7 @@ proptest! {
             topic: topic.to_string(),
             key: key.map(<[u8]>::to_vec),
             route: route.into(),
+            fixed: Default::default(),
         };
 
         let default = routes("");
