@@ -139,12 +139,18 @@ pub enum KeysError {
 
 /// The raw values of a query's `key` parameters (a pair without `=` is an empty key).
 pub fn query_key_values(query: Option<&str>) -> impl Iterator<Item = &str> {
+    query_values(query, "key")
+}
+
+/// The raw values of a query's parameters named exactly `wanted` (a pair without `=` has an
+/// empty value), in order.
+fn query_values<'q>(query: Option<&'q str>, wanted: &'q str) -> impl Iterator<Item = &'q str> {
     query
         .into_iter()
         .flat_map(|q| q.split('&'))
-        .filter_map(|pair| {
+        .filter_map(move |pair| {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (name == "key").then_some(value)
+            (name == wanted).then_some(value)
         })
 }
 
@@ -183,10 +189,7 @@ pub fn stream_keys(
 /// request may name that one (or `json`, for a route of envelopes), no other.
 pub fn stream_format_for(target: &Target, query: Option<&str>) -> Result<Format, String> {
     let asked = stream_format(query)?;
-    let named = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .any(|pair| pair.split_once('=').unwrap_or((pair, "")).0 == "format");
+    let named = query_values(query, "format").next().is_some();
     match target.fixed.format {
         None => Ok(asked),
         Some(fixed) if !named || asked == fixed => Ok(fixed),
@@ -203,35 +206,28 @@ pub fn stream_format_for(target: &Target, query: Option<&str>) -> Result<Format,
 
 /// True when a request asks for one JSON document (`format=json`) rather than a stream.
 pub fn wants_json(query: Option<&str>) -> bool {
-    query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .any(|pair| pair == "format=json")
+    query_values(query, "format").any(|value| value == "json")
 }
 
 /// The format a request asks for with `format=`: `plain` (the default) or `envelope` (also
 /// what `json`, one document rather than a stream, is made of).
 pub fn stream_format(query: Option<&str>) -> Result<Format, String> {
-    let mut asked = query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (name == "format").then_some(value)
-        });
-    let format = match asked.next() {
-        None | Some("plain") => Format::Plain,
-        Some("envelope" | "json") => Format::Envelope,
-        Some(other) => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(format!("format={shown:?} is not plain, envelope or json"));
+    let mut format = None;
+    for value in query_values(query, "format") {
+        let named = match value {
+            "plain" => Format::Plain,
+            "envelope" | "json" => Format::Envelope,
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(format!("format={shown:?} is not plain, envelope or json"));
+            }
+        };
+        if format.is_some_and(|f| f != named) {
+            return Err("format= is given twice, with different values".into());
         }
-    };
-    let first = asked.next();
-    if first.is_some_and(|again| stream_format(Some(&format!("format={again}"))) != Ok(format)) {
-        return Err("format= is given twice, with different values".into());
+        format = Some(named);
     }
-    Ok(format)
+    Ok(format.unwrap_or_default())
 }
 
 /// All routes of a gateway.
@@ -632,6 +628,7 @@ mod tests {
             "format",
             "format=Envelope",
             "format=plain&format=envelope",
+            "format=plain&format=plain&format=envelope",
         ] {
             assert!(stream_format(Some(bad)).is_err(), "{bad}");
         }

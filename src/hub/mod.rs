@@ -9,10 +9,10 @@
 //! every live stream, HTTP/2 or HTTP/1.1, reads at its own place ([`group`]). Only a resumed
 //! stream whose id is ahead of the live position gets it in its own bounded queue ([`queue`]),
 //! after its replay or catch-up, until the live position covers its id (streams of several
-//! keys are found there through an index from key to streams, too). A full queue or log ends the slow stream
-//! (counted); the consumer and the other streams never wait. Locks are never held across an
-//! `.await`, and are taken in one order, written and checked in `order`: a topic's state, then
-//! a connection's groups, then a group's log.
+//! keys are found there through an index from key to streams, too). A full queue or log ends
+//! the slow stream (counted); the consumer and the other streams never wait. Locks are never
+//! held across an `.await`, and are taken in one order, written and checked in `order`: a
+//! topic's state, then a connection's groups, then a group's log.
 //!
 //! Key streams read every partition and carry full ids, whatever partitioner the producers use.
 //! When the operator promises a partitioner (`KSG_KEY_PARTITIONER`), a key stream reads only its
@@ -304,7 +304,8 @@ impl Hub {
             || in_sets;
         if !live {
             state.ring.as_ref()?;
-            return Some(self.ring_entry(hub, state, record, p, None));
+            let headers = record.headers_json();
+            return Some(self.ring_entry(hub, state, record, p, None, headers));
         }
         let id = position::encode_dense(hub.fingerprint, &state.positions);
         let event = self.encode(hub, &id, p, record.offset, key, record.value);
@@ -328,6 +329,7 @@ impl Hub {
             event: &event,
             scoped: scoped.as_ref(),
             envelope: OnceCell::new(),
+            headers: OnceCell::new(),
             record,
             id: &id,
             oversized: record
@@ -353,7 +355,7 @@ impl Hub {
         if let Some(keyed) = keyed {
             fan.push_to_groups(keyed.iter());
         }
-        let (gone, cut) = (fan.gone, fan.cut);
+        let (gone, cut, headers) = (fan.gone, fan.cut, fan.headers_json());
         // After the groups took this event, so the moved streams read from the next one.
         self.move_to_groups(hub, state, Listed::All, moving_all, moved);
         if let Some(k) = key {
@@ -367,11 +369,12 @@ impl Hub {
             state.log_cutoffs(record.topic, cut);
         }
         state.ring.as_ref()?;
-        Some(self.ring_entry(hub, state, record, p, Some(event)))
+        Some(self.ring_entry(hub, state, record, p, Some(event), headers))
     }
 
     /// The ring's entry of `record` (on partition `p`): the record as it came (what any format
-    /// of its event is made of, later), with its plain `event` if a stream took it.
+    /// of its event is made of, later), with its plain `event` if a stream took it, and its
+    /// `headers` as JSON.
     fn ring_entry(
         &self,
         hub: &Topic,
@@ -379,6 +382,7 @@ impl Hub {
         record: &LiveRecord<'_>,
         p: usize,
         event: Option<Bytes>,
+        headers: Option<Bytes>,
     ) -> Entry {
         // A record that has its event was counted as oversize when it was encoded.
         let over = match event {
@@ -398,7 +402,7 @@ impl Hub {
         };
         let meta = Meta {
             timestamp_ms: record.timestamp_ms,
-            headers: record.headers_json(),
+            headers,
         };
         let key = record.key.map(Bytes::copy_from_slice);
         let partitions = state.positions.len();
@@ -514,6 +518,8 @@ struct Fan<'a> {
     /// The event in the envelope format, encoded for the first stream that takes it, of the
     /// record, with the event's id.
     envelope: OnceCell<Bytes>,
+    /// The record's headers as JSON, made once for the envelope and the ring.
+    headers: OnceCell<Option<Bytes>>,
     record: &'a LiveRecord<'a>,
     id: &'a str,
     /// The record is over `KSG_MAX_EVENT_BYTES`: every format's event is the notice.
@@ -539,7 +545,7 @@ impl<'a> Fan<'a> {
             Format::Envelope if !self.oversized => {
                 let record = self.record;
                 self.envelope.get_or_init(|| {
-                    let headers = record.headers_json();
+                    let headers = self.headers_json();
                     let envelope = sse::Envelope {
                         topic: &self.hub.name,
                         partition: self.p,
@@ -554,6 +560,13 @@ impl<'a> Fan<'a> {
             }
             _ => self.shared(scope),
         }
+    }
+
+    /// The record's headers as JSON (`None`: it has none), made at the first call.
+    fn headers_json(&self) -> Option<Bytes> {
+        self.headers
+            .get_or_init(|| self.record.headers_json())
+            .clone()
     }
 
     /// Offers the event to streams with queues of their own (resumed ones, until the live
@@ -791,7 +804,7 @@ mod tests {
         let (cd, mut cd_rx) = sub(&["c", "d"], vec![0, 0]);
         let mut sets = SetSubs::default();
         for (id, sub) in [(1, ab), (2, bc), (3, cd)] {
-            sets.insert_for_test(id, sub);
+            sets.insert(id, sub);
         }
         let listed = |sets: &SetSubs, key: &str| sets.index.get(key.as_bytes()).cloned();
         assert_eq!(listed(&sets, "b"), Some(vec![1, 2]));
@@ -807,6 +820,7 @@ mod tests {
                 event: &event,
                 scoped: None,
                 envelope: OnceCell::new(),
+                headers: OnceCell::new(),
                 record: &record,
                 id: &id,
                 oversized: false,

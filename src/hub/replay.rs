@@ -158,7 +158,7 @@ impl Entry {
 
     /// Its event in `format`, encoded now if it was not, with the id of `after` (the hub's
     /// position after the record) on topic `topic`; counted in `ring`.
-    fn event(&self, format: Format, topic: &Topic, after: &[i64], ring: &Ring) -> &Bytes {
+    fn event(&self, format: Format, topic: &Named, after: &[i64], ring: &Ring) -> &Bytes {
         let cell = match format {
             Format::Plain => &self.plain,
             Format::Envelope => &self.envelope,
@@ -196,7 +196,7 @@ impl Entry {
 }
 
 /// A topic's name and fingerprint, for the events a replay encodes.
-type Topic<'a> = (&'a str, u32);
+type Named<'a> = (&'a str, u32);
 
 /// Entries between two marks: a replay finds its start from the latest mark before it, walking
 /// at most this many entries more than those it sends.

@@ -202,8 +202,9 @@ pub(super) enum HandOver {
 }
 
 /// The partition whose offset alone a key stream's ids carry, or `None` for full ids: a
-/// stream of the one key `keys` holds (a stream of several keys carries full ids) on a topic of `partitions` partitions whose partitioner promise
-/// (`promise`, while it holds) places the key there. A resumed stream stays short only when
+/// stream of the one key `keys` holds (a stream of several keys carries full ids) on a topic
+/// of `partitions` partitions whose partitioner promise (`promise`, while it holds) places the
+/// key there. A resumed stream stays short only when
 /// resumed from a short id of its key's own partition; a full id, another partition's, or one
 /// marked "every partition" is read with full-id meaning (partitions it does not name start at
 /// their earliest offset).

@@ -143,16 +143,11 @@ pub(super) struct SetSubs {
 }
 
 impl SetSubs {
-    fn insert(&mut self, id: u64, sub: Sub) {
+    pub(super) fn insert(&mut self, id: u64, sub: Sub) {
         for key in sub.keys.iter().flat_map(Keys::iter) {
             self.index.entry(key.to_vec()).or_default().push(id);
         }
         self.subs.insert(id, sub);
-    }
-
-    #[cfg(test)]
-    pub(super) fn insert_for_test(&mut self, id: u64, sub: Sub) {
-        self.insert(id, sub);
     }
 
     /// Takes stream `id` out, with its entries in the index.
