@@ -72,6 +72,8 @@ pub const STREAM_MAX_SECS: &str = "KSG_STREAM_MAX_SECS";
 pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
 /// `KSG_MAX_KEYS_PER_STREAM`: `key=` parameters one stream may name.
 pub const MAX_KEYS_PER_STREAM: &str = "KSG_MAX_KEYS_PER_STREAM";
+/// `KSG_MAX_FILTERS_PER_STREAM`: `header.<name>=` and `where=` parameters one stream may give.
+pub const MAX_FILTERS_PER_STREAM: &str = "KSG_MAX_FILTERS_PER_STREAM";
 /// `KSG_MAX_EVENT_BYTES`: largest record value sent as an event.
 pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
 /// `KSG_KEY_PARTITIONER`: `none` (key streams read every partition and carry full ids), or a
@@ -180,6 +182,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (METADATA_REFRESH_SECS, "10"),
     (MAX_EVENT_BYTES, "4194304"),
     (MAX_KEYS_PER_STREAM, "1000"),
+    (MAX_FILTERS_PER_STREAM, "16"),
     (KEY_PARTITIONER, "none"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (IDLE_TIMEOUT_SECS, "60"),
@@ -267,6 +270,8 @@ pub struct Config {
     pub max_event_bytes: usize,
     /// Keys one stream may name with `key=` parameters.
     pub max_keys_per_stream: usize,
+    /// Filters one stream may give with `header.<name>=` and `where=` parameters.
+    pub max_filters_per_stream: usize,
     /// The partitioner the operator promises producers use (`None`: no promise, full ids).
     pub key_partitioner: Option<KeyPartitioner>,
     /// TLS and HTTP handshake deadline.
@@ -562,6 +567,7 @@ impl Config {
         let metadata_refresh = Duration::from_secs(r.number(METADATA_REFRESH_SECS, 1u64, 3600));
         let max_event_bytes = r.number(MAX_EVENT_BYTES, 1usize, 1 << 30);
         let max_keys_per_stream = r.number(MAX_KEYS_PER_STREAM, 1usize, 100_000);
+        let max_filters_per_stream = r.number(MAX_FILTERS_PER_STREAM, 0usize, 1024);
         let key_partitioner = r.listed(KEY_PARTITIONER, |s| match s {
             "none" => Ok(None),
             "murmur2" => Ok(Some(KeyPartitioner::Murmur2)),
@@ -657,6 +663,7 @@ impl Config {
                 metadata_refresh,
                 max_event_bytes,
                 max_keys_per_stream,
+                max_filters_per_stream,
                 key_partitioner,
                 handshake_timeout,
                 idle_timeout,

@@ -31,6 +31,7 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod embedded;
+pub mod filter;
 pub mod http;
 pub mod hub;
 pub mod keyset;
@@ -293,6 +294,7 @@ pub fn app(
         opens_per_sec: config.max_stream_opens_per_sec,
         opens_burst: config.max_streams_per_connection,
         max_keys: config.max_keys_per_stream,
+        max_filters: config.max_filters_per_stream,
         snapshot_bytes: config.snapshot_bytes,
     }
 }

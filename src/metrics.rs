@@ -109,6 +109,10 @@ pub struct Metrics {
     pub records_consumed: IntCounterVec,
     /// Records over `KSG_MAX_EVENT_BYTES`, sent as `event: oversize`, by topic.
     pub records_oversize: IntCounterVec,
+    /// Records a `where` filter could not test (a value that is not JSON or is over
+    /// `KSG_MAX_EVENT_BYTES`, or without the field), by topic: once per record and distinct
+    /// filter, where the live consumer or a catch-up reader tests it.
+    pub filter_unmatchable: IntCounterVec,
     /// Records encoded as events, by topic: once each, when a stream or a replay first needs
     /// it (a record nobody reads is never encoded).
     pub records_encoded: IntCounterVec,
@@ -369,6 +373,11 @@ impl Metrics {
                 "Records over KSG_MAX_EVENT_BYTES, sent as event: oversize",
                 "topic",
             ),
+            filter_unmatchable: counter_vec(
+                "ksg_filter_unmatchable_total",
+                "Records a where= filter could not test (the value is not JSON, is over KSG_MAX_EVENT_BYTES, or lacks the field): they do not match. Once per record and distinct filter",
+                "topic",
+            ),
             key_partition_mismatches: counter_vec(
                 "ksg_key_partition_mismatches_total",
                 "Records found off the partition KSG_KEY_PARTITIONER promises (the topic's key streams then read every partition)",
@@ -531,6 +540,7 @@ impl Metrics {
             &self.event_bytes_sent,
             &self.records_consumed,
             &self.records_oversize,
+            &self.filter_unmatchable,
             &self.records_encoded,
             &self.key_partition_mismatches,
             &self.snapshot_keyless,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use percent_encoding::percent_decode_str;
 use thiserror::Error;
 
+use crate::filter::{Filter, FilterError};
 use crate::keyset::Keys;
 use crate::sse::Format;
 
@@ -27,7 +28,7 @@ pub enum RouteError {
     BadTopic(String),
     /// A template that cannot work.
     #[error("template {0:?}: {1}")]
-    BadTemplate(String, &'static str),
+    BadTemplate(String, String),
 }
 
 /// Why a request path does not resolve; the HTTP status follows from the variant.
@@ -100,6 +101,8 @@ pub struct Fixed {
     pub keys: Option<Keys>,
     /// This format: a request may not ask for another.
     pub format: Option<Format>,
+    /// These filters: a request's own are added to them, never in their place.
+    pub filter: Option<Filter>,
 }
 
 /// What a path resolves to.
@@ -183,6 +186,17 @@ pub fn stream_keys(
         _ if target.fixed.keys.as_ref().is_some_and(outside) => Err(KeysError::NotInRoute),
         _ => Ok(keys),
     }
+}
+
+/// The filter of a stream of `target`: the route's fixed filters and the query's own
+/// (`header.<name>=`, `where=`, at most `max` of the latter), all of which a record must pass.
+pub fn stream_filter(
+    target: &Target,
+    query: Option<&str>,
+    max: usize,
+) -> Result<Option<Filter>, FilterError> {
+    let asked = Filter::from_query(query, max)?;
+    Ok(Filter::and(target.fixed.filter.as_ref(), asked.as_ref()))
 }
 
 /// The format of a stream of `target` ([`stream_format`]), or the one its route fixes: a
@@ -336,9 +350,9 @@ impl Template {
 }
 
 fn parse_template(whole: &str) -> Result<Template, RouteError> {
-    let bad = |why| RouteError::BadTemplate(whole.to_string(), why);
+    let bad = |why: &str| RouteError::BadTemplate(whole.to_string(), why.to_string());
     let (item, fixed) = match whole.split_once('?') {
-        Some((item, query)) => (item.trim(), parse_fixed(query).map_err(bad)?),
+        Some((item, query)) => (item.trim(), parse_fixed(query).map_err(|why| bad(&why))?),
         None => (whole, Fixed::default()),
     };
     let (path, topic) = match item.rsplit_once('=') {
@@ -380,25 +394,33 @@ fn parse_template(whole: &str) -> Result<Template, RouteError> {
     })
 }
 
-/// What a template's query fixes: `key=` (any number, decoded like a path's key) and
-/// `format=` (`plain` or `envelope`).
-fn parse_fixed(query: &str) -> Result<Fixed, &'static str> {
+/// What a template's query fixes: `key=` (any number, decoded like a path's key), `format=`
+/// (`plain` or `envelope`) and filters (`header.<name>=`, `where=`, as in a request).
+fn parse_fixed(query: &str) -> Result<Fixed, String> {
     let mut keys = Vec::new();
     let mut format = None;
+    let mut filters = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if crate::filter::any_in(Some(pair)) {
+            filters.push(pair);
+            continue;
+        }
         match pair.split_once('=') {
             Some(("key", raw)) => {
-                keys.push(decode_key(raw).map_err(|_| "a fixed key is empty or badly escaped")?)
+                keys.push(decode_key(raw).map_err(|_| "a fixed key is empty or badly escaped")?);
             }
             Some(("format", "plain")) if format.is_none() => format = Some(Format::Plain),
             Some(("format", "envelope")) if format.is_none() => format = Some(Format::Envelope),
-            Some(("format", _)) => return Err("format= is fixed once, as plain or envelope"),
-            _ => return Err("only key= and format= can be fixed"),
+            Some(("format", _)) => return Err("format= is fixed once, as plain or envelope".into()),
+            _ => return Err("only key=, format=, header.<name>= and where= can be fixed".into()),
         }
     }
+    let filter = Filter::from_query(Some(&filters.join("&")), usize::MAX)
+        .map_err(|e| format!("a fixed filter: {e}"))?;
     Ok(Fixed {
         keys: Keys::new(keys),
         format,
+        filter,
     })
 }
 
@@ -596,7 +618,10 @@ mod tests {
         let filter = || TopicFilter::parse("*").unwrap();
         for bad in [
             "/x/{key}=t?key=a",
-            "/x=t?where=/a=1",
+            "/x=t?where=/a",
+            "/x=t?where=a=1",
+            "/x=t?header.=1",
+            "/x=t?from=earliest",
             "/x=t?format=json",
             "/x=t?key=",
             "/x=t?key=%zz",
@@ -604,6 +629,33 @@ mod tests {
         ] {
             assert!(Routes::parse(bad, filter()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_route_fixes_filters_that_a_request_adds_to_and_never_removes() {
+        let r = Routes::parse(
+            "/shipped/{key}=orders?where=/status=shipped,/mine=orders?header.tenant=a",
+            TopicFilter::parse("*").unwrap(),
+        )
+        .unwrap();
+        let shipped = r.resolve("/shipped/o1").unwrap();
+        let fixed = Filter::from_query(Some("where=/status=shipped"), 16).unwrap();
+        assert_eq!(stream_filter(&shipped, None, 16), Ok(fixed.clone()));
+        let both = stream_filter(&shipped, Some("where=/total>100"), 16).unwrap();
+        let asked = Filter::from_query(Some("where=/status=shipped&where=/total>100"), 16);
+        assert_eq!(both, asked.unwrap());
+        // The same name again is one more test, not another value of the route's.
+        let mine = r.resolve("/mine").unwrap();
+        let wider = stream_filter(&mine, Some("header.tenant=b"), 16)
+            .unwrap()
+            .unwrap();
+        assert_eq!(wider.len(), 2);
+        assert!(stream_filter(&mine, Some("where=/a"), 16).is_err());
+        assert_eq!(
+            stream_filter(&mine, Some("where=/a=1&where=/b=2"), 1),
+            Err(FilterError::TooMany { asked: 2, max: 1 })
+        );
+        assert_eq!(stream_filter(&r.resolve("/t").unwrap(), None, 16), Ok(None));
     }
 
     #[test]

@@ -185,20 +185,72 @@ impl Grant {
         pattern::allows(&self.patterns, self.subject.as_deref(), path)
     }
 
-    /// Whether the token allows the stream a request for `path` with `query` opens: the path
+    /// What the token allows of the stream a request for `path` with `query` opens: the path
     /// itself (every key of it), or, for a request that names keys (`key=` parameters), the
     /// path of each key below it (`/stock-prices/GOOG` for `/stock-prices?key=GOOG`). No
     /// parameter widens what the path alone allows: a key that does not decode is not allowed.
-    pub fn allows_stream(&self, path: &str, query: Option<&str>) -> bool {
-        if self.allows(path) {
-            return true;
+    ///
+    /// A pattern may carry filters (`/orders?header.tenant={sub}`): the stream it allows gets
+    /// them added to its own, so its reader sees only what they pass whatever it asks. Where
+    /// patterns without filters allow the stream, none is added; otherwise the first matching
+    /// pattern's filters are. A stream of several keys allowed under different filters is not
+    /// allowed (each key may be asked for in a stream of its own). A pattern whose query is not
+    /// only filters, or does not parse, allows nothing.
+    pub fn allows_stream(&self, path: &str, query: Option<&str>) -> Access {
+        let subject = self.subject.as_deref();
+        let whole = pattern::grant(&self.patterns, subject, path);
+        if whole == Some(None) {
+            return Access::Allowed(None);
         }
-        let mut keys = crate::routes::query_key_values(query).peekable();
-        keys.peek().is_some()
-            && keys.all(|raw| {
-                pattern::allows_below(&self.patterns, self.subject.as_deref(), path, raw)
-            })
+        let by_key = (|| {
+            let mut keys = crate::routes::query_key_values(query).peekable();
+            keys.peek()?;
+            let mut found: Option<Option<String>> = None;
+            for raw in keys {
+                let granted = pattern::grant_below(&self.patterns, subject, path, raw)?;
+                match (&found, granted) {
+                    (_, None) => {}
+                    (None | Some(None), Some(query)) => found = Some(Some(query)),
+                    (Some(Some(held)), Some(query)) if *held == query => {}
+                    (Some(Some(_)), Some(_)) => return None,
+                }
+            }
+            Some(found.flatten())
+        })();
+        let granted = match by_key {
+            Some(None) => Some(None),
+            by_key => whole.or(by_key),
+        };
+        match granted {
+            None => Access::Denied,
+            Some(None) => Access::Allowed(None),
+            Some(Some(query)) => match pattern_filter(&query) {
+                Some(filter) => Access::Allowed(Some(filter)),
+                None => Access::Denied,
+            },
+        }
     }
+}
+
+/// The filters of a pattern's query; `None` when it has something else, or does not parse.
+fn pattern_filter(query: &str) -> Option<crate::filter::Filter> {
+    let only_filters = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .all(|pair| crate::filter::any_in(Some(pair)));
+    if !only_filters {
+        return None;
+    }
+    crate::filter::Filter::from_query(Some(query), usize::MAX).ok()?
+}
+
+/// What a token allows of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing (403).
+    Denied,
+    /// The stream, with this filter added to its own (`None`: none).
+    Allowed(Option<crate::filter::Filter>),
 }
 
 #[derive(Deserialize, Default)]

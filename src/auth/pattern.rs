@@ -15,29 +15,73 @@ use percent_encoding::percent_decode_str;
 /// The placeholder for the token's subject.
 const SUBJECT: &str = "{sub}";
 
-/// Whether `path` (the request path, without its query) is matched by one of `patterns`.
+/// Whether `path` (the request path, without its query) is matched by one of `patterns`
+/// (whatever filters the patterns carry).
 pub fn allows(patterns: &[String], subject: Option<&str>, path: &str) -> bool {
-    let Some(segments) = decoded_segments(path) else {
-        return false;
-    };
-    patterns
-        .iter()
-        .any(|pattern| matches(pattern, subject, &segments))
+    grant(patterns, subject, path).is_some()
 }
 
-/// Whether `path/segment` (`segment` percent-encoded as in a path, never empty) is matched by
-/// one of `patterns`: the key stream below a path of every key.
-pub fn allows_below(patterns: &[String], subject: Option<&str>, path: &str, segment: &str) -> bool {
-    let (Some(mut segments), Some(below)) = (decoded_segments(path), decode(segment)) else {
-        return false;
-    };
+/// What `patterns` allow of `path`: `None`, nothing; `Some(None)`, the path with no filter (a
+/// pattern without filters matches it); `Some(Some(query))`, the path with the filters of the
+/// first pattern that matches it (its query, `{sub}` replaced by the subject, percent-encoded).
+pub fn grant(patterns: &[String], subject: Option<&str>, path: &str) -> Option<Option<String>> {
+    let segments = decoded_segments(path)?;
+    grant_of(patterns, subject, &segments)
+}
+
+/// [`grant`] for `path/segment` (`segment` percent-encoded as in a path, never empty): the key
+/// stream below a path of every key.
+pub fn grant_below(
+    patterns: &[String],
+    subject: Option<&str>,
+    path: &str,
+    segment: &str,
+) -> Option<Option<String>> {
+    let (mut segments, below) = (decoded_segments(path)?, decode(segment)?);
     if below.is_empty() {
-        return false;
+        return None;
     }
     segments.push(below);
-    patterns
-        .iter()
-        .any(|pattern| matches(pattern, subject, &segments))
+    grant_of(patterns, subject, &segments)
+}
+
+fn grant_of(
+    patterns: &[String],
+    subject: Option<&str>,
+    path: &[Vec<u8>],
+) -> Option<Option<String>> {
+    let mut filtered = None;
+    for pattern in patterns {
+        let (path_part, query) = match pattern.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (pattern.as_str(), None),
+        };
+        if !matches(path_part, subject, path) {
+            continue;
+        }
+        match query {
+            None => return Some(None),
+            Some(query) => {
+                if filtered.is_none() {
+                    filtered = bind_subject(query, subject);
+                }
+            }
+        }
+    }
+    filtered.map(Some)
+}
+
+/// A pattern's query with `{sub}` replaced by the subject (percent-encoded, as the query is
+/// decoded after); `None` when it has `{sub}` and the token no subject.
+fn bind_subject(query: &str, subject: Option<&str>) -> Option<String> {
+    if !query.contains(SUBJECT) {
+        return Some(query.to_string());
+    }
+    let subject = subject.filter(|s| !s.is_empty())?;
+    let encoded =
+        percent_encoding::utf8_percent_encode(subject, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    Some(query.replace(SUBJECT, &encoded))
 }
 
 /// Whether one pattern matches the decoded segments of a path.
@@ -132,20 +176,20 @@ mod tests {
     #[test]
     fn a_key_below_a_path_is_matched_as_its_key_stream_path() {
         let pats = p(&["/stock-prices/GOOG", "/stock-prices/a%2Fb", "/orders/{sub}"]);
-        assert!(allows_below(&pats, None, "/stock-prices", "GOOG"));
-        assert!(allows_below(&pats, None, "/stock-prices", "%47OOG"));
-        assert!(allows_below(&pats, None, "/stock-prices", "a%2Fb"));
+        assert!(grant_below(&pats, None, "/stock-prices", "GOOG").is_some());
+        assert!(grant_below(&pats, None, "/stock-prices", "%47OOG").is_some());
+        assert!(grant_below(&pats, None, "/stock-prices", "a%2Fb").is_some());
         // A slash in a query value is part of the key, as `%2F` is in a path.
-        assert!(allows_below(&pats, None, "/stock-prices", "a/b"));
-        assert!(!allows_below(&pats, None, "/stock-prices", "AAPL"));
-        assert!(!allows_below(&pats, None, "/stock-prices", ""));
-        assert!(!allows_below(&pats, None, "/stock-prices", "%4"));
-        assert!(!allows_below(&pats, None, "/stock-prices/GOOG", "x"));
-        assert!(allows_below(&pats, Some("al"), "/orders", "al"));
-        assert!(!allows_below(&pats, Some("al"), "/orders", "bo"));
+        assert!(grant_below(&pats, None, "/stock-prices", "a/b").is_some());
+        assert!(grant_below(&pats, None, "/stock-prices", "AAPL").is_none());
+        assert!(grant_below(&pats, None, "/stock-prices", "").is_none());
+        assert!(grant_below(&pats, None, "/stock-prices", "%4").is_none());
+        assert!(grant_below(&pats, None, "/stock-prices/GOOG", "x").is_none());
+        assert!(grant_below(&pats, Some("al"), "/orders", "al").is_some());
+        assert!(grant_below(&pats, Some("al"), "/orders", "bo").is_none());
         let every = p(&["/stock-prices/*"]);
-        assert!(allows_below(&every, None, "/stock-prices", "ANY"));
-        assert!(!allows_below(&every, None, "/orders", "ANY"));
+        assert!(grant_below(&every, None, "/stock-prices", "ANY").is_some());
+        assert!(grant_below(&every, None, "/orders", "ANY").is_none());
     }
 
     #[test]

@@ -449,3 +449,77 @@ fn a_reload_keeps_the_keys_still_there_and_revokes_those_gone() {
         "a key still in the set keeps its streams"
     );
 }
+
+#[test]
+fn a_pattern_with_filters_adds_them_to_every_stream_it_allows_and_nothing_removes_them() {
+    let token = |patterns: serde_json::Value| {
+        let claims = json!({"exp": now_secs() + 60, "sub": "a&b", "ksg": {"subscribe": patterns}});
+        secret_auth().verify(&hs(claims), now_secs()).unwrap()
+    };
+    let filter = |q: &str| {
+        Some(
+            crate::filter::Filter::from_query(Some(q), 16)
+                .unwrap()
+                .unwrap(),
+        )
+    };
+    let mine = filter("header.tenant=a%26b");
+    let grant = token(json!([
+        "/orders?header.tenant={sub}",
+        "/orders/*?header.tenant={sub}"
+    ]));
+    // Whatever the request's parameters, the tenant test is added (the subject is matched as
+    // it is, `&` and all).
+    for query in [
+        None,
+        Some("header.tenant=other"),
+        Some("header.tenant=a&header.tenant=b"),
+        Some("where=/x=1"),
+        Some("key=k"),
+        Some("Header.tenant=x&header.Tenant=y"),
+    ] {
+        assert_eq!(
+            grant.allows_stream("/orders", query),
+            Access::Allowed(mine.clone()),
+            "{query:?}"
+        );
+    }
+    assert_eq!(
+        grant.allows_stream("/orders/k", None),
+        Access::Allowed(mine.clone())
+    );
+    assert_eq!(grant.allows_stream("/payments", None), Access::Denied);
+    // A pattern without filters that also allows the stream: none is added.
+    let open = token(json!(["/orders?header.tenant={sub}", "/orders/public"]));
+    assert_eq!(
+        open.allows_stream("/orders", Some("key=public")),
+        Access::Allowed(None)
+    );
+    assert_eq!(
+        open.allows_stream("/orders", Some("key=public&key=other")),
+        Access::Allowed(mine.clone()),
+        "other is allowed only through the filtered pattern: its filter holds for the stream"
+    );
+    // Keys allowed under different filters cannot share a stream.
+    let split = token(json!(["/t/a?header.x=1", "/t/b?header.x=2", "/t/c"]));
+    assert_eq!(
+        split.allows_stream("/t", Some("key=a&key=c")),
+        Access::Allowed(filter("header.x=1"))
+    );
+    assert_eq!(
+        split.allows_stream("/t", Some("key=a&key=b")),
+        Access::Denied
+    );
+    // A pattern whose query is not only filters, or does not parse, allows nothing; nor does
+    // one naming {sub} in a token without a subject.
+    for bad in ["/t?key=a", "/t?where=/a", "/t?header.x=1&format=plain"] {
+        assert_eq!(
+            token(json!([bad])).allows_stream("/t", None),
+            Access::Denied,
+            "{bad}"
+        );
+    }
+    let claims = json!({"exp": now_secs() + 60, "ksg": {"subscribe": ["/t?header.u={sub}"]}});
+    let anonymous = secret_auth().verify(&hs(claims), now_secs()).unwrap();
+    assert_eq!(anonymous.allows_stream("/t", None), Access::Denied);
+}

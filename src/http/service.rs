@@ -11,7 +11,8 @@ use http::{Method, Request, Response, StatusCode};
 use http_body::Body;
 use tracing::debug;
 
-use crate::auth::{Authorizer, Failure};
+use crate::auth::{Access, Authorizer, Failure};
+use crate::filter::Filter;
 use crate::http::body::ResponseBody;
 use crate::http::cors::Cors;
 use crate::http::json;
@@ -70,6 +71,9 @@ pub struct App {
     pub opens_burst: u32,
     /// `key=` parameters one stream may name (`KSG_MAX_KEYS_PER_STREAM`).
     pub max_keys: usize,
+    /// `header.<name>=` and `where=` parameters one stream may give
+    /// (`KSG_MAX_FILTERS_PER_STREAM`).
+    pub max_filters: usize,
     /// The records one JSON snapshot answer may hold, bytes (`KSG_SNAPSHOT_BYTES`).
     pub snapshot_bytes: usize,
 }
@@ -150,6 +154,8 @@ impl App {
         }
         let path = request.uri().path();
         let mut grant = None;
+        // Filters a token's pattern adds to the stream.
+        let mut granted_filter = None;
         if path == "/" {
             if let Some(page) = &self.starter_page {
                 return text_response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
@@ -163,16 +169,16 @@ impl App {
         if let Some(auth) = &self.auth {
             let checked = auth.check(request.headers(), request.uri().query());
             let query = request.uri().query();
-            let allowed = checked.and_then(|grant| {
-                if grant.allows_stream(path, query) {
-                    Ok(grant)
-                } else {
-                    Err(Failure::Forbidden)
-                }
+            let allowed = checked.and_then(|grant| match grant.allows_stream(path, query) {
+                Access::Allowed(filter) => Ok((grant, filter)),
+                Access::Denied => Err(Failure::Forbidden),
             });
             match allowed {
                 // Where the stream has to end comes with the response, below.
-                Ok(allowed) => grant = Some(allowed),
+                Ok((allowed, filter)) => {
+                    grant = Some(allowed);
+                    granted_filter = filter;
+                }
                 Err(failure) => return self.refuse_auth(failure),
             }
         }
@@ -193,6 +199,13 @@ impl App {
             Ok(format) => format,
             Err(why) => return self.refuse(StatusCode::BAD_REQUEST, "bad_format", &why),
         };
+        let filter =
+            match crate::routes::stream_filter(&target, request.uri().query(), self.max_filters) {
+                Ok(filter) => Filter::and(filter.as_ref(), granted_filter.as_ref()),
+                Err(e) => {
+                    return self.refuse(StatusCode::BAD_REQUEST, "bad_filter", &e.to_string())
+                }
+            };
         let default = if self.snapshot_topics.allows(&target.topic) {
             Start::Snapshot
         } else {
@@ -240,7 +253,7 @@ impl App {
         };
         let subscription = match self
             .hub
-            .subscribe(&target.topic, keys, format, start, seat)
+            .subscribe(&target.topic, keys, format, filter, start, seat)
             .await
         {
             Ok(s) => s,

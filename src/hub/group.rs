@@ -41,6 +41,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use super::order::{Level, Ordered};
+use crate::filter::Filter;
 use crate::keyset::Keys;
 use crate::sse::Format;
 use crate::wake::Ready;
@@ -74,6 +75,8 @@ pub(super) struct View<'a> {
     pub(super) scope: Option<usize>,
     /// How its events carry records.
     pub(super) format: Format,
+    /// The tests a record must pass, if any.
+    pub(super) filter: Option<&'a Filter>,
 }
 
 /// A stream's place on its connection: the connection's groups and the stream's token, by which
@@ -173,6 +176,7 @@ impl Fanout {
             id: new_id,
             keys: view.keys.cloned(),
             format: view.format,
+            filter: view.filter.cloned(),
             scope: AtomicUsize::new(view.scope.unwrap_or(NO_SCOPE)),
             unflushed: AtomicBool::new(false),
             owner: Arc::downgrade(owner),
@@ -214,6 +218,8 @@ pub(super) struct Group {
     pub(super) keys: Option<Keys>,
     /// How its events carry records.
     format: Format,
+    /// The tests a record must pass, if any.
+    pub(super) filter: Option<Filter>,
     /// The partition its streams' ids name alone ([`NO_SCOPE`]: full ids); changed only under
     /// the topic's lock (partitions added widen it).
     scope: AtomicUsize,
@@ -472,6 +478,7 @@ impl Group {
             keys: self.keys.as_ref(),
             scope: (scope != NO_SCOPE).then_some(scope),
             format: self.format,
+            filter: self.filter.as_ref(),
         }
     }
 
@@ -733,6 +740,7 @@ mod tests {
             keys: None,
             scope: None,
             format: Format::Plain,
+            filter: None,
         };
         let (group, new) = fanout.group_for(
             &(topic.clone() as Arc<dyn Owner>),
@@ -813,6 +821,7 @@ mod tests {
             keys: Some(&other),
             scope: None,
             format: Format::Plain,
+            filter: None,
         };
         let owner = topic.clone() as Arc<dyn Owner>;
         let counters = || (counter("events"), counter("bytes"));
@@ -1079,6 +1088,7 @@ mod tests {
                 keys: keys.as_ref(),
                 scope,
                 format: Format::Plain,
+                filter: None,
             };
             let counters = || (counter("events"), counter("bytes"));
             let (group, new) = fanout.group_for(
@@ -1142,6 +1152,7 @@ mod tests {
             keys: Some(&set),
             scope: None,
             format: Format::Plain,
+            filter: None,
         };
         let counters = || (counter("events"), counter("bytes"));
         let (ab, new) = fanout.group_for(&owner, view, |_| true, 8, 8, counters);
@@ -1152,6 +1163,7 @@ mod tests {
             keys: Some(&same),
             scope: None,
             format: Format::Plain,
+            filter: None,
         };
         let (again, new) = fanout.group_for(&owner, view, |_| true, 9, 8, counters);
         assert!(

@@ -40,7 +40,7 @@ pub mod replay;
 mod subscribe;
 mod topic;
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,6 +51,7 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tracing::{debug, warn};
 
+use crate::filter::{Filter, Subject, Verdict};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
 use crate::position;
@@ -299,6 +300,7 @@ impl Hub {
             !state.sets.subs.is_empty() && key.is_some_and(|k| state.sets.index.contains_key(k));
         let live = !state.all.is_empty()
             || !state.groups.is_empty()
+            || !state.filtered.is_empty()
             || subs.is_some()
             || keyed.is_some()
             || in_sets;
@@ -335,6 +337,12 @@ impl Hub {
             oversized: record
                 .value
                 .is_some_and(|v| v.len() > self.config.max_event_bytes),
+            subject: Subject::new(
+                record.header_source(),
+                record.value,
+                self.config.max_event_bytes,
+            ),
+            verdicts: RefCell::new(Vec::new()),
             gone: 0,
             cut: 0,
         };
@@ -352,6 +360,12 @@ impl Hub {
             }
         }
         fan.push_to_groups(state.groups.values());
+        // Each filter of the topic's groups of every record is tested once.
+        for (filter, groups) in &state.filtered {
+            if fan.passes(Some(filter)) {
+                fan.push_to_groups(groups.values());
+            }
+        }
         if let Some(keyed) = keyed {
             fan.push_to_groups(keyed.iter());
         }
@@ -524,6 +538,11 @@ struct Fan<'a> {
     id: &'a str,
     /// The record is over `KSG_MAX_EVENT_BYTES`: every format's event is the notice.
     oversized: bool,
+    /// The record as filters see it, its value parsed at most once.
+    subject: Subject<'a>,
+    /// What each filter (by [`Filter::id`]) tested so far made of the record: each is tested
+    /// once per record, whatever the number of its groups and streams.
+    verdicts: RefCell<Vec<(usize, bool)>>,
     gone: usize,
     cut: u64,
 }
@@ -569,6 +588,24 @@ impl<'a> Fan<'a> {
             .clone()
     }
 
+    /// True when the record passes `filter` (`None`: no filter), tested at its first call
+    /// (a record a `where` test cannot test is counted then).
+    fn passes(&self, filter: Option<&Filter>) -> bool {
+        let Some(filter) = filter else {
+            return true;
+        };
+        let id = filter.id();
+        if let Some(&(_, known)) = self.verdicts.borrow().iter().find(|(f, _)| *f == id) {
+            return known;
+        }
+        let verdict = filter.test(&self.subject);
+        if verdict == Verdict::Unmatchable {
+            self.hub.unmatchable.inc();
+        }
+        self.verdicts.borrow_mut().push((id, verdict.passes()));
+        verdict.passes()
+    }
+
     /// Offers the event to streams with queues of their own (resumed ones, until the live
     /// position `after` covers their floor); a full queue cuts its stream off. Returns the
     /// streams whose floor the event covered: they go to their connection's group.
@@ -608,6 +645,9 @@ impl<'a> Fan<'a> {
 
     /// Offers the event to one stream with a queue of its own.
     fn offer_one(&mut self, sub: &mut Sub, after: &[i64]) -> Offered {
+        if !self.passes(sub.filter.as_ref()) {
+            return Offered::Kept;
+        }
         let shared = self.for_view(sub.scope, sub.format);
         let Some(bytes) = for_stream(
             &mut sub.floor,
@@ -643,6 +683,9 @@ impl<'a> Fan<'a> {
     fn push_to_groups<'g>(&mut self, groups: impl Iterator<Item = &'g Arc<Group>>) {
         for group in groups {
             let view = group.view();
+            if !self.passes(view.filter) {
+                continue;
+            }
             let slow = group.push(self.for_view(view.scope, view.format));
             if slow > 0 {
                 self.hub.cutoffs.inc_by(slow);
@@ -725,6 +768,7 @@ mod tests {
             let sub = Sub {
                 keys: Some(keys(&["b", "a"])),
                 format: Format::Plain,
+                filter: None,
                 tx,
                 floor: Some(vec![3, 0]),
                 scope: None,
@@ -791,6 +835,7 @@ mod tests {
             let sub = Sub {
                 keys: Some(keys(list)),
                 format: Format::Plain,
+                filter: None,
                 tx,
                 floor: Some(floor),
                 scope: None,
@@ -824,6 +869,8 @@ mod tests {
                 record: &record,
                 id: &id,
                 oversized: false,
+                subject: Subject::new(crate::filter::HeaderSource::None, None, 0),
+                verdicts: RefCell::new(Vec::new()),
                 gone: 0,
                 cut: 0,
             };

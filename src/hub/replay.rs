@@ -27,6 +27,7 @@ use parking_lot::RwLock;
 use prometheus::IntCounter;
 
 use super::floor::{id_for, judge, Verdict};
+use crate::filter::{Filter, HeaderSource, Subject};
 use crate::keyset::Keys;
 use crate::position;
 use crate::sse::{self, Format};
@@ -97,6 +98,26 @@ impl Entry {
             envelope: OnceLock::new(),
             plain_given,
         }
+    }
+
+    /// True when the record is among `keys` (`None`: every record) and passes `filter`.
+    fn in_view(&self, keys: Option<&Keys>, filter: Option<&Filter>) -> bool {
+        if keys.is_some_and(|keys| !keys.contains(self.key.as_deref())) {
+            return false;
+        }
+        let Some(filter) = filter else {
+            return true;
+        };
+        let headers = match &self.meta.headers {
+            Some(json) => HeaderSource::Json(json),
+            None => HeaderSource::None,
+        };
+        let subject = match &self.record {
+            Record::Value(value) => Subject::new(headers, value.as_deref(), usize::MAX),
+            // Over the size values are parsed at: an empty value with no room is never JSON.
+            Record::Oversize(_) => Subject::new(headers, Some(&[]), 0),
+        };
+        filter.test(&subject).passes()
     }
 
     /// A record whose plain event was encoded as it was dispatched, without what other
@@ -347,6 +368,7 @@ pub struct Replay {
     /// The position the client already has, until an event's id covers it.
     floor: Option<Vec<i64>>,
     keys: Option<Keys>,
+    filter: Option<Filter>,
     scope: Option<usize>,
     fingerprint: u32,
     format: Format,
@@ -360,6 +382,8 @@ pub struct Origin<'a> {
     pub keys: Option<&'a Keys>,
     /// The format of its events.
     pub format: Format,
+    /// The tests its records pass, if any.
+    pub filter: Option<&'a Filter>,
     /// Its topic's name (which envelopes carry).
     pub topic: &'a str,
     /// The partition its ids name alone, for a short-id key stream.
@@ -394,10 +418,7 @@ impl Replay {
             }
             let p = entry.partition;
             let before = std::mem::replace(&mut position[p], entry.offset + 1);
-            if from
-                .keys
-                .is_some_and(|keys| !keys.contains(entry.key.as_deref()))
-            {
+            if !entry.in_view(from.keys, from.filter) {
                 continue;
             }
             let verdict = judge(&mut floor, p, entry.offset, &position);
@@ -417,6 +438,7 @@ impl Replay {
             position,
             floor: Some(from.position),
             keys: from.keys.cloned(),
+            filter: from.filter.cloned(),
             scope: from.scope,
             fingerprint: from.fingerprint,
             format: from.format,
@@ -438,6 +460,7 @@ impl Replay {
             position: Vec::new(),
             floor: None,
             keys: None,
+            filter: None,
             scope: None,
             fingerprint: 0,
             format: Format::Plain,
@@ -479,11 +502,7 @@ impl Replay {
                 continue;
             }
             self.position[p] = entry.offset + 1;
-            if self
-                .keys
-                .as_ref()
-                .is_some_and(|keys| !keys.contains(entry.key.as_deref()))
-            {
+            if !entry.in_view(self.keys.as_ref(), self.filter.as_ref()) {
                 continue;
             }
             // The id the stream gets, when it is not the shared event's own.
@@ -519,6 +538,7 @@ pub(crate) fn replay_of(events: &[Bytes], limit: usize) -> (Shared, Replay) {
     let origin = Origin {
         keys: None,
         format: Format::Plain,
+        filter: None,
         topic: "t",
         scope: None,
         fingerprint: 0,
@@ -586,6 +606,7 @@ mod tests {
         Origin {
             keys,
             format: Format::Plain,
+            filter: None,
             topic: "t",
             scope,
             fingerprint: fp,
@@ -848,6 +869,7 @@ mod tests {
         let origin = |format| Origin {
             keys: None,
             format,
+            filter: None,
             topic: "orders",
             scope: None,
             fingerprint: fp,

@@ -14,6 +14,7 @@ use super::group::{Cursor, Handoff, Owner, Seat, View};
 use super::replay::{Origin, Replay};
 use super::topic::{Listed, Sub, Topic, TopicState};
 use super::{catchup, queue, Hub, SubscribeError};
+use crate::filter::Filter;
 use crate::keyset::Keys;
 use crate::metrics::TopicSeries;
 use crate::partitioner::KeyPartitioner;
@@ -176,6 +177,7 @@ struct Spec<'a> {
     id: u64,
     keys: Option<&'a Keys>,
     format: Format,
+    filter: Option<&'a Filter>,
     scope: Option<usize>,
     snapshot: bool,
 }
@@ -229,14 +231,16 @@ fn key_scope(
 }
 
 impl Hub {
-    /// Opens a stream of `topic` from `start`, optionally only records of `keys`, at `seat`
-    /// on its connection. It reads its connection's group for its view of the topic once live:
-    /// at once when it starts live, after its replay or catch-up otherwise.
+    /// Opens a stream of `topic` from `start`, optionally only records of `keys` that pass
+    /// `filter`, at `seat` on its connection. It reads its connection's group for its view of
+    /// the topic once live: at once when it starts live, after its replay or catch-up otherwise.
+    #[allow(clippy::too_many_arguments)]
     pub async fn subscribe(
         self: &Arc<Self>,
         topic: &str,
         keys: Option<Keys>,
         format: Format,
+        filter: Option<Filter>,
         mut start: Start,
         seat: &Seat,
     ) -> Result<Subscription, SubscribeError> {
@@ -284,6 +288,7 @@ impl Hub {
                     id,
                     keys: keys.as_ref(),
                     format,
+                    filter: filter.as_ref(),
                     scope,
                     snapshot,
                 };
@@ -318,6 +323,7 @@ impl Hub {
                         id,
                         keys,
                         format,
+                        filter: filter.clone(),
                         from,
                         tx,
                         snapshot,
@@ -513,13 +519,7 @@ impl Hub {
         state.idle_since = None;
         let (group, new) = {
             let state = &*state;
-            let registered = |g| match view.keys {
-                None => state.groups.contains_key(&g),
-                Some(keys) => state
-                    .key_groups
-                    .get(keys.first())
-                    .is_some_and(|s| s.get(g).is_some()),
-            };
+            let registered = |g| state.registered(view.keys, view.filter, g).is_some();
             let counters = || (hub.series.events.clone(), hub.series.bytes.clone());
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let owner: Arc<dyn Owner> = hub.clone();
@@ -553,6 +553,7 @@ impl Hub {
             keys: sub.keys.as_ref(),
             scope: sub.scope,
             format: sub.format,
+            filter: sub.filter.as_ref(),
         };
         let cursor = self.join_group(hub, state, &sub.handoff.seat, view);
         *sub.handoff.slot.lock() = Some(cursor);
@@ -573,6 +574,7 @@ impl Hub {
             id,
             keys,
             format,
+            filter,
             scope,
             snapshot,
         } = spec;
@@ -584,6 +586,7 @@ impl Hub {
                 keys,
                 scope,
                 format,
+                filter,
             };
             let cursor = self.join_group(hub, state, &handoff.seat, view);
             return Opened::Joined(start_id, cursor);
@@ -618,6 +621,7 @@ impl Hub {
         let origin = Origin {
             keys,
             format,
+            filter,
             topic: &hub.name,
             scope,
             fingerprint: hub.fingerprint,
@@ -632,6 +636,7 @@ impl Hub {
         let sub = Sub {
             keys: keys.cloned(),
             format,
+            filter: filter.cloned(),
             tx,
             floor,
             scope,
@@ -674,6 +679,7 @@ impl Hub {
                 let origin = Origin {
                     keys: job.keys.as_ref(),
                     format: job.format,
+                    filter: job.filter.as_ref(),
                     topic: &job.topic.name,
                     scope,
                     fingerprint: job.topic.fingerprint,
@@ -710,6 +716,7 @@ impl Hub {
         let sub = Sub {
             keys: job.keys.clone(),
             format: job.format,
+            filter: job.filter.clone(),
             tx: tx.clone(),
             floor,
             scope,

@@ -18,6 +18,7 @@ use super::group::{Group, Handoff, Owner};
 use super::order::{Level, Ordered};
 use super::queue;
 use super::replay;
+use crate::filter::Filter;
 use crate::keyset::Keys;
 use crate::metrics::{Metrics, TopicSeries};
 use crate::partitioner::KeyPartitioner;
@@ -49,6 +50,8 @@ pub(super) struct Topic {
     pub(super) cutoffs: IntCounter,
     pub(super) oversize: IntCounter,
     pub(super) keyless: IntCounter,
+    /// `ksg_filter_unmatchable_total{topic}`.
+    pub(super) unmatchable: IntCounter,
 }
 
 /// A registered stream: its keys (`None`: every record), its queue, while resuming its floor,
@@ -57,6 +60,7 @@ pub(super) struct Topic {
 pub(super) struct Sub {
     pub(super) keys: Option<Keys>,
     pub(super) format: crate::sse::Format,
+    pub(super) filter: Option<Filter>,
     pub(super) tx: queue::Sender,
     pub(super) floor: Option<Vec<i64>>,
     pub(super) scope: Option<usize>,
@@ -206,6 +210,9 @@ pub(super) struct TopicState {
     pub(super) sets: SetSubs,
     /// Connections' groups of live streams that take every record, by id.
     pub(super) groups: HashMap<u64, Arc<Group>>,
+    /// Connections' groups of live streams that take every record passing a filter, by filter
+    /// (each filter is tested once per record), then by id.
+    pub(super) filtered: HashMap<Filter, HashMap<u64, Arc<Group>>>,
     /// Connections' groups of live streams of one key or several, by key (a group of several
     /// keys under each of them), then by id.
     pub(super) key_groups: HashMap<Vec<u8>, KeyGroups>,
@@ -265,20 +272,34 @@ impl TopicState {
 
     /// True when `group` is registered with the topic (not closed or replaced).
     pub(super) fn holds_group(&self, group: &Arc<Group>) -> bool {
-        let held = match &group.keys {
-            None => self.groups.get(&group.id),
-            Some(keys) => self
-                .key_groups
-                .get(keys.first())
-                .and_then(|set| set.get(group.id)),
-        };
-        held.is_some_and(|g| Arc::ptr_eq(g, group))
+        self.registered(group.keys.as_ref(), group.filter.as_ref(), group.id)
+            .is_some_and(|g| Arc::ptr_eq(g, group))
+    }
+
+    /// The group `id` of `keys` and `filter`, if it is registered.
+    pub(super) fn registered(
+        &self,
+        keys: Option<&Keys>,
+        filter: Option<&Filter>,
+        id: u64,
+    ) -> Option<&Arc<Group>> {
+        match (keys, filter) {
+            (None, None) => self.groups.get(&id),
+            (None, Some(filter)) => self.filtered.get(filter)?.get(&id),
+            (Some(keys), _) => self.key_groups.get(keys.first())?.get(id),
+        }
     }
 
     /// Registers a connection's new group.
     pub(super) fn insert_group(&mut self, group: Arc<Group>) {
         let Some(keys) = &group.keys else {
-            self.groups.insert(group.id, group);
+            match &group.filter {
+                None => self.groups.insert(group.id, group),
+                Some(filter) => {
+                    let set = self.filtered.entry(filter.clone()).or_default();
+                    set.insert(group.id, group)
+                }
+            };
             return;
         };
         for key in keys.iter() {
@@ -295,7 +316,20 @@ impl TopicState {
     /// Unregisters a group whose last stream went.
     pub(super) fn remove_group(&mut self, group: &Arc<Group>) {
         let Some(keys) = &group.keys else {
-            self.groups.remove(&group.id);
+            match &group.filter {
+                None => {
+                    self.groups.remove(&group.id);
+                }
+                Some(filter) => {
+                    let emptied = self.filtered.get_mut(filter).is_some_and(|set| {
+                        set.remove(&group.id);
+                        set.is_empty()
+                    });
+                    if emptied {
+                        self.filtered.remove(filter);
+                    }
+                }
+            }
             return;
         };
         for key in keys.iter() {
@@ -315,7 +349,8 @@ impl TopicState {
             set.iter()
                 .filter(move |g| g.keys.as_ref().is_some_and(|k| k.first() == key.as_slice()))
         });
-        self.groups.values().chain(keyed)
+        let filtered = self.filtered.values().flat_map(HashMap::values);
+        self.groups.values().chain(filtered).chain(keyed)
     }
 
     /// A record broke the partitioner promise: records of a key may be on partitions its
@@ -372,6 +407,7 @@ impl TopicState {
             .sum();
         count += self.pending.len() + grouped;
         self.groups.clear();
+        self.filtered.clear();
         self.key_groups.clear();
         self.all.clear();
         self.by_key.clear();
@@ -484,6 +520,7 @@ impl Topic {
             cutoffs: metrics.slow_stream_cutoffs.with_label_values(&[topic]),
             oversize: metrics.records_oversize.with_label_values(&[topic]),
             keyless: metrics.snapshot_keyless.with_label_values(&[topic]),
+            unmatchable: metrics.filter_unmatchable.with_label_values(&[topic]),
         }
     }
 

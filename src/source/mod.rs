@@ -48,7 +48,15 @@ pub struct LiveRecord<'a> {
     pub headers: Option<&'a BorrowedHeaders>,
 }
 
-impl LiveRecord<'_> {
+impl<'a> LiveRecord<'a> {
+    /// Its headers, as filters read them.
+    pub fn header_source(&self) -> crate::filter::HeaderSource<'a> {
+        match self.headers {
+            Some(headers) => crate::filter::HeaderSource::Kafka(headers),
+            None => crate::filter::HeaderSource::None,
+        }
+    }
+
     /// Its headers as a JSON object (`sse::headers_json`), when it has any.
     pub fn headers_json(&self) -> Option<bytes::Bytes> {
         crate::sse::headers_json(self.headers?.iter().map(|h| (h.key, h.value)))

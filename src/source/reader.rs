@@ -73,6 +73,15 @@ impl Record<'_> {
         self.0.timestamp().to_millis()
     }
 
+    /// The record's headers, as filters read them.
+    pub fn header_source(&self) -> crate::filter::HeaderSource<'_> {
+        use rdkafka::Message as _;
+        match self.0.headers() {
+            Some(headers) => crate::filter::HeaderSource::Kafka(headers),
+            None => crate::filter::HeaderSource::None,
+        }
+    }
+
     /// The record's headers as a JSON object, if it has any.
     pub fn headers_json(&self) -> Option<bytes::Bytes> {
         super::headers_json(&self.0)

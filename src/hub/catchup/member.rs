@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::snapshot::Latest;
 use super::Job;
+use crate::filter::{Filter, Subject, Verdict};
 use crate::hub::floor::id_for;
 use crate::hub::queue::{self, TrySendError};
 use crate::hub::subscribe::HandOver;
@@ -42,6 +43,7 @@ pub(super) struct Cohort {
     /// The view: some keys, or every record, in a format.
     pub(super) keys: Option<Keys>,
     pub(super) format: crate::sse::Format,
+    pub(super) filter: Option<Filter>,
     /// The key's partition, when the streams' ids name only it.
     pub(super) scope: Option<usize>,
     /// Events encoded and not queued yet.
@@ -55,6 +57,7 @@ impl Cohort {
             at,
             keys: member.job.keys.clone(),
             format: member.job.format,
+            filter: member.job.filter.clone(),
             scope: member.job.scope,
             batch: BytesMut::new(),
             members: vec![member],
@@ -66,16 +69,33 @@ impl Cohort {
         self.members.first_mut().and_then(|m| m.latest.as_mut())
     }
 
-    /// True when `record_key` belongs to this cohort's view.
-    pub(super) fn wants(&self, record_key: Option<&[u8]>) -> bool {
-        self.keys
+    /// True when the record of `record_key` belongs to this cohort's view (its keys), and
+    /// what its filter makes of `record` (`None`: no filter).
+    pub(super) fn wants(
+        &self,
+        record_key: Option<&[u8]>,
+        record: &Subject<'_>,
+    ) -> (bool, Option<Verdict>) {
+        if !self
+            .keys
             .as_ref()
             .is_none_or(|keys| keys.contains(record_key))
+        {
+            return (false, None);
+        }
+        let verdict = self.filter.as_ref().map(|f| f.test(record));
+        (true, verdict)
     }
 }
 
-/// A cohort's view and position: keys, format, scope, position.
-type View = (Option<Keys>, crate::sse::Format, Option<usize>, Vec<i64>);
+/// A cohort's view and position: keys, format, filter, scope, position.
+type View = (
+    Option<Keys>,
+    crate::sse::Format,
+    Option<Filter>,
+    Option<usize>,
+    Vec<i64>,
+);
 
 /// Merges cohorts of the same view now at the same position (none with events waiting: call it
 /// right after every cohort was flushed). Streams that started apart share from here on.
@@ -91,7 +111,13 @@ pub(super) fn merge(cohorts: &mut Vec<Cohort>) {
             kept.push(c);
             continue;
         }
-        let view = (c.keys.clone(), c.format, c.scope, c.at.clone());
+        let view = (
+            c.keys.clone(),
+            c.format,
+            c.filter.clone(),
+            c.scope,
+            c.at.clone(),
+        );
         match index.get(&view) {
             Some(&i) => kept[i].members.append(&mut c.members),
             None => {

@@ -148,6 +148,8 @@ pub(super) struct Job {
     pub(super) keys: Option<crate::keyset::Keys>,
     /// The format of its events.
     pub(super) format: crate::sse::Format,
+    /// The tests its records pass, if any.
+    pub(super) filter: Option<crate::filter::Filter>,
     /// Where each partition starts (a partition added since starts at its log start).
     pub(super) from: Vec<LogStart>,
     pub(super) tx: queue::Sender,
@@ -399,18 +401,33 @@ impl Hub {
         let broken = topic.broken.load(Ordering::Acquire);
         // The last event encoded, and the cohort whose position and ids it carries.
         let mut encoded: Option<(usize, Bytes)> = None;
+        // The record as filters see it: its value parsed once for every cohort's filter.
+        let subject = crate::filter::Subject::new(
+            message.header_source(),
+            message.payload(),
+            self.config.max_event_bytes,
+        );
+        let mut unmatchable = false;
         for i in 0..cohorts.len() {
             let c = &mut cohorts[i];
             if (broken && c.scope.is_some()) || offset < c.at[p] {
                 continue;
             }
             c.at[p] = offset + 1;
-            if !c.wants(message.key()) {
+            let (wanted, verdict) = c.wants(message.key(), &subject);
+            if !wanted {
                 continue;
             }
+            unmatchable |= verdict == Some(crate::filter::Verdict::Unmatchable);
+            let passes = verdict.is_none_or(crate::filter::Verdict::passes);
             let format = c.format;
             if let Some(l) = c.snapshot() {
-                self.snapshot_record(l, topic, p, message, format);
+                // A snapshot keeps a key's latest record only if it passes: one that does not
+                // forgets the key, as a tombstone does.
+                self.snapshot_record(l, topic, p, message, format, passes);
+                continue;
+            }
+            if !passes {
                 continue;
             }
             let same = encoded
@@ -428,6 +445,9 @@ impl Hub {
                 event
             });
             c.batch.extend_from_slice(&event);
+        }
+        if unmatchable {
+            topic.unmatchable.inc();
         }
     }
 
@@ -496,6 +516,7 @@ mod tests {
             id,
             keys: None,
             format: crate::sse::Format::Plain,
+            filter: None,
             from: vec![LogStart::Offset(0)],
             tx,
             snapshot: false,

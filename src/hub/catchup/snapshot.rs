@@ -96,7 +96,9 @@ impl Latest {
 }
 
 impl Hub {
-    /// Records without a key have no latest value to keep: a snapshot leaves them out.
+    /// Records without a key have no latest value to keep: a snapshot leaves them out. A
+    /// record that does not pass the stream's filter (`passes` false) forgets its key, as a
+    /// tombstone does: the snapshot holds a key only while its latest record passes.
     pub(super) fn snapshot_record(
         &self,
         latest: &mut Latest,
@@ -104,6 +106,7 @@ impl Hub {
         partition: usize,
         message: &Record<'_>,
         format: crate::sse::Format,
+        passes: bool,
     ) {
         let Some(key) = message.key() else {
             topic.keyless.inc();
@@ -111,6 +114,7 @@ impl Hub {
         };
         let event = message
             .payload()
+            .filter(|_| passes)
             .map(|_| self.encode_read(topic, format, "", partition, message));
         let ts = message.timestamp_ms().unwrap_or(0);
         latest.record(partition, message.offset(), ts, key, event);
