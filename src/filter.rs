@@ -131,6 +131,37 @@ impl fmt::Debug for Filter {
     }
 }
 
+/// Keeps one copy of each distinct filter in use, so equal filters are one (their
+/// [`Filter::id`] is the same) and a record is tested once per distinct filter, whichever
+/// streams hold it. Entries of filters no longer in use are swept as the map grows.
+#[derive(Default)]
+pub struct Interner {
+    held: parking_lot::Mutex<(
+        std::collections::HashMap<String, std::sync::Weak<Set>>,
+        usize,
+    )>,
+}
+
+impl Interner {
+    /// The copy of `filter` in use, or `filter`, now the one.
+    pub fn intern(&self, filter: Filter) -> Filter {
+        let mut guard = self.held.lock();
+        let (held, sweep_at) = &mut *guard;
+        if let Some(known) = held
+            .get(&filter.0.canonical)
+            .and_then(std::sync::Weak::upgrade)
+        {
+            return Filter(known);
+        }
+        if held.len() >= (*sweep_at).max(64) {
+            held.retain(|_, f| f.strong_count() > 0);
+            *sweep_at = 2 * held.len();
+        }
+        held.insert(filter.0.canonical.clone(), Arc::downgrade(&filter.0));
+        filter
+    }
+}
+
 /// Why a request's filters cannot be served (400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
@@ -661,6 +692,19 @@ mod tests {
         assert_eq!(kept(r#"{"t":"y"}"#), Verdict::NoMatch);
         assert_eq!(Filter::and(Some(&route), Some(&route)), Some(route.clone()));
         assert_eq!(Filter::and(None, None), None);
+    }
+
+    #[test]
+    fn equal_filters_are_one_once_interned_and_unused_ones_are_swept() {
+        let interner = Interner::default();
+        let a = interner.intern(filter("where=/a=1&header.t=x"));
+        let b = interner.intern(filter("header.t=x&where=/a=1"));
+        assert_eq!(a.id(), b.id());
+        drop((a, b));
+        for i in 0..1000 {
+            let _ = interner.intern(filter(&format!("where=/n={i}")));
+        }
+        assert!(interner.held.lock().0.len() < 200, "swept as it grows");
     }
 
     #[test]

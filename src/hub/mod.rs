@@ -125,6 +125,8 @@ pub struct Hub {
     readers: catchup::Readers,
     /// Topics where a record broke the partitioner promise: full ids for the process lifetime.
     broken_promises: Mutex<HashSet<String>>,
+    /// One copy of each distinct filter in use: a record is tested once per distinct filter.
+    filters: crate::filter::Interner,
 }
 
 impl Hub {
@@ -140,6 +142,7 @@ impl Hub {
             closed: AtomicBool::new(false),
             assignment: Arc::new(tokio::sync::Mutex::new(())),
             broken_promises: Mutex::new(HashSet::new()),
+            filters: crate::filter::Interner::default(),
         }
     }
 

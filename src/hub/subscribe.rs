@@ -244,6 +244,7 @@ impl Hub {
         mut start: Start,
         seat: &Seat,
     ) -> Result<Subscription, SubscribeError> {
+        let filter = filter.map(|f| self.filters.intern(f));
         loop {
             if self.closed.load(Ordering::Acquire) {
                 return Err(SubscribeError::ShuttingDown);

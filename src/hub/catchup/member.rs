@@ -71,10 +71,13 @@ impl Cohort {
 
     /// True when the record of `record_key` belongs to this cohort's view (its keys), and
     /// what its filter makes of `record` (`None`: no filter).
+    /// Each distinct filter is tested once per record: `tested` holds what the record made of
+    /// those tested so far.
     pub(super) fn wants(
         &self,
         record_key: Option<&[u8]>,
         record: &Subject<'_>,
+        tested: &mut Vec<(usize, Verdict)>,
     ) -> (bool, Option<Verdict>) {
         if !self
             .keys
@@ -83,8 +86,15 @@ impl Cohort {
         {
             return (false, None);
         }
-        let verdict = self.filter.as_ref().map(|f| f.test(record));
-        (true, verdict)
+        let Some(filter) = &self.filter else {
+            return (true, None);
+        };
+        if let Some(&(_, known)) = tested.iter().find(|(id, _)| *id == filter.id()) {
+            return (true, Some(known));
+        }
+        let verdict = filter.test(record);
+        tested.push((filter.id(), verdict));
+        (true, Some(verdict))
     }
 }
 

@@ -407,18 +407,17 @@ impl Hub {
             message.payload(),
             self.config.max_event_bytes,
         );
-        let mut unmatchable = false;
+        let mut tested = Vec::new();
         for i in 0..cohorts.len() {
             let c = &mut cohorts[i];
             if (broken && c.scope.is_some()) || offset < c.at[p] {
                 continue;
             }
             c.at[p] = offset + 1;
-            let (wanted, verdict) = c.wants(message.key(), &subject);
+            let (wanted, verdict) = c.wants(message.key(), &subject, &mut tested);
             if !wanted {
                 continue;
             }
-            unmatchable |= verdict == Some(crate::filter::Verdict::Unmatchable);
             let passes = verdict.is_none_or(crate::filter::Verdict::passes);
             let format = c.format;
             if let Some(l) = c.snapshot() {
@@ -446,9 +445,11 @@ impl Hub {
             });
             c.batch.extend_from_slice(&event);
         }
-        if unmatchable {
-            topic.unmatchable.inc();
-        }
+        let unmatchable = tested
+            .iter()
+            .filter(|(_, v)| *v == crate::filter::Verdict::Unmatchable)
+            .count();
+        topic.unmatchable.inc_by(unmatchable as u64);
     }
 
     /// Partitions added to the topic since this reader started are read from their log start.
