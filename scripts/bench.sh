@@ -35,6 +35,9 @@
 #   W4  reconnect churn: 1,024 streams, 100 drops/s, each resumed with Last-Event-ID
 #   W6  watchlists: 1,024 streams, each of 300 keys out of 5,000 (?key=…), at 2,000 records/s
 #       spread over the keys (gateway only: nchan has no stream of several channels' keys)
+#   W7  filtered: 10,240 streams of every key over 100 distinct where= filters (?where=/k=N on
+#       the record's JSON value), at W7_RATE (500) records/s spread over 100 keys: each record
+#       reaches 102 streams (gateway only: nchan has no value filter)
 #   W5  1% of 4,096 streams stalled (a client that stops reading) on a busy topic
 #   WK  the key path beside the all-keys path, same deliveries: every record has key k0, and
 #       1,024 / 4,096 streams read /bench-fanout (all keys) or /bench-fanout/k0 (one key)
@@ -428,6 +431,10 @@ workload() {
       run W6 gateway --url URL_KEYS_ALL --publish PUB_KEYS --keys 5000 --watch 300 \
         --connections 4 --streams 256 --rate 2000
       ;;
+    W7)
+      run W7 gateway --url URL_KEYS_ALL --publish PUB_KEYS --keys 100 --filters 100 \
+        --connections 40 --streams 256 --rate "${W7_RATE:-500}"
+      ;;
     W4) both W4 --url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100 ;;
     W5) SECONDS_=40 both W5 --url URL_FANOUT --publish PUB_FANOUT --connections 16 --streams 256 --rate 100 --stall 0.01 ;;
     WK)
@@ -483,12 +490,12 @@ workload() {
         --streams 256 --publish PUB_KEYS --rate 20 --warmup 10 \
         --restart RESTART_URL --new-pid NEW_PID_STOPPED --new-metrics NEW_METRICS --outage 30
       ;;
-    *) say "unknown workload $1 (W1 W2 W3 W4 W5 W6 WK WH W8 WS WM W9)"; exit 2 ;;
+    *) say "unknown workload $1 (W1 W2 W3 W4 W5 W6 W7 WK WH W8 WS WM W9)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 W6 WK WH W8 WS WM W9)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W2 W3 W4 W5 W6 W7 WK WH W8 WS WM W9)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0
@@ -565,7 +572,7 @@ if [ "$mode" = smoke ]; then
   exit 0
 fi
 
-for w in W1 W2 W3 W4 W5 W6 WK WH W8 WS WM W9; do workload "$w"; done
+for w in W1 W2 W3 W4 W5 W6 W7 WK WH W8 WS WM W9; do workload "$w"; done
 
 gw_stop
 write_report

@@ -28,6 +28,10 @@
 //! in its query (`?key=k3&key=k17&…`, a choice fixed by `i`, every key in about as many
 //! streams), and checks each key's sequence on its own.
 //!
+//! `--filters F` (with `--keys F`) makes each stream a filtered stream of every key: stream `i`
+//! asks `?where=/k={i % F}`, the records whose value names key `i % F`, tested by the gateway
+//! on each record's JSON value (F distinct filters), and checks that key's sequence.
+//!
 //! `--extra URL --extra-streams N` adds one more connection of N streams reading `URL` (for
 //! example all-keys streams beside key streams). `--metrics URL` (the gateway's admin
 //! `/metrics`) samples the summed `ksg_consumer_lag` once a second through the window: its start,
@@ -93,6 +97,7 @@ run options (defaults in brackets):
   --rate R           records per second [100]      --size B       value bytes [100]
   --keys K           keys k0..k{K-1}, stream i reads k{i % K} [0: no keys]
   --watch W          with --keys: stream i reads W of the keys, named as ?key=… [0: no]
+  --filters F        with --keys F: stream i reads ?where=/k={i % F} on an all-keys URL [0: no]
   --warmup SECS      before measuring [3]          --seconds SECS measured window [20]
   --pids P1,P2       server processes whose CPU and RSS are read from /proc
   --idle true        publish nothing (RSS per open stream)
@@ -162,6 +167,7 @@ struct Options {
     size: usize,
     keys: usize,
     watch: usize,
+    filters: usize,
     warmup: f64,
     seconds: f64,
     pids: Vec<u32>,
@@ -216,6 +222,7 @@ impl Options {
             size: num(take("size"), "size", 100)?,
             keys: num(take("keys"), "keys", 0)?,
             watch: num(take("watch"), "watch", 0)?,
+            filters: num(take("filters"), "filters", 0)?,
             warmup: num(take("warmup"), "warmup", 3.0)?,
             seconds: num(take("seconds"), "seconds", 20.0)?,
             pids: match take("pids") {
@@ -278,6 +285,9 @@ impl Options {
         if o.watch > o.keys || (o.watch > 0 && o.url.contains("{key}")) {
             return Err("--watch W needs --keys N >= W and a --url without {key}".into());
         }
+        if o.filters > 0 && (o.filters != o.keys || o.watch > 0 || o.url.contains("{key}")) {
+            return Err("--filters F needs --keys F, no --watch and a --url without {key}".into());
+        }
         if !o.idle && o.publish.is_none() {
             return Err("--publish is required unless --idle true".into());
         }
@@ -285,7 +295,8 @@ impl Options {
     }
 
     fn key(&self, i: usize) -> Option<String> {
-        (self.keys > 0 && self.watch == 0).then(|| format!("k{}", i % self.keys))
+        (self.keys > 0 && self.watch == 0 && self.filters == 0)
+            .then(|| format!("k{}", i % self.keys))
     }
 
     /// The keys stream `i` watches (`--watch`): W distinct keys, drawn by a generator seeded
@@ -314,6 +325,10 @@ impl Options {
                 .collect();
             let join = if path.contains('?') { '&' } else { '?' };
             return format!("{path}{join}{}", query.join("&"));
+        }
+        if self.filters > 0 {
+            let join = if path.contains('?') { '&' } else { '?' };
+            return format!("{path}{join}where=/k={}", i % self.filters);
         }
         match self.key(i) {
             Some(k) => path.replace("{key}", &k),
@@ -1468,6 +1483,7 @@ async fn run(o: Options) -> Result<(), BoxError> {
         ("stalled_streams", Value::N(stalled as f64)),
         ("keys", Value::N(o.keys as f64)),
         ("watch", Value::N(o.watch as f64)),
+        ("filters", Value::N(o.filters as f64)),
         ("rate", Value::N(if o.idle { 0.0 } else { o.rate })),
         ("size", Value::N(o.size as f64)),
         ("seconds", Value::N(window)),
@@ -1843,6 +1859,8 @@ fn fanout(o: &Options, streams: usize) -> Option<f64> {
     let per = |url: &str, n: usize| {
         if o.watch > 0 && url == o.url {
             n as f64 * o.watch as f64 / o.keys as f64
+        } else if o.filters > 0 && url == o.url {
+            n as f64 / o.filters as f64
         } else if url.contains("{key}") && o.keys > 0 {
             n as f64 / o.keys as f64
         } else {
@@ -2207,6 +2225,26 @@ mod tests {
         // Shapes that do not say.
         assert_eq!(fanout(&parse("--url https://h/t --idle true"), 1), None);
         assert_eq!(fanout(&parse("--url https://h/t --churn 10"), 1), None);
+    }
+
+    #[test]
+    fn filtered_streams_ask_one_of_f_filters_on_the_all_keys_url() {
+        let args = "--url https://h/t --keys 100 --filters 100 --publish kafka://b/t --streams 256";
+        let args: Vec<String> = args.split(' ').map(String::from).collect();
+        let o = Options::parse(&args).unwrap();
+        assert_eq!(o.stream_path(0, "/t".into()), "/t?where=/k=0");
+        assert_eq!(
+            o.stream_path(257, "/t?format=plain".into()),
+            "/t?format=plain&where=/k=57"
+        );
+        assert_eq!(fanout(&o, 10_240), Some(102.4));
+        for bad in [
+            "--url https://h/t --keys 10 --filters 100 --publish kafka://b/t",
+            "--url https://h/t/{key} --keys 10 --filters 10 --publish kafka://b/t",
+        ] {
+            let args: Vec<String> = bad.split(' ').map(String::from).collect();
+            assert!(Options::parse(&args).is_err(), "{bad}");
+        }
     }
 
     #[test]
