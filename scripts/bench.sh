@@ -65,8 +65,8 @@
 # Profiles (docs/profiles.md): the gateway alone under one workload's load, `perf record -g` over
 # the window (W9: the new process while the streams come back), in runs of their own after the
 # measured ones, so perf's cost stays out of the figures: P2 (W2, 1,024 streams), PK (WK's key
-# streams, 1,024), P3-2000 and P3-20000 (W3), P4 (W4), P8 (W8 at 20,000 records/s), P9 (W9's
-# new process) and P1 (W1-busy, the million streams).
+# streams, 1,024), P3-2000 and P3-20000 (W3), P4 (W4), P6 (W6), P7 (W7), P8 (W8 at 20,000
+# records/s), P9 (W9's new process) and P1 (W1-busy, the million streams).
 #
 # Each run restarts the server it measures, so RSS starts clean. Kafka comes from
 # scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
@@ -308,6 +308,10 @@ profile_spec() {
       P_ARGS=(--url URL_KEYS --publish PUB_KEYS --connections 16 --streams 256 --keys 4096 --rate "${1#P3-}") ;;
     P4) P_TITLE="W4, 1,024 streams, 100 resumes/s"
       P_ARGS=(--url URL_FANOUT --publish PUB_FANOUT --connections 4 --streams 256 --rate 100 --churn 100) ;;
+    P6) P_TITLE="W6, 1,024 watchlists of 300 keys out of 5,000, 2,000 records/s"
+      P_ARGS=(--url URL_KEYS_ALL --publish PUB_KEYS --keys 5000 --watch 300 --connections 4 --streams 256 --rate 2000) ;;
+    P7) P_TITLE="W7, 10,240 streams over 100 distinct where= filters, ${W7_RATE:-500} records/s"
+      P_ARGS=(--url URL_KEYS_ALL --publish PUB_KEYS --keys 100 --filters 100 --connections 40 --streams 256 --rate "${W7_RATE:-500}") ;;
     P8) P_TITLE="W8, 20,000 records/s ingested, 100 key streams and 10 all-keys streams"
       P_ARGS=(--url URL_INGEST_KEY --keys 100 --connections 1 --streams 100 --extra URL_INGEST
         --extra-streams 10 --publish PUB_INGEST --rate 20000 --metrics METRICS) ;;
@@ -322,7 +326,7 @@ profile_spec() {
     *) say "unknown profile $1 (${ALL_PROFILES[*]})"; exit 2 ;;
   esac
 }
-ALL_PROFILES=(P2 PK P3-2000 P3-20000 P4 P8 P9 P1)
+ALL_PROFILES=(P2 PK P3-2000 P3-20000 P4 P6 P7 P8 P9 P1)
 
 # profile NAME: one profile run (see the header): perf's data in $DATA/profiles/NAME.data, the
 # run's line in $results.
