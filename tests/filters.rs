@@ -422,3 +422,128 @@ async fn bad_filters_get_400_with_what_is_wrong_and_where() {
     );
     assert_eq!(refused, cases.len() as f64 + 1.0);
 }
+
+/// Reads every block until the stream ends; returns the records' sequence numbers by key and
+/// the blocks' event types other than records'.
+async fn read_to_end(sse: &mut SseReader) -> (BTreeMap<String, Vec<u64>>, Vec<String>) {
+    let (mut got, mut kinds) = (BTreeMap::<String, Vec<u64>>::new(), Vec::new());
+    while let Some(block) = sse.next_block().await {
+        match block.event.as_deref() {
+            Some(kind) => kinds.push(kind.to_string()),
+            None if block.data.is_empty() => {}
+            None => {
+                let r = rec(seq_of(&block));
+                got.entry(r.key).or_default().push(r.seq);
+            }
+        }
+    }
+    (got, kinds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filtered_streams_keep_the_gap_drain_and_expiry_rules() {
+    let cluster = Cluster::new();
+    let topic = unique_topic("filterrules");
+    cluster.create_topic(&topic, PARTITIONS).await;
+    let t = &topic;
+    let p = cluster.producer();
+    produce(&p, t, 0..30);
+    p.flush().await;
+
+    // An id ahead of the log: `event: gap` first, then what passes from the earliest offsets.
+    let gw = gateway(&cluster, &[]).await;
+    let h2 = h2_connect(&gw).await;
+    let shipped_path = format!("/{t}?where=/status=shipped");
+    let ahead = position::encode_dense(position::fingerprint(t), &[1_000_000, 0, 0]);
+    let mut sse = get_stream(&h2, &shipped_path, &[("last-event-id", &ahead)]).await;
+    let first = sse.next_event().await.unwrap();
+    assert_eq!(first.event.as_deref(), Some("gap"));
+    read_exactly(&mut sse, &expected(0..30, None, &shipped, None)).await;
+
+    // A drain ends filtered streams with the live position; they resume on another replica
+    // with nothing lost or repeated.
+    let leaving = gateway(&cluster, &[("KSG_DRAIN_DELAY_SECS", "1")]).await;
+    let to_leaving = h2_connect(&leaving).await;
+    let keys_path = format!("/{t}?key=k1&key=k2&where=/total%3E30");
+    let k12 = Some(&["k1", "k2"][..]);
+    let mut streams = Vec::new();
+    for path in [&shipped_path, &keys_path] {
+        let mut sse = get_stream(&to_leaving, path, &[]).await;
+        sse.next_block().await.unwrap();
+        streams.push(sse);
+    }
+    produce(&p, t, 30..50);
+    p.flush().await;
+    let wants: [(&dyn Fn(&Rec) -> bool, Option<&[&str]>); 2] = [(&shipped, None), (&over_30, k12)];
+    for (sse, (pass, keys)) in streams.iter_mut().zip(wants) {
+        let want = expected(30..50, keys, pass, None);
+        let n = want.values().map(Vec::len).sum();
+        let mut got = BTreeMap::<String, Vec<u64>>::new();
+        for event in sse.events(n).await {
+            let r = rec(seq_of(&event));
+            got.entry(r.key).or_default().push(r.seq);
+        }
+        assert_eq!(got, want);
+    }
+    assert!(leaving.drain_and_shutdown().await, "drained in time");
+    produce(&p, t, 50..70);
+    p.flush().await;
+    for ((sse, path), (pass, keys)) in streams
+        .iter_mut()
+        .zip([&shipped_path, &keys_path])
+        .zip(wants)
+    {
+        let (got, _) = read_to_end(sse).await;
+        assert!(got.is_empty(), "nothing more before the end: {got:?}");
+        let id = sse.last_id.clone().expect("an id to resume from");
+        let mut resumed = get_stream(&h2, path, &[("last-event-id", &id)]).await;
+        read_exactly(&mut resumed, &expected(50..70, keys, pass, None)).await;
+    }
+
+    // A token's filter holds through its expiry: the stream ends with `event: expired`, and a
+    // fresh token resumes it exactly after its last event.
+    let jwt = gateway(
+        &cluster,
+        &[
+            ("KSG_AUTH", "jwt"),
+            ("KSG_AUTH_JWT_SECRET", SECRET),
+            ("KSG_AUTH_EXPIRY_NOTICE_SECS", "1"),
+        ],
+    )
+    .await;
+    let h2 = h2_connect(&jwt).await;
+    let pattern = vec![format!("/{t}?header.tenant={{sub}}")];
+    let short = {
+        let exp = kafka_sse_gateway::auth::now_secs() + 3;
+        let claims = json!({"sub": "a", "exp": exp, "ksg": {"subscribe": pattern}});
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        format!(
+            "Bearer {}",
+            encode(&JwtHeader::default(), &claims, &key).unwrap()
+        )
+    };
+    let mut sse = get_stream(&h2, &format!("/{t}"), &[("authorization", &short)]).await;
+    sse.next_block().await.unwrap();
+    produce(&p, t, 70..90);
+    p.flush().await;
+    let (got, kinds) = read_to_end(&mut sse).await;
+    assert_eq!(got, expected(70..90, None, &tenant_a, None));
+    assert_eq!(kinds, ["expiring", "expired"]);
+    produce(&p, t, 90..110);
+    p.flush().await;
+    let fresh = format!("Bearer {}", token("a", &pattern));
+    let id = sse.last_id.clone().unwrap();
+    let mut resumed = get_stream(
+        &h2,
+        &format!("/{t}"),
+        &[("authorization", &fresh), ("last-event-id", &id)],
+    )
+    .await;
+    read_exactly(&mut resumed, &expected(90..110, None, &tenant_a, None)).await;
+}
+
+fn over_30(r: &Rec) -> bool {
+    r.json
+        .as_ref()
+        .is_some_and(|j| j["total"].as_u64().unwrap() > 30)
+}
