@@ -74,6 +74,8 @@ pub const METADATA_REFRESH_SECS: &str = "KSG_METADATA_REFRESH_SECS";
 pub const MAX_KEYS_PER_STREAM: &str = "KSG_MAX_KEYS_PER_STREAM";
 /// `KSG_MAX_FILTERS_PER_STREAM`: `header.<name>=` and `where=` parameters one stream may give.
 pub const MAX_FILTERS_PER_STREAM: &str = "KSG_MAX_FILTERS_PER_STREAM";
+/// `KSG_MAX_TOPICS_PER_STREAM`: topics one stream may read (`/{topicA},{topicB}`).
+pub const MAX_TOPICS_PER_STREAM: &str = "KSG_MAX_TOPICS_PER_STREAM";
 /// `KSG_MAX_EVENT_BYTES`: largest record value sent as an event.
 pub const MAX_EVENT_BYTES: &str = "KSG_MAX_EVENT_BYTES";
 /// `KSG_KEY_PARTITIONER`: `none` (key streams read every partition and carry full ids), or a
@@ -183,6 +185,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     (MAX_EVENT_BYTES, "4194304"),
     (MAX_KEYS_PER_STREAM, "1000"),
     (MAX_FILTERS_PER_STREAM, "16"),
+    (MAX_TOPICS_PER_STREAM, "16"),
     (KEY_PARTITIONER, "none"),
     (HANDSHAKE_TIMEOUT_SECS, "10"),
     (IDLE_TIMEOUT_SECS, "60"),
@@ -272,6 +275,8 @@ pub struct Config {
     pub max_keys_per_stream: usize,
     /// Filters one stream may give with `header.<name>=` and `where=` parameters.
     pub max_filters_per_stream: usize,
+    /// Topics one stream may read.
+    pub max_topics_per_stream: usize,
     /// The partitioner the operator promises producers use (`None`: no promise, full ids).
     pub key_partitioner: Option<KeyPartitioner>,
     /// TLS and HTTP handshake deadline.
@@ -568,6 +573,7 @@ impl Config {
         let max_event_bytes = r.number(MAX_EVENT_BYTES, 1usize, 1 << 30);
         let max_keys_per_stream = r.number(MAX_KEYS_PER_STREAM, 1usize, 100_000);
         let max_filters_per_stream = r.number(MAX_FILTERS_PER_STREAM, 0usize, 1024);
+        let max_topics_per_stream = r.number(MAX_TOPICS_PER_STREAM, 1usize, 256);
         let key_partitioner = r.listed(KEY_PARTITIONER, |s| match s {
             "none" => Ok(None),
             "murmur2" => Ok(Some(KeyPartitioner::Murmur2)),
@@ -664,6 +670,7 @@ impl Config {
                 max_event_bytes,
                 max_keys_per_stream,
                 max_filters_per_stream,
+                max_topics_per_stream,
                 key_partitioner,
                 handshake_timeout,
                 idle_timeout,

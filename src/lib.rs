@@ -295,6 +295,7 @@ pub fn app(
         opens_burst: config.max_streams_per_connection,
         max_keys: config.max_keys_per_stream,
         max_filters: config.max_filters_per_stream,
+        max_topics: config.max_topics_per_stream,
         snapshot_bytes: config.snapshot_bytes,
     }
 }

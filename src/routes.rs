@@ -108,8 +108,13 @@ pub struct Fixed {
 /// What a path resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// The Kafka topic.
+    /// The Kafka topic (the first of `topics`).
     pub topic: String,
+    /// Every topic of the stream, sorted, without repeats: one, or several named in one
+    /// segment (`/{topicA},{topicB}`).
+    pub topics: Vec<String>,
+    /// The path's segment that names the topics (`None`: the route fixes its topic).
+    pub topic_segment: Option<usize>,
     /// Only records with exactly this key, when set.
     pub key: Option<Vec<u8>>,
     /// The route's template, a bounded metric label.
@@ -296,15 +301,12 @@ impl Routes {
             [topic, key] if !topic.is_empty() => (*topic, Some(*key), &self.key_label),
             _ => return Err(ResolveError::NotFound(format!("no route for {path}"))),
         };
-        let topic = decode_topic(topic)?;
-        if !self.filter.allows(&topic) {
-            return Err(ResolveError::NotFound(format!(
-                "topic {topic:?} is not served here"
-            )));
-        }
+        let topics = decode_topics(topic, &self.filter)?;
         let key = key.map(decode_key).transpose()?;
         Ok(Target {
-            topic,
+            topic: topics[0].clone(),
+            topics,
+            topic_segment: Some(0),
             key,
             route: route.clone(),
             fixed: Fixed::default(),
@@ -326,22 +328,24 @@ impl Template {
                 }
             }
         }
-        let (mut topic, mut key) = (self.topic.clone(), None);
-        for (segment, raw) in self.segments.iter().zip(raw) {
+        let (mut topics, mut key, mut topic_segment) = (None, None, None);
+        for (i, (segment, raw)) in self.segments.iter().zip(raw).enumerate() {
             match segment {
                 Segment::Literal(_) => {}
-                Segment::Topic => topic = Some(decode_topic(raw)?),
+                Segment::Topic => {
+                    topics = Some(decode_topics(raw, filter)?);
+                    topic_segment = Some(i);
+                }
                 Segment::Key => key = Some(decode_key(raw)?),
             }
         }
-        let topic = topic.expect("a template names a topic or has {topic}");
-        if self.topic.is_none() && !filter.allows(&topic) {
-            return Err(ResolveError::NotFound(format!(
-                "topic {topic:?} is not served here"
-            )));
-        }
+        let topics = topics
+            .or_else(|| self.topic.clone().map(|t| vec![t]))
+            .expect("a template names a topic or has {topic}");
         Ok(Some(Target {
-            topic,
+            topic: topics[0].clone(),
+            topics,
+            topic_segment,
             key,
             route: self.label.clone(),
             fixed: self.fixed.clone(),
@@ -437,6 +441,23 @@ fn check_escapes(raw: &str) -> Result<(), ResolveError> {
         }
     }
     Ok(())
+}
+
+/// The topics of a path's topic segment: one, or several joined by commas (Kafka's topic names
+/// have none), each served here; sorted, without repeats.
+fn decode_topics(raw: &str, filter: &TopicFilter) -> Result<Vec<String>, ResolveError> {
+    let mut topics = raw
+        .split(',')
+        .map(decode_topic)
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(topic) = topics.iter().find(|t| !filter.allows(t)) {
+        return Err(ResolveError::NotFound(format!(
+            "topic {topic:?} is not served here"
+        )));
+    }
+    topics.sort_unstable();
+    topics.dedup();
+    Ok(topics)
 }
 
 fn decode_topic(raw: &str) -> Result<String, ResolveError> {
@@ -656,6 +677,36 @@ mod tests {
             Err(FilterError::TooMany { asked: 2, max: 1 })
         );
         assert_eq!(stream_filter(&r.resolve("/t").unwrap(), None, 16), Ok(None));
+    }
+
+    #[test]
+    fn a_segment_of_several_topics_names_them_sorted_once_each_if_each_is_served() {
+        let r = routes(
+            "prices,news,orders-*",
+            "/feed/{topic}/by/{key},/fixed/{key}=prices",
+        );
+        let t = r.resolve("/prices,news,prices/GOOG").unwrap();
+        assert_eq!(t.topics, ["news", "prices"]);
+        assert_eq!((t.topic.as_str(), t.topic_segment), ("news", Some(0)));
+        assert_eq!(t.key.as_deref(), Some(&b"GOOG"[..]));
+        let t = r.resolve("/feed/orders-eu,news/by/k").unwrap();
+        assert_eq!((t.topics.len(), t.topic_segment), (2, Some(1)));
+        // A fixed topic's key may hold a comma.
+        let t = r.resolve("/fixed/a,b").unwrap();
+        assert_eq!(
+            (t.topics, t.key),
+            (vec!["prices".to_string()], Some(b"a,b".to_vec()))
+        );
+        assert!(matches!(
+            r.resolve("/prices,secret"),
+            Err(ResolveError::NotFound(_))
+        ));
+        for bad in ["/prices,", "/,prices", "/prices,,news", "/prices,a%2Cb"] {
+            assert!(
+                matches!(r.resolve(bad), Err(ResolveError::BadRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

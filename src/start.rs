@@ -112,6 +112,9 @@ pub enum StartError {
     /// The `Last-Event-ID` header is not text.
     #[error("Last-Event-ID is not valid text")]
     HeaderNotText,
+    /// A stream of several topics was given an id of another number of topics.
+    #[error("the resume id is not one of a stream of these {0} topics")]
+    NotTheseTopics(usize),
 }
 
 /// Reads the start of a stream of `topic` from the request's headers and query.
@@ -123,25 +126,67 @@ pub fn from_request(
     topic: &str,
     default: Start,
 ) -> Result<Start, StartError> {
+    match resume_id(headers, query)? {
+        Some(id) => Ok(Start::Token(position::decode(&id, topic)?)),
+        None => from_query(query, default),
+    }
+}
+
+/// The starts of a stream of several `topics` (sorted), and the client's id of each: a resume
+/// id of several topics ([`crate::hub::merge`]) gives each topic its part; an empty part, or no
+/// id, starts the topic as the query says.
+#[allow(clippy::type_complexity)]
+pub fn of_topics(
+    headers: &HeaderMap,
+    query: Option<&str>,
+    topics: &[String],
+    default: impl Fn(&str) -> Start,
+) -> Result<Vec<(Start, Option<String>)>, StartError> {
+    let id = resume_id(headers, query)?;
+    let parts = match &id {
+        Some(id) => crate::hub::merge::split(id, topics.len())
+            .ok_or(StartError::NotTheseTopics(topics.len()))?,
+        None => vec![""; topics.len()],
+    };
+    topics
+        .iter()
+        .zip(parts)
+        .map(|(topic, part)| match part {
+            "" => Ok((from_query(query, default(topic))?, None)),
+            part => Ok((
+                Start::Token(position::decode(part, topic)?),
+                Some(part.to_string()),
+            )),
+        })
+        .collect()
+}
+
+/// The client's resume id: `Last-Event-ID`, else the `lastEventId` parameter; `None` for none
+/// (or an empty one).
+fn resume_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<String>, StartError> {
     if let Some(value) = headers.get("last-event-id") {
         let id = value
             .to_str()
             .map_err(|_| StartError::HeaderNotText)?
             .trim();
         if !id.is_empty() {
-            return Ok(Start::Token(position::decode(id, topic)?));
+            return Ok(Some(id.to_string()));
         }
     }
-    let param = |name: &str| {
-        query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (k == name).then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
-        })
-    };
-    if let Some(id) = param("lastEventId").filter(|id| !id.is_empty()) {
-        return Ok(Start::Token(position::decode(&id, topic)?));
-    }
-    match param("from").as_deref() {
+    Ok(param(query, "lastEventId").filter(|id| !id.is_empty()))
+}
+
+/// The value of the query's first parameter `name`, percent-decoded.
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode_str(v).decode_utf8_lossy().into_owned())
+    })
+}
+
+/// The start `from=` asks for, `default` without one.
+fn from_query(query: Option<&str>, default: Start) -> Result<Start, StartError> {
+    match param(query, "from").as_deref() {
         None | Some("") => Ok(default),
         Some("latest") => Ok(Start::Live),
         Some("earliest") => Ok(Start::Earliest),

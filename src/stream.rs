@@ -181,7 +181,8 @@ impl SseStream {
         match &self.events {
             // Counted by the group as its streams read, into the same series, once per poll
             // of the connection.
-            Events::Group(_) => {}
+            // Counted by the merge, per topic.
+            Events::Group(_) | Events::Topics(_) => {}
             Events::Then(..) => {
                 self.metrics.topic.events.inc_by(events);
                 self.metrics.topic.bytes.inc_by(bytes as u64);
@@ -197,7 +198,7 @@ impl SseStream {
 
 /// The SSE blocks (events, comments, id-only blocks) in `bytes`: each ends with a blank line
 /// (data lines never hold a bare LF, so "\n\n" only ends blocks).
-fn blocks(bytes: &[u8]) -> u64 {
+pub(crate) fn blocks(bytes: &[u8]) -> u64 {
     memchr::memchr_iter(b'\n', bytes)
         .filter(|&at| bytes.get(at + 1) == Some(&b'\n'))
         .count() as u64
@@ -339,7 +340,7 @@ impl Body for SseStream {
                     // An item of a group's log is one event.
                     Events::Group(_) => items,
                     // A queue item may hold several (catch-up chunks).
-                    Events::Then(..) => blocks(&frame),
+                    Events::Then(..) | Events::Topics(_) => blocks(&frame),
                 };
                 this.sent(events, frame.len());
                 this.appointments.wrote();

@@ -117,6 +117,9 @@ fn seq_of(event: &Block) -> u64 {
 
 type Placement = std::collections::HashMap<String, (i32, i64)>;
 
+/// What a stream's filters let through, as judged here.
+type Pass<'a> = &'a dyn Fn(&Rec) -> bool;
+
 /// The records of `seqs` among `keys` (`None`: every key) that `pass`, and that the position
 /// `after` (an id; `None`: none) does not cover: by key, in order.
 fn expected(
@@ -474,7 +477,7 @@ async fn filtered_streams_keep_the_gap_drain_and_expiry_rules() {
     }
     produce(&p, t, 30..50);
     p.flush().await;
-    let wants: [(&dyn Fn(&Rec) -> bool, Option<&[&str]>); 2] = [(&shipped, None), (&over_30, k12)];
+    let wants: [(Pass, Option<&[&str]>); 2] = [(&shipped, None), (&over_30, k12)];
     for (sse, (pass, keys)) in streams.iter_mut().zip(wants) {
         let want = expected(30..50, keys, pass, None);
         let n = want.values().map(Vec::len).sum();

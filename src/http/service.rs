@@ -74,6 +74,8 @@ pub struct App {
     /// `header.<name>=` and `where=` parameters one stream may give
     /// (`KSG_MAX_FILTERS_PER_STREAM`).
     pub max_filters: usize,
+    /// Topics one stream may read (`KSG_MAX_TOPICS_PER_STREAM`).
+    pub max_topics: usize,
     /// The records one JSON snapshot answer may hold, bytes (`KSG_SNAPSHOT_BYTES`).
     pub snapshot_bytes: usize,
 }
@@ -154,35 +156,54 @@ impl App {
         }
         let path = request.uri().path();
         let mut grant = None;
-        // Filters a token's pattern adds to the stream.
-        let mut granted_filter = None;
         if path == "/" {
             if let Some(page) = &self.starter_page {
                 return text_response(StatusCode::OK, "text/html; charset=utf-8", page.clone());
             }
         }
-        // Limits and authorization come before any routing or Kafka work.
+        // Limits and authorization come before any Kafka work; a routing error is told only to
+        // a request its token allows, so a token never learns which topics exist beyond it.
         if let Err(wait) = opens.try_open() {
             let why = "too many stream requests on this connection (KSG_MAX_STREAM_OPENS_PER_SEC)";
             return self.too_many("rate_limited", why, wait);
         }
+        let query = request.uri().query();
+        let resolved = self.routes.resolve(path);
+        // The filter a token's pattern adds, for each of the stream's topics.
+        let mut granted: Vec<Option<Filter>> = Vec::new();
         if let Some(auth) = &self.auth {
-            let checked = auth.check(request.headers(), request.uri().query());
-            let query = request.uri().query();
-            let allowed = checked.and_then(|grant| match grant.allows_stream(path, query) {
-                Access::Allowed(filter) => Ok((grant, filter)),
-                Access::Denied => Err(Failure::Forbidden),
+            let checked = auth.check(request.headers(), query);
+            let allowed = checked.and_then(|grant| {
+                // A stream of several topics needs each topic's path allowed.
+                let paths = match &resolved {
+                    Ok(target) if target.topics.len() > 1 => target
+                        .topics
+                        .iter()
+                        .map(|t| topic_path(path, target.topic_segment, t))
+                        .collect(),
+                    _ => vec![path.to_string()],
+                };
+                let filters = paths
+                    .iter()
+                    .map(|path| match grant.allows_stream(path, query) {
+                        Access::Allowed(filter) => Some(filter),
+                        Access::Denied => None,
+                    })
+                    .collect::<Option<Vec<_>>>();
+                filters
+                    .map(|filters| (grant, filters))
+                    .ok_or(Failure::Forbidden)
             });
             match allowed {
                 // Where the stream has to end comes with the response, below.
-                Ok((allowed, filter)) => {
+                Ok((allowed, filters)) => {
                     grant = Some(allowed);
-                    granted_filter = filter;
+                    granted = filters;
                 }
                 Err(failure) => return self.refuse_auth(failure),
             }
         }
-        let target = match self.routes.resolve(path) {
+        let target = match resolved {
             Ok(target) => target,
             Err(ResolveError::NotFound(why)) => {
                 return self.refuse(StatusCode::NOT_FOUND, "not_found", &why)
@@ -191,43 +212,52 @@ impl App {
                 return self.refuse(StatusCode::BAD_REQUEST, "bad_request", &why)
             }
         };
-        let keys = match crate::routes::stream_keys(&target, request.uri().query(), self.max_keys) {
+        if target.topics.len() > self.max_topics {
+            let why = format!(
+                "{} topics asked; a stream takes at most {} (KSG_MAX_TOPICS_PER_STREAM)",
+                target.topics.len(),
+                self.max_topics
+            );
+            return self.refuse(StatusCode::BAD_REQUEST, "bad_topics", &why);
+        }
+        let keys = match crate::routes::stream_keys(&target, query, self.max_keys) {
             Ok(keys) => keys,
             Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_keys", &e.to_string()),
         };
-        let format = match crate::routes::stream_format_for(&target, request.uri().query()) {
+        let format = match crate::routes::stream_format_for(&target, query) {
             Ok(format) => format,
             Err(why) => return self.refuse(StatusCode::BAD_REQUEST, "bad_format", &why),
         };
-        let filter =
-            match crate::routes::stream_filter(&target, request.uri().query(), self.max_filters) {
-                Ok(filter) => Filter::and(filter.as_ref(), granted_filter.as_ref()),
+        let asked = match crate::routes::stream_filter(&target, query, self.max_filters) {
+            Ok(filter) => filter,
+            Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_filter", &e.to_string()),
+        };
+        // Each topic's filter: the route's and the request's, and what the token adds for it.
+        let filters: Vec<Option<Filter>> = (0..target.topics.len())
+            .map(|i| Filter::and(asked.as_ref(), granted.get(i).and_then(Option::as_ref)))
+            .collect();
+        let defaults = |topic: &str| {
+            if self.snapshot_topics.allows(topic) {
+                Start::Snapshot
+            } else {
+                Start::Live
+            }
+        };
+        let starts =
+            match crate::start::of_topics(request.headers(), query, &target.topics, defaults) {
+                Ok(starts) => starts,
                 Err(e) => {
-                    return self.refuse(StatusCode::BAD_REQUEST, "bad_filter", &e.to_string())
+                    return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string())
                 }
             };
-        let default = if self.snapshot_topics.allows(&target.topic) {
-            Start::Snapshot
-        } else {
-            Start::Live
-        };
-        let start = match crate::start::from_request(
-            request.headers(),
-            request.uri().query(),
-            &target.topic,
-            default,
-        ) {
-            Ok(start) => start,
-            Err(e) => return self.refuse(StatusCode::BAD_REQUEST, "bad_resume_id", &e.to_string()),
-        };
         // One JSON document instead of a stream: a snapshot, or the live position.
-        let json =
-            crate::routes::wants_json(request.uri().query()) || accepts_json(request.headers());
-        let json = match (json && !head, &start) {
-            (false, _) => None,
-            (true, Start::Snapshot) => Some(true),
-            (true, Start::Live) => Some(false),
-            (true, _) => {
+        let json = crate::routes::wants_json(query) || accepts_json(request.headers());
+        let every = |want: Start| starts.iter().all(|(start, _)| *start == want);
+        let json = match json && !head {
+            false => None,
+            true if every(Start::Snapshot) => Some(true),
+            true if every(Start::Live) => Some(false),
+            true => {
                 let why = "a JSON answer is for from=snapshot or from=latest";
                 return self.refuse(StatusCode::BAD_REQUEST, "bad_format", why);
             }
@@ -244,30 +274,40 @@ impl App {
                 return self.too_many("too_many_streams", why, FULL_RETRY_AFTER);
             }
         };
-        // HEAD checks that the topic exists as GET does, without reading anything from Kafka.
-        let start = if head { Start::Live } else { start };
         // A JSON document's records are envelopes.
         let format = match json {
             Some(_) => crate::sse::Format::Envelope,
             None => format,
         };
-        let subscription = match self
-            .hub
-            .subscribe(&target.topic, keys, format, filter, start, seat)
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => {
-                let (status, reason, why) = refusal(&e);
-                if let SubscribeError::Unavailable(details) = &e {
-                    // The client is told what it can act on; the details are for operators.
-                    debug!(topic = %target.topic, "stream refused, Kafka unavailable: {details}");
+        let mut subscriptions = Vec::with_capacity(target.topics.len());
+        let mut clients = Vec::with_capacity(target.topics.len());
+        for ((topic, (start, client)), filter) in target.topics.iter().zip(starts).zip(filters) {
+            // HEAD checks that the topic exists as GET does, without reading anything from
+            // Kafka.
+            let start = if head { Start::Live } else { start };
+            let subscribed = self
+                .hub
+                .subscribe(topic, keys.clone(), format, filter, start, seat)
+                .await;
+            match subscribed {
+                Ok(s) => subscriptions.push(s),
+                Err(e) => {
+                    let (status, reason, why) = refusal(&e);
+                    if let SubscribeError::Unavailable(details) = &e {
+                        // The client is told what it can act on; the details are for operators.
+                        debug!(topic = %topic, "stream refused, Kafka unavailable: {details}");
+                    }
+                    if status == StatusCode::SERVICE_UNAVAILABLE {
+                        return self.unavailable(reason, &why);
+                    }
+                    return self.refuse(status, reason, &why);
                 }
-                if status == StatusCode::SERVICE_UNAVAILABLE {
-                    return self.unavailable(reason, &why);
-                }
-                return self.refuse(status, reason, &why);
             }
+            clients.push(client);
+        }
+        let subscription = match subscriptions.len() {
+            1 => subscriptions.pop().expect("one"),
+            _ => Subscription::merged(subscriptions, clients, format == crate::sse::Format::Plain),
         };
         if grant
             .as_ref()
@@ -507,6 +547,16 @@ fn jitter(max: u64) -> u64 {
 /// Whether the request's `Accept` names `text/event-stream` (an EventSource always sends it).
 /// True when the request's `Accept` names `application/json` and not `text/event-stream` (an
 /// EventSource always names the latter).
+/// `path` with its topics' segment (`segment`, counted after the leading `/`) naming `topic`
+/// alone: the path a token must allow for that topic of a stream of several.
+fn topic_path(path: &str, segment: Option<usize>, topic: &str) -> String {
+    let mut parts: Vec<&str> = path.split('/').collect();
+    if let Some(part) = segment.and_then(|i| parts.get_mut(i + 1)) {
+        *part = topic;
+    }
+    parts.join("/")
+}
+
 fn accepts_json(headers: &http::HeaderMap) -> bool {
     accepts(headers, "application/json") && !accepts_event_stream(headers)
 }

@@ -34,6 +34,7 @@ mod catchup;
 mod floor;
 pub mod group;
 mod lifecycle;
+pub mod merge;
 mod order;
 pub mod queue;
 pub mod replay;

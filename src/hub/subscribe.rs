@@ -33,6 +33,8 @@ pub enum Events {
     /// or a queue cut off (a replay the ring outran), ends the stream. Boxed: a stream reads
     /// its own queue only until it is live, and the open streams keep the room of a cursor.
     Then(Box<Own>),
+    /// The streams of several topics, read as one (see [`super::merge`]).
+    Topics(Box<super::merge::Merge>),
 }
 
 /// A stream's own queue and the slot of its cursor once live (see [`Events::Then`]), and its
@@ -63,6 +65,7 @@ impl Events {
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
         match self {
             Events::Group(cursor) => cursor.poll_recv(),
+            Events::Topics(merge) => merge.poll_recv(cx),
             Events::Then(own) => match own.queue.poll_recv(cx) {
                 Poll::Ready(None) => {
                     let next = own.slot.lock().take();
@@ -86,6 +89,7 @@ impl Events {
         match self {
             Events::Then(own) => own.queue.try_recv(),
             Events::Group(cursor) => cursor.try_more(),
+            Events::Topics(merge) => merge.try_recv(),
         }
     }
 }
@@ -122,6 +126,36 @@ impl Subscription {
             prelude: None,
         };
         (tx, subscription)
+    }
+
+    /// The subscriptions of several topics (sorted by name) read as one stream: `clients`,
+    /// the client's id of each topic (if it resumed), `plain`: in the plain format (see
+    /// [`super::merge`]).
+    pub fn merged(
+        subscriptions: Vec<Subscription>,
+        clients: Vec<Option<String>>,
+        plain: bool,
+    ) -> Subscription {
+        let series = subscriptions[0].series.clone();
+        let mut preludes = Vec::new();
+        let mut parts = Vec::new();
+        for (sub, client) in subscriptions.into_iter().zip(clients) {
+            preludes.push(sub.prelude);
+            parts.push((sub.series, sub.events, sub.start_id.or(client)));
+        }
+        let mut merge = super::merge::Merge::new(parts, plain);
+        let mut prelude = bytes::BytesMut::new();
+        for (i, gap) in preludes.into_iter().enumerate() {
+            if let Some(block) = gap.and_then(|gap| merge.prelude(i, &gap)) {
+                prelude.extend_from_slice(&block);
+            }
+        }
+        Subscription {
+            start_id: merge.id(),
+            events: Events::Topics(Box::new(merge)),
+            series,
+            prelude: (!prelude.is_empty()).then(|| prelude.freeze()),
+        }
     }
 
     /// Its parts: what a stream body keeps for its life (the events, the topic's name and

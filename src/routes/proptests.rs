@@ -116,6 +116,12 @@ proptest! {
         let (key, key_path) = spell(&key);
         let want = |topic: &str, key: Option<&[u8]>, route: &str| Target {
             topic: topic.to_string(),
+            topics: vec![topic.to_string()],
+            topic_segment: match route {
+                "/q/{key}" => None,
+                r if r.starts_with("/feeds") => Some(1),
+                _ => Some(0),
+            },
             key: key.map(<[u8]>::to_vec),
             route: route.into(),
             fixed: Default::default(),
