@@ -50,8 +50,6 @@ pub struct Merge {
     /// Topics whose `event: live` is held, and the snapshot events they counted.
     held_live: usize,
     snapshot_events: u64,
-    /// Blocks made from a chunk that held several, not yet handed out.
-    pending: Vec<Bytes>,
 }
 
 impl Merge {
@@ -78,7 +76,6 @@ impl Merge {
             next: 0,
             held_live: 0,
             snapshot_events: 0,
-            pending: Vec::new(),
         }
     }
 
@@ -95,9 +92,6 @@ impl Merge {
     /// The next block (or several, from one chunk of a topic's own queue), `None` once a
     /// topic's stream is over (the client resumes every topic from its last id).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        if let Some(block) = self.take_pending() {
-            return Poll::Ready(Some(block));
-        }
         let n = self.parts.len();
         for step in 0..n {
             let i = (self.next + step) % n;
@@ -119,9 +113,6 @@ impl Merge {
 
     /// The next block if there is one now.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        if let Some(block) = self.take_pending() {
-            return Some(block);
-        }
         let n = self.parts.len();
         for step in 0..n {
             let i = (self.next + step) % n;
@@ -132,14 +123,6 @@ impl Merge {
             }
         }
         None
-    }
-
-    fn take_pending(&mut self) -> Option<Bytes> {
-        if self.pending.is_empty() {
-            None
-        } else {
-            Some(self.pending.remove(0))
-        }
     }
 
     /// The blocks of `bytes` from part `i`, composed (see the module's documentation); `None`
