@@ -99,11 +99,7 @@ async fn a_stream_of_several_topics_is_exact_live_caught_up_snapshotted_and_resu
     let (a, b) = (unique_topic("multia"), unique_topic("multib"));
     cluster.create_topic(&a, 2).await;
     cluster.create_topic(&b, 3).await;
-    let topics = {
-        let mut t = vec![&a, &b];
-        t.sort();
-        t
-    };
+    let topics = sorted(&a, &b);
     let gw = gateway(&cluster, &[]).await;
     let h2 = h2_connect(&gw).await;
     let both = format!("/{a},{b}");
@@ -205,11 +201,7 @@ async fn a_drained_stream_of_several_topics_resumes_on_another_replica_with_noth
     let (a, b) = (unique_topic("draina"), unique_topic("drainb"));
     cluster.create_topic(&a, 2).await;
     cluster.create_topic(&b, 2).await;
-    let topics = {
-        let mut t = vec![&a, &b];
-        t.sort();
-        t
-    };
+    let topics = sorted(&a, &b);
     let leaving = gateway(&cluster, &[("KSG_DRAIN_DELAY_SECS", "1")]).await;
     let staying = gateway(&cluster, &[]).await;
     let both = format!("/{a},{b}?key=key0&key=key2");
@@ -257,16 +249,7 @@ async fn several_topics_are_bounded_checked_and_each_allowed_by_the_token() {
     )
     .await;
     let h2 = h2_connect(&gw).await;
-    let token = |patterns: Vec<String>| {
-        let exp = kafka_sse_gateway::auth::now_secs() + 300;
-        let claims = json!({"sub": "s", "exp": exp, "ksg": {"subscribe": patterns}});
-        let key = EncodingKey::from_secret(SECRET.as_bytes());
-        format!(
-            "Bearer {}",
-            encode(&Header::default(), &claims, &key).unwrap()
-        )
-    };
-    let every = token(vec!["/*".into()]);
+    let every = token(&["/*".to_string()], 300);
     let auth = [("authorization", every.as_str())];
     let refused = |status: u16, why: &str| (status, why.to_string());
     let cases = [
@@ -291,11 +274,14 @@ async fn several_topics_are_bounded_checked_and_each_allowed_by_the_token() {
         assert!(text.contains(&why), "{path}: {text}");
     }
     // Each topic must be allowed: a token of one of them cannot open both.
-    let one = token(vec![format!("/{a}")]);
+    let one = token(&[format!("/{a}")], 300);
     let (head, _) = get(&h2, &format!("/{a},{b}"), &[("authorization", &one)]).await;
     assert_eq!(head.status, 403);
+    // A topic named twice is one topic: its own path is what the token must allow.
+    let (head, _) = get(&h2, &format!("/{a},{a}"), &[("authorization", &one)]).await;
+    assert_eq!(head.status, 200);
     // A token's filter for one topic holds for that topic only.
-    let mixed = token(vec![format!("/{a}"), format!("/{b}?header.tenant=x")]);
+    let mixed = token(&[format!("/{a}"), format!("/{b}?header.tenant=x")], 300);
     let mut sse = get_stream(&h2, &format!("/{a},{b}"), &[("authorization", &mixed)]).await;
     sse.next_block().await.unwrap();
     let p = cluster.producer();
@@ -313,4 +299,90 @@ async fn several_topics_are_bounded_checked_and_each_allowed_by_the_token() {
         metric(&text, "ksg_streams_refused_total{reason=\"bad_topics\"}"),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_several_topics_keeps_the_gap_and_expiry_rules() {
+    let cluster = Cluster::new();
+    let (a, b) = (unique_topic("gapa"), unique_topic("gapb"));
+    cluster.create_topic(&a, 2).await;
+    cluster.create_topic(&b, 2).await;
+    let topics = sorted(&a, &b);
+    let p = cluster.producer();
+    produce_keyed(&p, &a, KEYS, 0..3);
+    produce_keyed(&p, &b, KEYS, 0..3);
+    p.flush().await;
+    let gw = gateway(
+        &cluster,
+        &[
+            ("KSG_AUTH", "jwt"),
+            ("KSG_AUTH_JWT_SECRET", SECRET),
+            ("KSG_AUTH_EXPIRY_NOTICE_SECS", "1"),
+        ],
+    )
+    .await;
+    let h2 = h2_connect(&gw).await;
+    let patterns = vec![format!("/{a}"), format!("/{b}")];
+    let fresh = token(&patterns, 300);
+    let auth = [("authorization", fresh.as_str())];
+    // The first topic's part of the id is ahead of its log; the second's is its start.
+    let ahead = position::encode_dense(position::fingerprint(topics[0]), &[1_000_000, 0]);
+    let start = position::encode_dense(position::fingerprint(topics[1]), &[0, 0]);
+    let id = format!("{ahead}.{start}");
+    let both = format!("/{a},{b}");
+    let mut sse = get_stream(&h2, &both, &[auth[0], ("last-event-id", &id)]).await;
+    let gap = sse.next_event().await.unwrap();
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    let data: Value = serde_json::from_str(&gap.text()).unwrap();
+    assert_eq!(data["topic"], json!(topics[0]), "{data}");
+    assert_eq!(data["partitions"][0]["partition"], json!(0));
+    let all = expected(&topics, 0..3, None, None);
+    assert_eq!(read(&mut sse, count(&all)).await.0, all);
+
+    // A token that expires ends the stream with `event: expired`; a fresh one resumes it
+    // exactly after its last event, in every topic.
+    let short = token(&patterns, 3);
+    let mut sse = get_stream(&h2, &both, &[("authorization", &short)]).await;
+    sse.next_block().await.unwrap();
+    produce_keyed(&p, &a, KEYS, 3..6);
+    produce_keyed(&p, &b, KEYS, 3..6);
+    p.flush().await;
+    let (mut got, mut kinds) = (Got::new(), Vec::new());
+    while let Some(block) = sse.next_block().await {
+        match block.event.as_deref() {
+            Some("expiring") | Some("expired") => kinds.push(block.event.clone().unwrap()),
+            _ if block.data.is_empty() => {}
+            _ => {
+                let (topic, key, seq) = parse(&block);
+                got.entry((topic, key)).or_default().push(seq);
+            }
+        }
+    }
+    assert_eq!(got, expected(&topics, 3..6, None, None));
+    assert_eq!(kinds, ["expiring", "expired"]);
+    produce_keyed(&p, &a, KEYS, 6..8);
+    produce_keyed(&p, &b, KEYS, 6..8);
+    p.flush().await;
+    let last = sse.last_id.clone().unwrap();
+    let mut resumed = get_stream(&h2, &both, &[auth[0], ("last-event-id", &last)]).await;
+    let rest = expected(&topics, 6..8, None, None);
+    assert_eq!(read(&mut resumed, count(&rest)).await.0, rest);
+}
+
+/// The two topics, sorted by name (the order of an id's parts).
+fn sorted<'a>(a: &'a String, b: &'a String) -> Vec<&'a String> {
+    let mut topics = vec![a, b];
+    topics.sort();
+    topics
+}
+
+/// A bearer token allowing `patterns` for `secs` more seconds.
+fn token(patterns: &[String], secs: u64) -> String {
+    let exp = kafka_sse_gateway::auth::now_secs() + secs;
+    let claims = json!({"sub": "s", "exp": exp, "ksg": {"subscribe": patterns}});
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    format!(
+        "Bearer {}",
+        encode(&Header::default(), &claims, &key).unwrap()
+    )
 }

@@ -174,9 +174,9 @@ impl App {
         if let Some(auth) = &self.auth {
             let checked = auth.check(request.headers(), query);
             let allowed = checked.and_then(|grant| {
-                // A stream of several topics needs each topic's path allowed.
+                // Each topic's path must be allowed (a stream of several topics: each one's).
                 let paths = match &resolved {
-                    Ok(target) if target.topics.len() > 1 => target
+                    Ok(target) if target.topic_segment.is_some() => target
                         .topics
                         .iter()
                         .map(|t| topic_path(path, target.topic_segment, t))
