@@ -161,8 +161,11 @@ check() {
   [[ $ver == 2 ]] || die "the stream was served over HTTP/$ver, not HTTP/2"
   grep -q '^data:' "$out" || { cat "$out" >&2; die "the stream delivered no event in 10 s"; }
   log "stream /stock-prices over HTTP/2: $(grep -c '^data:' "$out") events in 10 s, first: $(grep -m1 '^data:' "$out")"
-  curl -sf "http://127.0.0.1:$admin/metrics" | grep -q '^ksg_events_sent_total' \
-    || die "/metrics has no ksg_events_sent_total"
+  # Read whole, then looked at: `curl | grep -q` fails under pipefail when grep stops reading
+  # before curl has written everything (curl then exits 23).
+  local metrics
+  metrics=$(curl -sf "http://127.0.0.1:$admin/metrics") || die "/metrics did not answer"
+  [[ $'\n'$metrics == *$'\n'ksg_events_sent_total* ]] || die "/metrics has no ksg_events_sent_total"
   log "/metrics served"
   kill -TERM "$pid"
   rc=0
