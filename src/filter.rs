@@ -286,18 +286,9 @@ impl Filter {
     }
 
     /// How many tests it has.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.0.tests.len()
-    }
-
-    /// Never true: a filter has a test at least.
-    pub fn is_empty(&self) -> bool {
-        self.0.tests.is_empty()
-    }
-
-    /// True when some test reads the record's value (a tombstone never passes).
-    pub fn reads_value(&self) -> bool {
-        self.0.tests.iter().any(|t| matches!(t, Test::Where { .. }))
     }
 
     /// How `record` fares.
@@ -365,6 +356,33 @@ pub enum HeaderSource<'a> {
     Json(&'a [u8]),
 }
 
+/// What one record made of the filters tested on it so far: each distinct filter (by
+/// [`Filter::id`]; equal filters are one once interned) is tested once per record, whatever
+/// the number of streams, logs or catch-up cohorts that hold it.
+#[derive(Default)]
+pub struct Tested(Vec<(usize, Verdict)>);
+
+impl Tested {
+    /// How `record` fares against `filter`: tested at the first call for this filter.
+    pub fn verdict(&mut self, filter: &Filter, record: &Subject<'_>) -> Verdict {
+        let id = filter.id();
+        if let Some(&(_, known)) = self.0.iter().find(|(f, _)| *f == id) {
+            return known;
+        }
+        let verdict = filter.test(record);
+        self.0.push((id, verdict));
+        verdict
+    }
+
+    /// The filters that could not test the record (`ksg_filter_unmatchable_total`).
+    pub fn unmatchable(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(_, v)| *v == Verdict::Unmatchable)
+            .count() as u64
+    }
+}
+
 /// A record as filters see it: its headers and value, the value parsed at most once.
 pub struct Subject<'a> {
     headers: HeaderSource<'a>,
@@ -386,6 +404,14 @@ impl<'a> Subject<'a> {
             parsed: OnceCell::new(),
             kept_headers: OnceCell::new(),
         }
+    }
+
+    /// A record whose value is over the size values are parsed at (kept only as its size):
+    /// header tests apply, `where` tests cannot.
+    pub fn over_limit(headers: HeaderSource<'a>) -> Self {
+        let subject = Subject::new(headers, Some(&[]), 0);
+        let _ = subject.parsed.set(None);
+        subject
     }
 
     /// The value of the record's last header `name`: `None` without one, `Some(None)` for a

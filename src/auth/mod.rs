@@ -202,22 +202,7 @@ impl Grant {
         if whole == Some(None) {
             return Access::Allowed(None);
         }
-        let by_key = (|| {
-            let mut keys = crate::routes::query_key_values(query).peekable();
-            keys.peek()?;
-            let mut found: Option<Option<String>> = None;
-            for raw in keys {
-                let granted = pattern::grant_below(&self.patterns, subject, path, raw)?;
-                match (&found, granted) {
-                    (_, None) => {}
-                    (None | Some(None), Some(query)) => found = Some(Some(query)),
-                    (Some(Some(held)), Some(query)) if *held == query => {}
-                    (Some(Some(_)), Some(_)) => return None,
-                }
-            }
-            Some(found.flatten())
-        })();
-        let granted = match by_key {
+        let granted = match self.grant_by_keys(path, query) {
             Some(None) => Some(None),
             by_key => whole.or(by_key),
         };
@@ -229,6 +214,29 @@ impl Grant {
                 None => Access::Denied,
             },
         }
+    }
+}
+
+impl Grant {
+    /// What the patterns allow of a request for `path` naming keys (`key=` in `query`): the key
+    /// path below `path` of each of them, with no filter when none needs one, with the one
+    /// filter they need otherwise; `None` when no key is named, a key is not allowed, or two
+    /// need different filters.
+    fn grant_by_keys(&self, path: &str, query: Option<&str>) -> Option<Option<String>> {
+        let subject = self.subject.as_deref();
+        let mut keys = crate::routes::query_key_values(query).peekable();
+        keys.peek()?;
+        let mut found: Option<String> = None;
+        for raw in keys {
+            let granted = pattern::grant_below(&self.patterns, subject, path, raw)?;
+            match (&found, granted) {
+                (_, None) => {}
+                (None, Some(query)) => found = Some(query),
+                (Some(held), Some(query)) if *held == query => {}
+                (Some(_), Some(_)) => return None,
+            }
+        }
+        Some(found)
     }
 }
 

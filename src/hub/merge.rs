@@ -149,21 +149,17 @@ impl Merge {
     /// Appends block `block` of part `i`, composed, to `out`.
     fn compose_block(&mut self, i: usize, block: &[u8], out: &mut BytesMut) {
         let body = block.strip_suffix(b"\n\n").unwrap_or(block);
-        let (mut kind, mut id, mut data) = (None, None, Vec::new());
-        for line in body.split(|b| *b == b'\n') {
-            if let Some(value) = line.strip_prefix(b"event: ") {
-                kind = Some(value);
-            } else if let Some(value) = line.strip_prefix(b"id: ") {
-                id = Some(value);
-            } else {
-                data.push(line);
-            }
-        }
+        let lines = || body.split(|b| *b == b'\n');
+        let kind = lines().find_map(|l| l.strip_prefix(b"event: "));
+        let id = lines().find_map(|l| l.strip_prefix(b"id: "));
         if let Some(id) = id {
-            self.parts[i].id = Some(String::from_utf8_lossy(id).into_owned());
+            // The part's id is kept in the same buffer from event to event.
+            let held = self.parts[i].id.get_or_insert_with(String::new);
+            held.clear();
+            held.push_str(&String::from_utf8_lossy(id));
         }
         if kind == Some(sse::EVENT_LIVE.as_bytes()) {
-            self.held(i, &data);
+            self.held(i, body);
             if self.held_live < self.parts.len() {
                 return;
             }
@@ -172,21 +168,24 @@ impl Merge {
             out.put_slice(&sse::event(Some(sse::EVENT_LIVE), &id, &data));
             return;
         }
-        let has_data = data.iter().any(|l| l.starts_with(b"data:"));
         match kind {
             Some(kind) => {
                 out.put_slice(b"event: ");
                 out.put_slice(kind);
                 out.put_u8(b'\n');
             }
-            None if self.plain && has_data => out.put_slice(&self.parts[i].typed),
+            None if self.plain && lines().any(|l| l.starts_with(b"data:")) => {
+                out.put_slice(&self.parts[i].typed)
+            }
             None => {}
         }
         let json_data = matches!(
             kind,
             Some(b"gap" | b"oversize" | b"end") // their data is one JSON object
         );
-        for line in data.into_iter().filter(|l| !l.is_empty()) {
+        let other =
+            |l: &&[u8]| !l.is_empty() && !l.starts_with(b"event: ") && !l.starts_with(b"id: ");
+        for line in lines().filter(other) {
             match line.strip_prefix(b"data: {") {
                 Some(rest) if json_data => {
                     out.put_slice(b"data: {\"topic\":");
@@ -203,23 +202,27 @@ impl Merge {
             out.put_u8(b'\n');
         }
         if id.is_some() {
-            if let Some(composed) = self.id() {
-                out.put_slice(b"id: ");
-                out.put_slice(composed.as_bytes());
-                out.put_u8(b'\n');
+            // Every topic's id, written in place.
+            out.put_slice(b"id: ");
+            for (n, part) in self.parts.iter().enumerate() {
+                if n > 0 {
+                    out.put_u8(ID_SEPARATOR as u8);
+                }
+                out.put_slice(part.id.as_deref().unwrap_or("").as_bytes());
             }
+            out.put_u8(b'\n');
         }
         out.put_u8(b'\n');
     }
 
-    /// Part `i`'s snapshot ended (`data`: its `live` event's lines).
-    fn held(&mut self, i: usize, data: &[&[u8]]) {
+    /// Part `i`'s snapshot ended (`body`: its `live` event's lines).
+    fn held(&mut self, i: usize, body: &[u8]) {
         let part = &mut self.parts[i];
         if !part.live {
             part.live = true;
             self.held_live += 1;
         }
-        let counted = data.iter().find_map(|l| {
+        let counted = body.split(|b| *b == b'\n').find_map(|l| {
             let text = std::str::from_utf8(l.strip_prefix(b"data: ")?).ok()?;
             let json: serde_json::Value = serde_json::from_str(text).ok()?;
             json["snapshot_events"].as_u64()

@@ -52,7 +52,7 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tracing::{debug, warn};
 
-use crate::filter::{Filter, Subject, Verdict};
+use crate::filter::{Filter, Subject, Tested};
 use crate::metrics::Metrics;
 use crate::partitioner::KeyPartitioner;
 use crate::position;
@@ -346,7 +346,7 @@ impl Hub {
                 record.value,
                 self.config.max_event_bytes,
             ),
-            verdicts: RefCell::new(Vec::new()),
+            tested: RefCell::default(),
             gone: 0,
             cut: 0,
         };
@@ -364,16 +364,17 @@ impl Hub {
             }
         }
         fan.push_to_groups(state.groups.values());
-        // Each filter of the topic's groups of every record is tested once.
+        // Each filter of the topic's groups of every record is tested once, for all its logs.
         for (filter, groups) in &state.filtered {
             if fan.passes(Some(filter)) {
-                fan.push_to_groups(groups.values());
+                groups.values().for_each(|group| fan.push(group));
             }
         }
         if let Some(keyed) = keyed {
             fan.push_to_groups(keyed.iter());
         }
         let (gone, cut, headers) = (fan.gone, fan.cut, fan.headers_json());
+        hub.unmatchable.inc_by(fan.tested.borrow().unmatchable());
         // After the groups took this event, so the moved streams read from the next one.
         self.move_to_groups(hub, state, Listed::All, moving_all, moved);
         if let Some(k) = key {
@@ -544,9 +545,8 @@ struct Fan<'a> {
     oversized: bool,
     /// The record as filters see it, its value parsed at most once.
     subject: Subject<'a>,
-    /// What each filter (by [`Filter::id`]) tested so far made of the record: each is tested
-    /// once per record, whatever the number of its groups and streams.
-    verdicts: RefCell<Vec<(usize, bool)>>,
+    /// What the filters tested so far made of the record (each tested once).
+    tested: RefCell<Tested>,
     gone: usize,
     cut: u64,
 }
@@ -592,22 +592,9 @@ impl<'a> Fan<'a> {
             .clone()
     }
 
-    /// True when the record passes `filter` (`None`: no filter), tested at its first call
-    /// (a record a `where` test cannot test is counted then).
+    /// True when the record passes `filter` (`None`: no filter), tested at its first call.
     fn passes(&self, filter: Option<&Filter>) -> bool {
-        let Some(filter) = filter else {
-            return true;
-        };
-        let id = filter.id();
-        if let Some(&(_, known)) = self.verdicts.borrow().iter().find(|(f, _)| *f == id) {
-            return known;
-        }
-        let verdict = filter.test(&self.subject);
-        if verdict == Verdict::Unmatchable {
-            self.hub.unmatchable.inc();
-        }
-        self.verdicts.borrow_mut().push((id, verdict.passes()));
-        verdict.passes()
+        filter.is_none_or(|f| self.tested.borrow_mut().verdict(f, &self.subject).passes())
     }
 
     /// Offers the event to streams with queues of their own (resumed ones, until the live
@@ -686,20 +673,24 @@ impl<'a> Fan<'a> {
     /// off.
     fn push_to_groups<'g>(&mut self, groups: impl Iterator<Item = &'g Arc<Group>>) {
         for group in groups {
-            let view = group.view();
-            if !self.passes(view.filter) {
-                continue;
+            if self.passes(group.view().filter) {
+                self.push(group);
             }
-            let slow = group.push(self.for_view(view.scope, view.format));
-            if slow > 0 {
-                self.hub.cutoffs.inc_by(slow);
-                debug!(
-                    topic = %self.hub.name,
-                    streams = slow,
-                    "streams cut off: their clients fell behind"
-                );
-                self.cut += slow;
-            }
+        }
+    }
+
+    /// Pushes the event to one group, whose filter (if any) the record passes.
+    fn push(&mut self, group: &Arc<Group>) {
+        let view = group.view();
+        let slow = group.push(self.for_view(view.scope, view.format));
+        if slow > 0 {
+            self.hub.cutoffs.inc_by(slow);
+            debug!(
+                topic = %self.hub.name,
+                streams = slow,
+                "streams cut off: their clients fell behind"
+            );
+            self.cut += slow;
         }
     }
 }
@@ -874,7 +865,7 @@ mod tests {
                 id: &id,
                 oversized: false,
                 subject: Subject::new(crate::filter::HeaderSource::None, None, 0),
-                verdicts: RefCell::new(Vec::new()),
+                tested: RefCell::default(),
                 gone: 0,
                 cut: 0,
             };

@@ -114,8 +114,7 @@ impl Entry {
         };
         let subject = match &self.record {
             Record::Value(value) => Subject::new(headers, value.as_deref(), usize::MAX),
-            // Over the size values are parsed at: an empty value with no room is never JSON.
-            Record::Oversize(_) => Subject::new(headers, Some(&[]), 0),
+            Record::Oversize(_) => Subject::over_limit(headers),
         };
         filter.test(&subject).passes()
     }

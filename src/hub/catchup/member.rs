@@ -12,7 +12,7 @@ use tracing::{debug, warn};
 
 use super::snapshot::Latest;
 use super::Job;
-use crate::filter::{Filter, Subject, Verdict};
+use crate::filter::{Filter, Subject, Tested, Verdict};
 use crate::hub::floor::id_for;
 use crate::hub::queue::{self, TrySendError};
 use crate::hub::subscribe::HandOver;
@@ -77,7 +77,7 @@ impl Cohort {
         &self,
         record_key: Option<&[u8]>,
         record: &Subject<'_>,
-        tested: &mut Vec<(usize, Verdict)>,
+        tested: &mut Tested,
     ) -> (bool, Option<Verdict>) {
         if !self
             .keys
@@ -86,15 +86,8 @@ impl Cohort {
         {
             return (false, None);
         }
-        let Some(filter) = &self.filter else {
-            return (true, None);
-        };
-        if let Some(&(_, known)) = tested.iter().find(|(id, _)| *id == filter.id()) {
-            return (true, Some(known));
-        }
-        let verdict = filter.test(record);
-        tested.push((filter.id(), verdict));
-        (true, Some(verdict))
+        let verdict = self.filter.as_ref().map(|f| tested.verdict(f, record));
+        (true, verdict)
     }
 }
 

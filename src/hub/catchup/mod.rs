@@ -407,7 +407,7 @@ impl Hub {
             message.payload(),
             self.config.max_event_bytes,
         );
-        let mut tested = Vec::new();
+        let mut tested = crate::filter::Tested::default();
         for i in 0..cohorts.len() {
             let c = &mut cohorts[i];
             if (broken && c.scope.is_some()) || offset < c.at[p] {
@@ -445,11 +445,7 @@ impl Hub {
             });
             c.batch.extend_from_slice(&event);
         }
-        let unmatchable = tested
-            .iter()
-            .filter(|(_, v)| *v == crate::filter::Verdict::Unmatchable)
-            .count();
-        topic.unmatchable.inc_by(unmatchable as u64);
+        topic.unmatchable.inc_by(tested.unmatchable());
     }
 
     /// Partitions added to the topic since this reader started are read from their log start.
