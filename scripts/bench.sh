@@ -12,6 +12,8 @@
 #   scripts/bench.sh only W3 [WK ...]
 #                             the named workloads alone, on both servers; results in
 #                             /tmp/ksg-bench/only.json and a table (docs/ untouched)
+#   ksg-bench floor           (run first by every mode) this machine's CPU per thread wake-up
+#                             and per small loopback write to a sleeping reader
 #   scripts/bench.sh profile [P2 P3-2000 ...]
 #                             the profiles alone (all, or the named ones): docs/profiles.md
 #   scripts/bench.sh compare NAME=BINARY...
@@ -23,7 +25,9 @@
 #                             BENCH_PATHS="all key" also runs each shape as key streams (the
 #                             WK pair below; default "all"); "keys" runs W3's shape (e.g.
 #                             BENCH_COMPARE="16:2000 16:20000"), "ingest" W8's (gateway only,
-#                             100 key streams on CONNECTIONS connections: "1:20000")
+#                             100 key streams on CONNECTIONS connections: "1:20000"), "churn"
+#                             W4's (W2's shape, 100 resumes a second: BENCH_PATHS="all churn"
+#                             gives W4 beside W2 on each binary)
 #
 # Workloads (each described in docs/benchmarks.md):
 #   W1  idle hold: RSS per open stream at 51,200 and 200,192 streams, and (gateway only, 60 s)
@@ -108,6 +112,13 @@ cargo build --profile "$PROFILE" --locked --workspace --bins >&2
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 GW_BIN="${BENCH_GW_BIN:-$TARGET/$PROFILE/kafka-sse-gateway}"
 BENCH="$TARGET/$PROFILE/ksg-bench"
+
+# What this machine charges for a wake-up and for a small loopback write to a sleeping reader
+# (ksg-bench floor), measured before anything else runs: the floor under sparse traffic.
+if [ "$mode" != report ]; then
+  "$BENCH" floor >"$DATA/floor.json"
+  say "this machine: $(cat "$DATA/floor.json")"
+fi
 
 # One CA and one server certificate for both servers (rustls refuses a CA as a server cert).
 if ! openssl x509 -checkend 86400 -noout -in "$DATA/cert.pem" >/dev/null 2>&1; then
@@ -243,6 +254,7 @@ run() {
   [ -n "${PERF_AS:-}" ] && args+=(--perf "$DATA/profiles/$PERF_AS.data")
   say "$name on $server: ${args[*]}"
   "$BENCH" run --name "$name" --server "$server" --ca "$DATA/ca.pem" --pids "$pids" \
+    --wake-us "$(field wake_us "$(cat "$DATA/floor.json")")" \
     --warmup "$WARMUP" --seconds "$SECONDS_" "${args[@]}" | tee -a "$results"
   gw2_stop
 }
@@ -264,6 +276,8 @@ write_report() {
       echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') +"
       echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
       echo "Raw results: \`docs/benchmarks.json\` (one run per line). Profiles: \`docs/profiles.md\`."
+      echo "This machine (\`ksg-bench floor\`, before the runs): a thread's wake-up $(field wake_us "$(cat "$DATA/floor.json")") CPU-µs,"
+      echo "a 200-byte loopback write to a sleeping reader $(field write_us "$(cat "$DATA/floor.json")") CPU-µs (the writer's side)."
       echo
     fi
     "$BENCH" report "$results"
@@ -283,7 +297,8 @@ field() {
 # path_args PATH: the URL and publisher of W2's shape as all-keys streams ("all") or, with every
 # record keyed k0, as all-keys ("all1") or key streams ("key") with the same deliveries; W3's
 # shape ("keys": one key each of 4,096, on the 6-partition topic); W8's ("ingest": key streams of
-# 100 keys and 10 all-keys streams on the 12-partition topic, gateway only).
+# 100 keys and 10 all-keys streams on the 12-partition topic, gateway only); W4's ("churn": W2's
+# shape with 100 streams a second dropped and resumed).
 path_args() {
   case "$1" in
     all) echo "--url URL_FANOUT --publish PUB_FANOUT" ;;
@@ -291,6 +306,7 @@ path_args() {
     key) echo "--url URL_FANOUT_KEY --publish PUB_FANOUT_KEY --keys 1" ;;
     keys) echo "--url URL_KEYS --publish PUB_KEYS --keys 4096" ;;
     ingest) echo "--url URL_INGEST_KEY --keys 100 --extra URL_INGEST --extra-streams 10 --publish PUB_INGEST --metrics METRICS" ;;
+    churn) echo "--url URL_FANOUT --publish PUB_FANOUT --churn 100" ;;
   esac
 }
 
@@ -538,7 +554,8 @@ if [ "$mode" = compare ]; then
             keys) name=W3 ;;
             # W8's shape: 100 key streams on CONNECTIONS connections, and the 10 all-keys ones.
             ingest) name=W8; streams=$((100 / conns)) ;;
-            *) say "unknown path $p (all key keys ingest)"; exit 2 ;;
+            churn) name=W4 ;;
+            *) say "unknown path $p (all key keys ingest churn)"; exit 2 ;;
           esac
           for spec in "${compared[@]}"; do
             GW_BIN="${spec#*=}"

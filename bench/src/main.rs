@@ -6,6 +6,7 @@
 //!     --publish kafka://127.0.0.1:9092/bench --rate 100 --size 100 \
 //!     --warmup 3 --seconds 20 --pids 1234
 //! ksg-bench report results.jsonl        # a Markdown table of the runs
+//! ksg-bench floor                       # this machine's CPU per wake-up and loopback write
 //! ```
 //!
 //! `run` opens `connections` HTTP/2 connections (TLS with ALPN h2 for `https://`, prior
@@ -17,7 +18,9 @@
 //! stream's sequence checked for loss and duplicates. The server's CPU time and RSS (every pid
 //! given, summed) are read from /proc around the measured window, and so are its threads' CPU
 //! time and context switches (`wakeups_per_sec`, and `threads`: each thread name's share, the
-//! busiest first). One JSON object is printed.
+//! busiest first); with `--wake-us` (this machine's price of a wake-up, from `ksg-bench floor`)
+//! also what those context switches cost per delivered event (`wake_cpu_us_per_event`). One
+//! JSON object is printed.
 //!
 //! `{key}` in `--url` and `--publish` is replaced by the stream's key (`k0`, `k1`, …) when
 //! `--keys N` is given: stream `i` reads key `k{i % N}`, the publisher cycles through the keys.
@@ -66,6 +69,8 @@
 //! then `exec`s the gateway) and is continued SECS after the SIGTERM; the times are then counted
 //! from its continuation.
 
+mod floor;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +92,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const USAGE: &str = "\
 usage: ksg-bench run --url URL [options]     one run; prints one JSON object
        ksg-bench report results.jsonl        a Markdown table of runs
+       ksg-bench floor [SECONDS]             this machine's CPU per wake-up and per small
+                                             loopback write to a sleeping reader [1 s each]
 
 run options (defaults in brackets):
   --name N           workload label [run]          --server S     server label [gateway]
@@ -123,6 +130,8 @@ run options (defaults in brackets):
                      continued (SIGCONT): an outage between the two [0]
   --http1 true       every stream on an HTTP/1.1 connection of its own (as EventSource over
                      HTTP/1.1 does), C x S of them; not with --churn, --stall, --extra, --restart
+  --wake-us US       this machine's CPU-µs per wake-up (ksg-bench floor): the run reports what
+                     the server's context switches cost per event at that price
   --perf FILE        `perf record -g` of the --pids processes over the window (with --restart:
                      of the new process, from the SIGTERM (or SIGCONT) until every stream is
                      back) into FILE; the run's figures then include perf's own cost
@@ -142,6 +151,16 @@ fn main() {
                 .block_on(run(o))
         }),
         Some("report") if args.len() == 2 => report(&args[1]),
+        Some("floor") if args.len() <= 2 => args
+            .get(1)
+            .map_or(Ok(1.0), |s| s.parse::<f64>())
+            .map_err(|e| format!("floor: SECONDS: {e}").into())
+            .and_then(|secs| {
+                if !(0.01..=60.0).contains(&secs) {
+                    return Err("floor: SECONDS must be between 0.01 and 60".into());
+                }
+                floor::measure(secs).map(|f| println!("{}", f.json()))
+            }),
         _ => {
             eprint!("{USAGE}");
             std::process::exit(2);
@@ -188,6 +207,8 @@ struct Options {
     outage: f64,
     http1: bool,
     perf: Option<String>,
+    /// This machine's CPU-µs per wake-up (`ksg-bench floor`), to price the server's.
+    wake_us: Option<f64>,
 }
 
 impl Options {
@@ -256,6 +277,12 @@ impl Options {
             outage: num(take("outage"), "outage", 0.0)?,
             http1: num(take("http1"), "http1", false)?,
             perf: take("perf"),
+            wake_us: take("wake-us")
+                .map(|v| match v.parse::<f64>() {
+                    Ok(us) if us.is_finite() && us > 0.0 => Ok(us),
+                    _ => Err(format!("--wake-us: bad value {v}")),
+                })
+                .transpose()?,
         };
         if let Some(k) = map.keys().next() {
             return Err(format!("unknown option --{k}").into());
@@ -1522,6 +1549,13 @@ async fn run(o: Options) -> Result<(), BoxError> {
     if !threads.is_empty() {
         let wakeups: f64 = threads.iter().map(|t| t.switches_per_sec).sum();
         fields.push(("wakeups_per_sec", Value::N(wakeups.round())));
+        if let Some(price) = o.wake_us.filter(|_| events > 0) {
+            // What the context switches alone cost at this machine's price, per event.
+            fields.push((
+                "wake_cpu_us_per_event",
+                Value::N(wakeups * price / (events as f64 / window)),
+            ));
+        }
         fields.push(("threads", Value::S(ThreadShare::describe(&threads))));
     }
     if !o.idle {
@@ -2062,6 +2096,8 @@ fn report(path: &str) -> Result<(), BoxError> {
             ("rate", "records/s"),
             ("cpu_percent", "CPU %"),
             ("wakeups_per_sec", "context switches/s"),
+            ("cpu_us_per_event", "CPU-µs/event"),
+            ("wake_cpu_us_per_event", "of which wake-ups"),
             ("threads", "threads: CPU ms/s, context switches/s"),
         ],
     );
@@ -2200,6 +2236,23 @@ mod tests {
         // Too few samples to tell: no verdict at all.
         let short = Pace(pace(|_| 1, |_| 1).0.into_iter().take(2).collect());
         assert_eq!(verdict(&short, "held", None), None);
+    }
+
+    #[test]
+    fn a_wake_up_price_is_a_positive_number_or_refused() {
+        let parse = |args: &str| {
+            let args: Vec<String> = format!("--url https://h/t --idle true {args}")
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            Options::parse(&args).map(|o| o.wake_us)
+        };
+        assert_eq!(parse("").unwrap(), None);
+        assert_eq!(parse("--wake-us 14.5").unwrap(), Some(14.5));
+        for bad in ["0", "-3", "NaN", "inf", "fast"] {
+            let err = parse(&format!("--wake-us {bad}")).unwrap_err().to_string();
+            assert!(err.contains("--wake-us"), "{bad}: {err}");
+        }
     }
 
     #[test]
