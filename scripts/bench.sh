@@ -12,8 +12,6 @@
 #   scripts/bench.sh only W3 [WK ...]
 #                             the named workloads alone, on both servers; results in
 #                             /tmp/ksg-bench/only.json and a table (docs/ untouched)
-#   ksg-bench floor           (run first by every mode) this machine's CPU per thread wake-up
-#                             and per small loopback write to a sleeping reader
 #   scripts/bench.sh profile [P2 P3-2000 ...]
 #                             the profiles alone (all, or the named ones): docs/profiles.md
 #   scripts/bench.sh compare NAME=BINARY...
@@ -72,6 +70,10 @@
 # streams, 1,024), P3-2000 and P3-20000 (W3), P4 (W4), P6 (W6), P7 (W7), P8 (W8 at 20,000
 # records/s), P9 (W9's new process) and P1 (W1-busy, the million streams).
 #
+# Every mode but report first runs `ksg-bench floor`: this machine's CPU per thread wake-up and
+# per small loopback write to a sleeping reader, printed, written above a full run's results,
+# and given to each run (--wake-us) to price its server's context switches.
+#
 # Each run restarts the server it measures, so RSS starts clean. Kafka comes from
 # scripts/kafka-local.sh, nginx + nchan from scripts/nchan.sh (both installed when missing).
 # CPU and RSS are the server's own, from /proc; the load generator runs on the same cores.
@@ -115,9 +117,10 @@ BENCH="$TARGET/$PROFILE/ksg-bench"
 
 # What this machine charges for a wake-up and for a small loopback write to a sleeping reader
 # (ksg-bench floor), measured before anything else runs: the floor under sparse traffic.
+floor=""
 if [ "$mode" != report ]; then
-  "$BENCH" floor >"$DATA/floor.json"
-  say "this machine: $(cat "$DATA/floor.json")"
+  floor=$("$BENCH" floor)
+  say "this machine: $floor"
 fi
 
 # One CA and one server certificate for both servers (rustls refuses a CA as a server cert).
@@ -254,7 +257,7 @@ run() {
   [ -n "${PERF_AS:-}" ] && args+=(--perf "$DATA/profiles/$PERF_AS.data")
   say "$name on $server: ${args[*]}"
   "$BENCH" run --name "$name" --server "$server" --ca "$DATA/ca.pem" --pids "$pids" \
-    --wake-us "$(field wake_us "$(cat "$DATA/floor.json")")" \
+    --wake-us "$(field wake_us "$floor")" \
     --warmup "$WARMUP" --seconds "$SECONDS_" "${args[@]}" | tee -a "$results"
   gw2_stop
 }
@@ -276,8 +279,8 @@ write_report() {
       echo "Linux $(uname -r), Apache Kafka $(scripts/kafka-local.sh version), nginx $(nginx -v 2>&1 | sed 's/.*nginx\///') +"
       echo "nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null), gateway $(git describe --always --dirty 2>/dev/null)."
       echo "Raw results: \`docs/benchmarks.json\` (one run per line). Profiles: \`docs/profiles.md\`."
-      echo "This machine (\`ksg-bench floor\`, before the runs): a thread's wake-up $(field wake_us "$(cat "$DATA/floor.json")") CPU-µs,"
-      echo "a 200-byte loopback write to a sleeping reader $(field write_us "$(cat "$DATA/floor.json")") CPU-µs (the writer's side)."
+      echo "This machine (\`ksg-bench floor\`, before the runs): a thread's wake-up $(field wake_us "$floor") CPU-µs,"
+      echo "a 200-byte loopback write to a sleeping reader $(field write_us "$floor") CPU-µs (the writer's side)."
       echo
     fi
     "$BENCH" report "$results"

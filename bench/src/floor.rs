@@ -4,8 +4,7 @@
 //! - **A wake-up**: a thread that sleeps until another one hands it work (a futex, as a
 //!   condition variable, librdkafka's queues and an idle runtime's park use). Two threads hand a
 //!   token back and forth through channels, each sleeping until it comes back: the process's CPU
-//!   per hand-over.
-//!   Both sides are the server's when one of its threads wakes another.
+//!   per hand-over. Both sides are the server's when one of its threads wakes another.
 //! - **A small write to a sleeping reader over loopback TCP**: one `write` of 200 bytes that the
 //!   kernel delivers to a reader blocked in `read` and wakes it, as a server's event reaches an
 //!   idle client's connection. Two threads send 200 bytes back and forth over one TCP
