@@ -434,8 +434,8 @@ fn memory_limit_under(root: &std::path::Path) -> Option<u64> {
 impl Config {
     /// The runtime's threads serving connections: `KSG_WORKER_THREADS`, or else the cores
     /// available to the process (a CPU quota counts) less one, at least one. The core left is
-    /// the Kafka client's (the poll thread and librdkafka's broker threads): a runtime with
-    /// fewer workers wakes fewer of them per batch of records (docs/benchmarks.md).
+    /// librdkafka's (its broker threads fetch there): a runtime with fewer workers wakes fewer
+    /// of them per batch of records (docs/benchmarks.md).
     pub fn workers(&self) -> usize {
         match self.worker_threads {
             0 => std::thread::available_parallelism()

@@ -17,7 +17,7 @@
 //! - [`mod@start`]: where a stream starts: `Last-Event-ID`, `lastEventId`, `from=`.
 //! - [`hub`]: topic registry, key filters, encode-once fan-out to bounded queues.
 //! - [`stream`]: one SSE response body with heartbeats.
-//! - [`source`]: the one Kafka consumer and its poll thread, and the catch-up readers.
+//! - [`source`]: the one Kafka consumer and the task that reads it, and the catch-up readers.
 //! - [`embedded`]: the in-process mock Kafka cluster.
 //! - [`demo`]: demo ticker and starter page.
 //! - [`metrics`]: the Prometheus registry.
@@ -49,7 +49,6 @@ pub mod wake;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -92,7 +91,7 @@ pub enum StartError {
 }
 
 /// A running gateway. [`Handle::shutdown`] stops it gracefully; dropping it without calling
-/// `shutdown` stops the Kafka thread and the demo but leaves tasks to the runtime.
+/// `shutdown` stops the Kafka reader and the demo but leaves tasks to the runtime.
 pub struct Handle {
     /// Address of the SSE listener.
     pub addr: SocketAddr,
@@ -109,8 +108,8 @@ pub struct Handle {
     server: Arc<Server>,
     hub: Arc<Hub>,
     grace: Duration,
-    stop_poll: Arc<AtomicBool>,
-    poller: Option<JoinHandle<()>>,
+    /// The task reading the live consumer ([`Source::read_live`]).
+    live: tokio::task::JoinHandle<()>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     demo: Option<Demo>,
 }
@@ -141,9 +140,7 @@ pub async fn start(mut config: Config) -> Result<Handle, StartError> {
     let (listener, addr) = bind(config.listen).await?;
     let (admin_listener, admin_addr) = bind(config.admin_listen).await?;
 
-    let stop_poll = Arc::new(AtomicBool::new(false));
-    let poller = source::spawn_poller(source.clone(), hub.clone(), stop_poll.clone())
-        .map_err(StartError::Thread)?;
+    let live = tokio::spawn(source.clone().read_live(hub.clone()));
 
     let (shutdown, signal) = watch::channel(false);
     let ready = Arc::new(AtomicBool::new(false));
@@ -220,8 +217,7 @@ pub async fn start(mut config: Config) -> Result<Handle, StartError> {
         server,
         hub,
         grace: config.shutdown_grace,
-        stop_poll,
-        poller: Some(poller),
+        live,
         tasks,
         demo,
     })
@@ -471,9 +467,7 @@ impl Handle {
             task.abort();
             let _ = task.await;
         }
-        if let Some(poller) = self.poller.take() {
-            let _ = tokio::task::spawn_blocking(move || poller.join()).await;
-        }
+        let _ = (&mut self.live).await;
         // The Kafka clients (consumer, catch-up readers) close before the embedded cluster
         // goes away, so they never log errors about a cluster that vanished under them.
         let demo = self.demo.take();
@@ -485,17 +479,17 @@ impl Handle {
     }
 
     /// What both a shutdown and a drop do first: the listeners and connections are told to
-    /// stop, every stream ends, and the Kafka poll thread stops at its next poll.
+    /// stop, every stream ends, and the Kafka reader stops.
     fn stop(&self) {
         let _ = self.shutdown.send(true);
         self.hub.close();
-        self.stop_poll.store(true, Ordering::Relaxed);
+        self.live.abort();
     }
 }
 
 impl Drop for Handle {
-    /// Stops without waiting: the steps of [`Handle::shutdown`], with its tasks aborted and its
-    /// poll thread left to end by itself (a shutdown has taken them already).
+    /// Stops without waiting: the steps of [`Handle::shutdown`], with its tasks aborted (a
+    /// shutdown has taken them already).
     fn drop(&mut self) {
         self.stop();
         for task in &self.tasks {

@@ -1,8 +1,8 @@
 //! Wake-ups held back to the end of a batch of records.
 //!
-//! The Kafka poll thread fans each record out to many streams, and each stream's queue wakes
-//! the task of the connection the stream is on. Woken at once, a connection task would run on
-//! the other core while the fan-out goes on, write a few streams' events, and be woken again:
+//! The Kafka reader fans each record out to many streams, and each stream's queue wakes the
+//! task of the connection the stream is on. Woken at once, a connection task could run on
+//! another worker while the fan-out goes on, write a few streams' events, and be woken again:
 //! a write (and a TLS record) per stream and record. Inside [`batch`], a connection's wake-up
 //! is recorded once and done when the batch ends, so a connection writes the whole batch for
 //! all its streams in one go. Outside a batch (catch-up readers, timers), wake-ups are at once.

@@ -1,6 +1,6 @@
 //! An HTTP/1.1 connection's place in the hub's fan-out. Its one stream at a time reads the same
 //! shared logs an HTTP/2 connection's streams read (`hub::group`), with the connection's
-//! [`Fanout`] as its seat: the Kafka poll thread appends each event once per connection and
+//! [`Fanout`] as its seat: the Kafka reader appends each event once per connection and
 //! wakes the connection's task at most once per batch of records, and the stream reads the log
 //! at its own place, as every stream does.
 //!

@@ -150,7 +150,7 @@ where
     let mut idle_since = Some(Instant::now());
     let mut streams = Answers::new(ready.clone());
     let opens = Arc::new(app.open_rate());
-    // The connection's live streams of a topic share one log; the poll thread wakes this task
+    // The connection's live streams of a topic share one log; the Kafka reader wakes this task
     // once for all of them, and the task marks those that wait due.
     let fanout = Fanout::new(ready);
     let stall = Stall {

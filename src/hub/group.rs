@@ -4,12 +4,12 @@
 //! their own queue holds (the ring's replay, or what a catch-up reader read) and once the live
 //! position covers what their client already has.
 //!
-//! The Kafka poll thread appends each event to the group once, whatever the number of its
+//! The Kafka reader appends each event to the group once, whatever the number of its
 //! streams, and wakes the connection's task at most once per batch of records; the connection's
 //! task then marks its waiting streams due and polls them (on its own core). The members have
 //! no wakers of their own: each is known by its token on the connection (its [`Seat`]), and
 //! they are marked due in bulk, under one lock ([`crate::wake::Ready`]). Without the group, the
-//! poll thread queued the event for each stream and woke each stream's task: a lock, a queue
+//! reader queued the event for each stream and woke each stream's task: a lock, a queue
 //! slot and a wake-up per stream and record, each touching memory the connection's thread read
 //! next.
 //!
@@ -421,7 +421,7 @@ impl Group {
         Ordered::new(Level::Log, self.log.lock())
     }
 
-    /// Appends `event` for every member (under the topic's lock, by the poll thread); returns
+    /// Appends `event` for every member (under the topic's lock, by the Kafka reader); returns
     /// the members cut off as slow to make room.
     pub(super) fn push(self: &Arc<Self>, event: &Bytes) -> u64 {
         self.push_at(event, Instant::now)
@@ -797,7 +797,7 @@ mod tests {
             1,
             "one wake-up of the connection per batch"
         );
-        assert!(due(&ready).is_empty(), "the poll thread marks no stream");
+        assert!(due(&ready).is_empty(), "the reader marks no stream");
         fanout.mark_readers_due();
         assert_eq!(due(&ready), [3, 5]);
         fanout.mark_readers_due();

@@ -1,9 +1,10 @@
 //! The hub: a registry from topic to its live channel, key filters, replay and fan-out.
 //!
-//! The poll thread calls [`Hub::dispatch`] for every record. Under the topic's lock it advances
-//! the topic's position vector, encodes the event once if a stream takes it (its id is the
-//! vector after the record; a record nobody takes is kept as it came, see [`replay`]), keeps it
-//! in the topic's replay ring and appends the same [`Bytes`] once to each connection's shared
+//! The Kafka reader ([`crate::source::Source::read_live`]) calls [`Hub::dispatch`] for every
+//! record, a batch at a time. Under the topic's lock it advances the topic's position vector,
+//! encodes the event once if a stream takes it (its id is the vector after the record; a record
+//! nobody takes is kept as it came, see [`replay`]), keeps it in the topic's replay ring and
+//! appends the same [`Bytes`] once to each connection's shared
 //! log of a matching view (every record, the record's key, or a set of keys holding it: such a
 //! log is listed under each of its keys, so a record finds it once, through its key), where
 //! every live stream, HTTP/2 or HTTP/1.1, reads at its own place ([`group`]). Only a resumed
@@ -250,8 +251,8 @@ impl Hub {
     }
 
     /// Fans the records of one topic that came in a row out to its streams, under one lock of
-    /// the topic, and keeps them in its ring under one lock of the ring. Called by the poll
-    /// thread only.
+    /// the topic, and keeps them in its ring under one lock of the ring. Called by the Kafka
+    /// reader only.
     fn dispatch_run(&self, run: &[LiveRecord<'_>], now_ms: i64) {
         let Some(first) = run.first() else {
             return;

@@ -12,7 +12,7 @@
 //! connection's lists of the groups it has to look at (`group::Touched`): taken under a group's
 //! log (by an append, or a stream's read) or alone (by the connection's task).
 //!
-//! The poll thread takes 1 then 3 (it appends each record's event to the logs under the topic's
+//! The Kafka reader takes 1 then 3 (it appends each record's event to the logs under the topic's
 //! lock); opening and ending a stream take 1, then 2 or 3; a connection's task takes 2 or 3
 //! alone. None of them holds a lock across an `.await`. In debug builds each lock taken
 //! through [`Ordered`] asserts that the thread holds no lock of its level or a later one.

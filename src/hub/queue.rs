@@ -3,8 +3,8 @@
 //!
 //! Lighter than a general channel for this one use: an idle stream's queue holds no buffer at
 //! all (the buffer grows with what is queued), there is no semaphore, and a send is one lock and
-//! at most one wake-up. The sender (the Kafka poll thread) and the receiver (a connection task)
-//! run on different cores, so the receiver touches the lock only to take what is queued: it
+//! at most one wake-up. The sender (the Kafka reader) and the receiver (a connection task)
+//! may run on different cores, so the receiver touches the lock only to take what is queued: it
 //! learns that the queue is empty from a counter, and its waker stays registered across
 //! events (the sender wakes it when the queue stops being empty, without taking it). A full
 //! queue refuses the event: the hub then ends the stream (its client resumes from its last

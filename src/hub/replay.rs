@@ -8,7 +8,7 @@
 //! A resumed stream reads the ring in place: its [`Replay`] is a place in the ring (a sequence
 //! number) and the end the ring had when the stream went live, so a stream holds no handle on
 //! an event before it sends it, however far back it resumed. The ring sits behind a lock of its
-//! own, taken under the topic's lock by the poll thread that appends and alone by the readers;
+//! own, taken under the topic's lock by the Kafka reader that appends and alone by the readers;
 //! nothing is locked under it. A replay whose next entry the ring has already dropped (its
 //! client read more slowly than the topic's records filled the ring) ends its stream, counted
 //! as a slow-stream cut-off: the client resumes from its last id, from Kafka.

@@ -68,7 +68,7 @@ pub(super) struct Sub {
 }
 
 /// The connections' groups of one key. Most keys are read on one connection: that group is
-/// kept in the topic's map itself, so the poll thread reaches it without looking through a
+/// kept in the topic's map itself, so the Kafka reader reaches it without looking through a
 /// second map (a cache miss per keyed record on a busy topic of many keys); a key read on
 /// several connections has its groups by id.
 pub(super) enum KeyGroups {

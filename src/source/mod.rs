@@ -1,20 +1,24 @@
 //! The Kafka source: ONE rdkafka consumer per gateway, partitions assigned explicitly, no group
-//! commits. A dedicated thread polls it and hands every record to a [`RecordSink`] (the hub,
-//! which this module knows nothing else of), a fetched batch at a time; the blocking metadata,
+//! commits. A task on the runtime reads it ([`read_live`]) and hands every record to a
+//! [`RecordSink`] (the hub, which this module knows nothing else of), a fetched batch at a
+//! time; the blocking metadata,
 //! offset and assignment calls run on tokio's blocking pool. The hub's catch-ups read with
 //! [`Reader`]s of their own (`reader`).
 
 mod reader;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::{poll_fn, Future};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedHeaders, BorrowedMessage, Headers, Message};
+use rdkafka::util::AsyncRuntime;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{debug, error, info, warn};
@@ -24,8 +28,6 @@ pub use reader::{FetchPosition, Polled, ReadError, Reader, Record};
 
 /// How long one blocking Kafka request may take before the caller gets `503`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the poll thread blocks waiting for a record (bounds shutdown latency).
-const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// Records dispatched at most between two rounds of connection wake-ups.
 const DISPATCH_BATCH: usize = 256;
 
@@ -122,9 +124,33 @@ impl ClientContext for Context {
 
 impl ConsumerContext for Context {}
 
+/// rdkafka's runtime for the live consumer: tokio's, when there is one. A `StreamConsumer`
+/// spawns a task that wakes its streams every half `max.poll.interval.ms`, for a consumer
+/// group's liveness. The gateway assigns its partitions and joins no group, and its reader is
+/// woken by the records themselves, so a source made outside a runtime (by a test of the hub,
+/// whose records are dispatched by hand) goes without that task instead of panicking.
+pub struct LiveRuntime;
+
+impl AsyncRuntime for LiveRuntime {
+    type Delay = tokio::time::Sleep;
+
+    fn spawn<T>(task: T)
+    where
+        T: Future<Output = ()> + Send + 'static,
+    {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(task);
+        }
+    }
+
+    fn delay_for(duration: Duration) -> Self::Delay {
+        tokio::time::sleep(duration)
+    }
+}
+
 /// The gateway's one live Kafka consumer, and the factory of its catch-up readers.
 pub struct Source {
-    consumer: BaseConsumer<Context>,
+    consumer: StreamConsumer<Context, LiveRuntime>,
     config: ClientConfig,
     metrics: Metrics,
 }
@@ -281,29 +307,42 @@ impl Source {
         Ok(())
     }
 
-    /// Polls until `stop` is set, handing every record to `sink`, what is already fetched (up
-    /// to `DISPATCH_BATCH` records) as one batch. Runs on its own thread.
-    pub fn poll_loop(&self, sink: &dyn RecordSink, stop: &AtomicBool) {
+    /// Reads the live consumer for good, handing every record to `sink`: what is already
+    /// fetched (up to `DISPATCH_BATCH` records) as one batch. A task on the runtime, not a
+    /// thread of its own: librdkafka wakes it when its queue has records (the queue's event
+    /// callback, through `StreamConsumer`), and the worker that fans them out then runs the
+    /// connections they wake. A thread in between was one more wake-up per fetch
+    /// (docs/benchmarks.md).
+    pub async fn read_live(self: Arc<Self>, sink: Arc<dyn RecordSink>) {
+        let mut stream = self.consumer.stream();
         let mut polled = Vec::with_capacity(DISPATCH_BATCH);
-        while !stop.load(Ordering::Relaxed) {
-            let Some(first) = self.consumer.poll(POLL_TIMEOUT) else {
-                continue;
-            };
-            self.keep(&mut polled, first);
-            for _ in 1..DISPATCH_BATCH {
-                match self.consumer.poll(Duration::ZERO) {
-                    Some(next) => self.keep(&mut polled, next),
-                    None => break,
+        loop {
+            // The first record waited for, then what is there already, all polled with this
+            // task's waker: a poll that finds the queue empty leaves it to wake this task.
+            let open = poll_fn(|cx| {
+                while polled.len() < DISPATCH_BATCH {
+                    match stream.poll_next_unpin(cx) {
+                        Poll::Ready(Some(next)) => self.keep(&mut polled, next),
+                        Poll::Ready(None) => return Poll::Ready(false),
+                        Poll::Pending if polled.is_empty() => return Poll::Pending,
+                        Poll::Pending => break,
+                    }
                 }
+                Poll::Ready(true)
+            })
+            .await;
+            if !polled.is_empty() {
+                let records: Vec<LiveRecord<'_>> = polled.iter().map(live_record).collect();
+                sink.batch(&records);
+                drop(records);
+                // The messages go back to librdkafka after the batch that borrowed them.
+                polled.clear();
             }
-            if polled.is_empty() {
-                continue;
+            if !open {
+                return;
             }
-            let records: Vec<LiveRecord<'_>> = polled.iter().map(live_record).collect();
-            sink.batch(&records);
-            drop(records);
-            // The messages go back to librdkafka after the batch that borrowed them.
-            polled.clear();
+            // The connections woken run before the next batch.
+            tokio::task::yield_now().await;
         }
     }
 
@@ -368,13 +407,93 @@ fn all_known(offsets: Vec<i64>) -> Result<Vec<i64>, SourceError> {
     Ok(offsets)
 }
 
-/// Starts the poll thread, handing the records to `sink`; it ends when `stop` is set.
-pub fn spawn_poller(
-    source: Arc<Source>,
-    sink: Arc<dyn RecordSink>,
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("ksg-kafka-poll".into())
-        .spawn(move || source.poll_loop(&*sink, &stop))
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    use tokio::sync::mpsc;
+
+    /// Hands each batch on as its records' (partition, offset).
+    struct Batches(mpsc::UnboundedSender<Vec<(i32, i64)>>);
+
+    impl RecordSink for Batches {
+        fn batch(&self, records: &[LiveRecord<'_>]) {
+            let _ = self
+                .0
+                .send(records.iter().map(|r| (r.partition, r.offset)).collect());
+        }
+    }
+
+    async fn next_batch(batches: &mut mpsc::UnboundedReceiver<Vec<(i32, i64)>>) -> Vec<(i32, i64)> {
+        tokio::time::timeout(Duration::from_secs(30), batches.recv())
+            .await
+            .expect("the live reader was not woken within 30 s")
+            .expect("the live reader ended")
+    }
+
+    /// The contract the live reader rests on (rdkafka pinned to 0.39.0): a `StreamConsumer`'s
+    /// stream, once it answered `Pending`, is woken by librdkafka's queue callback when a
+    /// fetch brings records, however long it waited. Each record produced while the reader
+    /// sleeps reaches the sink; a burst comes in batches of at most `DISPATCH_BATCH`, in
+    /// order. The records name their partition (the mock cluster's partitioner is not what
+    /// is tested); the producer keeps librdkafka's other defaults.
+    #[tokio::test]
+    async fn the_live_reader_sleeps_until_librdkafka_wakes_it_with_records() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic("live", 2, 1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let source = Arc::new(Source::new(&brokers, &BTreeMap::new(), Metrics::new(&[])).unwrap());
+        source.assign("live", 0, &[0, 0]).unwrap();
+        let (tx, mut batches) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(source.clone().read_live(Arc::new(Batches(tx))));
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        let produce = |partition: i32, count: usize| {
+            for _ in 0..count {
+                producer
+                    .send(
+                        BaseRecord::to("live")
+                            .partition(partition)
+                            .key("k")
+                            .payload("v"),
+                    )
+                    .unwrap();
+            }
+            producer.flush(Duration::from_secs(10)).unwrap();
+        };
+
+        for offset in 0..5 {
+            // The reader hands its batch on, yields, and waits again (one thread: it runs
+            // while this test yields; the mock cluster takes far longer to fetch).
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            produce(1, 1);
+            assert_eq!(next_batch(&mut batches).await, vec![(1, offset)]);
+        }
+
+        produce(0, 3 * DISPATCH_BATCH);
+        let mut got = Vec::new();
+        while got.len() < 3 * DISPATCH_BATCH {
+            let batch = next_batch(&mut batches).await;
+            assert!(
+                !batch.is_empty() && batch.len() <= DISPATCH_BATCH,
+                "{}",
+                batch.len()
+            );
+            got.extend(batch);
+        }
+        let expected: Vec<(i32, i64)> = (0..3 * DISPATCH_BATCH as i64).map(|o| (0, o)).collect();
+        assert_eq!(got, expected);
+        assert!(
+            batches.try_recv().is_err(),
+            "nothing more than was produced"
+        );
+
+        reader.abort();
+        let _ = reader.await;
+    }
 }
