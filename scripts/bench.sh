@@ -422,6 +422,9 @@ if [ "$mode" = report ]; then
   exit 0
 fi
 
+# The names `only` takes (W1 includes W1-busy).
+WORKLOADS="W1 W1-busy W2 W3 W4 W5 W6 W7 WK WH W8 WS WM W9"
+
 # workload NAME: one workload of the set, on both servers.
 workload() {
   case "$1" in
@@ -517,12 +520,12 @@ workload() {
         --streams 256 --publish PUB_KEYS --rate 20 --warmup 10 \
         --restart RESTART_URL --new-pid NEW_PID_STOPPED --new-metrics NEW_METRICS --outage 30
       ;;
-    *) say "unknown workload $1 (W1 W1-busy W2 W3 W4 W5 W6 W7 WK WH W8 WS WM W9)"; exit 2 ;;
+    *) say "unknown workload $1 ($WORKLOADS)"; exit 2 ;;
   esac
 }
 
 if [ "$mode" = only ]; then
-  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names (W1 W1-busy W2 W3 W4 W5 W6 W7 WK WH W8 WS WM W9)"; exit 2; }
+  [ ${#compared[@]} -gt 0 ] || { say "only needs workload names ($WORKLOADS)"; exit 2; }
   for w in "${compared[@]}"; do workload "$w"; done
   "$BENCH" report "$results"
   exit 0

@@ -1,8 +1,8 @@
 //! The Kafka source: ONE rdkafka consumer per gateway, partitions assigned explicitly, no group
 //! commits. A task on the runtime reads it ([`Source::read_live`]) and hands every record to a
 //! [`RecordSink`] (the hub, which this module knows nothing else of), a fetched batch at a
-//! time; the blocking metadata, offset and assignment calls run on tokio's blocking pool. The hub's catch-ups read with
-//! [`Reader`]s of their own (`reader`).
+//! time; the blocking metadata, offset and assignment calls run on tokio's blocking pool. The
+//! hub's catch-ups read with [`Reader`]s of their own (`reader`).
 
 mod reader;
 
